@@ -1,0 +1,56 @@
+"""The `na64daq` command: argument parsing and printing only; the logic lives in the packages.
+
+Subcommands are contributed by `commands` modules of the packages; each has
+`register(subparsers)` adding parsers whose `func(args) -> int` runs the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from daq import __version__
+from daq.errors import DaqError
+
+COMMAND_MODULES = (
+    "daq.commands",
+    "simulators.commands",
+    "trigger.commands",
+    "monitors.commands",
+    "daq.control.commands",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="na64daq",
+        description="Online missing-energy trigger and DAQ monitoring for an NA64-style "
+        "experiment.",
+    )
+    p.add_argument("--version", action="version", version=f"na64daq {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return 0
+    try:
+        return int(func(args) or 0)
+    except DaqError as e:
+        print(f"na64daq {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Run control and trigger configuration over MQTT."""

@@ -1,0 +1,1 @@
+"""Spill-by-spill beam and detector figures, Prometheus metrics and alarms."""

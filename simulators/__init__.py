@@ -1,0 +1,1 @@
+"""Detector and beam simulator with front-end board emulation."""

@@ -1,0 +1,1 @@
+"""The software missing-energy trigger: numba kernels, configuration, workers."""
