@@ -51,7 +51,7 @@ class Kind(enum.StrEnum):
 
 
 #: kinds whose arrays are per event: every array's first dimension equals `count`.
-PER_EVENT_KINDS = frozenset({Kind.SLICE, Kind.FEATURES})
+PER_EVENT_KINDS = frozenset({Kind.SLICE, Kind.FEATURES, Kind.ACCEPTED})
 
 
 @dataclass(slots=True)

@@ -1,0 +1,123 @@
+"""Shared fixtures: free loopback ports, a real Mosquitto broker, and a leaked-task guard."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def require_binary(name: str) -> str:
+    """Path of a server binary; skipped locally when missing, a failure under CI=true."""
+    path = shutil.which(name) or next(
+        (p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.access(p, os.X_OK)), None
+    )
+    if path is None:
+        if IN_CI:
+            pytest.fail(f"{name} is not installed; the test command must install it")
+        pytest.skip(f"{name} is not installed (run the README's test command)")
+    return path
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    pid: int
+    workdir: Path
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{self.host}:{self.port}"
+
+
+def start_mosquitto(workdir: Path, conf_body: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start a real mosquitto on a free loopback port with `conf_body` appended to its config."""
+    binary = require_binary("mosquitto")
+    port = free_tcp_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(
+        f"listener {port} 127.0.0.1\n"
+        "persistence false\n"
+        f"log_dest file {workdir / 'mosquitto.log'}\n"
+        "log_type error\nlog_type warning\nlog_type notice\n"
+        + conf_body
+    )
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        wait_for_port(port)
+    except TimeoutError:
+        proc.kill()
+        err = proc.stderr.read().decode() if proc.stderr else ""
+        raise RuntimeError(f"mosquitto did not start: {err}") from None
+    return proc, port
+
+
+def stop_pid(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    if proc.stderr:
+        proc.stderr.close()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Broker]:
+    """A real Mosquitto on 127.0.0.1:<free port>, anonymous access allowed (unit-level tests).
+
+    Tests of authentication use the project's deploy/mosquitto configuration instead.
+    """
+    proc, port = start_mosquitto(tmp_path, "allow_anonymous true\n")
+    try:
+        yield Broker("127.0.0.1", port, proc.pid, tmp_path)
+    finally:
+        stop_pid(proc)
+
+
+@pytest.fixture(autouse=True)
+def _no_leaked_tasks(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail an async test that leaves asyncio tasks running behind it."""
+    yield
+    if "asyncio" not in request.keywords:
+        return
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        return
+    if loop.is_closed():
+        return
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    assert not pending, f"test left tasks running: {[t.get_name() for t in pending]}"
