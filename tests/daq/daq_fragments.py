@@ -1,0 +1,53 @@
+"""Message makers for the daq tests: board fragments per docs/dataflow.md, made directly."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daq.geometry import Geometry
+from daq.wire import Kind, Message
+
+
+class Board:
+    """One front end's stream: numbers its messages with `seq` and cuts fixed slices."""
+
+    def __init__(self, geom: Geometry, name: str, *, run: int = 1, mode: str = "feature",
+                 seed: int = 0) -> None:
+        self.geom, self.name, self.run, self.mode = geom, name, run, mode
+        self.nch = geom.n_channels(name)
+        self.seq = 0
+        self.rng = np.random.default_rng(seed)
+
+    def _msg(self, kind: Kind, spill: int, **kw: object) -> Message:
+        m = Message(kind=kind, run=self.run, spill=spill, seq=self.seq, src=self.name,
+                    board=self.name, **kw)  # type: ignore[arg-type]
+        self.seq += 1
+        return m
+
+    def spill_start(self, spill: int) -> Message:
+        return self._msg(Kind.SPILL_START, spill, meta={"t0_ns": spill * 1000})
+
+    def spill_end(self, spill: int, events: int) -> Message:
+        scalers = ({"S1": events, "S2": events, "S3": events, "V1": 0, "beam": events}
+                   if self.name == "BEAM" else {"events": events})
+        return self._msg(Kind.SPILL_END, spill, meta={"events": events, "scalers": scalers})
+
+    def slice(self, spill: int, first: int, count: int) -> Message:
+        ev = np.arange(first, first + count, dtype=np.int64)
+        arrays: dict[str, np.ndarray] = {"ts": ev * 800 + spill}
+        if self.mode == "feature":
+            arrays["amp"] = (self.rng.random((count, self.nch)) * 100).astype(np.float32)
+            arrays["tpeak"] = np.zeros((count, self.nch), np.float32)
+            arrays["npulse"] = np.ones((count, self.nch), np.uint8)
+        else:
+            s = self.geom.detector.samples
+            arrays["wave"] = self.rng.integers(390, 420, (count, self.nch, s), dtype=np.int16)
+        return self._msg(Kind.SLICE, spill, first=first, count=count, arrays=arrays,
+                         meta={"mode": self.mode})
+
+    def spill(self, spill: int, events: int, slice_events: int) -> list[Message]:
+        out = [self.spill_start(spill)]
+        for first in range(0, events, slice_events):
+            out.append(self.slice(spill, first, min(slice_events, events - first)))
+        out.append(self.spill_end(spill, events))
+        return out
