@@ -68,6 +68,11 @@ class Simulator:
         self.noise_pool = pool_rng.normal(0.0, det.noise, NOISE_POOL)
         self.threshold = 5 * det.noise  # FPGA pulse threshold, ADC counts
         self._blocks: dict[tuple[int, int], Particles] = {}
+        self._v1: dict[int, int] = {}
+
+    def v1_count(self, plan: SpillPlan) -> int:
+        """Events of the spill's generated slices whose particle fired V1 (the V1 scaler)."""
+        return self._v1.get(plan.spill, 0)
 
     # -- spill level -------------------------------------------------------------------
     def plan(self, spill: int) -> SpillPlan:
@@ -160,13 +165,13 @@ class Simulator:
                     self.noise_pool, offsets, det.samples, det.sample_ns, det.trigger_sample,
                     det.adc_max)}
         ts = plan.t[first:first + count].copy()
-        return Slice(plan.spill, k, first, count, ts, boards,
-                     self._truth(parts, ev, ts, pileup))
+        truth = self._truth(parts, ev, ts, pileup)
+        self._v1[plan.spill] = self._v1.get(plan.spill, 0) + int(truth["v1"].sum())
+        return Slice(plan.spill, k, first, count, ts, boards, truth)
 
     def _truth(self, p: Particles, ev: np.ndarray, ts: np.ndarray, pileup: np.ndarray
                ) -> dict[str, np.ndarray]:
         gain = self.calib.gain
-        lay = self.layout
 
         def gev(board: str, idx: np.ndarray | None = None) -> np.ndarray:
             d = p.dep[board][ev] / gain[board]
@@ -176,7 +181,6 @@ class Simulator:
         ecal = gev("ECAL").sum(axis=1)
         hcal = np.stack([gev("HCAL", self.geom.board("HCAL").indices(f"HCAL{m}")).sum(axis=1)
                          for m in range(1, 5)], axis=1)
-        del lay
         return {
             "ts": ts, "species": p.species[ev].copy(), "process": p.process[ev].copy(),
             "e_true": p.e_true[ev].copy(), "e_ecal": ecal, "e_ps": ps,
