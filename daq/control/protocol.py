@@ -118,7 +118,8 @@ def _payload(raw: bytes) -> dict[str, Any]:
 def _request_id(body: dict[str, Any]) -> str:
     rid = body.get("id")
     if not isinstance(rid, str) or not _ID.match(rid):
-        raise ProtocolError(MALFORMED, f"'id' is {rid!r}, expected a string [A-Za-z0-9_.:-]{{1,64}}")
+        raise ProtocolError(MALFORMED,
+                            f"'id' is {rid!r}, expected a string [A-Za-z0-9_.:-]{{1,64}}")
     return rid
 
 
