@@ -1,0 +1,102 @@
+"""Whole simulated runs: to a raw (pre-trigger) run file, or streamed to an endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from daq.geometry import Calibration, Geometry
+from daq.runfile import RunFileWriter
+from daq.wire import Kind
+from simulators.config import FaultConfig, SimConfig
+from simulators.errors import SimulatorError
+from simulators.frontend import TRUTH, Emission, FrontEnds
+from simulators.generator import Simulator
+
+Progress = Callable[[Emission], object]
+
+
+@dataclass
+class RunSummary:
+    """What a simulated run sent: messages and events per stream, files written."""
+
+    messages: dict[str, int] = field(default_factory=dict)
+    events: dict[str, int] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+
+    def note(self, em: Emission) -> None:
+        self.messages[em.src] = self.messages.get(em.src, 0) + 1
+        if em.msg.kind is Kind.SLICE:
+            self.events[em.src] = self.events.get(em.src, 0) + em.msg.count
+
+
+def _writer(path: str | Path, sim: Simulator) -> RunFileWriter:
+    return RunFileWriter(path, run=sim.cfg.run,
+                         config={"simulation": sim.cfg.model_dump(mode="json"),
+                                 "faults": sim.faults.model_dump(mode="json")},
+                         geometry_hash=sim.geom.hash, calibration_hash=sim.calib.hash)
+
+
+def build(cfg: SimConfig, geom: Geometry, calib: Calibration, faults: FaultConfig,
+          spills: int, truth: bool) -> FrontEnds:
+    return FrontEnds(Simulator(cfg, geom, calib, faults), spills=spills, truth=truth)
+
+
+def to_file(fe: FrontEnds, out: str | Path, truth: str | Path | None = None,
+            progress: Progress | None = None) -> RunSummary:
+    """Write every board stream to `out` (and the truth stream to `truth`), as run files.
+
+    A corrupted frame cannot be written as a valid record, so the corruption fault needs
+    a stream (`to_endpoint`).
+    """
+    if fe.sim.faults.corrupt_rate:
+        raise SimulatorError("the corrupt fault acts on the wire; use --to ENDPOINT, not --out")
+    summary = RunSummary()
+    with contextlib.ExitStack() as stack:
+        w = stack.enter_context(_writer(out, fe.sim))
+        tw = stack.enter_context(_writer(truth, fe.sim)) if truth is not None else None
+        for em in _emissions(fe):
+            if em.src == TRUTH:
+                if tw is not None:
+                    tw.write(em.msg)
+            else:
+                w.write(em.msg)
+            summary.note(em)
+            if progress is not None:
+                progress(em)
+        summary.files = w.close() + (tw.close() if tw is not None else [])
+    return summary
+
+
+def _emissions(fe: FrontEnds) -> Iterator[Emission]:
+    return fe.run()
+
+
+def to_endpoint(fe: FrontEnds, endpoint: str, *, pace: str = "max", factor: float = 1.0,
+                truth: str | Path | None = None, progress: Progress | None = None
+                ) -> RunSummary:
+    """Stream a run to `endpoint` (the builder's PULL), one PUSH per board; blocks until sent."""
+    from simulators.service import FrontEnd  # the asyncio shell, only when streaming
+
+    summary = RunSummary()
+
+    def emitted(em: Emission) -> None:
+        summary.note(em)
+        if progress is not None:
+            progress(em)
+
+    async def main() -> None:
+        with contextlib.ExitStack() as stack:
+            tw = stack.enter_context(_writer(truth, fe.sim)) if truth is not None else None
+            async with FrontEnd(fe, endpoint, pace=pace, factor=factor,
+                                truth_sink=tw.write if tw is not None else None,
+                                on_emit=emitted) as svc:
+                await svc.wait()
+            if tw is not None:
+                summary.files = tw.close()
+
+    asyncio.run(main())
+    return summary

@@ -1,0 +1,84 @@
+"""The front-end service: one ZeroMQ PUSH per board, paced in real, compressed or no time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+
+import zmq
+import zmq.asyncio
+
+from daq.service import Loop, Service
+from daq.transport import context
+from daq.wire import Message
+from simulators.frontend import TRUTH, Emission, FrontEnds
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class FrontEnd(Service):
+    """Streams a simulated run to `endpoint`, one PUSH socket per board.
+
+    `pace` is "max" (as fast as possible), "realtime", or "factor" (time compressed by
+    `factor`). Truth messages go to `truth_sink` (e.g. a run-file writer), not on the wire.
+    Generation runs in a worker thread (the numba kernels release the GIL), so the event
+    loop stays free.
+    """
+
+    name = "frontend"
+
+    def __init__(self, frontends: FrontEnds, endpoint: str, *, pace: str = "max",
+                 factor: float = 1.0, truth_sink: Callable[[Message], object] | None = None,
+                 ctx: zmq.asyncio.Context | None = None, sleep: Sleep = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_emit: Callable[[Emission], object] | None = None) -> None:
+        super().__init__()
+        if pace not in ("max", "realtime", "factor"):
+            raise ValueError(f"pace={pace!r} is not one of max, realtime, factor")
+        if factor <= 0:
+            raise ValueError(f"factor={factor!r} must be positive")
+        self.fe = frontends
+        self.endpoint = endpoint
+        self.speed = {"max": 0.0, "realtime": 1.0, "factor": factor}[pace]
+        self.truth_sink = truth_sink
+        self.ctx = ctx or context()
+        self.sleep, self.clock, self.on_emit = sleep, clock, on_emit
+        self.sent = 0
+
+    def loops(self) -> dict[str, Loop]:
+        return {"emit": self._emit}
+
+    async def _emit(self) -> None:
+        socks: dict[str, zmq.asyncio.Socket] = {}
+        try:
+            for b in self.fe.boards:
+                s = self.ctx.socket(zmq.PUSH)
+                s.setsockopt(zmq.LINGER, 5000)  # let queued messages go on close
+                s.connect(self.endpoint)
+                socks[b] = s
+            it = self.fe.run()
+            start = self.clock()
+            while not self.stopping.is_set():
+                em = await asyncio.to_thread(_next, it)
+                if em is None:
+                    break
+                if self.speed:
+                    wait = em.t_ns / 1e9 / self.speed - (self.clock() - start)
+                    if wait > 0:
+                        await self.sleep(wait)
+                if em.src == TRUTH:
+                    if self.truth_sink is not None:
+                        self.truth_sink(em.msg)
+                else:
+                    await socks[em.src].send_multipart(em.frames(), copy=False)
+                    self.sent += 1
+                if self.on_emit is not None:
+                    self.on_emit(em)
+        finally:
+            for s in socks.values():
+                s.close()
+
+
+def _next(it: Iterator[Emission]) -> Emission | None:
+    return next(it, None)
