@@ -1,0 +1,174 @@
+"""Compiled trigger kernels: waveform features, energy sums, multiplicity, trigger decision.
+
+Every kernel writes into output arrays the caller allocates, and has a twin with the same
+signature in `trigger.reference` (NumPy) that the tests hold it to. The arithmetic (float64
+accumulation in channel order, the same comparisons) is deliberately identical in both so
+that decisions agree exactly. `trigger.core` is the typed public entry point.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trigger.jit import kernel
+
+#: A pulse is a sample above threshold that is the highest within +-PEAK_HALF_WIDTH samples
+#: (strictly above those before it): pulses closer than 3 samples (37.5 ns) merge.
+PEAK_HALF_WIDTH = 2
+
+# splitmix64 constants as uint64 globals: numba would turn a mix of uint64 and int literals
+# into float64.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+
+# fpar / ipar layouts of `decide` (see trigger.core.DecisionParams)
+F_S_MIN, F_V1_MAX, F_PS_MIN, F_ECAL_MAX, F_CAL_MIN, F_CAL_MAX = range(6)
+I_PRE_BEAM, I_PRE_RANDOM, I_PRE_CAL, I_ENABLED = range(4)
+
+
+@kernel
+def _mix(x):
+    z = x + _GOLDEN
+    z = (z ^ (z >> _S30)) * _M1
+    z = (z ^ (z >> _S27)) * _M2
+    return z ^ (z >> _S31)
+
+
+@kernel
+def _count_pulses(w, ped, thr):
+    ns = w.shape[0]
+    cnt = 0
+    for i in range(ns):
+        v = w[i]
+        if v - ped < thr:
+            continue
+        ok = True
+        for k in range(1, PEAK_HALF_WIDTH + 1):
+            if (i - k >= 0 and w[i - k] >= v) or (i + k < ns and w[i + k] > v):
+                ok = False
+                break
+        if ok:
+            cnt += 1
+    return cnt
+
+
+@kernel
+def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns,
+               amp, tpeak, npulse, integral, sat):
+    n, nch, ns = wave.shape
+    for e in range(n):
+        anysat = 0
+        for c in range(nch):
+            w = wave[e, c]
+            s0 = 0
+            for i in range(n_ped):
+                s0 += w[i]
+            tot = 0
+            mx = w[0]
+            for i in range(ns):
+                v = w[i]
+                tot += v
+                mx = max(mx, v)
+            ped = s0 / n_ped
+            a = mx - ped
+            imx = 0
+            while w[imx] != mx:
+                imx += 1
+            amp[e, c] = a
+            tpeak[e, c] = (imx - trig) * sample_ns
+            integral[e, c] = tot - ped * ns
+            if mx >= adc_max and live[c]:
+                anysat = 1
+            cnt = 0
+            if a >= pulse_thr:  # quiet channels (most of them) skip the pulse search
+                cnt = _count_pulses(w, ped, pulse_thr)
+            npulse[e, c] = min(cnt, 255)
+        sat[e] = anysat
+
+
+@kernel
+def feature_sat(amp, limit, sat):
+    n, nch = amp.shape
+    for e in range(n):
+        s = 0
+        for c in range(nch):
+            if np.float64(amp[e, c]) >= limit[c]:
+                s = 1
+        sat[e] = s
+
+
+@kernel
+def accumulate(amp, weight, group, zthr, out):
+    n, nch = amp.shape
+    for e in range(n):
+        for c in range(nch):
+            g = group[c]
+            if g < 0:
+                continue
+            a = np.float64(amp[e, c])
+            if a >= zthr:
+                out[e, g] += a * weight[c]
+
+
+@kernel
+def multiplicity(amp, npulse, weight, s_idx, out):
+    n = amp.shape[0]
+    m = s_idx.shape[0]
+    vals = np.zeros(max(m, 1), np.int64)
+    for e in range(n):
+        if m == 0:
+            out[e] = 1
+            continue
+        for j in range(m):
+            c = s_idx[j]
+            k = np.int64(np.floor(np.float64(amp[e, c]) * weight[c] + 0.5))
+            p = np.int64(npulse[e, c])
+            x = 0 if (p == 0 and k <= 0) else (p if p > 1 else 1) - 1 + (k if k > 1 else 1)
+            i = j  # insertion sort: m is at most a handful of counters
+            while i > 0 and vals[i - 1] > x:
+                vals[i] = vals[i - 1]
+                i -= 1
+            vals[i] = x
+        out[e] = min(vals[(m - 1) // 2], 255)
+
+
+@kernel
+def decide(beam_amp, beam_w, s_idx, v_idx, e_ecal, e_ps, run, spill, first,
+           fpar, ipar, cond, bits):
+    n = e_ecal.shape[0]
+    base = _mix(_mix(_mix(np.uint64(run)) ^ np.uint64(spill)))
+    pre_beam = np.uint64(ipar[I_PRE_BEAM])
+    pre_rand = np.uint64(ipar[I_PRE_RANDOM])
+    pre_cal = np.uint64(ipar[I_PRE_CAL])
+    enabled = ipar[I_ENABLED]
+    for e in range(n):
+        beam = True
+        for j in range(s_idx.shape[0]):
+            c = s_idx[j]
+            if np.float64(beam_amp[e, c]) * beam_w[c] < fpar[F_S_MIN]:
+                beam = False
+        for j in range(v_idx.shape[0]):
+            c = v_idx[j]
+            if np.float64(beam_amp[e, c]) * beam_w[c] >= fpar[F_V1_MAX]:
+                beam = False
+        c_bits = 4  # RANDOM: every event is a candidate, the hash picks 1 in N
+        if beam:
+            c_bits |= 2
+            if e_ps[e] >= fpar[F_PS_MIN] and e_ecal[e] < fpar[F_ECAL_MAX]:
+                c_bits |= 1
+            if fpar[F_CAL_MIN] <= e_ecal[e] < fpar[F_CAL_MAX]:
+                c_bits |= 8
+        h = _mix(base ^ np.uint64(first + e))
+        fired = c_bits & 1
+        if (c_bits & 2) and _mix(h ^ np.uint64(2)) % pre_beam == 0:
+            fired |= 2
+        if _mix(h ^ np.uint64(4)) % pre_rand == 0:
+            fired |= 4
+        if (c_bits & 8) and _mix(h ^ np.uint64(8)) % pre_cal == 0:
+            fired |= 8
+        cond[e] = c_bits
+        bits[e] = fired & enabled

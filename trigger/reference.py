@@ -1,0 +1,117 @@
+"""NumPy reference of the trigger kernels: same signatures and arithmetic as trigger.kernels.
+
+Vectorised over events and channels; used by the tests (which require the compiled kernels
+to agree with it exactly) and by the benchmark as the baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from trigger.kernels import (
+    F_CAL_MAX,
+    F_CAL_MIN,
+    F_ECAL_MAX,
+    F_PS_MIN,
+    F_S_MIN,
+    F_V1_MAX,
+    I_ENABLED,
+    I_PRE_BEAM,
+    I_PRE_CAL,
+    I_PRE_RANDOM,
+    PEAK_HALF_WIDTH,
+)
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_int(x: int) -> int:
+    """splitmix64 finaliser on a Python int (the kernels' `_mix`)."""
+    z = (x + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on a uint64 array (wraps modulo 2**64 like the kernel)."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def _pulses(wave: np.ndarray, ped: np.ndarray, thr: float) -> np.ndarray:
+    ns = wave.shape[2]
+    above = (wave - ped[:, :, None]) >= thr
+    peak = above.copy()
+    for k in range(1, PEAK_HALF_WIDTH + 1):
+        if k >= ns:
+            break
+        # earlier neighbours must be strictly lower, later ones not higher
+        peak[:, :, k:] &= wave[:, :, k:] > wave[:, :, :-k]
+        peak[:, :, :-k] &= wave[:, :, :-k] >= wave[:, :, k:]
+    return np.minimum(peak.sum(axis=2), 255)
+
+
+def wave_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float, adc_max: int,
+               trig: int, sample_ns: float, amp: np.ndarray, tpeak: np.ndarray,
+               npulse: np.ndarray, integral: np.ndarray, sat: np.ndarray) -> None:
+    ns = wave.shape[2]
+    w = wave.astype(np.int64)
+    ped = w[:, :, :n_ped].sum(axis=2) / n_ped
+    mx = w.max(axis=2)
+    amp[:] = mx - ped
+    tpeak[:] = (np.argmax(w, axis=2) - trig) * sample_ns
+    integral[:] = w.sum(axis=2) - ped * ns
+    sat[:] = ((mx >= adc_max) & (live[None, :] != 0)).any(axis=1)
+    npulse[:] = _pulses(w, ped, pulse_thr)
+
+
+def feature_sat(amp: np.ndarray, limit: np.ndarray, sat: np.ndarray) -> None:
+    sat[:] = (amp.astype(np.float64) >= limit[None, :]).any(axis=1)
+
+
+def accumulate(amp: np.ndarray, weight: np.ndarray, group: np.ndarray, zthr: float,
+               out: np.ndarray) -> None:
+    a = amp.astype(np.float64)
+    term = np.where(a >= zthr, a * weight[None, :], 0.0)
+    for c in range(amp.shape[1]):  # channel order, as the kernel adds
+        if group[c] >= 0:
+            out[:, group[c]] += term[:, c]
+
+
+def multiplicity(amp: np.ndarray, npulse: np.ndarray, weight: np.ndarray, s_idx: np.ndarray,
+                 out: np.ndarray) -> None:
+    if s_idx.shape[0] == 0:
+        out[:] = 1
+        return
+    k = np.floor(amp[:, s_idx].astype(np.float64) * weight[s_idx] + 0.5).astype(np.int64)
+    p = npulse[:, s_idx].astype(np.int64)
+    vals = np.where((p == 0) & (k <= 0), 0, np.maximum(p, 1) - 1 + np.maximum(k, 1))
+    vals.sort(axis=1)
+    out[:] = np.minimum(vals[:, (s_idx.shape[0] - 1) // 2], 255)
+
+
+def decide(beam_amp: np.ndarray, beam_w: np.ndarray, s_idx: np.ndarray, v_idx: np.ndarray,
+           e_ecal: np.ndarray, e_ps: np.ndarray, run: int, spill: int, first: int,
+           fpar: np.ndarray, ipar: np.ndarray, cond: np.ndarray, bits: np.ndarray) -> None:
+    n = e_ecal.shape[0]
+    mip = beam_amp.astype(np.float64) * beam_w[None, :]
+    beam = np.ones(n, bool)
+    for c in s_idx:
+        beam &= mip[:, c] >= fpar[F_S_MIN]
+    for c in v_idx:
+        beam &= ~(mip[:, c] >= fpar[F_V1_MAX])
+    phys = beam & (e_ps >= fpar[F_PS_MIN]) & (e_ecal < fpar[F_ECAL_MAX])
+    cal = beam & (fpar[F_CAL_MIN] <= e_ecal) & (e_ecal < fpar[F_CAL_MAX])
+    c_bits = 4 | beam.astype(np.int64) * 2 | phys.astype(np.int64) | cal.astype(np.int64) * 8
+    base = mix_int(mix_int(mix_int(run) ^ spill))
+    h = mix(np.uint64(base) ^ (np.arange(n, dtype=np.uint64) + np.uint64(first)))
+    sel_beam = mix(h ^ np.uint64(2)) % np.uint64(ipar[I_PRE_BEAM]) == 0
+    sel_rand = mix(h ^ np.uint64(4)) % np.uint64(ipar[I_PRE_RANDOM]) == 0
+    sel_cal = mix(h ^ np.uint64(8)) % np.uint64(ipar[I_PRE_CAL]) == 0
+    fired = (phys.astype(np.int64) | (beam & sel_beam) * 2 | sel_rand * 4
+             | (cal & sel_cal) * 8)
+    cond[:] = c_bits
+    bits[:] = fired & int(ipar[I_ENABLED])
