@@ -53,8 +53,8 @@ class Roles(StrictModel):
                 raise ConfigError(f"users.{user}", user, f"a user name matches {_USER}")
             if role not in self.roles:
                 raise ConfigError(f"users.{user}", role, f"a role among {sorted(self.roles)}")
-        for name, role in self.roles.items():
-            for t in (*role.read, *role.write):
+        for name, spec in self.roles.items():
+            for t in (*spec.read, *spec.write):
                 if not re.match(_TOPIC, t):
                     raise ConfigError(f"roles.{name}", t, f"a topic filter matching {_TOPIC}")
         return self
