@@ -1,0 +1,253 @@
+"""RunAnalysis: feed it features messages and markers, get per-spill summaries and run totals.
+
+Pure: no sockets, no clock. A spill closes when its builder `spill_end` has arrived and one
+features message for each of the `slices` it announced (workers may reorder them), or is
+forced closed when `max_open_spills` later spills have closed first (a message was lost)
+or when the run is finished. Bad input raises MonitorInputError and is counted by reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from daq.errors import DaqError
+from daq.geometry import BOARD_NAMES
+from daq.wire import Kind, Message
+from monitors.config import MonitorConfig
+from monitors.identify import (
+    FEATURE_ARRAYS,
+    classify,
+    electron_sample,
+    hcal_total,
+    signal_box,
+)
+from monitors.spectra import Spectra
+from monitors.summary import BEAM_BIT, Counts, RunTotals, SpillSummary, figures, int_map
+
+Source = Literal["live", "replay"]
+_PASSIVE = frozenset({Kind.SPILL_START, Kind.RUN_START, Kind.RUN_STOP, Kind.CONFIG,
+                      Kind.END_OF_STREAM})
+
+
+class MonitorInputError(DaqError):
+    """A message the monitors cannot use. `reason` is a short code used as a metric label."""
+
+    REASONS = ("kind", "run", "arrays", "meta", "duplicate", "late")
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def check_features(msg: Message) -> Mapping[str, np.ndarray]:
+    """The arrays of a features message, checked against docs/dataflow.md."""
+    a = msg.arrays
+    for name, (dtype, ndim) in FEATURE_ARRAYS.items():
+        arr = a.get(name)
+        if arr is None:
+            raise MonitorInputError("arrays", f"features of spill {msg.spill} lack {name!r}")
+        if arr.dtype.str != dtype or arr.ndim != ndim or arr.shape[0] != msg.count:
+            raise MonitorInputError(
+                "arrays", f"{name!r} is {arr.dtype.str}{arr.shape}, expected {dtype} with "
+                f"{ndim} dims and {msg.count} events")
+    if a["e_hcal"].shape[1] < 1:
+        raise MonitorInputError("arrays", "e_hcal has no modules")
+    return a
+
+
+def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
+                   boards: Sequence[str]) -> tuple[Counts, np.ndarray]:
+    """Counts of one features block, and the mask of its complete events."""
+    c = Counts(events=len(f["e_ecal"]))
+    missing = f["missing"]
+    ok = missing == 0
+    c.complete = int(ok.sum())
+    c.incomplete = c.events - c.complete
+    c.missing_board = {b: int(((missing >> i) & 1).sum()) for i, b in enumerate(boards)}
+    c.beam_cond = int(((f["cond"] & BEAM_BIT) != 0).sum())
+    bits = f["bits"]
+    c.accepted = int((bits != 0).sum())
+    c.triggers = np.array([int(((bits >> i) & 1).sum()) for i in range(4)], np.int64)
+    shadow = f["shadow"]
+    c.shadow = np.array([int(((shadow >> i) & 1).sum()) for i in range(4)], np.int64)
+    # Physics figures use complete events only: a missing VETO reads zero and would pass.
+    g = {k: v[ok] for k, v in f.items() if k in FEATURE_ARRAYS}
+    mult = g["mult"]
+    c.pileup = int((mult > 1).sum())
+    c.mult_sum = int(mult.sum(dtype=np.int64))
+    ele = electron_sample(g, cfg)
+    c.electrons = int(ele.sum())
+    c.veto_zero = int((ele & (g["e_veto"] < cfg.veto_zero_gev)).sum())
+    c.hcal_zero = int((ele & (hcal_total(g) < cfg.hcal_zero_gev)).sum())
+    c.species = np.bincount(classify(g, cfg), minlength=4).astype(np.int64)
+    c.signal_box = int(signal_box(g, cfg).sum())
+    return c, ok
+
+
+@dataclass
+class _Open:
+    counts: Counts
+    spectra: Spectra
+    slices_seen: int = 0
+    slices: int | None = None
+    scalers: dict[str, int] = field(default_factory=dict)
+    shadow_ran: bool = False
+
+
+class RunAnalysis:
+    """The monitor figures of one run from one source (live or replay)."""
+
+    def __init__(self, cfg: MonitorConfig, *, boards: Sequence[str] = BOARD_NAMES,
+                 source: Source = "live", run: int | None = None,
+                 keep_spectra: bool = True) -> None:
+        self.cfg = cfg
+        self.boards = tuple(boards)
+        self.source: Source = source
+        self.run = run
+        self.keep_spectra = keep_spectra
+        self.summaries: list[SpillSummary] = []
+        self.spectra: dict[int, Spectra] = {}  # per closed spill, when keep_spectra
+        self.run_spectra = Spectra.empty(cfg)
+        self.totals_counts = Counts()
+        self.refused: dict[str, int] = {}
+        self.stream_gaps: dict[str, int] = {}
+        self.shadow_ran = False
+        self._open: dict[int, _Open] = {}
+        self._closed: set[int] = set()
+        self._last_seq: dict[str, int] = {}
+
+    # --- input ---------------------------------------------------------------------------
+
+    def feed(self, msg: Message) -> list[SpillSummary]:
+        """Take one message; return the spills it closed (usually none). Raises
+        MonitorInputError (after counting it) for a message that cannot be used."""
+        try:
+            return self._feed(msg)
+        except MonitorInputError as e:
+            self.refused[e.reason] = self.refused.get(e.reason, 0) + 1
+            raise
+
+    def _feed(self, msg: Message) -> list[SpillSummary]:
+        self._track_seq(msg)
+        if self.run is None:
+            self.run = msg.run
+        elif msg.run != self.run:
+            raise MonitorInputError("run", f"message of run {msg.run} in run {self.run}")
+        if msg.kind in _PASSIVE:
+            return []
+        if msg.kind is Kind.FEATURES:
+            self._features(msg)
+        elif msg.kind is Kind.SPILL_END:
+            self._spill_end(msg)
+        else:
+            raise MonitorInputError("kind", f"monitors do not take {msg.kind} messages")
+        return self._close_ready(msg.spill)
+
+    def _track_seq(self, msg: Message) -> None:
+        # A jump forward counts the skipped numbers as lost; one of them turning up later
+        # (a stream that reorders, e.g. a replay merging files) is taken back off the count.
+        last = self._last_seq.get(msg.src)
+        if last is None or msg.seq > last:
+            if last is not None and msg.seq > last + 1:
+                self.stream_gaps[msg.src] = self.stream_gaps.get(msg.src, 0) + msg.seq - last - 1
+            self._last_seq[msg.src] = msg.seq
+            return
+        if msg.seq == last or self.stream_gaps.get(msg.src, 0) == 0:
+            raise MonitorInputError("duplicate", f"{msg.src} seq {msg.seq} seen already "
+                                    f"(last {last})")
+        self.stream_gaps[msg.src] -= 1
+
+    def _spill(self, spill: int) -> _Open:
+        if spill in self._closed:
+            raise MonitorInputError("late", f"spill {spill} is already closed")
+        sp = self._open.get(spill)
+        if sp is None:
+            sp = self._open[spill] = _Open(Counts(), Spectra.empty(self.cfg))
+        return sp
+
+    def _features(self, msg: Message) -> None:
+        f = check_features(msg)
+        sp = self._spill(msg.spill)
+        c, ok = count_features(f, self.cfg, self.boards)
+        sp.counts.add(c)
+        sp.slices_seen += 1
+        sp.shadow_ran |= msg.meta.get("shadow_cfg") is not None
+        sp.spectra.fill(f["e_ecal"][ok], hcal_total(f)[ok])
+
+    def _spill_end(self, msg: Message) -> None:
+        m = msg.meta
+        slices = m.get("slices")
+        if not isinstance(slices, int) or isinstance(slices, bool) or slices < 0:
+            raise MonitorInputError("meta", f"spill_end of spill {msg.spill} has slices="
+                                    f"{slices!r}, expected a count from the builder")
+        shed = m.get("shed", 0)
+        if not isinstance(shed, int) or isinstance(shed, bool) or shed < 0:
+            raise MonitorInputError("meta", f"spill_end of spill {msg.spill} has shed={shed!r}")
+        sp = self._spill(msg.spill)
+        if sp.slices is not None:
+            raise MonitorInputError("duplicate", f"second spill_end for spill {msg.spill}")
+        sp.slices = slices
+        sp.counts.shed += shed
+        sp.counts.incomplete_board = int_map(m.get("incomplete"))
+        sp.counts.builder_gaps = int_map(m.get("gaps"))
+        sp.scalers = int_map(m.get("scalers"))
+
+    # --- closing -------------------------------------------------------------------------
+
+    def _close_ready(self, spill: int) -> list[SpillSummary]:
+        sp = self._open.get(spill)
+        if sp is None or sp.slices is None or sp.slices_seen < sp.slices:
+            return []
+        out = [self._close(spill, "complete")]
+        for old in sorted(s for s in self._open if s <= spill - self.cfg.max_open_spills):
+            out.append(self._close(old, "forced"))
+        return out
+
+    def finish(self) -> list[SpillSummary]:
+        """Close every open spill (end of run or of input); those incomplete are `forced`."""
+        out = []
+        for s in sorted(self._open):
+            sp = self._open[s]
+            done = sp.slices is not None and sp.slices_seen >= sp.slices
+            out.append(self._close(s, "complete" if done else "forced"))
+        return out
+
+    def _close(self, spill: int, how: Literal["complete", "forced"]) -> SpillSummary:
+        sp = self._open.pop(spill)
+        self._closed.add(spill)
+        self.totals_counts.add(sp.counts)
+        self.shadow_ran |= sp.shadow_ran
+        self.run_spectra.add(sp.spectra)
+        if self.keep_spectra:
+            self.spectra[spill] = sp.spectra
+        s = SpillSummary(
+            run=self.run or 0, spill=spill, source=self.source, closed=how,
+            slices=sp.slices, slices_seen=sp.slices_seen, scalers=sp.scalers,
+            **figures(sp.counts, self.cfg, shadow_ran=sp.shadow_ran))
+        self.summaries.append(s)
+        return s
+
+    # --- output --------------------------------------------------------------------------
+
+    @property
+    def open_spills(self) -> int:
+        return len(self._open)
+
+    def totals(self) -> RunTotals:
+        """Figures over every closed spill."""
+        return RunTotals(
+            spills=len(self.summaries),
+            forced_spills=sum(s.closed == "forced" for s in self.summaries),
+            stream_gaps=dict(self.stream_gaps), refused=dict(self.refused),
+            **figures(self.totals_counts, self.cfg, shadow_ran=self.shadow_ran))
+
+    def report(self) -> dict:
+        """The `analyze --json` object: run, spills, totals."""
+        return {"run": self.run, "source": self.source,
+                "spills": [s.model_dump(mode="json") for s in self.summaries],
+                "totals": self.totals().model_dump(mode="json")}

@@ -1,0 +1,105 @@
+"""MonitorConfig: identification cuts, zero thresholds, signal box, spectra and alarm bands."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from daq.config import StrictModel
+
+
+class Band(StrictModel):
+    """An allowed range for one figure; leaving it raises an alarm, re-entering clears it."""
+
+    low: float | None = Field(default=None, ge=-1e12, le=1e12,
+                              description="Lowest allowed value; None means unbounded below.")
+    high: float | None = Field(default=None, ge=-1e12, le=1e12,
+                               description="Highest allowed value; None means unbounded above.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Band:
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"band low {self.low} is above high {self.high}")
+        return self
+
+    def contains(self, value: float) -> bool:
+        return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
+
+
+class AlarmConfig(StrictModel):
+    """Bands of the figures that raise alarms (docs/monitors.md lists the alarm names)."""
+
+    veto_efficiency: Band = Field(default=Band(low=0.90),
+                                  description="VETO zero-threshold efficiency band.")
+    hcal_efficiency: Band = Field(default=Band(low=0.90),
+                                  description="HCAL zero-threshold efficiency band.")
+    pileup: Band = Field(default=Band(high=0.15),
+                         description="Band of the fraction of events with beam multiplicity > 1.")
+    hadron_fraction: Band = Field(default=Band(high=0.05),
+                                  description="Band of the hadron fraction of the beam.")
+    incomplete_fraction: Band = Field(default=Band(high=0.01),
+                                      description="Band of the fraction of incomplete events.")
+    min_sample: int = Field(default=200, ge=1, le=10**9,
+                            description="Efficiency and composition alarms are only judged on a "
+                            "spill whose sample has at least this many events.")
+    no_spill_s: float = Field(default=60.0, gt=0, le=86400,
+                              description="Raise `no_spill` when no spill closed for this long "
+                              "(s) while a run is open.")
+
+
+class MonitorConfig(StrictModel):
+    """Everything the monitor figures depend on. Energies in GeV."""
+
+    beam_energy_gev: float = Field(default=100.0, gt=0, le=1000,
+                                   description="Nominal beam energy.")
+    srd_min_gev: float = Field(default=0.001, ge=0, le=1,
+                               description="E_SRD at or above which a particle is SRD-tagged "
+                               "(electron-like synchrotron radiation).")
+    srd_max_gev: float = Field(default=0.3, gt=0, le=10,
+                               description="E_SRD above which the tag is refused (showers, "
+                               "noise bursts). Generous: pileup electrons add their SRD too.")
+    ps_min_gev: float = Field(default=0.3, ge=0, le=100,
+                              description="E_PS at or above which the shower started in the "
+                              "preshower (electron-like).")
+    ecal_min_ratio: float = Field(default=0.7, ge=0, le=2,
+                                  description="Electron sample: E_ECAL >= ratio x beam energy. "
+                                  "No upper cut, since pileup adds energy and an upper cut "
+                                  "would bias the efficiencies.")
+    veto_zero_gev: float = Field(default=0.002, gt=0, le=1,
+                                 description="VETO zero-energy threshold (a few times the noise "
+                                 "of the summed counters, far below a MIP).")
+    hcal_zero_gev: float = Field(default=1.0, gt=0, le=100,
+                                 description="HCAL zero-energy threshold on the sum of modules.")
+    muon_ecal_max_gev: float = Field(default=3.0, gt=0, le=1000,
+                                     description="Muon: E_ECAL at most this (a MIP).")
+    muon_module_min_gev: float = Field(default=0.3, ge=0, le=100,
+                                       description="Muon: each of HCAL1..HCAL3 sees at least "
+                                       "this (a MIP crossing every module).")
+    muon_hcal_max_gev: float = Field(default=15.0, gt=0, le=1000,
+                                     description="Muon: E_HCAL at most this (no shower).")
+    hadron_hcal_min_gev: float = Field(default=5.0, gt=0, le=1000,
+                                       description="Hadron: untagged by SRD, E_HCAL above this.")
+    signal_ecal_max_gev: float = Field(default=50.0, gt=0, le=1000,
+                                       description="Signal box: E_ECAL below this.")
+    signal_hcal_max_gev: float = Field(default=1.0, gt=0, le=1000,
+                                       description="Signal box: E_HCAL below this.")
+    blind: bool = Field(default=False,
+                        description="Hide the signal box count (None in summaries, no metric).")
+    confidence: float = Field(default=0.6827, gt=0, lt=1,
+                              description="Confidence level of the reported intervals.")
+    ecal_bins: int = Field(default=120, ge=4, le=2000, description="Bins of the E_ECAL spectrum.")
+    hcal_bins: int = Field(default=120, ge=4, le=2000, description="Bins of the E_HCAL spectrum.")
+    plane_bins: int = Field(default=60, ge=4, le=500,
+                            description="Bins per axis of the E_ECAL-E_HCAL plane.")
+    spectrum_max_ratio: float = Field(default=1.5, gt=0, le=10,
+                                      description="Spectra extend to this x beam energy.")
+    max_open_spills: int = Field(default=4, ge=1, le=1000,
+                                 description="A spill still open when this many later spills "
+                                 "have closed is closed as incomplete (lost messages).")
+    alarms: AlarmConfig = Field(default=AlarmConfig(), description="Alarm bands.")
+
+    @model_validator(mode="after")
+    def _srd_range(self) -> MonitorConfig:
+        if self.srd_min_gev >= self.srd_max_gev:
+            raise ValueError(f"srd_min_gev {self.srd_min_gev} must be below srd_max_gev "
+                             f"{self.srd_max_gev}")
+        return self

@@ -1,0 +1,84 @@
+"""Per-event particle identification from features: electron sample and beam composition.
+
+The electron sample of the efficiency measurement uses SRD, E_PS and E_ECAL only: a cut on
+VETO or HCAL would bias their efficiencies, and a cut on beam multiplicity would remove the
+very pileup that makes them inefficient. Definitions: docs/monitors.md.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import numpy as np
+
+from monitors.config import MonitorConfig
+
+#: features arrays the monitors read (docs/dataflow.md, "Features").
+FEATURE_ARRAYS = {
+    "e_ecal": ("<f4", 1), "e_ps": ("<f4", 1), "e_hcal": ("<f4", 2), "e_veto": ("<f4", 1),
+    "e_srd": ("<f4", 1), "mult": ("|u1", 1), "missing": ("|u1", 1), "cond": ("|u1", 1),
+    "bits": ("|u1", 1), "shadow": ("|u1", 1),
+}
+
+
+class Species(enum.IntEnum):
+    """What the monitors call a beam particle (not the simulator's truth enum)."""
+
+    ELECTRON = 0
+    HADRON = 1
+    MUON = 2
+    OTHER = 3
+
+
+SPECIES_NAMES = tuple(s.name.lower() for s in Species)
+
+
+def srd_tagged(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
+    """SRD in the electron range: synchrotron radiation of a 100 GeV electron."""
+    e = f["e_srd"]
+    return (e >= cfg.srd_min_gev) & (e <= cfg.srd_max_gev)
+
+
+def electron_sample(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
+    """Identified electrons: SRD-tagged, shower starting in the preshower, most energy in ECAL.
+
+    No upper cut on E_ECAL and nothing on VETO, HCAL or multiplicity (see module docstring).
+    """
+    return (srd_tagged(f, cfg) & (f["e_ps"] >= cfg.ps_min_gev)
+            & (f["e_ecal"] >= cfg.ecal_min_ratio * cfg.beam_energy_gev))
+
+
+def hcal_total(f: Mapping[str, np.ndarray]) -> np.ndarray:
+    """E_HCAL summed over the modules, GeV."""
+    return np.asarray(f["e_hcal"].sum(axis=1, dtype=np.float32))
+
+
+def classify(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
+    """Species code (uint8, values of `Species`) per event.
+
+    electron: SRD-tagged and an electromagnetic shower start in the preshower;
+    muon: no SRD, a MIP in the ECAL, a MIP or more in every HCAL module (including the
+    zero-degree HCAL4, which halo pileup does not reach) and no shower;
+    hadron: no SRD, not a muon, E_HCAL above the hadron threshold; other: the rest.
+    """
+    n = len(f["e_ecal"])
+    out = np.full(n, Species.OTHER, np.uint8)
+    tag = srd_tagged(f, cfg)
+    eh = hcal_total(f)
+    every_module = (f["e_hcal"] >= cfg.muon_module_min_gev).all(axis=1)
+    muon = (~tag & (f["e_ecal"] <= cfg.muon_ecal_max_gev) & every_module
+            & (eh <= cfg.muon_hcal_max_gev))
+    hadron = ~tag & ~muon & (eh >= cfg.hadron_hcal_min_gev)
+    out[hadron] = Species.HADRON
+    out[muon] = Species.MUON
+    out[tag & (f["e_ps"] >= cfg.ps_min_gev)] = Species.ELECTRON
+    return out
+
+
+def signal_box(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
+    """Missing-energy candidates: identified electron (SRD, PS) with little E_ECAL and E_HCAL."""
+    return (srd_tagged(f, cfg) & (f["e_ps"] >= cfg.ps_min_gev)
+            & (f["e_ecal"] < cfg.signal_ecal_max_gev)
+            & (hcal_total(f) < cfg.signal_hcal_max_gev)
+            & (f["e_veto"] < cfg.veto_zero_gev))

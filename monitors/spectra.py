@@ -1,0 +1,80 @@
+"""E_ECAL, E_HCAL and E_ECAL-E_HCAL spectra (hist), one snapshot per spill, exportable."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import hist
+import numpy as np
+
+from monitors.config import MonitorConfig
+
+SPECTRA = ("ecal", "hcal", "plane")
+
+
+@dataclass
+class Spectra:
+    """The three histograms of one spill (or, summed, of a run). Energies in GeV."""
+
+    ecal: hist.Hist
+    hcal: hist.Hist
+    plane: hist.Hist
+
+    @classmethod
+    def empty(cls, cfg: MonitorConfig) -> Spectra:
+        top = cfg.spectrum_max_ratio * cfg.beam_energy_gev
+
+        def axis(bins: int, name: str) -> hist.axis.Regular:
+            return hist.axis.Regular(bins, 0.0, top, name=name, label=f"{name} [GeV]")
+
+        return cls(
+            ecal=hist.Hist(axis(cfg.ecal_bins, "e_ecal"), storage=hist.storage.Int64()),
+            hcal=hist.Hist(axis(cfg.hcal_bins, "e_hcal"), storage=hist.storage.Int64()),
+            plane=hist.Hist(axis(cfg.plane_bins, "e_ecal"), axis(cfg.plane_bins, "e_hcal"),
+                            storage=hist.storage.Int64()),
+        )
+
+    def fill(self, e_ecal: np.ndarray, e_hcal: np.ndarray) -> None:
+        self.ecal.fill(e_ecal)
+        self.hcal.fill(e_hcal)
+        self.plane.fill(e_ecal, e_hcal)
+
+    def add(self, other: Spectra) -> None:
+        self.ecal += other.ecal
+        self.hcal += other.hcal
+        self.plane += other.plane
+
+    def copy(self) -> Spectra:
+        return Spectra(self.ecal.copy(), self.hcal.copy(), self.plane.copy())
+
+    def to_dict(self) -> dict[str, dict[str, list]]:
+        """JSON-able: edges per axis and counts (under/overflow included, flow=True)."""
+        out: dict[str, dict[str, list]] = {}
+        for name in SPECTRA:
+            h: hist.Hist = getattr(self, name)
+            out[name] = {
+                "edges": [ax.edges.tolist() for ax in h.axes],
+                "counts": h.values(flow=True).astype(np.int64).tolist(),
+            }
+        return out
+
+
+def cumulative_buckets(h: hist.Hist, every: int) -> tuple[list[float], list[int], int]:
+    """Prometheus-style cumulative buckets of a 1-D histogram at every `every`-th edge.
+
+    Returns (upper edges, cumulative counts at those edges, total including overflow); the
+    underflow (negative energies from noise) is counted in every bucket, as `le` demands.
+    """
+    values = h.values(flow=True).astype(np.int64)  # [under, bins..., over]
+    cum = np.cumsum(values)
+    edges = h.axes[0].edges
+    idx = list(range(every, len(edges), every))
+    if idx[-1] != len(edges) - 1:
+        idx.append(len(edges) - 1)
+    return [float(edges[i]) for i in idx], [int(cum[i]) for i in idx], int(cum[-1])
+
+
+def to_json(per_spill: Mapping[int, Spectra]) -> dict[str, dict]:
+    """Per-spill snapshots of a run as {spill: Spectra.to_dict()} (keys as strings for JSON)."""
+    return {str(s): sp.to_dict() for s, sp in sorted(per_spill.items())}

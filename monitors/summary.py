@@ -1,0 +1,162 @@
+"""Additive per-spill counts and the figures (pydantic models) computed from them.
+
+Counts add across spills, so run totals are the same figures computed on summed counts.
+The JSON of `SpillSummary` is one entry of `na64daq analyze --json` (docs/monitors.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from monitors.config import MonitorConfig
+from monitors.identify import SPECIES_NAMES
+from monitors.stats import Estimate, estimate
+
+#: trigger types by bit position (docs/dataflow.md): PHYSICS=1 BEAM=2 RANDOM=4 CALIBRATION=8.
+TRIGGER_TYPES = ("physics", "beam", "random", "calibration")
+BEAM_BIT = 2
+
+
+@dataclass
+class Counts:
+    """Event counts of one spill (or, summed, of a run). Everything here is additive."""
+
+    events: int = 0  # processed: events in features messages
+    complete: int = 0  # events with every board present (the physics sample)
+    incomplete: int = 0  # events with at least one board missing
+    beam_cond: int = 0  # events meeting the beam condition (cond & BEAM)
+    accepted: int = 0  # events with bits != 0
+    shed: int = 0  # events dropped for dead time (builder spill_end)
+    pileup: int = 0  # complete events with beam multiplicity > 1
+    mult_sum: int = 0  # sum of multiplicities over complete events
+    electrons: int = 0  # identified electron sample
+    veto_zero: int = 0  # electrons with E_VETO below its zero threshold
+    hcal_zero: int = 0  # electrons with E_HCAL below its zero threshold
+    signal_box: int = 0
+    shadow_seen: int = 0  # features messages that carried a shadow configuration
+    triggers: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
+    shadow: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
+    species: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
+    missing_board: dict[str, int] = field(default_factory=dict)  # from the `missing` bits
+    incomplete_board: dict[str, int] = field(default_factory=dict)  # builder's account
+    builder_gaps: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(a, dict):
+                for k, v in b.items():
+                    a[k] = a.get(k, 0) + v
+            elif isinstance(a, np.ndarray):
+                a += b
+            else:
+                setattr(self, f.name, a + b)
+
+
+Closed = Literal["complete", "forced"]
+
+
+class Figures(BaseModel):
+    """Figures common to a spill and a run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    events: int = Field(description="Processed events (features received).")
+    eot: float | None = Field(description="Electrons on target: beam-condition events / "
+                              "live_time_ratio; None when every event was shed.")
+    live_time_ratio: float = Field(description="processed / (processed + shed).")
+    shed: int = Field(description="Events the builder dropped for dead time.")
+    beam_triggers: int = Field(description="Processed events meeting the beam condition.")
+    triggers: dict[str, int] = Field(description="Events per fired trigger type.")
+    accepted: int = Field(description="Events with any trigger bit fired.")
+    accepted_ratio: float | None = Field(description="accepted / events.")
+    shadow_triggers: dict[str, int] | None = Field(
+        description="Events the shadow configuration would fire, None when none ran.")
+    pileup_fraction: float | None = Field(description="Complete events with multiplicity > 1.")
+    mean_multiplicity: float | None = Field(description="Mean beam multiplicity.")
+    veto_efficiency: Estimate = Field(description="VETO zero-threshold efficiency.")
+    hcal_efficiency: Estimate = Field(description="HCAL zero-threshold efficiency.")
+    composition: dict[str, float | None] = Field(description="Species fractions.")
+    composition_intervals: dict[str, Estimate] = Field(description="Same, with intervals.")
+    incomplete_events: int = Field(description="Processed events with a board missing.")
+    incomplete_fraction: float | None = Field(description="incomplete_events / events.")
+    incomplete_by_board: dict[str, int] = Field(
+        description="Incomplete events per board (builder's count, else the missing bits).")
+    builder_gaps: dict[str, int] = Field(description="Sequence gaps the builder saw per board.")
+    signal_box: int | None = Field(description="Signal-box events; None when blind.")
+
+
+class SpillSummary(Figures):
+    """One spill: the JSON published on na64/monitor/spill and listed by analyze."""
+
+    run: int = Field(description="Run number.")
+    spill: int = Field(description="Spill number.")
+    source: Literal["live", "replay"] = Field(description="Live data or a replayed file.")
+    closed: Closed = Field(description="complete: spill_end and every slice arrived; "
+                           "forced: closed without them (lost messages, end of run).")
+    slices: int | None = Field(description="Built slices the builder announced.")
+    slices_seen: int = Field(description="Features messages received for the spill.")
+    scalers: dict[str, int] = Field(description="Builder's scalers (S1 S2 S3 V1 beam).")
+
+
+class RunTotals(Figures):
+    """The same figures over every closed spill of a run."""
+
+    spills: int = Field(description="Closed spills.")
+    forced_spills: int = Field(description="Spills closed without all their messages.")
+    stream_gaps: dict[str, int] = Field(description="Messages lost per source (seq gaps).")
+    refused: dict[str, int] = Field(description="Messages refused, by reason.")
+
+
+def _ratio(k: int, n: int) -> float | None:
+    return k / n if n else None
+
+
+def _by_board(c: Counts) -> dict[str, int]:
+    return dict(c.incomplete_board) if c.incomplete_board else dict(c.missing_board)
+
+
+def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) -> dict:
+    """The Figures fields (as a dict for model construction) from counts."""
+    total = c.events + c.shed
+    live = c.events / total if total else 1.0
+    ran = c.shadow_seen > 0 if shadow_ran is None else shadow_ran
+    return {
+        "events": c.events,
+        "eot": (c.beam_cond / live) if live > 0 else None,
+        "live_time_ratio": live,
+        "shed": c.shed,
+        "beam_triggers": c.beam_cond,
+        "triggers": dict(zip(TRIGGER_TYPES, map(int, c.triggers), strict=True)),
+        "accepted": c.accepted,
+        "accepted_ratio": _ratio(c.accepted, c.events),
+        "shadow_triggers": (dict(zip(TRIGGER_TYPES, map(int, c.shadow), strict=True))
+                            if ran else None),
+        "pileup_fraction": _ratio(c.pileup, c.complete),
+        "mean_multiplicity": _ratio(c.mult_sum, c.complete),
+        "veto_efficiency": estimate(c.veto_zero, c.electrons, cfg.confidence),
+        "hcal_efficiency": estimate(c.hcal_zero, c.electrons, cfg.confidence),
+        "composition": {s: _ratio(int(k), c.complete)
+                        for s, k in zip(SPECIES_NAMES, c.species, strict=True)},
+        "composition_intervals": {s: estimate(int(k), c.complete, cfg.confidence)
+                                  for s, k in zip(SPECIES_NAMES, c.species, strict=True)},
+        "incomplete_events": c.incomplete,
+        "incomplete_fraction": _ratio(c.incomplete, c.events),
+        "incomplete_by_board": _by_board(c),
+        "builder_gaps": dict(c.builder_gaps),
+        "signal_box": None if cfg.blind else c.signal_box,
+    }
+
+
+def int_map(value: object) -> dict[str, int]:
+    """A {str: int} map from marker meta; anything else gives {} (a malformed meta is refused
+    upstream by the caller's checks, never trusted blindly)."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {str(k): int(v) for k, v in value.items()
+            if isinstance(v, int) and not isinstance(v, bool)}
