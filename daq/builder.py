@@ -1,0 +1,504 @@
+"""Event building, sans I/O: align board fragments by (spill, first), emit built slices.
+
+`EventBuilder.feed(msg, now)` takes one decoded board message and returns the messages to
+send downstream; `poll(now)` applies the missing-fragment timeout; `finish(now)` flushes.
+There are no sockets and no clock here: the service passes `now` (seconds, monotonic).
+Counters are plain attributes (`stats["live"]`, `stats["replay"]`); the service exports
+them. docs/dataflow.md fixes what goes in and out; docs/decisions/0004 says why.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from daq.config import StrictModel, content_hash
+from daq.errors import WireError
+from daq.geometry import Geometry
+from daq.wire import Kind, Message
+
+Policy = Literal["flag", "skip_spill", "stop_run"]
+SRC = "builder"
+_REORDER_WINDOW = 256  # a seq hole older than this many messages of its stream is lost
+_MAX_HOLES = 4096
+_CLOSED_MEMORY = 8  # closed spills remembered to classify very late fragments
+
+_FEATURE: dict[str, np.dtype[Any]] = {
+    "amp": np.dtype("<f4"), "tpeak": np.dtype("<f4"), "npulse": np.dtype("|u1")}
+
+
+class BuilderConfig(StrictModel):
+    """Event builder settings."""
+
+    timeout_s: float = Field(default=1.0, gt=0, le=600, description=(
+        "Seconds a partly built slice, or a spill whose first board has ended it, waits for "
+        "the missing boards before the policy applies."))
+    policy: Policy = Field(default="flag", description=(
+        "On a timeout: 'flag' passes the slice on with the board flagged missing; "
+        "'skip_spill' drops the rest of the spill (counted); 'stop_run' flags the slice, "
+        "closes the spill and ends the run."))
+    max_pending_events: int = Field(default=100_000, ge=1, le=100_000_000, description=(
+        "Events held (partly built plus queued for downstream) before the builder stops "
+        "reading its input (backpressure)."))
+    shed_after_s: float = Field(default=2.0, ge=0, le=600, description=(
+        "Seconds of continuous backpressure after which the builder reads again and sheds "
+        "built slices, counted as dead time, instead of stalling the front ends."))
+    input: str = Field(default="tcp://127.0.0.1:5550", min_length=6, max_length=256,
+                       description="Endpoint the PULL socket binds; every board connects.")
+    output: str = Field(default="tcp://127.0.0.1:5551", min_length=6, max_length=256,
+                        description="Endpoint the PUSH socket binds; trigger workers connect.")
+    output_hwm: int = Field(default=64, ge=1, le=1_000_000,
+                            description="Send high-water mark of the output socket, messages.")
+    with_crc: bool = Field(default=True, description=(
+        "Compute the CRC32C of built slices (off only on trusted inproc links)."))
+
+    @model_validator(mode="after")
+    def _distinct(self) -> BuilderConfig:
+        if self.input == self.output:
+            raise ValueError("input and output endpoints must differ")
+        return self
+
+
+def _board_counter() -> collections.Counter[str]:
+    return collections.Counter()
+
+
+@dataclass
+class Stats:
+    """Counters of one source (live or replay). Per-board counters are keyed by board."""
+
+    fragments: collections.Counter[str] = field(default_factory=_board_counter)
+    seq_gaps: collections.Counter[str] = field(default_factory=_board_counter)
+    duplicates: collections.Counter[str] = field(default_factory=_board_counter)
+    out_of_order: collections.Counter[str] = field(default_factory=_board_counter)
+    late: collections.Counter[str] = field(default_factory=_board_counter)
+    incomplete: collections.Counter[str] = field(default_factory=_board_counter)
+    empty: collections.Counter[str] = field(default_factory=_board_counter)
+    decode_errors: collections.Counter[str] = field(default_factory=_board_counter)
+    events: int = 0
+    slices: int = 0
+    shed: int = 0
+    skipped: int = 0
+    spills: int = 0
+
+
+@dataclass
+class _Pending:
+    t0: float
+    frags: dict[str, Message] = field(default_factory=dict)
+
+
+@dataclass
+class _Spill:
+    run: int
+    spill: int
+    replay: bool
+    mode: str = ""
+    t0_ns: int = 0
+    started: set[str] = field(default_factory=set)
+    ended: dict[str, int] = field(default_factory=dict)
+    scalers: dict[str, Any] = field(default_factory=dict)
+    pending: dict[int, _Pending] = field(default_factory=dict)
+    done: dict[int, frozenset[str]] = field(default_factory=dict)
+    t_end: float | None = None
+    slices: int = 0
+    events: int = 0
+    shed: int = 0
+    skipped: bool = False
+    incomplete: collections.Counter[str] = field(default_factory=_board_counter)
+    gaps: collections.Counter[str] = field(default_factory=_board_counter)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Stream:
+    expected: int | None = None
+    run: int = -1
+    holes: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (run, spill)
+
+
+def _default_trigger_config() -> dict[str, Any]:
+    from trigger.config import TriggerConfig  # late: daq must not depend on trigger at import
+
+    return TriggerConfig().model_dump(mode="json")
+
+
+class EventBuilder:
+    """Aligns fragments of every geometry board; see the module docstring."""
+
+    def __init__(self, geometry: Geometry, config: BuilderConfig | None = None, *,
+                 calibration: str = "",
+                 default_trigger_config: Callable[[], dict[str, Any]] | None = None) -> None:
+        self.geometry = geometry
+        self.config = config or BuilderConfig()
+        self.boards = geometry.board_names
+        if len(self.boards) > 8:
+            raise ValueError("the `missing` mask is uint8: at most 8 boards")
+        self.bit = {b: 1 << i for i, b in enumerate(self.boards)}
+        self.nch = {b: geometry.n_channels(b) for b in self.boards}
+        self.calibration = calibration
+        self.stats = {"live": Stats(), "replay": Stats()}
+        self.shedding = False
+        self.stopped = False
+        self.stop_reason = ""
+        self.seq = 0
+        self.run = 0
+        self._spills: dict[tuple[int, int], _Spill] = {}
+        self._closed: collections.deque[tuple[int, int]] = collections.deque(
+            maxlen=_CLOSED_MEMORY)
+        self._streams: dict[str, _Stream] = {b: _Stream() for b in self.boards}
+        self._runs_started: set[int] = set()
+        self._fill_cache: dict[tuple[str, str, int], np.ndarray] = {}
+        cfg = (default_trigger_config or _default_trigger_config)()
+        if not cfg:
+            raise ValueError("the default trigger configuration is empty")
+        self._active: tuple[dict[str, Any], str, str] = (cfg, content_hash(cfg), "default")
+        self._announced = False
+        self._last_spill = 0
+        self._replay = False
+        self._next_cfg: tuple[dict[str, Any], str, str] | None = None
+        self._shadow: dict[str, Any] | None = None
+        self._next_shadow: tuple[dict[str, Any] | None] | None = None
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def set_trigger_config(self, cfg: dict[str, Any], who: str) -> str:
+        """Make `cfg` active from the next spill start; returns its hash."""
+        h = content_hash(cfg)
+        self._next_cfg = (cfg, h, who)
+        return h
+
+    def set_shadow_config(self, cfg: dict[str, Any] | None) -> None:
+        """Evaluate `cfg` alongside from the next spill start (None: no shadow)."""
+        self._next_shadow = (cfg,)
+
+    @property
+    def active_config(self) -> tuple[dict[str, Any], str]:
+        return self._active[0], self._active[1]
+
+    @property
+    def pending_events(self) -> int:
+        """Events in partly built slices."""
+        return sum(max(m.count for m in p.frags.values())
+                   for s in self._spills.values() for p in s.pending.values())
+
+    # -- input -----------------------------------------------------------------------------
+
+    def count_decode_error(self, board: str, *, replay: bool = False) -> None:
+        """Count a message refused before it reached `feed` (board 'unknown' if unknown)."""
+        key = board if board in self.bit else "unknown"
+        self.stats["replay" if replay else "live"].decode_errors[key] += 1
+
+    def feed(self, msg: Message, now: float) -> list[Message]:
+        """Take one board message; return what to send downstream, in order."""
+        out: list[Message] = []
+        board = msg.board if msg.board in self.bit else msg.src
+        stats = self.stats["replay" if msg.replay else "live"]
+        self._replay = msg.replay
+        if board not in self.bit:
+            stats.decode_errors["unknown"] += 1
+            return out
+        if not self._sequence(board, msg, stats):
+            return out
+        if self.stopped:
+            return out
+        if msg.kind is Kind.SLICE:
+            self._slice(board, msg, stats, now, out)
+        elif msg.kind is Kind.SPILL_START:
+            st = self._spill(msg, now, out)
+            if st is not None:
+                st.started.add(board)
+                st.t0_ns = st.t0_ns or int(msg.meta.get("t0_ns", 0) or 0)
+        elif msg.kind is Kind.SPILL_END:
+            st = self._spill(msg, now, out)
+            if st is not None:
+                st.ended[board] = int(msg.meta.get("events", 0) or 0)
+                if isinstance(msg.meta.get("scalers"), dict):
+                    st.scalers[board] = msg.meta["scalers"]
+                st.t_end = now if st.t_end is None else st.t_end
+                self._maybe_close(st, now, out)
+        elif msg.kind is Kind.RUN_START:
+            self._run_start(msg, out)
+        elif msg.kind in (Kind.RUN_STOP, Kind.END_OF_STREAM, Kind.CONFIG):
+            pass  # a run ends by run control or finish(); boards' own markers add nothing
+        else:
+            stats.decode_errors[board] += 1
+        return out
+
+    def _sequence(self, board: str, msg: Message, stats: Stats) -> bool:
+        """Account the stream's seq; False for a duplicate message (dropped)."""
+        s = self._streams[board]
+        if s.expected is None or (msg.seq == 0 and msg.run != s.run):
+            s.expected, s.holes, s.run = msg.seq + 1, {}, msg.run  # a (re)started stream
+            return True
+        s.run = msg.run
+        if msg.seq >= s.expected:
+            gap = msg.seq - s.expected
+            if gap > _MAX_HOLES:  # too many to wait for: count them lost now
+                stats.seq_gaps[board] += gap
+            else:
+                for h in range(s.expected, msg.seq):
+                    s.holes[h] = (msg.run, msg.spill)
+            s.expected = msg.seq + 1
+            self._confirm_holes(board, s, stats, below=msg.seq - _REORDER_WINDOW)
+            return True
+        if msg.seq in s.holes:
+            del s.holes[msg.seq]
+            stats.out_of_order[board] += 1
+            return True
+        stats.duplicates[board] += 1
+        return False
+
+    def _confirm_holes(self, board: str, s: _Stream, stats: Stats, below: int,
+                       spill: tuple[int, int] | None = None) -> None:
+        for h in [h for h, k in s.holes.items() if h < below or k == spill]:
+            run, sp = s.holes.pop(h)
+            stats.seq_gaps[board] += 1
+            st = self._spills.get((run, sp))
+            if st is not None:
+                st.gaps[board] += 1
+
+    def _run_start(self, msg: Message, out: list[Message]) -> None:
+        if msg.run in self._runs_started:
+            return
+        self._runs_started.add(msg.run)
+        self.run = msg.run
+        meta = dict(msg.meta)
+        meta.setdefault("geometry", self.geometry.hash)
+        meta.setdefault("calibration", self.calibration)
+        out.append(self._emit(Kind.RUN_START, msg.run, 0, msg.replay, meta=meta))
+
+    def _spill(self, msg: Message, now: float, out: list[Message]) -> _Spill | None:
+        key = (msg.run, msg.spill)
+        st = self._spills.get(key)
+        if st is not None:
+            return st
+        if key in self._closed:
+            return None
+        self.run, self._last_spill = msg.run, msg.spill
+        if self._next_cfg is not None:
+            self._active, self._next_cfg = self._next_cfg, None
+            self._announced = False
+        if self._next_shadow is not None:
+            self._shadow, self._next_shadow = self._next_shadow[0], None
+        cfg, h, who = self._active
+        if not self._announced:
+            self._announced = True
+            out.append(self._emit(Kind.CONFIG, msg.run, msg.spill, msg.replay, meta={
+                "trigger_config": cfg, "cfg": h, "who": who, "when": now}))
+        st = _Spill(msg.run, msg.spill, msg.replay)
+        st.meta = {"cfg": h, "trigger_config": cfg, "shadow_config": self._shadow,
+                   "calib": self.calibration}
+        self._spills[key] = st
+        self.stats["replay" if msg.replay else "live"].spills += 1
+        out.append(self._emit(Kind.SPILL_START, msg.run, msg.spill, msg.replay, meta={
+            "t0_ns": int(msg.meta.get("t0_ns", 0) or 0), "cfg": h, "trigger_config": cfg,
+            "shadow_config": self._shadow}))
+        return st
+
+    def _slice(self, board: str, msg: Message, stats: Stats, now: float,
+               out: list[Message]) -> None:
+        try:
+            empty = self._check(board, msg)
+        except WireError:
+            stats.decode_errors[board] += 1
+            return
+        st = self._spill(msg, now, out)
+        if st is None:
+            stats.late[board] += 1
+            return
+        mode = msg.meta.get("mode")
+        if st.mode and mode != st.mode:
+            stats.decode_errors[board] += 1  # a board in another mode cannot be merged
+            return
+        st.mode = st.mode or str(mode)
+        stats.fragments[board] += 1
+        if empty:
+            stats.empty[board] += 1
+        if st.skipped:
+            stats.skipped += msg.count
+            return
+        if msg.first in st.done:
+            (stats.duplicates if board in st.done[msg.first] else stats.late)[board] += 1
+            return
+        p = st.pending.setdefault(msg.first, _Pending(now))
+        if board in p.frags:
+            stats.duplicates[board] += 1
+            return
+        p.frags[board] = msg
+        if len(p.frags) == len(self.boards):
+            self._complete(st, msg.first, now, out)
+        elif self.pending_events > self.config.max_pending_events:
+            oldest = min(st.pending, key=lambda f: st.pending[f].t0)
+            self._complete(st, oldest, now, out)  # memory bound: do not wait longer
+        self._maybe_close(st, now, out)
+
+    def _check(self, board: str, msg: Message) -> bool:
+        """Validate a fragment against the geometry; True when it is empty (suppressed)."""
+        a, n, nch = msg.arrays, msg.count, self.nch[board]
+        if n == 0:
+            raise WireError("shape", "slice with zero events")
+        mode = msg.meta.get("mode")
+        ts = a.get("ts")
+        if ts is None or ts.dtype != np.int64:
+            raise WireError("shape", "slice lacks int64 'ts'")
+        want: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
+        if mode == "waveform":
+            want = {"wave": ((n, nch, self.geometry.detector.samples), np.dtype("<i2"))}
+        elif mode == "feature":
+            want = {k: ((n, nch), dt) for k, dt in _FEATURE.items()}
+        else:
+            raise WireError("header", f"mode {mode!r}")
+        extra = set(a) - set(want) - {"ts"}
+        if extra:
+            raise WireError("shape", f"unexpected arrays {sorted(extra)}")
+        if len(a) == 1:
+            return True
+        for k, (shape, dt) in want.items():
+            if k not in a or a[k].shape != shape or a[k].dtype != dt:
+                raise WireError("shape", f"{board} array {k!r} is not {dt}{shape}")
+        return False
+
+    # -- building --------------------------------------------------------------------------
+
+    def _fill(self, board: str, name: str, count: int) -> np.ndarray:
+        key = (board, name, count)
+        arr = self._fill_cache.get(key)
+        if arr is None:
+            nch = self.nch[board]
+            if name == "wave":
+                ped = round(self.geometry.detector.pedestal)
+                arr = np.full((count, nch, self.geometry.detector.samples), ped, np.int16)
+            else:
+                arr = np.zeros((count, nch), _FEATURE[name])
+            arr.flags.writeable = False  # shared between slices
+            if len(self._fill_cache) > 64:
+                self._fill_cache.clear()
+            self._fill_cache[key] = arr
+        return arr
+
+    def _complete(self, st: _Spill, first: int, now: float, out: list[Message]) -> None:
+        p = st.pending.pop(first)
+        st.done[first] = frozenset(p.frags)
+        stats = self.stats["replay" if st.replay else "live"]
+        count = max(m.count for m in p.frags.values())
+        names = ("wave",) if st.mode == "waveform" else tuple(_FEATURE)
+        missing = np.zeros(count, np.uint8)
+        ts = next(m.arrays["ts"] for b in self.boards
+                  if (m := p.frags.get(b)) is not None and m.count == count)
+        arrays: dict[str, np.ndarray] = {"ts": ts, "missing": missing}
+        for b in self.boards:
+            m = p.frags.get(b)
+            have = 0 if m is None else m.count
+            if have < count:
+                missing[have:] |= self.bit[b]
+                st.incomplete[b] += count - have
+                stats.incomplete[b] += count - have
+            for name in names:
+                src = None if m is None else m.arrays.get(name)
+                if src is None:
+                    arrays[f"{b}.{name}"] = self._fill(b, name, count)
+                elif have < count:  # a short fragment: the one case that copies
+                    full = self._fill(b, name, count).copy()
+                    full[:have] = src
+                    arrays[f"{b}.{name}"] = full
+                else:
+                    arrays[f"{b}.{name}"] = src
+        if self.shedding:
+            st.shed += count
+            stats.shed += count
+            return
+        meta = dict(st.meta, mode=st.mode, slice_index=st.slices)
+        st.slices += 1
+        st.events += count
+        stats.slices += 1
+        stats.events += count
+        out.append(self._emit(Kind.SLICE, st.run, st.spill, st.replay, first=first,
+                              count=count, arrays=arrays, meta=meta, board="ALL"))
+
+    def _emit(self, kind: Kind, run: int, spill: int, replay: bool, *, first: int = 0,
+              count: int = 0, arrays: dict[str, np.ndarray] | None = None,
+              meta: dict[str, Any] | None = None, board: str = "") -> Message:
+        m = Message(kind=kind, run=run, spill=spill, seq=self.seq, src=SRC, board=board,
+                    first=first, count=count, arrays=arrays or {}, meta=meta or {},
+                    replay=replay)
+        self.seq += 1
+        return m
+
+    # -- timeouts and spill ends -------------------------------------------------------------
+
+    def _maybe_close(self, st: _Spill, now: float, out: list[Message], *,
+                     force: bool = False) -> None:
+        all_ended = len(st.ended) == len(self.boards)
+        timed_out = st.t_end is not None and now - st.t_end >= self.config.timeout_s
+        if not (force or timed_out or (all_ended and not st.pending)):
+            return
+        for first in sorted(st.pending):
+            self._complete(st, first, now, out)
+        for b in self.boards:
+            self._confirm_holes(b, self._streams[b], self.stats["replay" if st.replay
+                                else "live"], below=-1, spill=(st.run, st.spill))
+        beam = st.scalers.get("BEAM", {})
+        out.append(self._emit(Kind.SPILL_END, st.run, st.spill, st.replay, meta={
+            "slices": st.slices, "events": st.events, "incomplete": dict(st.incomplete),
+            "shed": st.shed, "gaps": dict(st.gaps), "scalers": dict(beam),
+            "board_events": dict(st.ended), "skipped": st.skipped,
+            "cfg": st.meta["cfg"]}))
+        del self._spills[(st.run, st.spill)]
+        self._closed.append((st.run, st.spill))
+
+    def poll(self, now: float) -> list[Message]:
+        """Apply the timeout: partly built slices and spills waiting too long."""
+        out: list[Message] = []
+        if self.stopped:
+            return out
+        for st in list(self._spills.values()):
+            late = sorted(f for f, p in st.pending.items()
+                          if now - p.t0 >= self.config.timeout_s)
+            if late:
+                absent = sorted({b for f in late for b in self.boards
+                                 if b not in st.pending[f].frags})
+                if self.config.policy == "skip_spill":
+                    self._skip(st)
+                for f in late:
+                    if f in st.pending:
+                        self._complete(st, f, now, out)
+                if self.config.policy == "stop_run":
+                    self.stop_reason = (f"boards {absent} missing in run {st.run} spill "
+                                        f"{st.spill} after {self.config.timeout_s} s")
+                    out += self._stop(now)
+                    return out
+            self._maybe_close(st, now, out)
+        return out
+
+    def _skip(self, st: _Spill) -> None:
+        """Policy skip_spill: drop what is pending of the spill and whatever follows."""
+        st.skipped = True
+        stats = self.stats["replay" if st.replay else "live"]
+        for f, p in list(st.pending.items()):
+            st.done[f] = frozenset(p.frags)
+            stats.skipped += max(m.count for m in p.frags.values())
+        st.pending.clear()
+
+    def _stop(self, now: float) -> list[Message]:
+        out: list[Message] = []
+        for st in list(self._spills.values()):
+            self._maybe_close(st, now, out, force=True)
+        self.stopped = True
+        replay = any(m.replay for m in out)
+        stats = self.stats["replay" if replay else "live"]
+        out.append(self._emit(Kind.RUN_STOP, self.run, self._last_spill, replay, meta={
+            "reason": self.stop_reason or "end of input", "events": stats.events,
+            "spills": stats.spills}))
+        return out
+
+    def finish(self, now: float) -> list[Message]:
+        """Flush every open spill (flagging what is missing) and end the stream."""
+        out = [] if self.stopped else self._stop(now)
+        out.append(self._emit(Kind.END_OF_STREAM, self.run, self._last_spill, self._replay))
+        return out

@@ -1,0 +1,258 @@
+"""The sans-I/O event builder: alignment, timeouts, policies, sequence accounting, bounds."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from daq_fragments import Board
+
+from daq.builder import BuilderConfig, EventBuilder
+from daq.config import content_hash
+from daq.errors import ConfigError
+from daq.geometry import load_geometry
+from daq.wire import Kind, Message
+
+GEOM = load_geometry()
+NAMES = GEOM.board_names
+CFG = {"thresholds": {"ecal_max": 90.0}}
+
+
+def _builder(**kw: object) -> EventBuilder:
+    return EventBuilder(GEOM, BuilderConfig.parse({"timeout_s": 1.0, **kw}),
+                        calibration="calhash", default_trigger_config=lambda: dict(CFG))
+
+
+def _boards(mode: str = "feature") -> dict[str, Board]:
+    return {n: Board(GEOM, n, mode=mode, seed=i) for i, n in enumerate(NAMES)}
+
+
+def _interleave(boards: dict[str, Board], spill: int, events: int, se: int = 32,
+                skip: dict[str, int] | None = None) -> list[Message]:
+    """Messages of one spill, board streams interleaved slice by slice, as on the wire.
+    `skip[board] = k`: that board stops after k slices (no more slices, no spill_end)."""
+    per = {n: b.spill(spill, events, se) for n, b in boards.items()}
+    if skip:
+        for n, k in skip.items():
+            per[n] = per[n][: 1 + k]
+    out: list[Message] = []
+    for i in range(max(len(v) for v in per.values())):
+        out += [v[i] for v in per.values() if i < len(v)]
+    return out
+
+
+def _feed(b: EventBuilder, msgs: list[Message], now: float = 0.0) -> list[Message]:
+    out: list[Message] = []
+    for m in msgs:
+        out += b.feed(m, now)
+    return out
+
+
+def _kinds(out: list[Message], kind: Kind) -> list[Message]:
+    return [m for m in out if m.kind is kind]
+
+
+def test_complete_events_in_complete_events_out_zero_copy() -> None:
+    b, boards = _builder(), _boards()
+    msgs = _interleave(boards, 0, 100) + _interleave(boards, 1, 70)
+    out = _feed(b, msgs)
+    slices = _kinds(out, Kind.SLICE)
+    assert [s.count for s in slices] == [32, 32, 32, 4, 32, 32, 6]
+    assert [s.meta["slice_index"] for s in slices] == [0, 1, 2, 3, 0, 1, 2]
+    assert all(not s.arrays["missing"].any() for s in slices)
+    ends = _kinds(out, Kind.SPILL_END)
+    assert [(e.spill, e.meta["events"], e.meta["slices"]) for e in ends] == [(0, 100, 4),
+                                                                           (1, 70, 3)]
+    assert all(e.meta["incomplete"] == {} and e.meta["gaps"] == {} for e in ends)
+    assert ends[0].meta["scalers"]["beam"] == 100
+    # board arrays are forwarded, not copied
+    src = {(m.board, m.spill, m.first): m for m in msgs if m.kind is Kind.SLICE}
+    s0 = slices[0]
+    assert s0.arrays["ECAL.amp"] is src[("ECAL", 0, 0)].arrays["amp"]
+    assert s0.arrays["ts"] is src[("BEAM", 0, 0)].arrays["ts"]
+    assert s0.meta["cfg"] == content_hash(CFG) and s0.meta["trigger_config"] == CFG
+    assert s0.meta["calib"] == "calhash" and s0.meta["shadow_config"] is None
+    assert [m.seq for m in out] == list(range(len(out)))
+    assert all(m.src == "builder" for m in out)
+    assert [m.kind for m in out[:2]] == [Kind.CONFIG, Kind.SPILL_START]
+    st = b.stats["live"]
+    assert st.events == 170 and st.slices == 7 and sum(st.incomplete.values()) == 0
+    assert st.fragments["HCAL"] == 7 and b.pending_events == 0
+
+
+def test_default_trigger_config_comes_from_trigger_package() -> None:
+    from trigger.config import TriggerConfig
+
+    b = EventBuilder(GEOM)
+    cfg, h = b.active_config
+    assert cfg == TriggerConfig().model_dump(mode="json") and h == content_hash(cfg)
+
+
+def test_board_stopped_mid_spill_gives_exact_flagged_events() -> None:
+    b, boards = _builder(), _boards()
+    out = _feed(b, _interleave(boards, 0, 100, skip={"HCAL": 1}), now=0.0)
+    assert len(_kinds(out, Kind.SLICE)) == 1  # slice 0 complete, the rest waits
+    assert b.pending_events == 68
+    assert _kinds(b.poll(0.5), Kind.SLICE) == []  # before the timeout nothing moves
+    out = b.poll(1.0)
+    slices = _kinds(out, Kind.SLICE)
+    assert [s.first for s in slices] == [32, 64, 96]
+    bit = 1 << NAMES.index("HCAL")
+    assert all((s.arrays["missing"] == bit).all() for s in slices)
+    assert all(not s.arrays["HCAL.amp"].any() for s in slices)  # missing: zeros
+    (end,) = _kinds(out, Kind.SPILL_END)
+    assert end.meta["incomplete"] == {"HCAL": 68} and end.meta["events"] == 100
+    assert b.stats["live"].incomplete == {"HCAL": 68}
+    assert b.pending_events == 0
+
+
+def test_missing_board_in_waveform_mode_reads_the_pedestal() -> None:
+    b, boards = _builder(), _boards("waveform")
+    _feed(b, _interleave(boards, 0, 40, skip={"VETO": 0}))
+    (s, _) = _kinds(b.poll(2.0), Kind.SLICE)
+    assert (s.arrays["VETO.wave"] == 400).all() and s.arrays["VETO.wave"].dtype == np.int16
+    assert s.arrays["VETO.wave"].shape == (32, 6, GEOM.detector.samples)
+
+
+def test_reordered_and_duplicated_slices_are_handled_and_counted() -> None:
+    ref, b = _builder(), _builder()
+    msgs = _interleave(_boards(), 0, 200)
+    want = _kinds(_feed(ref, msgs), Kind.SLICE)
+    rng = random.Random(3)
+    body = msgs[len(NAMES):-len(NAMES)]  # keep spill markers in place, shuffle the slices
+    dups = rng.sample(body, 5)
+    body = body + dups
+    rng.shuffle(body)
+    got = _kinds(_feed(b, msgs[:len(NAMES)] + body + msgs[-len(NAMES):]), Kind.SLICE)
+    key = sorted((s.first, s.count) for s in got)
+    assert key == sorted((s.first, s.count) for s in want)
+    by_first = {s.first: s for s in got}
+    for w in want:
+        assert np.array_equal(by_first[w.first].arrays["ECAL.amp"], w.arrays["ECAL.amp"])
+    st = b.stats["live"]
+    assert sum(st.duplicates.values()) == 5
+    assert sum(st.out_of_order.values()) > 0
+    assert sum(st.seq_gaps.values()) == 0 and sum(st.incomplete.values()) == 0
+
+
+def test_lost_message_is_a_counted_gap_and_flagged_event() -> None:
+    b, boards = _builder(), _boards()
+    msgs = _interleave(boards, 0, 96)
+    lost = next(m for m in msgs if m.board == "SRD" and m.kind is Kind.SLICE and m.first == 32)
+    _feed(b, [m for m in msgs if m is not lost])
+    out = b.poll(1.0)
+    (end,) = _kinds(out, Kind.SPILL_END)
+    assert end.meta["gaps"] == {"SRD": 1} and end.meta["incomplete"] == {"SRD": 32}
+    assert b.stats["live"].seq_gaps == {"SRD": 1}
+
+
+def test_skip_spill_policy_drops_the_rest_of_the_spill() -> None:
+    b, boards = _builder(policy="skip_spill"), _boards()
+    _feed(b, _interleave(boards, 0, 100, skip={"ECAL": 1}))
+    out = b.poll(1.0)
+    assert _kinds(out, Kind.SLICE) == []
+    (end,) = _kinds(out, Kind.SPILL_END)
+    assert end.meta["skipped"] and end.meta["slices"] == 1 and end.meta["events"] == 32
+    assert b.stats["live"].skipped == 68
+    # the next spill builds normally
+    out = _feed(b, _interleave(boards, 1, 64, skip=None))
+    assert sum(s.count for s in _kinds(out, Kind.SLICE)) == 64
+
+
+def test_stop_run_policy_ends_the_run_naming_the_board() -> None:
+    b, boards = _builder(policy="stop_run"), _boards()
+    _feed(b, _interleave(boards, 0, 100, skip={"BEAM": 2}))
+    out = b.poll(1.0)
+    assert b.stopped and "BEAM" in b.stop_reason
+    assert [m.kind for m in out][-2:] == [Kind.SPILL_END, Kind.RUN_STOP]
+    assert _kinds(out, Kind.SLICE)[0].arrays["missing"].all()
+    assert _feed(b, _interleave(boards, 1, 32)) == []
+
+
+def test_config_change_applies_at_the_next_spill() -> None:
+    b, boards = _builder(), _boards()
+    new = {"thresholds": {"ecal_max": 80.0}}
+    spill0 = _interleave(boards, 0, 64)
+    out = _feed(b, spill0[:8])  # the change arrives during spill 0
+    h = b.set_trigger_config(new, who="shifter")
+    b.set_shadow_config({"shadow": 1})
+    out += _feed(b, spill0[8:])
+    out += _feed(b, _interleave(boards, 1, 64))
+    s1 = _kinds(out, Kind.SLICE)
+    assert all(s.meta["cfg"] == content_hash(CFG) for s in s1 if s.spill == 0)
+    assert all(s.meta["cfg"] == h and s.meta["shadow_config"] == {"shadow": 1}
+               for s in s1 if s.spill == 1)
+    cfgs = _kinds(out, Kind.CONFIG)
+    assert [(c.spill, c.meta["who"]) for c in cfgs] == [(0, "default"), (1, "shifter")]
+    i = out.index(cfgs[1])
+    assert out[i + 1].kind is Kind.SPILL_START and out[i + 1].meta["cfg"] == h
+
+
+def test_bad_fragments_are_refused_and_counted() -> None:
+    b, boards = _builder(), _boards()
+    msgs = _interleave(boards, 0, 32)
+    bad = next(m for m in msgs if m.board == "VETO" and m.kind is Kind.SLICE)
+    bad.arrays["amp"] = bad.arrays["amp"][:, :3].copy()
+    stranger = Message(kind=Kind.SLICE, src="GHOST", board="GHOST", count=1,
+                       arrays={"ts": np.zeros(1, np.int64)}, meta={"mode": "feature"})
+    _feed(b, [*msgs, stranger])
+    (s,) = _kinds(b.poll(1.0), Kind.SLICE)
+    assert s.arrays["missing"].all()
+    assert b.stats["live"].decode_errors == {"VETO": 1, "unknown": 1}
+
+
+def test_empty_fragment_is_counted_not_missing() -> None:
+    b, boards = _builder(), _boards()
+    msgs = _interleave(boards, 0, 32)
+    zs = next(m for m in msgs if m.board == "SRD" and m.kind is Kind.SLICE)
+    zs.arrays = {"ts": zs.arrays["ts"]}
+    (s,) = _kinds(_feed(b, msgs), Kind.SLICE)
+    assert not s.arrays["missing"].any() and not s.arrays["SRD.amp"].any()
+    assert b.stats["live"].empty == {"SRD": 1}
+
+
+def test_pending_memory_is_bounded() -> None:
+    b, boards = _builder(max_pending_events=100), _boards()
+    msgs = _interleave(boards, 0, 3200, skip={"SRD": 0})
+    peak = 0
+    for m in msgs:
+        b.feed(m, 0.0)
+        peak = max(peak, b.pending_events)
+    assert peak <= 100 + 32
+    assert b.stats["live"].incomplete["SRD"] >= 3200 - 132
+
+
+def test_shedding_counts_dead_time() -> None:
+    b, boards = _builder(), _boards()
+    b.shedding = True
+    out = _feed(b, _interleave(boards, 0, 100))
+    assert _kinds(out, Kind.SLICE) == []
+    (end,) = _kinds(out, Kind.SPILL_END)
+    assert end.meta["shed"] == 100 and end.meta["slices"] == 0
+    assert b.stats["live"].shed == 100
+
+
+def test_replay_is_kept_apart() -> None:
+    b, boards = _builder(), _boards()
+    msgs = _interleave(boards, 0, 64)
+    for m in msgs:
+        m.replay = True
+    out = _feed(b, msgs)
+    assert out and all(m.replay for m in out)
+    assert b.stats["replay"].events == 64 and b.stats["live"].events == 0
+
+
+def test_finish_flushes_and_ends_the_stream() -> None:
+    b, boards = _builder(), _boards()
+    _feed(b, _interleave(boards, 0, 64, skip={"HCAL": 1}))
+    out = b.finish(0.1)
+    assert [m.kind for m in out][-3:] == [Kind.SPILL_END, Kind.RUN_STOP, Kind.END_OF_STREAM]
+    assert out[-2].meta["events"] == 64
+
+
+def test_config_bounds_are_named() -> None:
+    with pytest.raises(ConfigError, match="timeout_s"):
+        BuilderConfig.parse({"timeout_s": -1})
+    with pytest.raises(ConfigError, match="policy"):
+        BuilderConfig.parse({"policy": "ignore"})
