@@ -38,7 +38,11 @@ class Slice:
 
 @dataclass
 class SpillPlan:
-    """The sorted arrival times (ns since spill start) of one spill and its slicing."""
+    """The sorted arrival times (float ns since spill start) of one spill and its slicing.
+
+    Times are continuous so that a gate |dt| < window/2 has exactly the window's length;
+    `ts` on the wire is their floor in integer ns.
+    """
 
     spill: int
     t: np.ndarray
@@ -81,7 +85,7 @@ class Simulator:
         rng = np.random.default_rng([cfg.seed, spill, 0])
         mean = cfg.intensity * self.faults.intensity_factor(spill) * cfg.gen_s / cfg.spill_length_s
         n = int(rng.poisson(mean))
-        t = np.sort(rng.integers(0, round(cfg.gen_s * 1e9), n, dtype=np.int64))
+        t = np.sort(rng.uniform(0.0, cfg.gen_s * 1e9, n))
         return SpillPlan(spill, t, cfg.slice_events, round(spill * cfg.spill_period_s * 1e9))
 
     def slices(self, plan: SpillPlan) -> Iterator[Slice]:
@@ -164,7 +168,7 @@ class Simulator:
                     ev, t, lo, hi, dep, dep_nb, shape, self.calib.pedestal[board.name],
                     self.noise_pool, offsets, det.samples, det.sample_ns, det.trigger_sample,
                     det.adc_max)}
-        ts = plan.t[first:first + count].copy()
+        ts = plan.t[first:first + count].astype(np.int64)
         truth = self._truth(parts, ev, ts, pileup)
         self._v1[plan.spill] = self._v1.get(plan.spill, 0) + int(truth["v1"].sum())
         return Slice(plan.spill, k, first, count, ts, boards, truth)

@@ -1,0 +1,166 @@
+"""Statistical checks of the beam and detector model against what it was told to produce.
+
+Fixed seeds; every tolerance is a number of standard errors computed from the sample,
+never a value tuned to pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from simulators import physics
+from simulators.config import SimConfig
+from simulators.physics import Layout, Process, Species, generate_block
+from tests.simulators.helpers import detector, run_spill, simulator
+
+NSIG = 5.0  # tolerance in standard errors (a false alarm every ~2e6 runs)
+
+
+def _block(n: int, **cfg: object) -> physics.Particles:
+    geom, _ = detector()
+    return generate_block(SimConfig.parse(cfg), Layout.of(geom), np.random.default_rng(11), n)
+
+
+def _binomial_ok(k: int, n: int, p: float) -> None:
+    sigma = np.sqrt(n * p * (1 - p))
+    assert abs(k - n * p) < NSIG * sigma, f"{k} of {n}, expected {n * p:.1f} +- {sigma:.1f}"
+
+
+def test_species_and_process_fractions() -> None:
+    n = 200_000
+    p = _block(n, hadron_fraction=0.01, muon_fraction=0.002, upstream_loss_rate=0.01,
+               dimuon_rate=0.005, signal_rate=0.002)
+    _binomial_ok(int((p.species == Species.HADRON).sum()), n, 0.01)
+    _binomial_ok(int((p.species == Species.MUON).sum()), n, 0.002)
+    ne = int((p.species == Species.ELECTRON).sum())
+    _binomial_ok(int((p.process == Process.UPSTREAM_LOSS).sum()), ne, 0.01)
+    _binomial_ok(int((p.process == Process.DIMUON).sum()), ne, 0.005)
+    _binomial_ok(int((p.process == Process.SIGNAL).sum()), ne, 0.002)
+    assert not (p.process[p.species != Species.ELECTRON]).any()
+
+
+def test_electron_ecal_peak_and_resolution() -> None:
+    n = 50_000
+    p = _block(n, hadron_fraction=0.0, muon_fraction=0.0, upstream_loss_rate=0.0,
+               dimuon_rate=0.0, signal_rate=0.0)
+    e = p.dep["ECAL"].sum(axis=1).astype(np.float64)
+    # E_ECAL = E (1 + sigma(E) z), E ~ N(100, 1): variance (sigma(100) 100)^2 + 1^2
+    e0 = 100.0
+    sigma = np.hypot(physics.ecal_resolution(np.array([e0]))[0] * e0, 0.01 * e0)
+    assert abs(e.mean() - e0) < NSIG * sigma / np.sqrt(n)
+    assert abs(e.std() - sigma) < NSIG * sigma / np.sqrt(2 * n)
+    ps_share = p.dep["ECAL"][:, :30].sum(axis=1) / e
+    assert 0.05 < ps_share.mean() < 0.2
+    assert np.quantile(ps_share, 0.99) < 0.3
+    assert not p.dep["VETO"].any() and not p.dep["HCAL"].any()
+
+
+def test_srd_spectrum_is_the_truncated_lognormal() -> None:
+    p = _block(20_000)
+    ele = p.species == Species.ELECTRON
+    e_srd = p.dep["SRD"].sum(axis=1)
+    assert not e_srd[~ele].any(), "hadrons and muons leave no SRD signal"
+    lo, hi = physics.SRD_RANGE
+    assert e_srd[ele].min() >= lo * 0.999 and e_srd[ele].max() <= hi * 1.001
+    dist = stats.lognorm(physics.SRD_SIGMA, scale=physics.SRD_MEDIAN_GEV)
+    flo, fhi = dist.cdf(lo), dist.cdf(hi)
+    res = stats.kstest(e_srd[ele], lambda x: (dist.cdf(x) - flo) / (fhi - flo))
+    assert res.pvalue > 1e-4
+
+
+def test_hadrons_and_muons_reach_veto_and_hcal() -> None:
+    p = _block(100_000, hadron_fraction=0.05, muon_fraction=0.05)
+    geom, _ = detector()
+    hcal = geom.board("HCAL")
+    e_h = {m: p.dep["HCAL"][:, hcal.indices(f"HCAL{m}")].sum(axis=1) for m in range(1, 5)}
+    mu = p.species == Species.MUON
+    had = p.species == Species.HADRON
+    assert (p.dep["VETO"][mu | had].sum(axis=1) > 0).all()
+    for m in range(1, 5):
+        assert (e_h[m][mu] > 0).all(), f"a muon crosses HCAL{m}"
+    # hadrons: most energy in HCAL1-3 on average, nothing in the zero-degree HCAL4
+    e_ecal = p.dep["ECAL"].sum(axis=1)
+    hsum = e_h[1] + e_h[2] + e_h[3]
+    assert np.median(hsum[had] / (hsum[had] + e_ecal[had])) > 0.5
+    assert not e_h[4][had].any()
+
+
+@pytest.fixture(scope="module")
+def full_rate_spill() -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.ndarray], float]:
+    # 6e6 e-/spill, 20 ms of it: the pileup of the full rate with only ~25 000 events
+    sim = simulator(generated_s=0.02, seed=3, mode="feature")
+    boards, truth = run_spill(sim)
+    return boards, truth, sim.cfg.rate_hz
+
+
+@pytest.mark.parametrize(("board", "window_ns"), [("BEAM", 60.0), ("SRD", 50.0), ("ECAL", 100.0),
+                                                  ("VETO", 50.0), ("HCAL", 40.0)])
+def test_pileup_count_is_poisson(full_rate_spill: tuple, board: str, window_ns: float) -> None:
+    _, truth, rate = full_rate_spill
+    geom, _ = detector()
+    k = truth["pileup"][:, geom.board_names.index(board)].astype(np.int64)
+    mu = rate * window_ns * 1e-9
+    n = len(k)
+    assert abs(k.mean() - mu) < NSIG * np.sqrt(mu / n)
+    # Pearson chi2 over 0, 1, >=2 (expected counts all > 100)
+    obs = np.array([(k == 0).sum(), (k == 1).sum(), (k >= 2).sum()])
+    pois = stats.poisson(mu)
+    exp = n * np.array([pois.pmf(0), pois.pmf(1), pois.sf(1)])
+    assert stats.chisquare(obs, exp).pvalue > 1e-4
+
+
+@pytest.mark.parametrize(("board", "published", "threshold"),
+                         [("VETO", 0.94, 50.0), ("HCAL", 0.95, 25.0)])
+def test_zero_threshold_efficiency_for_electrons(full_rate_spill: tuple, board: str,
+                                                 published: float, threshold: float) -> None:
+    boards, truth, rate = full_rate_spill
+    geom, _ = detector()
+    ele = (truth["species"] == Species.ELECTRON) & (truth["process"] == Process.NORMAL)
+    # "zero threshold": far above the 2-count noise, far below a MIP (VETO ~200, HCAL ~60)
+    quiet = boards[board]["amp"][ele].max(axis=1) < threshold
+    n = int(ele.sum())
+    eff = quiet.mean()
+    p = np.exp(-rate * geom.board(board).window_ns * 1e-9)
+    assert abs(eff - p) < NSIG * np.sqrt(p * (1 - p) / n)
+    assert abs(eff - published) < 0.01
+    # the readout sees exactly the events truth says have a neighbour in the gate
+    pu = truth["pileup"][ele, geom.board_names.index(board)]
+    assert np.array_equal(quiet, pu == 0)
+
+
+def test_readout_ecal_peak_matches_truth(full_rate_spill: tuple) -> None:
+    boards, truth, _ = full_rate_spill
+    geom, calib = detector()
+    ecal = geom.board_names.index("ECAL")
+    sel = ((truth["species"] == Species.ELECTRON) & (truth["process"] == Process.NORMAL)
+           & (truth["pileup"][:, ecal] == 0))
+    # a saturated channel reads amp_max (tested elsewhere); it would bias the noise check
+    amp_max = geom.detector.adc_max - geom.detector.pedestal
+    saturated = (boards["ECAL"]["amp"] >= amp_max).any(axis=1)
+    assert saturated[sel].mean() < 0.01
+    sel &= ~saturated
+    e = (boards["ECAL"]["amp"][sel] / calib.gain["ECAL"]).sum(axis=1).astype(np.float64)
+    n = len(e)
+    noise = geom.detector.noise
+    var_noise = float(np.sum((noise / calib.gain["ECAL"]) ** 2))
+    sigma = np.sqrt(np.hypot(physics.ecal_resolution(np.array([100.0]))[0] * 100, 1.0) ** 2
+                    + var_noise)
+    assert abs(e.mean() - 100.0) < NSIG * sigma / np.sqrt(n)
+    assert abs(e.std() - sigma) < NSIG * sigma / np.sqrt(2 * n)
+    # per event, readout minus truth is the channel noise only
+    diff = e - truth["e_ecal"][sel]
+    assert abs(diff.std() - np.sqrt(var_noise)) < NSIG * np.sqrt(var_noise / (2 * n))
+
+
+def test_beam_counter_pulses_count_the_pileup(full_rate_spill: tuple) -> None:
+    boards, truth, rate = full_rate_spill
+    geom, _ = detector()
+    pu = truth["pileup"][:, geom.board_names.index("BEAM")].astype(np.int64)
+    npulse = boards["BEAM"]["npulse"][:, 0].astype(np.int64)
+    assert (npulse >= 1).all() and (npulse <= pu + 1).all()
+    # they differ only when two pulses fall within the 10 ns double-pulse resolution
+    p_close = 1 - np.exp(-rate * 20e-9)
+    n = len(pu)
+    assert (npulse != pu + 1).mean() < p_close + NSIG * np.sqrt(p_close / n)
