@@ -53,7 +53,8 @@ class TriggerConfig(StrictModel):
                          description="Human-facing version number, set by whoever edits it.")
     ecal_max_gev: float = Field(default=90.0, gt=0.0, le=1000.0,
                                 description="Physics trigger: E_ECAL must be below this, GeV.")
-    ps_min_gev: float = Field(default=0.3, ge=0.0, le=100.0,
+    # 5 MIP: a MIP leaves ~0.02 GeV in the preshower; higher cuts lose low-energy signal
+    ps_min_gev: float = Field(default=0.1, ge=0.0, le=100.0,
                               description="Physics trigger: E_PS must be at least this, GeV.")
     s_min_mip: float = Field(default=0.5, gt=0.0, le=100.0,
                              description="Beam condition: S1, S2, S3 amplitude at least this, MIP.")
