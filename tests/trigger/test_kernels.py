@@ -7,12 +7,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from trigger_data import built_arrays, detector, sim_slices
 
 from trigger import kernels, reference
 from trigger.config import TriggerConfig
 from trigger.core import build_params, compute_features, decide
 from trigger.errors import SliceError
-from trigger_data import built_arrays, detector, sim_slices
 
 GEOM, CAL = detector()
 SAMPLES = GEOM.detector.samples

@@ -31,6 +31,7 @@ def sim_slices(mode: str, *, seed: int = 3, generated_s: float = 0.005,
                signal_rate: float = 1e-4, spill: int = 0, slice_events: int = 1024
                ) -> Iterator[Slice]:
     g, cal = detector()
-    sim = Simulator(SimConfig(mode=mode, generated_s=generated_s, signal_rate=signal_rate,
-                              seed=seed, slice_events=slice_events), g, cal)  # type: ignore[arg-type]
+    cfg = SimConfig.parse({"mode": mode, "generated_s": generated_s, "signal_rate": signal_rate,
+                           "seed": seed, "slice_events": slice_events})
+    sim = Simulator(cfg, g, cal)
     yield from sim.slices(sim.plan(spill))
