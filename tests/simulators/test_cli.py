@@ -1,0 +1,93 @@
+"""`na64daq simulate`: run files (raw and truth) and streams, with faults from the command line."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from daq.cli import main
+from daq.errors import WireError
+from daq.runfile import RunFileReader
+from daq.wire import Kind, Message, decode
+from tests.conftest import free_tcp_port
+
+BASE = ["simulate", "--generated-s", "0.004", "--seed", "3", "--quiet"]
+
+
+def test_writes_raw_and_truth_run_files_with_file_faults(tmp_path: Path) -> None:
+    out, truth = tmp_path / "run.raw", tmp_path / "run.truth"
+    rc = main([*BASE, "--spills", "3", "--slice-events", "1024", "--out", str(out),
+               "--truth", str(truth), "--fault-ramp", "1.0", "--fault-stop", "HCAL:2:0.5",
+               "--fault-empty", "VETO:1", "--fault-duplicate", "0.3",
+               "--fault-reorder", "0.3"])
+    assert rc == 0
+    raw = list(RunFileReader(out))
+    tru = list(RunFileReader(truth))
+    assert RunFileReader(out).header["config"]["simulation"]["mode"] == "feature"
+    ends = {(m.src, m.spill): m.meta["events"] for m in raw if m.kind is Kind.SPILL_END}
+    beam = np.array([ends[("BEAM", s)] for s in range(3)], float)
+    # intensity ramp 1 + s: 5000 (1 + s) +- 5 sqrt
+    expect = 6e6 * 0.004 / 4.8 * (1 + np.arange(3))
+    assert (np.abs(beam - expect) < 5 * np.sqrt(expect)).all()
+    assert ("HCAL", 2) not in ends and ("HCAL", 1) in ends
+    veto = [m for m in raw if m.src == "VETO" and m.kind is Kind.SLICE]
+    assert veto and all(list(m.arrays) == ["ts"] for m in veto)
+    ecal = [(m.seq, m.first) for m in raw if m.src == "ECAL" and m.kind is Kind.SLICE]
+    assert len(set(ecal)) < len(ecal), "duplicates"
+    firsts = [f for _, f in dict.fromkeys(ecal)]
+    assert firsts != sorted(firsts), "reordered"
+    t_events = sum(m.count for m in tru if m.kind is Kind.SLICE)
+    assert t_events == int(beam.sum())
+    assert {m.src for m in tru} == {"truth"}
+
+
+def test_streams_to_an_endpoint_with_corrupted_frames() -> None:
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    port = free_tcp_port()
+    pull.bind(f"tcp://127.0.0.1:{port}")
+    pull.setsockopt(zmq.RCVTIMEO, 60_000)
+    rc: list[int] = []
+    t = threading.Thread(target=lambda: rc.append(main(
+        [*BASE, "--spills", "1", "--to", f"tcp://127.0.0.1:{port}", "--fault-corrupt", "0.3",
+         "--slice-events", "512"])))
+    t.start()
+    good: list[Message] = []
+    bad: list[WireError] = []
+    try:
+        eos = 0
+        while eos < 5:
+            try:
+                m = decode(pull.recv_multipart())
+            except WireError as e:
+                bad.append(e)
+                continue
+            good.append(m)
+            eos += m.kind is Kind.END_OF_STREAM
+    finally:
+        t.join(60)
+        pull.close(linger=0)
+        ctx.term()
+    assert rc == [0]
+    assert bad and {e.reason for e in bad} == {"checksum"}
+    assert {m.src for m in good} == {"BEAM", "SRD", "ECAL", "VETO", "HCAL"}
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["--out", "x.raw", "--fault-corrupt", "0.1"], "--to"),
+    (["--out", "x.raw", "--intensity", "-5"], "intensity"),
+    (["--out", "x.raw", "--fault-stop", "ECAL:1"], "BOARD:SPILL:FRACTION"),
+    (["--out", "x.raw", "--fault-empty", "NOPE:0.1"], "NOPE"),
+    (["--out", "x.raw", "--set", "momentum_spread=3"], "momentum_spread"),
+])
+def test_bad_options_are_refused_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch, args: list,
+                                                  needle: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main([*BASE, *args]) == 2
+    assert needle in capsys.readouterr().err
+    assert not list(tmp_path.iterdir()), "nothing written"
