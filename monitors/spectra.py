@@ -20,6 +20,8 @@ class Spectra:
     ecal: hist.Hist
     hcal: hist.Hist
     plane: hist.Hist
+    ecal_sum: float = 0.0  # sums of the filled energies, for Prometheus histogram _sum
+    hcal_sum: float = 0.0
 
     @classmethod
     def empty(cls, cfg: MonitorConfig) -> Spectra:
@@ -39,14 +41,19 @@ class Spectra:
         self.ecal.fill(e_ecal)
         self.hcal.fill(e_hcal)
         self.plane.fill(e_ecal, e_hcal)
+        self.ecal_sum += float(np.nansum(e_ecal, dtype=np.float64))
+        self.hcal_sum += float(np.nansum(e_hcal, dtype=np.float64))
 
     def add(self, other: Spectra) -> None:
         self.ecal += other.ecal
         self.hcal += other.hcal
         self.plane += other.plane
+        self.ecal_sum += other.ecal_sum
+        self.hcal_sum += other.hcal_sum
 
     def copy(self) -> Spectra:
-        return Spectra(self.ecal.copy(), self.hcal.copy(), self.plane.copy())
+        return Spectra(self.ecal.copy(), self.hcal.copy(), self.plane.copy(), self.ecal_sum,
+                       self.hcal_sum)
 
     def to_dict(self) -> dict[str, dict[str, list]]:
         """JSON-able: edges per axis and counts (under/overflow included, flow=True)."""

@@ -1,0 +1,106 @@
+"""Alarm logic, pure: figures against configured bands -> raised / cleared transitions."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from monitors.config import AlarmConfig, Band
+from monitors.summary import SpillSummary
+
+
+class AlarmState(enum.StrEnum):
+    RAISED = "raised"
+    CLEARED = "cleared"
+
+
+#: alarm name -> (band field of AlarmConfig, what it watches). MQTT topic na64/alarms/<name>.
+ALARMS: dict[str, tuple[str, str]] = {
+    "veto_efficiency_low": ("veto_efficiency", "VETO zero-threshold efficiency"),
+    "hcal_efficiency_low": ("hcal_efficiency", "HCAL zero-threshold efficiency"),
+    "pileup_high": ("pileup", "fraction of events with beam multiplicity > 1"),
+    "hadron_fraction_high": ("hadron_fraction", "hadron fraction of the beam"),
+    "incomplete_high": ("incomplete_fraction", "fraction of incomplete events"),
+    "no_spill": ("", "seconds since the last spill closed"),
+}
+
+
+@dataclass(frozen=True)
+class Transition:
+    """An alarm changing state; `payload()` is the retained MQTT message."""
+
+    name: str
+    state: AlarmState
+    value: float | None
+    band: Band
+    run: int | None
+    spill: int | None
+    source: str
+
+    def payload(self) -> dict[str, Any]:
+        return {"alarm": self.name, "state": str(self.state), "value": self.value,
+                "band": {"low": self.band.low, "high": self.band.high},
+                "what": ALARMS[self.name][1], "run": self.run, "spill": self.spill,
+                "source": self.source}
+
+
+def spill_values(s: SpillSummary, min_sample: int) -> dict[str, float | None]:
+    """The watched figure of each spill alarm; None when the sample is too small to judge."""
+    def judged(value: float | None, n: int) -> float | None:
+        return value if n >= min_sample else None
+
+    had = s.composition_intervals["hadron"]
+    return {
+        "veto_efficiency_low": judged(s.veto_efficiency.value, s.veto_efficiency.n),
+        "hcal_efficiency_low": judged(s.hcal_efficiency.value, s.hcal_efficiency.n),
+        "pileup_high": judged(s.pileup_fraction, had.n),
+        "hadron_fraction_high": judged(had.value, had.n),
+        "incomplete_high": judged(s.incomplete_fraction, s.events),
+    }
+
+
+class Alarms:
+    """Alarm states of one monitor; every method returns the transitions it caused."""
+
+    def __init__(self, cfg: AlarmConfig, *, source: str = "live") -> None:
+        self.cfg = cfg
+        self.source = source
+        self.raised: dict[str, bool] = dict.fromkeys(ALARMS, False)
+
+    def band(self, name: str) -> Band:
+        field = ALARMS[name][0]
+        if not field:
+            return Band(high=self.cfg.no_spill_s)
+        band: Band = getattr(self.cfg, field)
+        return band
+
+    def _set(self, name: str, raised: bool, value: float | None, run: int | None,
+             spill: int | None) -> list[Transition]:
+        if self.raised[name] == raised:
+            return []
+        self.raised[name] = raised
+        state = AlarmState.RAISED if raised else AlarmState.CLEARED
+        return [Transition(name, state, value, self.band(name), run, spill, self.source)]
+
+    def on_spill(self, s: SpillSummary, *, elapsed_s: float = 0.0) -> list[Transition]:
+        """Judge a closed spill; a spill also clears `no_spill`."""
+        out = self._set("no_spill", False, elapsed_s, s.run, s.spill)
+        for name, value in spill_values(s, self.cfg.min_sample).items():
+            if value is not None:
+                out += self._set(name, not self.band(name).contains(value), value, s.run,
+                                 s.spill)
+        return out
+
+    def on_clock(self, since_last_spill_s: float, *, run: int | None = None,
+                 spill: int | None = None) -> list[Transition]:
+        """Judge the time since the last spill closed (or the run started)."""
+        too_long = not self.band("no_spill").contains(since_last_spill_s)
+        return self._set("no_spill", too_long, since_last_spill_s, run, spill)
+
+    def clear_all(self, *, run: int | None = None) -> list[Transition]:
+        """Clear every raised alarm (run stopped: nothing left to watch)."""
+        out: list[Transition] = []
+        for name in ALARMS:
+            out += self._set(name, False, None, run, None)
+        return out

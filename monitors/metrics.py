@@ -1,0 +1,201 @@
+"""Prometheus series of the monitors, built on a registry passed in (one per service process).
+
+Every series has a `source` label (`live` or `replay`) so a replay never mixes with live
+data. Run and spill numbers are values, never labels. Names: METRICS below and
+docs/monitors.md (the Grafana dashboards and alert rules are built from that list).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+from daq.geometry import BOARD_NAMES
+from monitors.aggregate import MonitorInputError
+from monitors.alarms import ALARMS
+from monitors.config import MonitorConfig
+from monitors.identify import SPECIES_NAMES
+from monitors.spectra import Spectra, cumulative_buckets
+from monitors.summary import TRIGGER_TYPES, SpillSummary
+
+SOURCES = ("live", "replay")
+
+#: every series this module exposes: name -> (type, labels, help). Keep docs/monitors.md in step.
+METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "na64_eot_total": ("counter", ("source",), "Electrons on target, live-time corrected."),
+    "na64_events_total": ("counter", ("source",), "Events processed by the monitors."),
+    "na64_shed_events_total": ("counter", ("source",), "Events the builder shed (dead time)."),
+    "na64_spills_total": ("counter", ("source", "closed"),
+                          "Spills closed, complete or forced (messages missing)."),
+    "na64_trigger_events_total": ("counter", ("source", "type"), "Events per fired trigger."),
+    "na64_shadow_trigger_events_total": ("counter", ("source", "type"),
+                                         "Events the shadow configuration would fire."),
+    "na64_incomplete_events_total": ("counter", ("source", "board"),
+                                     "Events with the board missing."),
+    "na64_builder_gaps_total": ("counter", ("source", "board"),
+                                "Sequence gaps the event builder saw per board."),
+    "na64_stream_gaps_total": ("counter", ("source", "stream"),
+                               "Messages lost on the way to the monitors, per sending stream."),
+    "na64_live_time_ratio": ("gauge", ("source",), "Live-time fraction of the last spill."),
+    "na64_accepted_ratio": ("gauge", ("source",), "Accepted fraction of the last spill."),
+    "na64_pileup_ratio": ("gauge", ("source",), "Events with beam multiplicity > 1."),
+    "na64_beam_multiplicity_mean": ("gauge", ("source",), "Mean beam-counter multiplicity."),
+    "na64_efficiency_ratio": ("gauge", ("source", "detector", "bound"),
+                              "Zero-threshold efficiency (value, 68 % Wilson low, high)."),
+    "na64_efficiency_sample_size": ("gauge", ("source", "detector"),
+                                    "Identified electrons the efficiency is measured on."),
+    "na64_composition_ratio": ("gauge", ("source", "species"), "Beam composition fraction."),
+    "na64_incomplete_ratio": ("gauge", ("source",), "Incomplete fraction of the last spill."),
+    "na64_run_number": ("gauge", ("source",), "Run of the last closed spill."),
+    "na64_spill_number": ("gauge", ("source",), "Number of the last closed spill."),
+    "na64_last_spill_timestamp_seconds": ("gauge", ("source",),
+                                          "Unix time the last spill closed."),
+    "na64_signal_box_events": ("gauge", ("source",),
+                               "Signal-box events of the last spill (absent when blind)."),
+    "na64_alarm_active": ("gauge", ("source", "alarm"), "1 while the alarm is raised."),
+    "na64_monitor_messages_total": ("counter", ("kind",), "Messages received by the monitor."),
+    "na64_monitor_refused_total": ("counter", ("reason",), "Messages refused, by reason."),
+    "na64_monitor_open_spills": ("gauge", (), "Spills waiting for messages (queue depth)."),
+    "na64_monitor_processing_seconds": ("histogram", (),
+                                        "Time to process one received message."),
+    "na64_ecal_energy_gev": ("histogram", ("source",), "E_ECAL of complete events, GeV."),
+    "na64_hcal_energy_gev": ("histogram", ("source",), "E_HCAL of complete events, GeV."),
+}
+
+_BUCKET_EVERY = 10  # Prometheus buckets at every 10th edge of the hist spectra
+
+
+class _SpectraCollector(Collector):
+    """E_ECAL and E_HCAL as Prometheus histograms, from hist spectra filled in bulk.
+
+    prometheus_client's Histogram observes one value per call; at beam rate the spectra are
+    filled with whole arrays (hist), and exposed here as cumulative buckets.
+    """
+
+    def __init__(self) -> None:
+        self.spectra: dict[str, Spectra] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        for name, attr in (("na64_ecal_energy_gev", "ecal"), ("na64_hcal_energy_gev", "hcal")):
+            fam = HistogramMetricFamily(name, METRICS[name][2], labels=["source"])
+            for source, sp in sorted(self.spectra.items()):
+                edges, cum, total = cumulative_buckets(getattr(sp, attr), _BUCKET_EVERY)
+                buckets = [(floatToGoString(e), float(c)) for e, c in zip(edges, cum,
+                                                                          strict=True)]
+                buckets.append(("+Inf", float(total)))
+                fam.add_metric([source], buckets, getattr(sp, f"{attr}_sum"))
+            yield fam
+
+
+class MonitorMetrics:
+    """The monitor collectors on `registry`; update them with the on_* methods."""
+
+    def __init__(self, registry: CollectorRegistry, cfg: MonitorConfig) -> None:
+        self.cfg = cfg
+        self._m: dict[str, Counter | Gauge | Histogram] = {}
+        for full, (kind, labels, doc) in METRICS.items():
+            if full == "na64_signal_box_events" and cfg.blind:
+                continue
+            if kind == "histogram":
+                if full == "na64_monitor_processing_seconds":
+                    self._m[full] = Histogram(full, doc, labels, registry=registry, buckets=(
+                        1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0))
+                continue
+            # prometheus_client appends _total itself; give it the base name.
+            cls = Counter if kind == "counter" else Gauge
+            base = full.removesuffix("_total") if kind == "counter" else full
+            self._m[full] = cls(base, doc, labels, registry=registry)
+        self._spectra = _SpectraCollector()
+        registry.register(self._spectra)
+        for source in SOURCES:  # series exist from the start, at zero
+            for name in ("na64_eot_total", "na64_events_total", "na64_shed_events_total"):
+                self.counter(name).labels(source)
+            for t in TRIGGER_TYPES:
+                self.counter("na64_trigger_events_total").labels(source, t)
+        for reason in MonitorInputError.REASONS:
+            self.counter("na64_monitor_refused_total").labels(reason)
+
+    def counter(self, name: str) -> Counter:
+        m = self._m[name]
+        assert isinstance(m, Counter)
+        return m
+
+    def gauge(self, name: str) -> Gauge:
+        m = self._m[name]
+        assert isinstance(m, Gauge)
+        return m
+
+    # --- updates -----------------------------------------------------------------------------
+
+    def on_message(self, kind: str, seconds: float) -> None:
+        self.counter("na64_monitor_messages_total").labels(kind).inc()
+        h = self._m["na64_monitor_processing_seconds"]
+        assert isinstance(h, Histogram)
+        h.observe(seconds)
+
+    def on_refused(self, reason: str) -> None:
+        self.counter("na64_monitor_refused_total").labels(reason).inc()
+
+    def set_open_spills(self, n: int) -> None:
+        self.gauge("na64_monitor_open_spills").set(n)
+
+    def set_alarm(self, source: str, name: str, raised: bool) -> None:
+        self.gauge("na64_alarm_active").labels(source, name).set(1 if raised else 0)
+
+    def init_alarms(self, source: str) -> None:
+        for name in ALARMS:
+            self.set_alarm(source, name, False)
+
+    def on_stream_gap(self, source: str, stream: str, lost: int) -> None:
+        if lost > 0:
+            self.counter("na64_stream_gaps_total").labels(source, stream).inc(lost)
+
+    def on_spill(self, s: SpillSummary, spectra: Spectra | None, now: float) -> None:
+        """Account one closed spill."""
+        src = s.source
+        c, g = self.counter, self.gauge
+        c("na64_eot_total").labels(src).inc(s.eot or 0.0)
+        c("na64_events_total").labels(src).inc(s.events)
+        c("na64_shed_events_total").labels(src).inc(s.shed)
+        c("na64_spills_total").labels(src, s.closed).inc()
+        for t, n in s.triggers.items():
+            c("na64_trigger_events_total").labels(src, t).inc(n)
+        for t, n in (s.shadow_triggers or {}).items():
+            c("na64_shadow_trigger_events_total").labels(src, t).inc(n)
+        for b, n in s.incomplete_by_board.items():
+            if b in BOARD_NAMES:  # board names come from the wire: keep the label set bounded
+                c("na64_incomplete_events_total").labels(src, b).inc(n)
+        for b, n in s.builder_gaps.items():
+            if b in BOARD_NAMES:
+                c("na64_builder_gaps_total").labels(src, b).inc(n)
+        g("na64_live_time_ratio").labels(src).set(s.live_time_ratio)
+        self._maybe(g("na64_accepted_ratio").labels(src), s.accepted_ratio)
+        self._maybe(g("na64_pileup_ratio").labels(src), s.pileup_fraction)
+        self._maybe(g("na64_beam_multiplicity_mean").labels(src), s.mean_multiplicity)
+        self._maybe(g("na64_incomplete_ratio").labels(src), s.incomplete_fraction)
+        for det, est in (("veto", s.veto_efficiency), ("hcal", s.hcal_efficiency)):
+            g("na64_efficiency_sample_size").labels(src, det).set(est.n)
+            self._maybe(g("na64_efficiency_ratio").labels(src, det, "value"), est.value)
+            if est.n:
+                g("na64_efficiency_ratio").labels(src, det, "low").set(est.low)
+                g("na64_efficiency_ratio").labels(src, det, "high").set(est.high)
+        for sp in SPECIES_NAMES:
+            self._maybe(g("na64_composition_ratio").labels(src, sp), s.composition[sp])
+        g("na64_run_number").labels(src).set(s.run)
+        g("na64_spill_number").labels(src).set(s.spill)
+        g("na64_last_spill_timestamp_seconds").labels(src).set(now)
+        if s.signal_box is not None and "na64_signal_box_events" in self._m:
+            g("na64_signal_box_events").labels(src).set(s.signal_box)
+        if spectra is not None:
+            if src not in self._spectra.spectra:
+                self._spectra.spectra[src] = Spectra.empty(self.cfg)
+            self._spectra.spectra[src].add(spectra)
+
+    @staticmethod
+    def _maybe(child: Gauge, value: float | None) -> None:
+        # no estimate this spill (empty sample): keep the series but say "unknown"
+        child.set(float("nan") if value is None else value)
