@@ -64,7 +64,7 @@ class Simulator:
     def __init__(self, cfg: SimConfig, geom: Geometry, calib: Calibration,
                  faults: FaultConfig | None = None) -> None:
         self.cfg, self.geom, self.calib = cfg, geom, calib
-        self.faults = faults or FaultConfig()
+        self.faults = faults or FaultConfig.parse({})
         self.layout = Layout.of(geom)
         self.board_names = geom.board_names
         det = geom.detector

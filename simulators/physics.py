@@ -91,7 +91,7 @@ def ecal_resolution(e: np.ndarray) -> np.ndarray:
 
 
 def srd_sample(rng: np.random.Generator, n: int) -> np.ndarray:
-    """Total SRD energy, GeV: lognormal truncated to SRD_RANGE by redrawing (no pile-up at a cut)."""
+    """Total SRD energy, GeV: lognormal truncated to SRD_RANGE by redrawing."""
     out = rng.lognormal(np.log(SRD_MEDIAN_GEV), SRD_SIGMA, n)
     bad = (out < SRD_RANGE[0]) | (out > SRD_RANGE[1])
     while bad.any():

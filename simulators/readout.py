@@ -8,12 +8,23 @@ The NumPy references below are what tests hold the kernels against.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import numba
 import numpy as np
 
-_JIT = {"nogil": True, "cache": True, "fastmath": False}
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: nogil so the front-end service can generate in a worker thread; cache so a start loads
+#: machine code from disk; no fastmath so the kernels round like the NumPy reference.
+_JIT: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": False, "boundscheck": False}
+
+
+def _kernel(fn: F) -> F:
+    return numba.njit(**_JIT)(fn)
+
 
 MAX_PULSES = 64  # pulses per channel and gate the feature kernel keeps (pileup beyond: ignored)
 
@@ -35,7 +46,7 @@ FAST = PulseShape(tp_ns=5.0, order=2.0, resolve_ns=10.0)  # beam counters (plast
 SLOW = PulseShape(tp_ns=20.0, order=2.0, resolve_ns=25.0)  # calorimeters, SRD, VETO
 
 
-@numba.njit(**_JIT)
+@_kernel
 def _shape(dt: float, tp: float, order: float) -> float:
     x = dt / tp + 1.0
     if x <= 0.0:
@@ -43,7 +54,7 @@ def _shape(dt: float, tp: float, order: float) -> float:
     return x**order * np.exp(order * (1.0 - x))
 
 
-@numba.njit(**_JIT)
+@_kernel
 def _gather(i: int, c: int, t: np.ndarray, lo: int, hi: int, dep_self: np.ndarray,
             dep_nb: np.ndarray, amps: np.ndarray, dts: np.ndarray) -> int:
     k = 0
@@ -56,7 +67,7 @@ def _gather(i: int, c: int, t: np.ndarray, lo: int, hi: int, dep_self: np.ndarra
     return k
 
 
-@numba.njit(**_JIT)
+@_kernel
 def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                     dep_self: np.ndarray, dep_nb: np.ndarray, tp: float, order: float,
                     resolve: float, noise_pool: np.ndarray, offsets: np.ndarray,
@@ -103,7 +114,7 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
             npulse[e, c] = min(n, 255)
 
 
-@numba.njit(**_JIT)
+@_kernel
 def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                      dep_self: np.ndarray, dep_nb: np.ndarray, tp: float, order: float,
                      pedestal: np.ndarray, noise_pool: np.ndarray, offsets: np.ndarray,
@@ -146,8 +157,9 @@ def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
              ) -> dict[str, np.ndarray]:
     """Feature-mode readout of one board: `amp`, `tpeak`, `npulse` (count, nch)."""
     n, nch = len(ev), dep_self.shape[1]
-    out = {"amp": np.empty((n, nch), np.float32), "tpeak": np.empty((n, nch), np.float32),
-           "npulse": np.empty((n, nch), np.uint8)}
+    out: dict[str, np.ndarray] = {
+        "amp": np.empty((n, nch), np.float32), "tpeak": np.empty((n, nch), np.float32),
+        "npulse": np.empty((n, nch), np.uint8)}
     _feature_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, dep_nb,
                     shape.tp_ns, shape.order, shape.resolve_ns, noise_pool, offsets,
                     threshold, amp_max, out["amp"], out["tpeak"], out["npulse"])

@@ -1,8 +1,9 @@
-"""Front-end streams over real ZeroMQ sockets: contract, scalers, and every fault seen downstream."""
+"""Front-end streams over real ZeroMQ sockets: contract, scalers, every fault seen downstream."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -94,7 +95,7 @@ async def test_every_fault_is_seen_downstream() -> None:
         for spill in (0, 1):
             firsts = [m.first for m in good if m.src == b and m.spill == spill
                       and m.kind is Kind.SLICE]
-            out_of_order |= any(x > y for x, y in zip(firsts, firsts[1:], strict=False))
+            out_of_order |= any(x > y for x, y in itertools.pairwise(firsts))
     assert out_of_order, "a reordered slice arrives with a smaller `first` after a larger"
     truth_events = {s: sum(m.count for m in truth if m.kind is Kind.SLICE and m.spill == s)
                     for s in (0, 1)}
