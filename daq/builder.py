@@ -59,7 +59,7 @@ class BuilderConfig(StrictModel):
 
     @model_validator(mode="after")
     def _distinct(self) -> BuilderConfig:
-        if self.input == self.output:
+        if self.input == self.output and not self.input.endswith(":*"):
             raise ValueError("input and output endpoints must differ")
         return self
 

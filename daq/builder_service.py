@@ -1,0 +1,244 @@
+"""The event builder service: PULL from the boards, run the EventBuilder core, PUSH slices on.
+
+Three named loops: `input` (receive, decode, feed; stops reading under backpressure),
+`output` (send built messages in order), `timeouts` (poll the core's timeouts). Counters
+live in the core and are exported at scrape time by a collector on the service's own
+registry, labelled by `board` and by `source` ("live" | "replay") so that dashboards
+never mix replayed data with live data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+import zmq
+import zmq.asyncio
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from daq.builder import EventBuilder, Stats
+from daq.errors import WireError
+from daq.service import Loop, Service
+from daq.transport import context
+from daq.wire import Kind, Message, decode, encode
+
+#: called with the input socket before it binds: where CURVE server options go.
+SocketHook = Callable[[zmq.Socket], None]
+
+_PER_BOARD = {
+    "fragments": ("fragments", "Board fragments received"),
+    "seq_gaps": ("seq_gaps", "Stream messages lost (sequence numbers never received)"),
+    "duplicates": ("duplicates", "Duplicate messages or fragments dropped"),
+    "out_of_order": ("out_of_order", "Messages that arrived after a later one of their stream"),
+    "late": ("late_fragments", "Fragments that arrived after their slice was built"),
+    "incomplete": ("incomplete_events", "Built events in which the board was missing"),
+    "empty": ("empty_fragments", "Zero-suppressed fragments (no data arrays)"),
+    "decode_errors": ("decode_errors", "Messages refused as malformed"),
+}
+_TOTALS = {
+    "events": ("events", "Events built and sent downstream"),
+    "slices": ("slices", "Built slices sent downstream"),
+    "shed": ("shed_events", "Events shed for dead time (downstream too slow)"),
+    "skipped": ("skipped_events", "Events dropped by the skip_spill policy"),
+    "spills": ("spills", "Spills started"),
+}
+
+
+class BuilderCollector(Collector):
+    """Reads the core's counters at scrape time (no double bookkeeping)."""
+
+    def __init__(self, svc: BuilderService) -> None:
+        self.svc = svc
+
+    def collect(self) -> Iterator[Metric]:
+        b = self.svc.builder
+        boards = [*b.boards, "unknown"]
+        stats: dict[str, Stats] = dict(b.stats)
+        for attr, (name, doc) in _PER_BOARD.items():
+            fam = CounterMetricFamily(f"na64_builder_{name}", doc, labels=["board", "source"])
+            for source, st in stats.items():
+                values = dict(getattr(st, attr))
+                for board in boards:
+                    if board != "unknown" or attr == "decode_errors":
+                        fam.add_metric([board, source], values.get(board, 0))
+            yield fam
+        for attr, (name, doc) in _TOTALS.items():
+            fam = CounterMetricFamily(f"na64_builder_{name}", doc, labels=["source"])
+            for source, st in stats.items():
+                fam.add_metric([source], getattr(st, attr))
+            yield fam
+        yield CounterMetricFamily("na64_builder_backpressure_seconds",
+                                  "Seconds the builder stopped reading its input",
+                                  value=self.svc.backpressure_s)
+        gauges = {
+            "pending_events": ("Events in partly built slices", b.pending_events),
+            "queued_events": ("Built events waiting to be sent", self.svc.queued_events),
+            "backpressure": ("1 while the builder is not reading its input",
+                             float(self.svc.backpressured)),
+            "shedding": ("1 while built slices are shed", float(b.shedding)),
+            "run": ("Run number being built", b.run),
+            "replay": ("1 when the current input is a replay", float(b._replay)),
+        }
+        for name, (doc, v) in gauges.items():
+            yield GaugeMetricFamily(f"na64_builder_{name}", doc, value=v)
+
+
+def _peek_board(head: Any) -> str:
+    """The board named by an undecodable message's header, if the header itself parses."""
+    with contextlib.suppress(Exception):
+        h = msgpack.unpackb(head, raw=False, max_bin_len=0, max_ext_len=0)
+        if isinstance(h, dict) and isinstance(h.get("board"), str):
+            return str(h["board"])
+    return "unknown"
+
+
+class BuilderService(Service):
+    """Binds PULL on `config.input` and PUSH on `config.output`; see the module docstring."""
+
+    name = "builder"
+
+    def __init__(self, builder: EventBuilder, registry: CollectorRegistry, *,
+                 ctx: zmq.asyncio.Context | None = None,
+                 input_hook: SocketHook | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 poll_interval_s: float = 0.05, drain_timeout_s: float = 5.0) -> None:
+        super().__init__()
+        self.builder = builder
+        self.cfg = builder.config
+        self.ctx = ctx or context()
+        self.clock = clock
+        self.poll_interval_s = poll_interval_s
+        self.drain_timeout_s = drain_timeout_s
+        self.queue: collections.deque[Message] = collections.deque()
+        self.queued_events = 0
+        self.backpressured = False
+        self.backpressure_s = 0.0
+        self.dropped_at_stop = 0
+        self._ready = asyncio.Event()
+        self._space = asyncio.Event()
+        self._finished = False
+        self._eos: set[str] = set()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.push = self.ctx.socket(zmq.PUSH)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.push.setsockopt(zmq.LINGER, 0)
+        self.push.setsockopt(zmq.SNDHWM, self.cfg.output_hwm)
+        if input_hook is not None:
+            input_hook(self.pull)
+        self.pull.bind(self.cfg.input)
+        self.push.bind(self.cfg.output)
+        self.input_endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.output_endpoint = self.push.getsockopt_string(zmq.LAST_ENDPOINT)
+        registry.register(BuilderCollector(self))
+
+    def loops(self) -> dict[str, Loop]:
+        return {"input": self._input, "output": self._output, "timeouts": self._timeouts}
+
+    # -- loops -----------------------------------------------------------------------------
+
+    def _enqueue(self, msgs: list[Message]) -> None:
+        for m in msgs:
+            self.queue.append(m)
+            self.queued_events += m.count if m.kind is Kind.SLICE else 0
+        if msgs:
+            self._ready.set()
+        if self.builder.stopped and not self._finished:
+            self._finish()
+
+    def _finish(self) -> None:
+        """End the stream once: flush the core (run_stop, eos); the output loop drains."""
+        self._finished = True
+        self._enqueue(self.builder.finish(self.clock()))
+
+    async def _wait_for_space(self) -> None:
+        """Backpressure: stop reading while too much is queued; after shed_after_s, shed."""
+        if self.queued_events < self.cfg.max_pending_events:
+            if self.builder.shedding and self.queued_events < self.cfg.max_pending_events // 2:
+                self.builder.shedding = False
+            return
+        if self.builder.shedding:
+            return
+        self.backpressured = True
+        t0 = self.clock()
+        self._space.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._space.wait(), self.cfg.shed_after_s)
+        self.backpressure_s += self.clock() - t0
+        self.backpressured = False
+        if self.queued_events >= self.cfg.max_pending_events:
+            self.builder.shedding = True
+
+    async def _input(self) -> None:
+        try:
+            while not self.stopping.is_set() and not self._finished:
+                await self._wait_for_space()
+                if not await self.pull.poll(100):
+                    continue
+                frames = [f.buffer for f in await self.pull.recv_multipart(copy=False)]
+                self._handle(frames)
+        finally:
+            if not self._finished:
+                self._finish()
+
+    def _handle(self, frames: list[Any]) -> None:
+        try:
+            msg = decode(frames)
+        except WireError:
+            self.builder.count_decode_error(_peek_board(frames[0]) if frames else "unknown")
+            return
+        self._enqueue(self.builder.feed(msg, self.clock()))
+        if msg.kind is Kind.END_OF_STREAM and msg.board in self.builder.bit:
+            self._eos.add(msg.board)
+            if len(self._eos) == len(self.builder.boards) and not self._finished:
+                self._finish()
+
+    async def _output(self) -> None:
+        deadline: float | None = None
+        while True:
+            if not self.queue:
+                if self._finished:
+                    return
+                self._ready.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ready.wait(), 0.1)
+                continue
+            if self.stopping.is_set() and deadline is None:
+                deadline = self.clock() + self.drain_timeout_s
+            msg = self.queue[0]
+            frames = encode(msg, with_crc=self.cfg.with_crc)
+            try:
+                if deadline is None:
+                    await self.push.send_multipart(frames, copy=False)
+                else:  # draining at stop: nobody may be listening any more
+                    left = max(deadline - self.clock(), 0.0)
+                    await asyncio.wait_for(self.push.send_multipart(frames, copy=False), left)
+            except TimeoutError:
+                self.dropped_at_stop = len(self.queue)
+                self.queue.clear()
+                return
+            self.queue.popleft()
+            if msg.kind is Kind.SLICE:
+                self.queued_events -= msg.count
+                if self.queued_events < self.cfg.max_pending_events:
+                    self._space.set()
+
+    async def _timeouts(self) -> None:
+        while not self._finished:
+            await asyncio.sleep(self.poll_interval_s)
+            if self._finished:
+                return
+            self._enqueue(self.builder.poll(self.clock()))
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await super().__aexit__(*exc)
+        finally:
+            self.pull.close()
+            self.push.close()

@@ -1,0 +1,183 @@
+"""The builder service on real ZeroMQ sockets (tcp loopback and ipc), metrics over real HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from pathlib import Path
+
+import pytest
+import zmq
+import zmq.asyncio
+from daq_fragments import Board
+from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
+
+from daq.builder import BuilderConfig, EventBuilder
+from daq.builder_service import BuilderService
+from daq.metrics import MetricsServer
+from daq.transport import arecv, asend, context
+from daq.wire import Kind, Message
+
+from daq.geometry import load_geometry  # isort: skip
+
+GEOM = load_geometry()
+NAMES = GEOM.board_names
+pytestmark = pytest.mark.asyncio
+
+
+def _service(inp: str, out: str, **kw: object) -> tuple[BuilderService, CollectorRegistry]:
+    cfg = BuilderConfig.parse({"input": inp, "output": out, "timeout_s": 0.3, **kw})
+    reg = CollectorRegistry()
+    b = EventBuilder(GEOM, cfg, calibration="c", default_trigger_config=lambda: {"t": 1})
+    return BuilderService(b, reg, poll_interval_s=0.02, drain_timeout_s=0.5), reg
+
+
+def _streams(spills: int, events: int, skip: dict[str, int] | None = None,
+             eos: bool = True) -> dict[str, list[Message]]:
+    out: dict[str, list[Message]] = {}
+    for i, n in enumerate(NAMES):
+        b = Board(GEOM, n, seed=i)
+        msgs: list[Message] = []
+        for s in range(spills):
+            part = b.spill(s, events, 32)
+            if skip and n in skip and s == spills - 1:
+                part = part[: 1 + skip[n]]
+            msgs += part
+        if eos and not (skip and n in skip):
+            msgs.append(Message(kind=Kind.END_OF_STREAM, src=n, board=n, seq=b.seq))
+        out[n] = msgs
+    return out
+
+
+async def _send_all(endpoint: str, streams: dict[str, list[Message]]) -> None:
+    ctx = context()
+    socks = {}
+    for n in streams:
+        s = ctx.socket(zmq.PUSH)
+        s.setsockopt(zmq.LINGER, 2000)
+        s.connect(endpoint)
+        socks[n] = s
+    try:
+        for i in range(max(map(len, streams.values()))):
+            for n, msgs in streams.items():
+                if i < len(msgs):
+                    await asend(socks[n], msgs[i])
+    finally:
+        for s in socks.values():
+            s.close()
+
+
+async def _collect(endpoint: str, until: Kind, timeout: float = 20.0) -> list[Message]:
+    sock = context().socket(zmq.PULL)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    got: list[Message] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while not got or got[-1].kind is not until:
+                got.append(await arecv(sock))
+    finally:
+        sock.close()
+    return got
+
+
+def _scrape(reg: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    srv = MetricsServer(reg)
+    try:
+        text = urllib.request.urlopen(srv.url, timeout=5).read().decode()
+    finally:
+        srv.close()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+async def test_complete_events_in_complete_events_out(transport: str, tmp_path: Path) -> None:
+    if transport == "tcp":
+        inp, out = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"
+    else:
+        inp, out = f"ipc://{tmp_path}/in", f"ipc://{tmp_path}/out"
+    svc, reg = _service(inp, out)
+    async with svc:
+        collector = asyncio.create_task(_collect(svc.output_endpoint, Kind.END_OF_STREAM))
+        await _send_all(svc.input_endpoint, _streams(2, 150))
+        got = await collector
+        await svc.wait()
+    slices = [m for m in got if m.kind is Kind.SLICE]
+    assert sum(s.count for s in slices) == 300 and len(slices) == 10
+    assert all(not s.arrays["missing"].any() for s in slices)
+    ends = [m for m in got if m.kind is Kind.SPILL_END]
+    assert [(e.meta["events"], e.meta["slices"]) for e in ends] == [(150, 5), (150, 5)]
+    assert [m.seq for m in got] == list(range(len(got)))
+    m = _scrape(reg)
+    assert m[("na64_builder_events_total", (("source", "live"),))] == 300
+    assert m[("na64_builder_fragments_total", (("board", "ECAL"), ("source", "live")))] == 10
+    assert m[("na64_builder_incomplete_events_total",
+              (("board", "HCAL"), ("source", "live")))] == 0
+    assert m[("na64_builder_replay", ())] == 0
+
+
+async def test_board_stopped_mid_spill_gives_exact_counts() -> None:
+    svc, reg = _service("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    async with svc:
+        collector = asyncio.create_task(_collect(svc.output_endpoint, Kind.SPILL_END))
+        # ECAL dies after 2 of the 5 slices of spill 0 (100 + 60 = 160 events)
+        await _send_all(svc.input_endpoint, _streams(1, 160, skip={"ECAL": 2}, eos=False))
+        got = await collector
+        m = _scrape(reg)
+        svc.stop()
+        await svc.wait()
+    slices = [s for s in got if s.kind is Kind.SLICE]
+    assert sum(s.count for s in slices) == 160
+    flagged = sum(int((s.arrays["missing"] != 0).sum()) for s in slices)
+    assert flagged == 160 - 64
+    assert got[-1].meta["incomplete"] == {"ECAL": 96}
+    key = ("na64_builder_incomplete_events_total", (("board", "ECAL"), ("source", "live")))
+    assert m[key] == 96
+
+
+async def test_reordered_duplicated_and_garbage_input_is_counted() -> None:
+    svc, reg = _service("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    streams = _streams(1, 128, eos=True)
+    hcal = streams["HCAL"]
+    # swap two HCAL slices on the wire and send one of them twice
+    hcal[1], hcal[2] = hcal[2], hcal[1]
+    hcal.insert(3, hcal[1])
+    async with svc:
+        collector = asyncio.create_task(_collect(svc.output_endpoint, Kind.END_OF_STREAM))
+        raw = context().socket(zmq.PUSH)
+        raw.setsockopt(zmq.LINGER, 2000)
+        raw.connect(svc.input_endpoint)
+        await raw.send_multipart([b"\x93not msgpack at all", b"x"])
+        raw.close()
+        await _send_all(svc.input_endpoint, streams)
+        got = await collector
+        await svc.wait()
+        m = _scrape(reg)
+    slices = [s for s in got if s.kind is Kind.SLICE]
+    assert sum(s.count for s in slices) == 128 and not any(s.arrays["missing"].any()
+                                                           for s in slices)
+    lab = (("board", "HCAL"), ("source", "live"))
+    assert m[("na64_builder_duplicates_total", lab)] == 1
+    assert m[("na64_builder_out_of_order_total", lab)] == 1
+    assert m[("na64_builder_seq_gaps_total", lab)] == 0
+    assert m[("na64_builder_decode_errors_total",
+              (("board", "unknown"), ("source", "live")))] == 1
+
+
+async def test_slow_downstream_backpressure_then_shedding_is_bounded() -> None:
+    svc, reg = _service("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", max_pending_events=64,
+                        shed_after_s=0.2, output_hwm=1)
+    async with svc:
+        # nobody reads the output: the builder must not grow without bound
+        await _send_all(svc.input_endpoint, _streams(1, 32 * 40, eos=False))
+        await asyncio.sleep(1.0)
+        peak = svc.queued_events
+        m = _scrape(reg)
+        svc.stop()
+    assert peak <= 64 + 32
+    assert m[("na64_builder_shed_events_total", (("source", "live"),))] > 0
+    assert m[("na64_builder_backpressure_seconds_total", ())] >= 0.2
+    assert svc.builder.stats["live"].shed + svc.builder.stats["live"].events \
+        + svc.queued_events + svc.builder.pending_events >= 32 * 40 - 32 * 4
