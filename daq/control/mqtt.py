@@ -1,0 +1,117 @@
+"""Broker connection settings (URL and credentials) and the MQTT v5 helpers both ends use.
+
+Credentials come from the environment (NA64_MQTT_URL, NA64_MQTT_USERNAME,
+NA64_MQTT_PASSWORD) or from a file of such KEY=VALUE lines that only its owner can read;
+never from a command-line argument, which would end up in shell history and `ps`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import aiomqtt
+from paho.mqtt.client import MQTTv5
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from pydantic import Field, SecretStr
+
+from daq.config import StrictModel
+from daq.errors import ConfigError
+
+ENV_URL = "NA64_MQTT_URL"
+ENV_USER = "NA64_MQTT_USERNAME"
+ENV_PASSWORD = "NA64_MQTT_PASSWORD"
+
+
+class MqttSettings(StrictModel):
+    """Where the broker is and who we are on it."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253,
+                      description="Broker host name or address.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker TCP port.")
+    username: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$",
+                          description="Broker account; also the `who` of requests.")
+    password: SecretStr = Field(description="Password of the account (never logged).")
+    timeout: float = Field(default=5.0, gt=0.0, le=120.0,
+                           description="Seconds to wait for the broker or a reply.")
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, str], *, source: str) -> MqttSettings:
+        url = values.get(ENV_URL, "mqtt://127.0.0.1:1883")
+        parts = urlsplit(url)
+        if parts.scheme != "mqtt" or not parts.hostname:
+            raise ConfigError(ENV_URL, url, "an mqtt://HOST[:PORT] URL")
+        if parts.username or parts.password:
+            raise ConfigError(ENV_URL, "<hidden>", f"no credentials in the URL; use {ENV_USER} "
+                              f"and {ENV_PASSWORD}")
+        for key in (ENV_USER, ENV_PASSWORD):
+            if not values.get(key):
+                raise ConfigError(key, None, f"set in {source}")
+        try:
+            port = parts.port or 1883
+        except ValueError:
+            raise ConfigError(ENV_URL, url, "a port between 1 and 65535") from None
+        return cls.parse({"host": parts.hostname, "port": port,
+                          "username": values[ENV_USER], "password": values[ENV_PASSWORD]})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> MqttSettings:
+        return cls.from_mapping(os.environ if env is None else env, source="the environment")
+
+    @classmethod
+    def from_file(cls, path: Path) -> MqttSettings:
+        """Read KEY=VALUE lines; refuse a file that others than its owner may read."""
+        try:
+            st = os.stat(path)
+            text = Path(path).read_text()
+        except OSError as e:
+            raise ConfigError("credentials", str(path), f"a readable file ({e.strerror})") from None
+        if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError("credentials", str(path),
+                              f"mode {stat.S_IMODE(st.st_mode):o} lets others read it; chmod 600")
+        values = {}
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                key, sep, val = line.partition("=")
+                if not sep:
+                    raise ConfigError("credentials", line.split()[0], "KEY=VALUE lines")
+                values[key.strip()] = val.strip()
+        return cls.from_mapping(values, source=str(path))
+
+
+def client(settings: MqttSettings, *, identifier: str | None = None,
+           will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+    """An MQTT v5 client for `settings` (enter it with `async with`)."""
+    return aiomqtt.Client(
+        settings.host, settings.port, username=settings.username,
+        password=settings.password.get_secret_value(),
+        identifier=identifier or f"{settings.username}-{uuid.uuid4().hex[:12]}",
+        protocol=aiomqtt.ProtocolVersion(MQTTv5), will=will, timeout=settings.timeout)
+
+
+def request_properties(response_topic: str, correlation: bytes) -> Properties:
+    props = Properties(PacketTypes.PUBLISH)
+    props.ResponseTopic = response_topic
+    props.CorrelationData = correlation
+    return props
+
+
+def reply_properties(correlation: bytes | None) -> Properties | None:
+    if not correlation:
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    props.CorrelationData = correlation
+    return props
+
+
+def response_of(props: Properties | None) -> tuple[str | None, bytes | None]:
+    """(response topic, correlation data) of a received message, None where absent."""
+    if props is None:
+        return None, None
+    return getattr(props, "ResponseTopic", None), getattr(props, "CorrelationData", None)

@@ -1,0 +1,257 @@
+"""The run-control service: the pure core behind MQTT (aiomqtt), persisting every change.
+
+    python -m daq.control.service --state-dir DIR [--credentials FILE] [--metrics-port N]
+
+runs it with the in-memory data path (until the builder is wired in). Requests are handled
+one at a time; state is persisted before a request is answered, so an acknowledged change
+survives a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from daq.control import protocol as P
+from daq.control.core import Plan, RunControl, recover
+from daq.control.datapath import DataPath, MemoryDataPath
+from daq.control.mqtt import MqttSettings, client, reply_properties, response_of
+from daq.control.store import StateStore
+from daq.errors import DaqError
+from daq.metrics import PREFIX, MetricsServer
+from daq.service import Loop, Service
+
+HISTORY_LENGTH = 50
+RESULTS = ("ok", "duplicate", *P.ERROR_CODES)
+
+log = logging.getLogger("na64.control")
+
+
+class RunControlService(Service):
+    """Run control and trigger configuration over MQTT."""
+
+    name = "runcontrol"
+
+    def __init__(self, settings: MqttSettings, store: StateStore, datapath: DataPath, *,
+                 registry: CollectorRegistry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.datapath = datapath
+        self._clock = clock
+        self.core = RunControl(recover(store.load(), clock()), clock=clock)
+        store.save(self.core.state)
+        self.ready = asyncio.Event()
+        self._lock = asyncio.Lock()
+        reg = registry if registry is not None else CollectorRegistry()
+        self.registry = reg
+        self._requests = Counter(f"{PREFIX}control_requests", "Control requests by outcome.",
+                                 ["kind", "result"], registry=reg)
+        for kind in ("run", "trigger"):
+            for r in RESULTS:
+                self._requests.labels(kind, r)
+        self._run_number = Gauge(f"{PREFIX}control_run_number",
+                                 "Number of the current (or last) run.", registry=reg)
+        self._run_open = Gauge(f"{PREFIX}control_run_open", "1 while a run is open.",
+                               registry=reg)
+        self._client: aiomqtt.Client | None = None
+        self._pending_audit: list[dict[str, Any]] = []  # audit entries not yet published
+
+    @property
+    def status_topic(self) -> str:
+        return f"{P.STATUS}/{self.settings.username}"
+
+    def refused(self, kind: str, code: str) -> int:
+        """How many requests of `kind` were answered with error `code` (or 'ok')."""
+        return int(self._requests.labels(kind, code)._value.get())
+
+    def loops(self) -> dict[str, Loop]:
+        return {"mqtt": self._mqtt}
+
+    def _status(self, status: str) -> bytes:
+        return P.dumps({"service": self.settings.username, "status": status,
+                        "when": self._clock()})
+
+    async def _mqtt(self) -> None:
+        will = aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True)
+        async with client(self.settings, identifier=f"{self.name}-{self.settings.username}",
+                          will=will) as c:
+            self._client = c
+            if self.core.state.trigger_active is not None:
+                # the data path starts empty: give it what was active before the restart
+                act = self.core.state.trigger_active
+                await self.datapath.set_trigger_config(act["config"], act["who"])
+            await self._publish_state()
+            await self._publish_trigger()
+            await c.publish(self.status_topic, self._status("online"), qos=1, retain=True)
+            await c.subscribe(P.RUN_CMD_SUB, qos=1)
+            await c.subscribe(P.DESIRED_SUB, qos=1)
+            self.ready.set()
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(self._commands(c), name=f"{self.name}.commands"),
+                         tg.create_task(self._activations(), name=f"{self.name}.activations")]
+                await self.stopping.wait()
+                async with self._lock:  # let the request in hand finish before leaving
+                    for t in tasks:
+                        t.cancel()
+            await c.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
+            self._client = None
+
+    # --- requests --------------------------------------------------------------------
+
+    async def _commands(self, c: aiomqtt.Client) -> None:
+        async for msg in c.messages:
+            async with self._lock:
+                raw = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
+                await self._handle(str(msg.topic), bytes(raw), msg.properties)
+
+    async def _handle(self, topic: str, payload: bytes, props: Any) -> None:
+        response, correlation = response_of(props)
+        kind = "trigger" if topic.startswith(P.DESIRED + "/") else "run"
+        user = topic.rsplit("/", 1)[-1]
+        try:
+            req = P.parse(topic, payload)
+            plan = self.core.plan(req)
+        except P.ProtocolError as e:
+            log.info("refused %s on %s: %s", e.code, topic, e.reason)
+            self._requests.labels(kind, e.code).inc()
+            if kind == "trigger":
+                self._audit({"event": "refused", "who": user, "id": e.request_id,
+                             "error": e.code, "reason": e.reason})
+            await self._reply(user, response, correlation,
+                              P.error_reply(e.request_id, e.code, e.reason,
+                                            state=self.core.state.state.value))
+            return
+        if plan.duplicate_reply is not None:
+            self._requests.labels(kind, "duplicate").inc()
+            await self._reply(user, response, correlation, plan.duplicate_reply)
+            return
+        reply = await self._execute(plan)
+        self._requests.labels(kind, "ok" if reply["ok"] else reply["error"]).inc()
+        await self._reply(user, response, correlation, reply)
+
+    async def _execute(self, plan: Plan) -> dict[str, Any]:
+        self.core.reserve(plan)
+        self.store.save(self.core.state)
+        eff, result = plan.effect, None
+        try:
+            if eff is not None:
+                if eff.kind == "start":
+                    await self.datapath.start_run(eff.run, eff.snapshot)
+                elif eff.kind == "stop":
+                    result = await self.datapath.stop_run()
+                elif eff.kind == "pause":
+                    await self.datapath.pause()
+                elif eff.kind == "resume":
+                    await self.datapath.resume()
+                else:
+                    await self.datapath.set_trigger_config(eff.config, eff.who)
+        except Exception as e:  # the data path is another component: any failure is an error state
+            log.exception("data path failed on %s", plan.request.verb)
+            reply = self.core.fail(plan, f"{type(e).__name__}: {e}")
+        else:
+            reply = self.core.commit(plan, result)
+            if plan.request.kind == "trigger":
+                d = self.core.state.trigger_desired or {}
+                self._audit({"event": "requested", **d})
+        self.store.save(self.core.state)
+        await self._publish_state()
+        await self._publish_trigger()
+        return reply
+
+    async def _reply(self, user: str, response: str | None, correlation: bytes | None,
+                     body: dict[str, Any]) -> None:
+        # answer only under the sender's own reply tree: a crafted response topic must
+        # not make this service (which may write state topics) publish elsewhere
+        own = f"{P.REPLY}/{user}"
+        topic = response if response and (response == own or response.startswith(own + "/")) \
+            else own
+        if "+" in topic or "#" in topic:
+            topic = own
+        assert self._client is not None
+        await self._client.publish(topic, P.dumps(body), qos=1,
+                                   properties=reply_properties(correlation))
+
+    # --- trigger activation ------------------------------------------------------------
+
+    async def _activations(self) -> None:
+        while True:
+            act = await self.datapath.activation()
+            async with self._lock:
+                active = self.core.activated(act)
+                self.store.save(self.core.state)
+                self._audit({"event": "activated", **active})
+                await self._publish_trigger()
+
+    def _audit(self, entry: dict[str, Any]) -> None:
+        entry = {"when": self._clock(), **entry}
+        self.store.append_audit(entry)
+        self._pending_audit.append(entry)
+
+    async def _publish_state(self) -> None:
+        st = self.core.state
+        self._run_number.set(st.run.run if st.run else st.last_run)
+        self._run_open.set(1 if st.state.value in ("running", "paused") else 0)
+        assert self._client is not None
+        await self._client.publish(P.RUN_STATE, P.dumps(self.core.status()), qos=1, retain=True)
+
+    async def _publish_trigger(self) -> None:
+        c, st = self._client, self.core.state
+        assert c is not None
+        await c.publish(P.ACTIVE, P.dumps(st.trigger_active) if st.trigger_active else b"",
+                        qos=1, retain=True)
+        await c.publish(P.DESIRED, P.dumps(st.trigger_desired) if st.trigger_desired else b"",
+                        qos=1, retain=True)
+        pending, self._pending_audit = self._pending_audit, []
+        for entry in pending:
+            await c.publish(P.AUDIT, P.dumps(entry), qos=1)
+        if pending:
+            await c.publish(P.HISTORY, P.dumps(self.store.read_audit(HISTORY_LENGTH)), qos=1,
+                            retain=True)
+
+
+
+async def serve(settings: MqttSettings, state_dir: Path, metrics_port: int | None) -> None:
+    registry = CollectorRegistry()
+    metrics = MetricsServer(registry, port=metrics_port) if metrics_port is not None else None
+    try:
+        svc = RunControlService(settings, StateStore(state_dir), MemoryDataPath(),
+                                registry=registry)
+        async with svc:
+            await svc.wait()
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m daq.control.service", description=__doc__)
+    p.add_argument("--state-dir", type=Path, required=True)
+    p.add_argument("--credentials", type=Path, help="file of NA64_MQTT_* lines (mode 600)")
+    p.add_argument("--metrics-port", type=int)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    try:
+        settings = (MqttSettings.from_file(args.credentials) if args.credentials
+                    else MqttSettings.from_env())
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(settings, args.state_dir, args.metrics_port))
+    except DaqError as e:
+        print(f"runcontrol: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
