@@ -8,6 +8,7 @@ docs/monitors.md (the Grafana dashboards and alert rules are built from that lis
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily, Metric
@@ -22,7 +23,7 @@ from monitors.identify import SPECIES_NAMES
 from monitors.spectra import Spectra, cumulative_buckets
 from monitors.summary import TRIGGER_TYPES, SpillSummary
 
-SOURCES = ("live", "replay")
+SOURCES: tuple[Literal["live"], Literal["replay"]] = ("live", "replay")
 
 #: every series this module exposes: name -> (type, labels, help). Keep docs/monitors.md in step.
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
@@ -116,7 +117,7 @@ class MonitorMetrics:
                 self.counter(name).labels(source)
             for t in TRIGGER_TYPES:
                 self.counter("na64_trigger_events_total").labels(source, t)
-        for reason in MonitorInputError.REASONS:
+        for reason in (*MonitorInputError.REASONS, "wire"):
             self.counter("na64_monitor_refused_total").labels(reason)
 
     def counter(self, name: str) -> Counter:

@@ -1,0 +1,244 @@
+"""MonitorService: PULL features and markers, feed the pure core, update /metrics, publish MQTT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiomqtt
+import zmq
+import zmq.asyncio
+from prometheus_client import CollectorRegistry
+from pydantic import Field
+
+from daq.config import StrictModel
+from daq.errors import WireError
+from daq.geometry import BOARD_NAMES
+from daq.service import Loop, Service
+from daq.transport import context
+from daq.wire import Kind, Message, decode
+from monitors.aggregate import MonitorInputError, RunAnalysis, Source
+from monitors.alarms import Alarms, Transition
+from monitors.config import MonitorConfig
+from monitors.metrics import SOURCES, MonitorMetrics
+from monitors.summary import SpillSummary
+
+SPILL_TOPIC = "na64/monitor/spill"
+ALARM_TOPIC = "na64/alarms"
+STATUS_TOPIC = "na64/status/monitor"
+log = logging.getLogger("na64.monitors")
+
+
+class MqttSettings(StrictModel):
+    """Where the monitor publishes; absent means it runs without a broker."""
+
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253,
+                      description="Broker host.")
+    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
+    client_id: str = Field(default="na64-monitor", min_length=1, max_length=64,
+                           description="MQTT client identifier.")
+    username: str | None = Field(default=None, max_length=64, description="Broker user.")
+    password: str | None = Field(default=None, max_length=256, description="Broker password.")
+    retry_max_s: float = Field(default=10.0, gt=0, le=600,
+                               description="Longest back-off between reconnection attempts.")
+
+
+class MonitorService(Service):
+    """Binds a PULL socket on `endpoint`; workers connect PUSH and send features + markers."""
+
+    name = "monitor"
+
+    def __init__(self, endpoint: str, *, config: MonitorConfig, registry: CollectorRegistry,
+                 mqtt: MqttSettings | None = None, boards: Sequence[str] = BOARD_NAMES,
+                 clock: Callable[[], float] = time.time, tick_s: float = 1.0,
+                 ctx: zmq.asyncio.Context | None = None) -> None:
+        super().__init__()
+        self.endpoint = endpoint
+        self.cfg = config
+        self.mqtt = mqtt
+        self.boards = tuple(boards)
+        self.clock = clock
+        self.tick_s = tick_s
+        self.metrics = MonitorMetrics(registry, config)
+        self.analyses: dict[Source, RunAnalysis] = {}
+        self.alarms: dict[Source, Alarms] = {s: Alarms(config.alarms, source=s) for s in SOURCES}
+        for s in SOURCES:
+            self.metrics.init_alarms(s)
+        self.last_spill_time: dict[Source, float] = {}
+        self.run_open: dict[Source, bool] = dict.fromkeys(SOURCES, False)
+        self.summaries: list[SpillSummary] = []  # every spill closed, in order (for callers)
+        self.published = 0
+        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        self._ctx = ctx or context()
+        self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.PULL)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.bind(endpoint)
+        # tcp://127.0.0.1:0 style endpoints: report where we really are
+        self.bound = str(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
+
+    def loops(self) -> dict[str, Loop]:
+        loops: dict[str, Loop] = {"receive": self._receive, "timer": self._timer}
+        if self.mqtt is not None:
+            loops["publish"] = self._publish
+        return loops
+
+    # --- receive -----------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                if await self._sock.poll(timeout=int(self.tick_s * 1000)) == 0:
+                    continue
+                while True:  # drain what is queued before polling again
+                    try:
+                        frames = await self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self.handle_frames([f.buffer for f in frames])
+        finally:
+            self._sock.close(linger=0)
+
+    def handle_frames(self, frames: list[Any]) -> list[SpillSummary]:
+        """Decode and process one received message; bad input is counted, never raised."""
+        t0 = time.perf_counter()
+        try:
+            msg = decode(frames)
+        except WireError as e:
+            self.metrics.on_refused("wire")
+            log.warning("refused undecodable message: %s", e)
+            return []
+        try:
+            closed = self.handle(msg)
+        except MonitorInputError as e:
+            self.metrics.on_refused(e.reason)
+            log.warning("refused %s from %s: %s", msg.kind, msg.src, e)
+            closed = []
+        self.metrics.on_message(str(msg.kind), time.perf_counter() - t0)
+        return closed
+
+    def _analysis(self, msg: Message) -> RunAnalysis:
+        source: Source = "replay" if msg.replay else "live"
+        ra = self.analyses.get(source)
+        if ra is None or (msg.kind is Kind.RUN_START and ra.run is not None
+                          and msg.run != ra.run):
+            if ra is not None:
+                self._closed(ra, ra.finish())  # a new run: the old one is over
+            ra = self.analyses[source] = RunAnalysis(
+                self.cfg, boards=self.boards, source=source, run=msg.run, keep_spectra=True)
+            self.last_spill_time[source] = self.clock()
+        return ra
+
+    def handle(self, msg: Message) -> list[SpillSummary]:
+        """Process one decoded message (raises MonitorInputError, counted by the caller)."""
+        ra = self._analysis(msg)
+        source = ra.source
+        gaps_before = dict(ra.stream_gaps)
+        closed = ra.feed(msg)
+        for stream, n in ra.stream_gaps.items():
+            self.metrics.on_stream_gap(source, stream, n - gaps_before.get(stream, 0))
+        if msg.kind is Kind.RUN_START:
+            self.run_open[source] = True
+            self.last_spill_time[source] = self.clock()
+        elif msg.kind is Kind.RUN_STOP:
+            self.run_open[source] = False
+            self._alarm_transitions(self.alarms[source].clear_all(run=msg.run))
+        self._closed(ra, closed)
+        self.metrics.set_open_spills(sum(a.open_spills for a in self.analyses.values()))
+        return closed
+
+    def _closed(self, ra: RunAnalysis, closed: list[SpillSummary]) -> None:
+        now = self.clock()
+        for s in closed:
+            spectra = ra.spectra.get(s.spill)
+            self.metrics.on_spill(s, spectra, now)
+            elapsed = now - self.last_spill_time.get(ra.source, now)
+            self.last_spill_time[ra.source] = now
+            self.summaries.append(s)
+            self._enqueue(SPILL_TOPIC, s.model_dump(mode="json"))
+            self._alarm_transitions(self.alarms[ra.source].on_spill(s, elapsed_s=elapsed))
+
+    def _alarm_transitions(self, transitions: list[Transition]) -> None:
+        for t in transitions:
+            self.metrics.set_alarm(t.source, t.name, t.state == "raised")
+            log.warning("alarm %s %s (value %s, spill %s)", t.name, t.state, t.value, t.spill)
+            # replay alarms go under their own subtree so they never touch the live state
+            prefix = ALARM_TOPIC if t.source == "live" else f"{ALARM_TOPIC}/replay"
+            self._enqueue(f"{prefix}/{t.name}", t.payload())
+
+    def _enqueue(self, topic: str, payload: dict[str, Any]) -> None:
+        if self.mqtt is not None:
+            self._outbox.put_nowait((topic, json.dumps(payload).encode()))
+
+    # --- timer -------------------------------------------------------------------------------
+
+    async def _timer(self) -> None:
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.tick_s)
+            self.tick()
+
+    def tick(self) -> None:
+        """Judge `no_spill` for every source with an open run."""
+        now = self.clock()
+        for source, open_ in self.run_open.items():
+            if open_:
+                ra = self.analyses.get(source)
+                since = now - self.last_spill_time.get(source, now)
+                self._alarm_transitions(self.alarms[source].on_clock(
+                    since, run=ra.run if ra else None))
+
+    # --- MQTT --------------------------------------------------------------------------------
+
+    async def _publish(self) -> None:
+        assert self.mqtt is not None
+        m = self.mqtt
+        delay = 0.1
+        pending: tuple[str, bytes] | None = None
+        while True:
+            try:
+                will = aiomqtt.Will(STATUS_TOPIC, b"offline", qos=1, retain=True)
+                async with aiomqtt.Client(m.host, m.port, identifier=m.client_id, will=will,
+                                          username=m.username, password=m.password) as client:
+                    await client.publish(STATUS_TOPIC, b"online", qos=1, retain=True)
+                    delay = 0.1
+                    while True:
+                        if pending is None:
+                            pending = await self._next_outgoing()
+                        if pending is None:
+                            await client.publish(STATUS_TOPIC, b"offline", qos=1, retain=True)
+                            return
+                        topic, payload = pending
+                        # retained, QoS 1: the last spill summary and each alarm's last state
+                        await client.publish(topic, payload, qos=1, retain=True)
+                        self.published += 1
+                        pending = None
+            except aiomqtt.MqttError as e:
+                if self.stopping.is_set() and self._outbox.empty() and pending is None:
+                    return
+                log.warning("MQTT: %s; retrying in %.1f s", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(m.retry_max_s, delay * 2) * random.uniform(0.8, 1.2)
+
+    async def _next_outgoing(self) -> tuple[str, bytes] | None:
+        """The next message to publish; None once stopping and everything has gone out."""
+        while True:
+            if not self._outbox.empty():
+                return self._outbox.get_nowait()
+            if self.stopping.is_set():
+                return None
+            getter = asyncio.ensure_future(self._outbox.get())
+            stopper = asyncio.ensure_future(self.stopping.wait())
+            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if getter in done:
+                return getter.result()
+            getter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await getter
+
