@@ -51,3 +51,41 @@ class Board:
             out.append(self.slice(spill, first, min(slice_events, events - first)))
         out.append(self.spill_end(spill, events))
         return out
+
+
+class Worker:
+    """A trigger worker's output stream as the recorder sees it (ACCEPTED + markers)."""
+
+    def __init__(self, name: str = "trigger-0", *, run: int = 1, seed: int = 0,
+                 replay: bool = False) -> None:
+        self.name, self.run, self.seq, self.replay = name, run, 0, replay
+        self.rng = np.random.default_rng(seed)
+
+    def msg(self, kind: Kind, spill: int = 0, **kw: object) -> Message:
+        m = Message(kind=kind, run=self.run, spill=spill, seq=self.seq, src=self.name,
+                    replay=self.replay, **kw)  # type: ignore[arg-type]
+        self.seq += 1
+        return m
+
+    def run_start(self) -> Message:
+        return self.msg(Kind.RUN_START, meta={"config": {"beam_gev": 100}, "geometry": "g",
+                                              "calibration": "c", "mode": "feature"})
+
+    def accepted(self, spill: int, index: int, slice_events: int = 64) -> Message:
+        keep = np.sort(self.rng.choice(slice_events, 5, replace=False)).astype(np.uint32)
+        first = index * slice_events
+        return self.msg(Kind.ACCEPTED, spill, board="ALL", first=first, count=len(keep),
+                        arrays={"event": keep + first,
+                                "e_ecal": self.rng.random(len(keep)).astype(np.float32),
+                                "bits": np.ones(len(keep), np.uint8)},
+                        meta={"slice_index": index, "slice_count": slice_events, "cfg": "h",
+                              "mode": "feature", "calib": "c"})
+
+    def spill(self, spill: int, slices: int) -> list[Message]:
+        """spill_start, the accepted messages, spill_end announcing `slices`."""
+        out = [self.msg(Kind.SPILL_START, spill, meta={"t0_ns": 0, "cfg": "h"})]
+        out += [self.accepted(spill, i) for i in range(slices)]
+        out.append(self.msg(Kind.SPILL_END, spill, meta={
+            "slices": slices, "events": slices * 64, "incomplete": {}, "shed": 0, "gaps": {},
+            "scalers": {}}))
+        return out

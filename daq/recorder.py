@@ -1,0 +1,316 @@
+"""The recorder: accepted events and every marker into run files, one file per run.
+
+`Recording` is the synchronous core (no sockets, no event loop): it opens a file at
+`run_start`, writes what it is given, holds a `spill_end` back until one output of each
+of the `slices` built slices it announces has been written (trigger workers may reorder
+them), so that the fsync at the spill end covers the whole spill, and closes the file at
+`run_stop`. `RecorderService` wraps it with a PULL socket and Prometheus metrics, and
+`python -m daq.recorder --listen ENDPOINT --dir DIR` runs it as a process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from daq.errors import DaqError, RunFileError, WireError
+from daq.runfile import RunFileWriter
+from daq.service import Loop, Service
+from daq.transport import context
+from daq.wire import Kind, Message, decode
+
+#: kinds recorded besides ACCEPTED (SLICE too in raw mode)
+MARKERS = frozenset({Kind.RUN_START, Kind.RUN_STOP, Kind.SPILL_START, Kind.SPILL_END,
+                     Kind.CONFIG})
+
+
+def run_file_name(run: int) -> str:
+    return f"run{run:06d}.na64"
+
+
+@dataclass
+class _OpenSpill:
+    outputs: int = 0
+    end: Message | None = None
+    t_end: float = 0.0
+
+
+@dataclass
+class FileCounts:
+    """What went into the current file(s) of a run."""
+
+    records: int = 0
+    bytes: int = 0
+    events: int = 0
+    spills: int = 0
+
+
+@dataclass
+class Recording:
+    """Sans-socket core of the recorder; see the module docstring."""
+
+    directory: Path
+    max_bytes: int | None = None
+    raw: bool = False
+    spill_timeout_s: float = 10.0
+    on_fsync: Callable[[float], None] = lambda dt: None
+    writer: RunFileWriter | None = None
+    run: int = 0
+    replay: bool = False
+    counts: FileCounts = field(default_factory=FileCounts)
+    files: list[Path] = field(default_factory=list)
+    incomplete_spills: int = 0
+    ignored: int = 0
+    total_records: int = 0
+    total_bytes: int = 0
+    _spills: dict[int, _OpenSpill] = field(default_factory=dict)
+
+    def handle(self, msg: Message, now: float) -> int:
+        """Record one message; returns the bytes written (0 if held back or ignored)."""
+        if msg.kind is Kind.RUN_START:
+            if self.writer is not None and msg.run == self.run:
+                return self._write(msg)  # another board's run_start in raw mode
+            self.close()
+            self._open(msg)
+            return self._write(msg)
+        if self.writer is None or not (msg.kind in MARKERS or msg.kind is Kind.ACCEPTED
+                                       or (self.raw and msg.kind is Kind.SLICE)):
+            self.ignored += 1
+            return 0
+        if msg.kind is Kind.RUN_STOP:
+            n = self._write(msg)
+            self.close()
+            return n
+        if msg.kind is Kind.SPILL_END and not self.raw:
+            sp = self._spills.setdefault(msg.spill, _OpenSpill())
+            sp.end, sp.t_end = msg, now
+            return self._settle(msg.spill)
+        n = self._write(msg)
+        if msg.kind is Kind.ACCEPTED:
+            self.counts.events += msg.count
+            if not self.raw:
+                self._spills.setdefault(msg.spill, _OpenSpill()).outputs += 1
+                n += self._settle(msg.spill)
+        return n
+
+    def _settle(self, spill: int, force: bool = False) -> int:
+        sp = self._spills[spill]
+        if sp.end is None:
+            return 0
+        want = int(sp.end.meta.get("slices", 0) or 0)
+        if sp.outputs < want and not force:
+            return 0
+        if sp.outputs < want:
+            self.incomplete_spills += 1
+        del self._spills[spill]
+        return self._write(sp.end)
+
+    def poll(self, now: float) -> int:
+        """Close spills whose outputs did not all come within spill_timeout_s (counted)."""
+        late = [s for s, sp in self._spills.items()
+                if sp.end is not None and now - sp.t_end >= self.spill_timeout_s]
+        return sum(self._settle(s, force=True) for s in late)
+
+    def _open(self, msg: Message) -> None:
+        self.run, self.replay = msg.run, msg.replay
+        self.counts = FileCounts()
+        self._spills = {}
+        meta = msg.meta
+        name = run_file_name(msg.run)
+        if msg.replay:
+            name = "replay-" + name
+        path = self.directory / name
+        k = 0
+        while path.exists():  # a re-used run number never overwrites: keep both
+            k += 1
+            path = self.directory / f"{name}.{k}"
+        self.writer = RunFileWriter(
+            path, run=msg.run, config=meta.get("config") or {},
+            geometry_hash=str(meta.get("geometry", "")),
+            calibration_hash=str(meta.get("calibration", "")), max_bytes=self.max_bytes)
+
+    def _write(self, msg: Message) -> int:
+        assert self.writer is not None
+        t0 = time.perf_counter()
+        n = self.writer.write(msg)
+        if msg.kind is Kind.SPILL_END:
+            self.on_fsync(time.perf_counter() - t0)
+            self.counts.spills += 1
+        self.counts.records += 1
+        self.counts.bytes += n
+        self.total_records += 1
+        self.total_bytes += n
+        return n
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> list[Path]:
+        """Close the run's file(s), writing any held spill end first."""
+        if self.writer is None:
+            return []
+        for s in sorted(self._spills):
+            if self._spills[s].end is not None:
+                self._settle(s, force=True)
+        closed = self.writer.close()
+        self.files += closed
+        self.writer = None
+        return closed
+
+
+class RecorderService(Service):
+    """PULL bound on `listen`; records into `directory`; metrics `na64_recorder_*`."""
+
+    name = "recorder"
+
+    def __init__(self, directory: str | Path, registry: CollectorRegistry, *, listen: str,
+                 max_bytes: int | None = None, raw: bool = False,
+                 ctx: zmq.asyncio.Context | None = None,
+                 input_hook: Callable[[zmq.Socket], None] | None = None,
+                 spill_timeout_s: float = 10.0) -> None:
+        super().__init__()
+        d = Path(directory)
+        if not d.is_dir():
+            raise RunFileError(str(d), "is not a directory")
+        labels = ["source"]
+        self.m_records = Counter("na64_recorder_records", "Records written", labels,
+                                 registry=registry)
+        self.m_bytes = Counter("na64_recorder_bytes", "Bytes written", labels,
+                               registry=registry)
+        self.m_events = Counter("na64_recorder_events", "Accepted events written", labels,
+                                registry=registry)
+        self.m_files = Counter("na64_recorder_files", "Run files closed", labels,
+                               registry=registry)
+        self.m_errors = Counter("na64_recorder_decode_errors",
+                                "Messages refused as malformed", registry=registry)
+        self.m_write_errors = Counter("na64_recorder_write_errors",
+                                      "Messages that could not be written", registry=registry)
+        self.m_incomplete = Counter("na64_recorder_incomplete_spills",
+                                    "Spills closed without all their slices' outputs",
+                                    registry=registry)
+        self.m_fsync = Histogram("na64_recorder_fsync_seconds",
+                                 "Time to write and fsync a spill end", registry=registry,
+                                 buckets=(1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3))
+        self.m_file = Gauge("na64_recorder_file", "Counts of the run file being written",
+                            ["what"], registry=registry)
+        self.m_run = Gauge("na64_recorder_run", "Run being recorded (0: none)",
+                           registry=registry)
+        self.m_replay = Gauge("na64_recorder_replay", "1 while recording a replay",
+                              registry=registry)
+        self.rec = Recording(d, max_bytes=max_bytes, raw=raw, spill_timeout_s=spill_timeout_s,
+                             on_fsync=self.m_fsync.observe)
+        self.ctx = ctx or context()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        if input_hook is not None:
+            input_hook(self.pull)
+        self.pull.bind(listen)
+        self.endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def loops(self) -> dict[str, Loop]:
+        return {"input": self._input}
+
+    def _handle(self, frames: list[Any]) -> None:
+        try:
+            msg = decode(frames)
+        except WireError:
+            self.m_errors.inc()
+            return
+        src = "replay" if (self.rec.replay or msg.replay) else "live"
+        try:
+            self._account(src, lambda: self.rec.handle(msg, time.monotonic()))
+        except DaqError:
+            self.m_write_errors.inc()
+            return
+        if msg.kind is Kind.ACCEPTED:
+            self.m_events.labels(src).inc(msg.count)
+
+    def _account(self, src: str, step: Callable[[], object]) -> None:
+        """Run one core step and export what it changed."""
+        r = self.rec
+        files, bad, recs, nbytes = len(r.files), r.incomplete_spills, r.total_records, \
+            r.total_bytes
+        step()
+        self.m_records.labels(src).inc(r.total_records - recs)
+        self.m_bytes.labels(src).inc(r.total_bytes - nbytes)
+        self.m_files.labels(src).inc(len(self.rec.files) - files)
+        self.m_incomplete.inc(self.rec.incomplete_spills - bad)
+        self._gauges()
+
+    def _gauges(self) -> None:
+        c = self.rec.counts
+        for what, v in (("records", c.records), ("bytes", c.bytes), ("events", c.events),
+                        ("spills", c.spills)):
+            self.m_file.labels(what).set(v)
+        self.m_run.set(self.rec.run if self.rec.writer is not None else 0)
+        self.m_replay.set(float(self.rec.replay and self.rec.writer is not None))
+
+    async def _input(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                if await self.pull.poll(100):
+                    # take what is there, then hand it to the OS in one flush
+                    for _ in range(256):
+                        frames = await self.pull.recv_multipart(copy=False)
+                        self._handle([f.buffer for f in frames])
+                        if not await self.pull.poll(0):
+                            break
+                    self.rec.flush()
+                src = "replay" if self.rec.replay else "live"
+                self._account(src, lambda: self.rec.poll(time.monotonic()))
+        finally:
+            src = "replay" if self.rec.replay else "live"
+            self._account(src, self.rec.close)
+            self.pull.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m daq.recorder --listen ENDPOINT --dir DIR`: record until SIGTERM/SIGINT."""
+    p = argparse.ArgumentParser(prog="python -m daq.recorder", description=__doc__)
+    p.add_argument("--listen", required=True, help="endpoint to bind (PULL)")
+    p.add_argument("--dir", required=True, type=Path, help="directory for run files")
+    p.add_argument("--max-bytes", type=int, default=None, help="rotate files at this size")
+    p.add_argument("--raw", action="store_true", help="also record raw slices")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    args = p.parse_args(argv)
+    return asyncio.run(_serve(args))
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from daq.metrics import MetricsServer
+
+    reg = CollectorRegistry()
+    svc = RecorderService(args.dir, reg, listen=args.listen, max_bytes=args.max_bytes,
+                          raw=args.raw)
+    metrics = MetricsServer(reg, port=args.metrics_port) if args.metrics_port is not None \
+        else None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, svc.stop)
+    print(f"recorder listening on {svc.endpoint}", flush=True)
+    try:
+        async with svc:
+            await svc.wait()
+    finally:
+        if metrics is not None:
+            metrics.close()
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
