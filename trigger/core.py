@@ -204,3 +204,26 @@ def decide(f: Features, p: TriggerParams, *, run: int, spill: int, first: int,
     backend.decide(beam_amp, beam_w, p.s_idx, p.v_idx, f.e_ecal, f.e_ps, run, spill, first,
                    p.fpar, p.ipar, cond, bits)
     return cond, bits
+
+
+def warm_up(geometry: Geometry, calibration: Calibration) -> None:
+    """Compile (or load from the cache) every kernel specialisation a worker will use.
+
+    Arrays decoded from the wire are read-only, which numba types separately from writable
+    ones, so both are exercised, in both readout modes.
+    """
+    from trigger.config import TriggerConfig  # the default config is valid for any geometry
+
+    p = build_params(TriggerConfig(), geometry, calibration)
+    for readonly in (False, True):
+        for mode in MODES:
+            arrays: dict[str, np.ndarray] = {}
+            for b in p.boards:
+                if mode == "waveform":
+                    arrays[f"{b.name}.wave"] = np.full((2, b.nch, p.samples), 400, np.int16)
+                else:
+                    arrays[f"{b.name}.amp"] = np.zeros((2, b.nch), np.float32)
+                    arrays[f"{b.name}.npulse"] = np.zeros((2, b.nch), np.uint8)
+            for a in arrays.values():
+                a.flags.writeable = not readonly
+            decide(compute_features(arrays, 2, mode, p), p, run=0, spill=0, first=0)

@@ -35,3 +35,32 @@ def sim_slices(mode: str, *, seed: int = 3, generated_s: float = 0.005,
                            "seed": seed, "slice_events": slice_events})
     sim = Simulator(cfg, g, cal)
     yield from sim.slices(sim.plan(spill))
+
+
+def built_stream(mode: str = "feature", *, spills: int = 2, seed: int = 4,
+                 generated_s: float = 0.003, change: dict | None = None, change_at: int = 1,
+                 shadow: dict | None = None, slice_events: int = 512) -> list:
+    """The builder's output for a simulated run: markers and built slices, in order.
+
+    `change` is requested just before spill `change_at` starts (between spills); `shadow` is
+    evaluated alongside from the first spill.
+    """
+    from daq.builder import EventBuilder
+    from daq.wire import Kind, decode
+    from simulators.frontend import FrontEnds
+
+    g, cal = detector()
+    cfg = SimConfig.parse({"mode": mode, "generated_s": generated_s, "signal_rate": 0.01,
+                           "seed": seed, "slice_events": slice_events})
+    builder = EventBuilder(g, calibration=cal.hash)
+    if shadow is not None:
+        builder.set_shadow_config(shadow)
+    out: list = []
+    for em in FrontEnds(Simulator(cfg, g, cal), spills=spills).run():
+        msg = decode(em.frames())
+        if (change is not None and msg.kind is Kind.SPILL_START and msg.spill == change_at):
+            builder.set_trigger_config(change, "test")
+            change = None
+        out += builder.feed(msg, 0.0)
+    out += builder.finish(0.0)
+    return out

@@ -1,0 +1,164 @@
+"""Built slice in, FEATURES and ACCEPTED messages out: the worker's pure, synchronous core.
+
+The configuration to apply travels in the slice (`meta.trigger_config`, hash `meta.cfg`);
+the processor validates each configuration once and caches it by hash, so a change takes
+effect exactly at the spill where the builder starts stamping it, in every worker and in
+a replay. Messages leave without `seq`: each output stream numbers its own (`Stamper`).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from daq.config import content_hash
+from daq.errors import ConfigError
+from daq.geometry import Calibration, Geometry
+from daq.wire import Kind, Message
+from trigger import kernels
+from trigger.config import TRIGGER_BITS, parse_config
+from trigger.core import Features, TriggerParams, build_params, compute_features, decide
+from trigger.errors import SliceError
+
+#: marker kinds a worker forwards to both of its outputs
+MARKERS = frozenset({Kind.RUN_START, Kind.RUN_STOP, Kind.SPILL_START, Kind.SPILL_END,
+                     Kind.CONFIG, Kind.END_OF_STREAM})
+_CACHE_SIZE = 16
+
+
+@dataclass
+class Stamper:
+    """Numbers the messages of one output stream (`src`, `seq` from 0)."""
+
+    src: str
+    seq: int = 0
+
+    def __call__(self, msg: Message) -> Message:
+        out = Message(kind=msg.kind, run=msg.run, spill=msg.spill, seq=self.seq, src=self.src,
+                      board=msg.board, first=msg.first, count=msg.count, arrays=msg.arrays,
+                      meta=msg.meta, replay=msg.replay)
+        self.seq += 1
+        return out
+
+
+@dataclass
+class SliceResult:
+    """What one built slice gave: the two output messages and per-type counts."""
+
+    features: Message
+    accepted: Message
+    cfg: TriggerParams
+    fired: dict[str, int] = field(default_factory=dict)  # type -> events with that bit
+    shadow_fired: dict[str, int] = field(default_factory=dict)
+    kept: int = 0
+    shadow_kept: int = 0
+    shadow_error: str | None = None
+
+
+def _fired(bits: np.ndarray) -> dict[str, int]:
+    return {name: int(np.count_nonzero(bits & bit)) for name, bit in TRIGGER_BITS.items()}
+
+
+class SliceProcessor:
+    """Runs the trigger over built slices with the configuration each slice names."""
+
+    def __init__(self, geometry: Geometry, calibration: Calibration, *,
+                 backend: ModuleType = kernels) -> None:
+        self.geometry = geometry
+        self.calibration = calibration
+        self.backend = backend
+        self._cache: OrderedDict[str, TriggerParams | ConfigError] = OrderedDict()
+
+    def params(self, data: Any, cfg_hash: Any) -> TriggerParams:
+        """The validated params of a stamped configuration (cached by hash)."""
+        if not isinstance(data, dict):
+            raise SliceError("config", f"trigger_config is {type(data).__name__}, not a map")
+        if not isinstance(cfg_hash, str) or content_hash(data) != cfg_hash:
+            raise SliceError("config", f"cfg hash {cfg_hash!r} does not match the configuration")
+        hit = self._cache.get(cfg_hash)
+        if hit is None:
+            try:
+                hit = build_params(parse_config(data, self.geometry), self.geometry,
+                                   self.calibration)
+            except ConfigError as e:
+                hit = e
+            self._cache[cfg_hash] = hit
+            if len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+        if isinstance(hit, ConfigError):
+            raise SliceError("config", str(hit))
+        return hit
+
+    def process(self, msg: Message) -> SliceResult:
+        """Features and decision of one built slice; raises SliceError if it is refused."""
+        if msg.kind is not Kind.SLICE or msg.board != "ALL":
+            raise SliceError("kind", f"{msg.kind}/{msg.board!r} is not a built slice")
+        meta = msg.meta
+        calib = meta.get("calib")
+        if calib != self.calibration.hash:
+            raise SliceError("calibration", f"slice calibration {calib!r}, this worker has "
+                                            f"{self.calibration.hash!r}")
+        p = self.params(meta.get("trigger_config"), meta.get("cfg"))
+        mode = meta.get("mode")
+        mode = mode if isinstance(mode, str) else repr(mode)
+        f = compute_features(msg.arrays, msg.count, mode, p, self.backend)
+        cond, bits = decide(f, p, run=msg.run, spill=msg.spill, first=msg.first,
+                            backend=self.backend)
+        shadow, shadow_hash, shadow_error = self._shadow(msg, mode, p, f)
+        res = SliceResult(self._features(msg, f, cond, bits, shadow, shadow_hash, mode),
+                          Message(Kind.ACCEPTED), p, _fired(bits),
+                          _fired(shadow) if shadow_hash else {},
+                          int(np.count_nonzero(bits)), int(np.count_nonzero(shadow)),
+                          shadow_error)
+        res.accepted = self._accepted(msg, res.features, bits, mode)
+        return res
+
+    def _shadow(self, msg: Message, mode: str, p: TriggerParams, f: Features
+                ) -> tuple[np.ndarray, str | None, str | None]:
+        data = msg.meta.get("shadow_config")
+        none = np.zeros(msg.count, np.uint8)
+        if data is None:
+            return none, None, None
+        h = content_hash(data) if isinstance(data, dict) else ""
+        try:
+            sp = self.params(data, h)
+        except SliceError as e:
+            return none, None, e.detail
+        # features depend on a few settings only; share them when those agree
+        sf = f if sp.feature_key == p.feature_key else compute_features(
+            msg.arrays, msg.count, mode, sp, self.backend)
+        return decide(sf, sp, run=msg.run, spill=msg.spill, first=msg.first,
+                      backend=self.backend)[1], h, None
+
+    @staticmethod
+    def _features(msg: Message, f: Features, cond: np.ndarray, bits: np.ndarray,
+                  shadow: np.ndarray, shadow_hash: str | None, mode: str) -> Message:
+        ts = msg.arrays.get("ts")
+        missing = msg.arrays.get("missing")
+        arrays = {"ts": ts if ts is not None else np.zeros(msg.count, np.int64), **f.arrays(),
+                  "missing": missing if missing is not None else np.zeros(msg.count, np.uint8),
+                  "cond": cond, "bits": bits, "shadow": shadow}
+        meta = {"slice_index": msg.meta.get("slice_index", 0), "cfg": msg.meta.get("cfg"),
+                "shadow_cfg": shadow_hash, "mode": mode, "calib": msg.meta.get("calib")}
+        return Message(Kind.FEATURES, run=msg.run, spill=msg.spill, board="ALL",
+                       first=msg.first, count=msg.count, arrays=arrays, meta=meta,
+                       replay=msg.replay)
+
+    @staticmethod
+    def _accepted(msg: Message, feat: Message, bits: np.ndarray, mode: str) -> Message:
+        idx = np.flatnonzero(bits)
+        arrays = {name: a[idx] for name, a in msg.arrays.items()}
+        for name, a in feat.arrays.items():
+            if name not in arrays:
+                arrays[name] = a[idx]
+        arrays["event"] = (idx + msg.first).astype(np.uint32)
+        meta = {"slice_index": msg.meta.get("slice_index", 0), "slice_count": msg.count,
+                "cfg": msg.meta.get("cfg"), "trigger_config": msg.meta.get("trigger_config"),
+                "mode": mode, "calib": msg.meta.get("calib")}
+        return Message(Kind.ACCEPTED, run=msg.run, spill=msg.spill, board="ALL",
+                       first=msg.first, count=len(idx), arrays=arrays, meta=meta,
+                       replay=msg.replay)

@@ -1,0 +1,196 @@
+"""The trigger worker service: PULL built slices, run the kernels in a thread, PUSH results.
+
+Accepted events (and markers) go to the recorder, features of every event (and markers) to
+each monitor endpoint. Kernels release the GIL and run via `asyncio.to_thread`, so the event
+loop stays free; they are compiled (or loaded from numba's cache) when the service starts.
+Several workers may PULL from one builder: decisions depend only on the slice (its stamped
+configuration, run, spill and event numbers), never on which worker ran it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pydantic import Field
+
+from daq.config import StrictModel
+from daq.errors import WireError
+from daq.geometry import Calibration, Geometry
+from daq.service import Loop, Service
+from daq.transport import context
+from daq.wire import Kind, Message, decode, encode
+from trigger.config import TRIGGER_BITS
+from trigger.core import warm_up
+from trigger.errors import SliceError
+from trigger.processor import MARKERS, SliceProcessor, SliceResult, Stamper
+
+Endpoint = str
+_ENDPOINT = r"^(tcp|ipc|inproc)://.+$"
+
+
+class WorkerConfig(StrictModel):
+    """Where a trigger worker connects, and how it sends."""
+
+    input: Endpoint = Field(pattern=_ENDPOINT, max_length=256,
+                            description="Builder output endpoint to PULL built slices from.")
+    recorder: Endpoint | None = Field(default=None, pattern=_ENDPOINT, max_length=256,
+                                      description="Recorder endpoint for ACCEPTED + markers.")
+    monitors: tuple[Endpoint, ...] = Field(
+        default=(), max_length=16,
+        description="Monitor endpoints; each gets FEATURES of every event + markers.")
+    index: int = Field(default=0, ge=0, le=255,
+                       description="Worker number: the output streams are `trigger-<index>`.")
+    output_hwm: int = Field(default=64, ge=1, le=1 << 20,
+                            description="Messages queued per output before sends wait.")
+    with_crc: bool = Field(default=True, description="Compute CRC32C of outgoing frames.")
+    drain_timeout_s: float = Field(default=5.0, gt=0, le=600,
+                                   description="At stop: how long to try sending what is left.")
+
+
+class TriggerMetrics:
+    """The worker's `na64_trigger_*` series on its own registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.events = Counter("na64_trigger_events", "Events processed", registry=registry)
+        self.kept = Counter("na64_trigger_kept_events", "Events accepted (any bit)",
+                            registry=registry)
+        self.accepted = Counter("na64_trigger_accepted", "Events with the trigger bit fired",
+                                ["type"], registry=registry)
+        self.shadow = Counter("na64_trigger_shadow_accepted",
+                              "Events the shadow configuration would have fired, per type",
+                              ["type"], registry=registry)
+        self.slices = Counter("na64_trigger_slices", "Built slices processed", registry=registry)
+        self.refused = Counter("na64_trigger_refused", "Messages refused, by reason",
+                               ["reason"], registry=registry)
+        self.markers = Counter("na64_trigger_markers", "Markers forwarded", registry=registry)
+        self.seconds = Histogram("na64_trigger_processing_seconds",
+                                 "Time to process one built slice",
+                                 buckets=(1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1, 3),
+                                 registry=registry)
+        self.version = Gauge("na64_trigger_config_version",
+                             "Version of the trigger configuration last applied",
+                             registry=registry)
+        self.run = Gauge("na64_trigger_run", "Run number of the last slice", registry=registry)
+        self.spill = Gauge("na64_trigger_spill", "Spill number of the last slice",
+                           registry=registry)
+        for t in TRIGGER_BITS:
+            self.accepted.labels(t)
+            self.shadow.labels(t)
+        for r in ("wire", "kind", "calibration", "config", "shape", "mode"):
+            self.refused.labels(r)
+
+    def record(self, res: SliceResult, msg: Message, seconds: float) -> None:
+        self.events.inc(msg.count)
+        self.kept.inc(res.kept)
+        self.slices.inc()
+        for t, n in res.fired.items():
+            self.accepted.labels(t).inc(n)
+        for t, n in res.shadow_fired.items():
+            self.shadow.labels(t).inc(n)
+        self.seconds.observe(seconds)
+        self.version.set(res.cfg.config.version)
+        self.run.set(msg.run)
+        self.spill.set(msg.spill)
+
+
+class TriggerWorker(Service):
+    """Connects PULL to the builder and PUSH to recorder and monitors; see module docstring."""
+
+    name = "trigger"
+
+    def __init__(self, config: WorkerConfig, geometry: Geometry, calibration: Calibration,
+                 registry: CollectorRegistry, *, ctx: zmq.asyncio.Context | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.src = f"trigger-{config.index}"
+        self.name = self.src
+        self.geometry = geometry
+        self.calibration = calibration
+        self.processor = SliceProcessor(geometry, calibration)
+        self.metrics = TriggerMetrics(registry)
+        self.ready = asyncio.Event()
+        self.ctx = ctx or context()
+        self.pull = self.ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.connect(config.input)
+        self.outputs: list[tuple[zmq.asyncio.Socket, Stamper, bool]] = []  # (sock, seq, rec?)
+        for ep, is_rec in [(config.recorder, True), *((m, False) for m in config.monitors)]:
+            if ep is None:
+                continue
+            sock = self.ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.SNDHWM, config.output_hwm)
+            sock.connect(ep)
+            self.outputs.append((sock, Stamper(self.src), is_rec))
+        self._deadline: float | None = None
+
+    def loops(self) -> dict[str, Loop]:
+        return {"main": self._main}
+
+    async def _main(self) -> None:
+        # compile before the first slice, off the loop: the first spill must not be slow
+        await asyncio.to_thread(warm_up, self.geometry, self.calibration)
+        self.ready.set()
+        while True:
+            if self.stopping.is_set():
+                if not await self.pull.poll(0):
+                    return  # drained what had arrived
+                self._deadline = self._deadline or time.monotonic() + self.config.drain_timeout_s
+            elif not await self.pull.poll(100):
+                continue
+            frames = [f.buffer for f in await self.pull.recv_multipart(copy=False)]
+            if await self._handle(frames):
+                return
+
+    async def _handle(self, frames: list[Any]) -> bool:
+        """Process one received message; True when it ended the stream (eos)."""
+        try:
+            msg = decode(frames)
+        except WireError:
+            self.metrics.refused.labels("wire").inc()
+            return False
+        if msg.kind in MARKERS:
+            self.metrics.markers.inc()
+            await self._send(msg, recorder=True, monitors=True)
+            return msg.kind is Kind.END_OF_STREAM
+        if msg.kind is not Kind.SLICE:
+            self.metrics.refused.labels("kind").inc()
+            return False
+        t0 = time.perf_counter()
+        try:
+            res = await asyncio.to_thread(self.processor.process, msg)
+        except SliceError as e:
+            self.metrics.refused.labels(e.reason).inc()
+            return False
+        self.metrics.record(res, msg, time.perf_counter() - t0)
+        await self._send(res.accepted, recorder=True, monitors=False)
+        await self._send(res.features, recorder=False, monitors=True)
+        return False
+
+    async def _send(self, msg: Message, *, recorder: bool, monitors: bool) -> None:
+        for sock, stamp, is_rec in self.outputs:
+            if (is_rec and not recorder) or (not is_rec and not monitors):
+                continue
+            frames = encode(stamp(msg), with_crc=self.config.with_crc)
+            if self._deadline is None:
+                await sock.send_multipart(frames, copy=False)
+                continue
+            # stopping: a consumer may be gone; give up at the drain deadline
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(sock.send_multipart(frames, copy=False),
+                                       max(self._deadline - time.monotonic(), 0.0))
+
+    async def __aexit__(self, *exc: Any) -> None:
+        try:
+            await super().__aexit__(*exc)
+        finally:
+            self.pull.close()
+            linger = int(self.config.drain_timeout_s * 1000)
+            for sock, _, _ in self.outputs:
+                sock.close(linger=linger)  # let zmq flush what is queued (eos last)
