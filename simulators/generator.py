@@ -16,9 +16,17 @@ import numpy as np
 from daq.geometry import Calibration, Geometry
 from simulators.config import FaultConfig, SimConfig
 from simulators.physics import Layout, Particles, Process, generate_block
-from simulators.readout import FAST, SLOW, features, gates, waveforms
+from simulators.readout import (
+    FAST,
+    SLOW,
+    features,
+    gates,
+    noise_pool,
+    shape_table,
+    waveforms,
+)
 
-NOISE_POOL = 1 << 20
+NOISE_POOL = 1 << 20  # noise values, read at a random offset per event
 _BEAM_BOARD = "BEAM"
 _PILEUP_BOARDS = ("VETO", "HCAL")  # boards where a neighbour also leaves its halo signal
 
@@ -69,7 +77,9 @@ class Simulator:
         self.board_names = geom.board_names
         det = geom.detector
         pool_rng = np.random.default_rng([cfg.seed, 0xA015E])
-        self.noise_pool = pool_rng.normal(0.0, det.noise, NOISE_POOL)
+        widest = max(len(b.channels) for b in geom.boards) * det.samples
+        self.noise = noise_pool(pool_rng, det.noise, NOISE_POOL + widest)
+        self.tables = {s: shape_table(s) for s in (FAST, SLOW)}
         self.threshold = 5 * det.noise  # FPGA pulse threshold, ADC counts
         self._blocks: dict[tuple[int, int], Particles] = {}
         self._v1: dict[int, int] = {}
@@ -161,13 +171,13 @@ class Simulator:
             if self.cfg.mode == "feature":
                 ped = float(np.max(self.calib.pedestal[board.name]))
                 boards[board.name] = features(
-                    ev, t, lo, hi, dep, dep_nb, shape, self.noise_pool, offsets,
+                    ev, t, lo, hi, dep, dep_nb, shape, self.noise, offsets,
                     self.threshold, det.adc_max - ped)
             else:
                 boards[board.name] = {"wave": waveforms(
                     ev, t, lo, hi, dep, dep_nb, shape, self.calib.pedestal[board.name],
-                    self.noise_pool, offsets, det.samples, det.sample_ns, det.trigger_sample,
-                    det.adc_max)}
+                    self.noise, offsets, det.samples, det.sample_ns,
+                    det.trigger_sample, det.adc_max, self.tables[shape])}
         ts = plan.t[first:first + count].astype(np.int64)
         truth = self._truth(parts, ev, ts, pileup)
         self._v1[plan.spill] = self._v1.get(plan.spill, 0) + int(truth["v1"].sum())

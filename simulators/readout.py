@@ -76,12 +76,11 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
     nch = dep_self.shape[1]
     amps = np.empty(MAX_PULSES)
     dts = np.empty(MAX_PULSES)
-    npool = noise_pool.shape[0]
     for e in range(ev.shape[0]):
         i = ev[e]
         off = offsets[e]
         for c in range(nch):
-            noise = noise_pool[(off + c) % npool]
+            noise = noise_pool[off + c]
             k = _gather(i, c, t, lo[e], hi[e], dep_self, dep_nb, amps, dts)
             if k == 0:
                 amp[e, c] = noise
@@ -114,30 +113,46 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
             npulse[e, c] = min(n, 255)
 
 
+TABLE_STEP_NS = 0.01  # pulse-shape table step; linear interpolation error < 0.01 ADC
+TABLE_SPAN = 10.0  # table covers 10 tp after the pulse start (shape < 2e-6 beyond)
+
+
+def shape_table(shape: PulseShape) -> np.ndarray:
+    """The pulse shape from its start to TABLE_SPAN tp, every TABLE_STEP_NS (for the kernel)."""
+    x = np.arange(0.0, TABLE_SPAN * shape.tp_ns, TABLE_STEP_NS)
+    return np.asarray(shape(x - shape.tp_ns), np.float64)
+
+
 @_kernel
 def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                     dep_self: np.ndarray, dep_nb: np.ndarray, tp: float, order: float,
-                     pedestal: np.ndarray, noise_pool: np.ndarray, offsets: np.ndarray,
+                     dep_self: np.ndarray, dep_nb: np.ndarray, table: np.ndarray, tp: float,
+                     pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray,
                      sample_ns: float, trig_ns: float, adc_max: float, wave: np.ndarray
                      ) -> None:
     nch = dep_self.shape[1]
     ns = wave.shape[2]
-    npool = noise_pool.shape[0]
+    ntab = table.shape[0]
     buf = np.empty(ns)
     for e in range(ev.shape[0]):
         i = ev[e]
-        off = offsets[e]
         for c in range(nch):
-            base = off + c * ns
+            base = offsets[e] + c * ns
+            ped = pedestal[c]
             for s in range(ns):
-                buf[s] = pedestal[c] + noise_pool[(base + s) % npool]
+                buf[s] = ped + noise[base + s]
             for j in range(lo[e], hi[e]):
                 a = dep_self[j, c] if j == i else dep_nb[j, c]
-                if a <= 0.0:
+                if a <= 0.0:  # most channels of most events: pedestal and noise only
                     continue
-                tj = trig_ns + (t[j] - t[i])
-                for s in range(ns):
-                    buf[s] += a * _shape(s * sample_ns - tj, tp, order)
+                start = trig_ns + (t[j] - t[i]) - tp  # when this pulse begins
+                s0 = max(0, int(np.ceil(start / sample_ns)))
+                for s in range(s0, ns):
+                    u = (s * sample_ns - start) / TABLE_STEP_NS
+                    k = int(u)
+                    if k + 1 >= ntab:
+                        break
+                    w = u - k
+                    buf[s] += a * (table[k] * (1.0 - w) + table[k + 1] * w)
             for s in range(ns):
                 v = np.floor(buf[s] + 0.5)
                 wave[e, c, s] = min(max(v, 0.0), adc_max)
@@ -166,31 +181,44 @@ def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     return out
 
 
+def noise_pool(rng: np.random.Generator, noise: float, size: int) -> np.ndarray:
+    """Gaussian noise (float32) that kernels read at a random offset per event.
+
+    An event reads a window of nch x samples values; windows of different events overlap
+    shifted, so no two channels or samples share their noise within an event.
+    """
+    return rng.normal(0.0, noise, size).astype(np.float32)
+
+
 def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
               dep_self: np.ndarray, dep_nb: np.ndarray, shape: PulseShape,
-              pedestal: np.ndarray, noise_pool: np.ndarray, offsets: np.ndarray,
-              samples: int, sample_ns: float, trigger_sample: int, adc_max: int
-              ) -> np.ndarray:
-    """Waveform-mode readout of one board: int16 (count, nch, samples), pedestal included."""
+              pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
+              sample_ns: float, trigger_sample: int, adc_max: int,
+              table: np.ndarray | None = None) -> np.ndarray:
+    """Waveform-mode readout of one board: int16 (count, nch, samples), pedestal included.
+
+    `noise` comes from `noise_pool`; offsets must leave nch x samples values in it.
+    """
     wave = np.empty((len(ev), dep_self.shape[1], samples), np.int16)
     _waveform_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, dep_nb,
-                     shape.tp_ns, shape.order, pedestal.astype(np.float64), noise_pool,
-                     offsets, sample_ns, trigger_sample * sample_ns, float(adc_max), wave)
+                     shape_table(shape) if table is None else table, shape.tp_ns,
+                     pedestal.astype(np.float64), noise, offsets, sample_ns,
+                     trigger_sample * sample_ns, float(adc_max), wave)
     return wave
 
 
 def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                         dep_self: np.ndarray, dep_nb: np.ndarray, shape: PulseShape,
-                        pedestal: np.ndarray, noise_pool: np.ndarray, offsets: np.ndarray,
-                        samples: int, sample_ns: float, trigger_sample: int, adc_max: int
-                        ) -> np.ndarray:
-    """Plain NumPy version of `waveforms` (slow; the kernel is tested against it)."""
-    nch = dep_self.shape[1]
+                        pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray,
+                        samples: int, sample_ns: float,
+                        trigger_sample: int, adc_max: int) -> np.ndarray:
+    """Plain NumPy version of `waveforms` with the exact pulse shape (slow; for the tests)."""
     s_ns = np.arange(samples) * sample_ns
-    out = np.empty((len(ev), nch, samples), np.int16)
+    out = np.empty((len(ev), dep_self.shape[1], samples), np.int16)
     for e, i in enumerate(ev):
-        idx = (offsets[e] + np.arange(nch * samples)) % len(noise_pool)
-        buf = pedestal.astype(np.float64)[:, None] + noise_pool[idx].reshape(nch, samples)
+        nch = dep_self.shape[1]
+        window = noise[offsets[e]:offsets[e] + nch * samples].reshape(nch, samples)
+        buf = pedestal.astype(np.float64)[:, None] + window.astype(np.float64)
         for j in range(lo[e], hi[e]):
             a = (dep_self if j == i else dep_nb)[j].astype(np.float64)
             dt = float(t[j]) - float(t[i])

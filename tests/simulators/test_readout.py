@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 from numpy.testing import assert_array_equal
 
-from simulators.readout import FAST, SLOW, features, gates, waveforms, waveforms_reference
+from simulators.readout import (
+    FAST,
+    SLOW,
+    features,
+    gates,
+    noise_pool,
+    waveforms,
+    waveforms_reference,
+)
 from tests.simulators.helpers import detector, simulator
 
 SAMPLES, SAMPLE_NS, TRIG, ADC_MAX = 32, 12.5, 8, 4095
@@ -25,12 +33,12 @@ def test_waveform_kernel_matches_reference() -> None:
     rng = np.random.default_rng(5)
     t, ev, lo, hi, dep, dep_nb = _case(rng)
     assert (hi - lo > 1).any(), "the case must contain pileup"
-    pool = rng.normal(0, 2, 4096)
-    ped = np.linspace(390, 410, dep.shape[1])
-    offs = rng.integers(0, len(pool), len(ev))
+    ped = np.linspace(390.3, 410, dep.shape[1])
+    pool = noise_pool(rng, 2.0, 4096 + dep.shape[1] * SAMPLES)
+    offs = rng.integers(0, 4096, len(ev))
     for shape in (FAST, SLOW):
-        args = (ev, t, lo, hi, dep, dep_nb, shape, ped, pool, offs, SAMPLES, SAMPLE_NS, TRIG,
-                ADC_MAX)
+        args = (ev, t, lo, hi, dep, dep_nb, shape, ped, pool, offs, SAMPLES, SAMPLE_NS,
+                TRIG, ADC_MAX)
         got, ref = waveforms(*args), waveforms_reference(*args)
         # identical up to a rounding tie flipped by summation order
         assert np.abs(got.astype(int) - ref).max() <= 1
@@ -48,7 +56,7 @@ def test_feature_peak_time_and_pulse_count() -> None:
     t = np.array([0.0, 1000.0, 1030.0, 1035.0, 5000.0])
     dep = np.full((5, 1), 1000.0, np.float32)
     ev = np.array([1], dtype=np.int64)
-    pool = np.zeros(16)
+    pool = np.zeros(16, np.float32)
     lo, hi = gates(t, ev, 100.0)
     fast = features(ev, t, lo, hi, dep, dep, FAST, pool, np.zeros(1, np.int64), 10.0, 3695.0)
     # 0, +30, +35 ns: the last two are closer than the 10 ns resolution -> 2 pulses
