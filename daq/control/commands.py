@@ -1,10 +1,121 @@
-"""`na64daq` subcommands of the daq.control package (parsing and printing only)."""
+"""`na64daq ctl` subcommands: run control and trigger configuration (parsing and printing only).
+
+The broker and credentials come from NA64_MQTT_URL, NA64_MQTT_USERNAME, NA64_MQTT_PASSWORD
+or from `--credentials FILE` (same keys, mode 600); there is deliberately no password option.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
 from typing import Any
+
+from daq.control.client import ControlClient
+from daq.control.mqtt import MqttSettings
+
+RUN_VERBS = ("start", "stop", "pause", "resume", "configure", "reset")
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands to the na64daq parser."""
+    p = sub.add_parser("ctl", help="run control and trigger configuration over MQTT",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--credentials", type=Path, metavar="FILE",
+                   help="file of NA64_MQTT_URL/USERNAME/PASSWORD lines (mode 600)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
+    p.add_argument("--json", action="store_true", help="print replies as JSON")
+    verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+    verbs.add_parser("status", help="run state and service status").set_defaults(func=_status)
+    for verb in RUN_VERBS:
+        v = verbs.add_parser(verb, help=f"{verb} the run")
+        if verb in ("start", "configure"):
+            v.add_argument("--run-type", choices=("physics", "calibration", "test"))
+            v.add_argument("--comment")
+        if verb == "stop":
+            v.add_argument("--reason")
+        v.set_defaults(func=_run)
+    t = verbs.add_parser("trigger", help="show, change or audit the trigger configuration")
+    tv = t.add_subparsers(dest="action", metavar="ACTION", required=True)
+    tv.add_parser("show", help="active and pending configuration").set_defaults(func=_show)
+    s = tv.add_parser("set", help="change fields (experts only), applied at the next spill")
+    s.add_argument("overrides", nargs="+", metavar="KEY=VALUE")
+    s.add_argument("--comment", default="", help="why, for the audit log")
+    s.set_defaults(func=_set)
+    tv.add_parser("history", help="the audit log").set_defaults(func=_history)
+
+
+def _settings(args: argparse.Namespace) -> MqttSettings:
+    s = (MqttSettings.from_file(args.credentials) if args.credentials
+         else MqttSettings.from_env())
+    return s.model_copy(update={"timeout": args.timeout})
+
+
+def _with_client(args: argparse.Namespace, fn: Any) -> Any:
+    async def go() -> Any:
+        async with ControlClient(_settings(args)) as ctl:
+            return await fn(ctl)
+    return asyncio.run(go())
+
+
+def _print_reply(args: argparse.Namespace, reply: dict[str, Any]) -> int:
+    if args.json:
+        print(json.dumps(reply, indent=1, sort_keys=True))
+    elif reply.get("ok"):
+        extra = {k: v for k, v in reply.items() if k not in ("id", "ok")}
+        print("ok " + " ".join(f"{k}={v}" for k, v in extra.items()))
+    else:
+        print(f"refused ({reply.get('error')}): {reply.get('reason')}", file=sys.stderr)
+    return 0 if reply.get("ok") else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    params = {k: v for k, v in (("run_type", getattr(args, "run_type", None)),
+                                ("comment", getattr(args, "comment", None))) if v is not None}
+    reply = _with_client(args, lambda c: c.run(args.verb, params=params or None,
+                                                reason=getattr(args, "reason", None)))
+    return _print_reply(args, reply)
+
+
+def _status(args: argparse.Namespace) -> int:
+    st = _with_client(args, lambda c: c.status())
+    if args.json:
+        print(json.dumps(st, indent=1, sort_keys=True))
+        return 0
+    run = st.get("run") or {}
+    cur = run.get("run") or {}
+    print(f"state {run.get('state', 'unknown')}  run {cur.get('run', '-')}  "
+          f"last run {run.get('last_run', '-')}  allowed: {', '.join(run.get('allowed', []))}")
+    if run.get("error"):
+        print(f"error: {run['error']}")
+    for name, s in sorted(st["services"].items()):
+        print(f"  {name:<16} {(s or {}).get('status', 'unknown')}")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    t = _with_client(args, lambda c: c.trigger())
+    print(json.dumps(t, indent=1, sort_keys=True))
+    return 0
+
+
+def _set(args: argparse.Namespace) -> int:
+    reply = _with_client(args, lambda c: c.trigger_set(list(args.overrides),
+                                                       comment=args.comment))
+    return _print_reply(args, reply)
+
+
+def _history(args: argparse.Namespace) -> int:
+    entries = _with_client(args, lambda c: c.history())
+    if args.json:
+        print(json.dumps(entries, indent=1, sort_keys=True))
+        return 0
+    for e in entries:
+        what = e.get("reason") if e["event"] == "refused" else \
+            f"version {e.get('version')} cfg {e.get('cfg')}"
+        spill = f" from run {e.get('run')} spill {e.get('spill')}" \
+            if e["event"] == "activated" else ""
+        print(f"{e.get('when', 0):.0f} {e['event']:<9} {e.get('who')}: {what}{spill}")
+    return 0
