@@ -3,8 +3,48 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands to the na64daq parser."""
+    p = sub.add_parser("analyze", help="run the trigger over a run file, print per-spill results",
+                       description="Run the trigger in-process over a run file as fast as "
+                       "possible and print the per-spill trigger counts.")
+    p.add_argument("file", help="run file (raw or built; a .partial file is read up to its "
+                   "last complete record)")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.add_argument("--trigger-config", metavar="FILE",
+                   help="apply this configuration (JSON or TOML) to every spill instead of "
+                   "the one recorded in the stream")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one setting of the configuration (repeatable)")
+    p.set_defaults(func=_analyze)
+
+
+def _analyze(a: argparse.Namespace) -> int:
+    from daq.geometry import load_geometry
+    from trigger.analyze import analyze, load_config_file
+    from trigger.config import TriggerConfig, apply_overrides
+
+    cfg = None
+    if a.trigger_config or a.set:
+        geom = load_geometry()
+        base = load_config_file(a.trigger_config, geom) if a.trigger_config else TriggerConfig()
+        cfg = apply_overrides(base, a.set, geometry=geom)
+    result = analyze(a.file, cfg)
+    if a.json:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+        return 0
+    print(f"{'run':>5} {'spill':>5} {'events':>9} {'accepted':>9} {'rate':>8}  "
+          + " ".join(f"{t:>11}" for t in result["spills"][0]["fired"]) if result["spills"]
+          else "no spills")
+    for s in result["spills"]:
+        print(f"{s['run']:>5} {s['spill']:>5} {s['events']:>9} {s['accepted']:>9} "
+              f"{s['accept_rate']:>8.4f}  " + " ".join(f"{n:>11}" for n in s["fired"].values()))
+    if result["refused"]:
+        print(f"refused slices: {result['refused']}")
+    return 0
