@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from trigger_data import built_stream, detector
 
 from daq.cli import main
 from daq.runfile import RunFileWriter
@@ -17,7 +18,6 @@ from simulators.generator import Simulator
 from trigger.analyze import analyze, iter_features
 from trigger.config import TriggerConfig
 from trigger.processor import SliceProcessor
-from trigger_data import built_stream, detector
 
 GEOM, CAL = detector()
 

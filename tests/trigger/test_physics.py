@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from trigger_data import built_arrays, detector, sim_slices
 
 from trigger.config import PHYSICS, TriggerConfig
 from trigger.core import build_params, compute_features, decide
-from trigger_data import built_arrays, detector, sim_slices
 
 GEOM, CAL = detector()
 
