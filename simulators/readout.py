@@ -138,11 +138,21 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
         for c in range(nch):
             base = offsets[e] + c * ns
             ped = pedestal[c]
+            quiet = True
+            for j in range(lo[e], hi[e]):
+                if (dep_self[j, c] if j == i else dep_nb[j, c]) > 0.0:
+                    quiet = False
+                    break
+            if quiet:  # most channels of most events: pedestal and noise only
+                for s in range(ns):
+                    v = np.floor(ped + noise[base + s] + 0.5)
+                    wave[e, c, s] = min(max(v, 0.0), adc_max)
+                continue
             for s in range(ns):
                 buf[s] = ped + noise[base + s]
             for j in range(lo[e], hi[e]):
                 a = dep_self[j, c] if j == i else dep_nb[j, c]
-                if a <= 0.0:  # most channels of most events: pedestal and noise only
+                if a <= 0.0:
                     continue
                 start = trig_ns + (t[j] - t[i]) - tp  # when this pulse begins
                 s0 = max(0, int(np.ceil(start / sample_ns)))
