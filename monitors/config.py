@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import tomllib
+from pathlib import Path
+
 from pydantic import Field, model_validator
 
 from daq.config import StrictModel
+from daq.errors import ConfigError
 
 
 class Band(StrictModel):
@@ -103,3 +108,19 @@ class MonitorConfig(StrictModel):
             raise ValueError(f"srd_min_gev {self.srd_min_gev} must be below srd_max_gev "
                              f"{self.srd_max_gev}")
         return self
+
+
+def load_config(path: str | Path | None = None) -> MonitorConfig:
+    """A MonitorConfig from a TOML or JSON file (None: the defaults); ConfigError if invalid."""
+    if path is None:
+        return MonitorConfig()
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError("path", str(p), f"cannot be read ({e.strerror})") from None
+    try:
+        data = json.loads(text) if p.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError("path", str(p), f"is not valid {p.suffix or 'TOML'} ({e})") from None
+    return MonitorConfig.parse(data)
