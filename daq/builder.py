@@ -118,7 +118,7 @@ class _Spill:
 @dataclass
 class _Stream:
     expected: int | None = None
-    run: int = -1
+    run: tuple[int, bool] = (-1, False)
     holes: dict[int, tuple[int, int]] = field(default_factory=dict)  # seq -> (run, spill)
 
 
@@ -233,10 +233,11 @@ class EventBuilder:
     def _sequence(self, board: str, msg: Message, stats: Stats) -> bool:
         """Account the stream's seq; False for a duplicate message (dropped)."""
         s = self._streams[board]
-        if s.expected is None or (msg.seq == 0 and msg.run != s.run):
-            s.expected, s.holes, s.run = msg.seq + 1, {}, msg.run  # a (re)started stream
+        if s.expected is None or (msg.seq == 0 and (msg.run, msg.replay) != s.run):
+            s.expected, s.holes = msg.seq + 1, {}  # a (re)started stream, or a replay
+            s.run = (msg.run, msg.replay)
             return True
-        s.run = msg.run
+        s.run = (msg.run, msg.replay)
         if msg.seq >= s.expected:
             gap = msg.seq - s.expected
             if gap > _MAX_HOLES:  # too many to wait for: count them lost now
@@ -490,7 +491,7 @@ class EventBuilder:
         for st in list(self._spills.values()):
             self._maybe_close(st, now, out, force=True)
         self.stopped = True
-        replay = any(m.replay for m in out)
+        replay = self._replay
         stats = self.stats["replay" if replay else "live"]
         out.append(self._emit(Kind.RUN_STOP, self.run, self._last_spill, replay, meta={
             "reason": self.stop_reason or "end of input", "events": stats.events,

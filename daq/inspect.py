@@ -1,0 +1,142 @@
+"""Summarise a run file per spill: events, slices, boards, incomplete events, bytes, state."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from daq.runfile import RunFileReader
+from daq.wire import Kind, Message
+
+
+@dataclass
+class SpillSummary:
+    spill: int
+    records: int = 0
+    bytes: int = 0
+    events: int = 0
+    accepted: int = 0
+    slices: int = 0
+    boards: list[str] = field(default_factory=list)
+    incomplete: int = 0
+    ended: bool = False
+    replay: bool = False
+
+
+@dataclass
+class FileSummary:
+    path: str
+    run: int
+    header: dict[str, Any]
+    closed_cleanly: bool
+    recovered: bool
+    torn: bool
+    reason: str
+    bytes_dropped: int
+    torn_spill: int | None
+    records: int
+    spills: list[SpillSummary]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Acc:
+    """Per-spill accumulation while scanning."""
+
+    def __init__(self, spill: int) -> None:
+        self.s = SpillSummary(spill)
+        self.firsts: dict[int, set[str]] = {}
+        self.counts: dict[int, int] = {}
+        self.boards: set[str] = set()
+        self.announced: int | None = None
+        self.built_incomplete: int | None = None
+        self.flagged = 0
+        self.board_events: dict[str, int] = {}
+
+    def add(self, m: Message, nbytes: int) -> None:
+        s = self.s
+        s.records += 1
+        s.bytes += nbytes
+        s.replay = s.replay or m.replay
+        if m.kind in (Kind.SLICE, Kind.ACCEPTED):
+            if m.board == "ALL":
+                self.boards.update(n.split(".", 1)[0] for n in m.arrays if "." in n)
+                miss = m.arrays.get("missing")
+                if miss is not None:
+                    self.flagged += int(np.count_nonzero(miss))
+            else:
+                self.boards.add(m.board)
+            self.firsts.setdefault(m.first, set()).add(m.board)
+            self.counts[m.first] = max(self.counts.get(m.first, 0), m.count)
+            if m.kind is Kind.ACCEPTED:
+                s.accepted += m.count
+                self.counts[m.first] = int(m.meta.get("slice_count", m.count) or m.count)
+        elif m.kind is Kind.SPILL_END:
+            s.ended = True
+            if m.src == "builder" or "slices" in m.meta:
+                self.announced = int(m.meta.get("events", 0) or 0)
+                inc = m.meta.get("incomplete") or {}
+                self.built_incomplete = int(sum(inc.values())) if isinstance(inc, dict) else 0
+            else:
+                self.board_events[m.board or m.src] = int(m.meta.get("events", 0) or 0)
+
+    def finish(self) -> SpillSummary:
+        s = self.s
+        s.slices = len(self.firsts)
+        s.boards = sorted(self.boards)
+        if self.announced is not None:
+            s.events = self.announced
+        elif self.board_events:
+            s.events = max(self.board_events.values())
+        else:
+            s.events = sum(self.counts.values())
+        if self.built_incomplete is not None:
+            s.incomplete = self.built_incomplete
+        elif "ALL" in {b for f in self.firsts.values() for b in f}:
+            s.incomplete = self.flagged
+        else:  # raw fragments: an event is incomplete when a board lacks its slice
+            s.incomplete = sum(self.counts[f] for f, b in self.firsts.items()
+                               if b != self.boards)
+        return s
+
+
+def summarize(path: str | Path) -> FileSummary:
+    """Read the whole file and summarise it (a torn file is summarised up to the tear)."""
+    r = RunFileReader(path)
+    accs: dict[int, _Acc] = {}
+    for m in r:
+        if m.kind in (Kind.RUN_START, Kind.RUN_STOP):
+            continue
+        accs.setdefault(m.spill, _Acc(m.spill)).add(m, 0)
+    rep = r.report
+    spills = []
+    for s, acc in sorted(accs.items()):
+        info = rep.spills.get(s)
+        acc.s.records = info.records if info else acc.s.records
+        acc.s.bytes = info.bytes if info else 0
+        spills.append(acc.finish())
+    header = {k: v for k, v in r.header.items() if k != "config"}
+    return FileSummary(
+        path=str(r.path), run=int(r.header.get("run", 0)), header=header,
+        closed_cleanly=rep.closed_cleanly, recovered=not rep.closed_cleanly, torn=rep.torn,
+        reason=rep.reason, bytes_dropped=rep.bytes_dropped, torn_spill=rep.torn_spill,
+        records=rep.records, spills=spills)
+
+
+def format_text(fs: FileSummary) -> str:
+    """A terminal table of the summary."""
+    state = "closed cleanly" if fs.closed_cleanly else (
+        f"RECOVERED ({fs.reason}; {fs.bytes_dropped} bytes dropped"
+        + (f"; spill {fs.torn_spill} incomplete" if fs.torn_spill is not None else "") + ")")
+    lines = [f"{fs.path}: run {fs.run}, {fs.records} records, {state}",
+             f"{'spill':>6} {'events':>8} {'accepted':>8} {'slices':>6} {'incompl':>7} "
+             f"{'bytes':>12}  ended  boards"]
+    for s in fs.spills:
+        lines.append(f"{s.spill:>6} {s.events:>8} {s.accepted:>8} {s.slices:>6} "
+                     f"{s.incomplete:>7} {s.bytes:>12}  {'yes' if s.ended else 'NO ':<5}  "
+                     f"{','.join(s.boards)}{'  (replay)' if s.replay else ''}")
+    return "\n".join(lines)
