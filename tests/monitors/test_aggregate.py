@@ -180,3 +180,25 @@ def test_incomplete_events_use_builder_account_and_missing_bits() -> None:
     # incomplete events are left out of the physics sample: a missing VETO reads zero
     ele = np.concatenate([t.species for t in truths]) == 0
     assert s.veto_efficiency.n == int(ele[5:].sum())
+
+
+def test_spectra_kept_per_spill_and_exported() -> None:
+    from monitors.spectra import to_json
+
+    rng = np.random.default_rng(20)
+    seq: dict[str, int] = {}
+    stream: list[Message] = []
+    for spill in (1, 2):
+        stream += spill_messages(rng, spill=spill, slices=2, slice_events=300, seq0=seq)[0]
+    ra = _run(stream)
+    assert sorted(ra.spectra) == [1, 2]
+    out = to_json(ra.spectra)
+    for spill in ("1", "2"):
+        ecal = out[spill]["ecal"]
+        assert sum(ecal["counts"]) == 600 and len(ecal["edges"][0]) == CFG.ecal_bins + 1
+        plane = np.array(out[spill]["plane"]["counts"])
+        assert plane.shape == (CFG.plane_bins + 2,) * 2 and plane.sum() == 600
+    peak = np.argmax(out["1"]["ecal"]["counts"][1:-1])
+    edges = out["1"]["ecal"]["edges"][0]
+    assert edges[peak] <= 100.0 <= edges[peak + 1] + 2.0  # electrons at the beam energy
+    assert ra.run_spectra.ecal.sum() == 1200
