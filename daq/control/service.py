@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +68,12 @@ class RunControlService(Service):
                                registry=reg)
         self._client: aiomqtt.Client | None = None
         self._pending_audit: list[dict[str, Any]] = []  # audit entries not yet published
+        self._reconnects = Counter(f"{PREFIX}control_reconnects",
+                                   "Broker connections lost or refused.", registry=reg)
+        self._restored = False
+        self.last_failure: str | None = None
+        self.reconnect_min = 0.2
+        self.reconnect_max = 10.0
 
     @property
     def status_topic(self) -> str:
@@ -84,29 +91,57 @@ class RunControlService(Service):
                         "when": self._clock()})
 
     async def _mqtt(self) -> None:
+        """Stay connected: reconnect with randomised exponential backoff until stopped."""
+        delay = self.reconnect_min
+        while not self.stopping.is_set():
+            connected = False
+            try:
+                connected = await self._session()
+            except aiomqtt.MqttError as e:
+                self.ready.clear()
+                self._client = None
+                self._reconnects.inc()
+                log.warning("broker connection lost or refused: %s", e)
+            if self.stopping.is_set():
+                return
+            delay = self.reconnect_min if connected else min(delay * 2, self.reconnect_max)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), delay * random.uniform(0.5, 1.5))
+
+    async def _session(self) -> bool:
+        """One connection: publish what is retained, serve requests until stop or disconnect."""
         will = aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True)
         async with client(self.settings, identifier=f"{self.name}-{self.settings.username}",
                           will=will) as c:
             self._client = c
-            if self.core.state.trigger_active is not None:
+            if self.core.state.trigger_active is not None and not self._restored:
                 # the data path starts empty: give it what was active before the restart
                 act = self.core.state.trigger_active
                 await self.datapath.set_trigger_config(act["config"], act["who"])
+                self._restored = True
             await self._publish_state()
-            await self._publish_trigger()
+            await self._publish_trigger(history=True)
             await c.publish(self.status_topic, self._status("online"), qos=1, retain=True)
             await c.subscribe(P.RUN_CMD_SUB, qos=1)
             await c.subscribe(P.DESIRED_SUB, qos=1)
             self.ready.set()
-            async with asyncio.TaskGroup() as tg:
-                tasks = [tg.create_task(self._commands(c), name=f"{self.name}.commands"),
-                         tg.create_task(self._activations(), name=f"{self.name}.activations")]
-                await self.stopping.wait()
+            tasks = [asyncio.create_task(self._commands(c), name=f"{self.name}.commands"),
+                     asyncio.create_task(self._activations(), name=f"{self.name}.activations"),
+                     asyncio.create_task(self.stopping.wait(), name=f"{self.name}.stopping")]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:
                 async with self._lock:  # let the request in hand finish before leaving
                     for t in tasks:
                         t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+            for t in done:
+                exc = None if t.cancelled() else t.exception()
+                if exc is not None:
+                    raise exc
             await c.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
             self._client = None
+        return True
 
     # --- requests --------------------------------------------------------------------
 
@@ -114,7 +149,15 @@ class RunControlService(Service):
         async for msg in c.messages:
             async with self._lock:
                 raw = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
-                await self._handle(str(msg.topic), bytes(raw), msg.properties)
+                try:
+                    await self._handle(str(msg.topic), bytes(raw), msg.properties)
+                except (DaqError, OSError, ValueError, KeyError) as e:
+                    # a bug or a full disk must not take the control plane down; it is
+                    # logged, counted and the state is whatever was last persisted
+                    log.exception("request on %s failed", msg.topic)
+                    self._requests.labels("trigger" if P.DESIRED in str(msg.topic) else "run",
+                                          P.FAILED).inc()
+                    self.last_failure = f"{type(e).__name__}: {e}"
 
     async def _handle(self, topic: str, payload: bytes, props: Any) -> None:
         response, correlation = response_of(props)
@@ -206,7 +249,7 @@ class RunControlService(Service):
         assert self._client is not None
         await self._client.publish(P.RUN_STATE, P.dumps(self.core.status()), qos=1, retain=True)
 
-    async def _publish_trigger(self) -> None:
+    async def _publish_trigger(self, *, history: bool = False) -> None:
         c, st = self._client, self.core.state
         assert c is not None
         await c.publish(P.ACTIVE, P.dumps(st.trigger_active) if st.trigger_active else b"",
@@ -216,7 +259,7 @@ class RunControlService(Service):
         pending, self._pending_audit = self._pending_audit, []
         for entry in pending:
             await c.publish(P.AUDIT, P.dumps(entry), qos=1)
-        if pending:
+        if pending or history:
             await c.publish(P.HISTORY, P.dumps(self.store.read_audit(HISTORY_LENGTH)), qos=1,
                             retain=True)
 

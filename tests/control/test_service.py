@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from daq.control.datapath import MemoryDataPath
 from daq.control.mqtt import MqttSettings
 from daq.control.service import RunControlService
 from daq.control.store import StateStore
+from tests.conftest import require_binary, stop_pid, wait_for_port
 from tests.control.conftest import SecureBroker
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.asyncio]
@@ -223,3 +227,31 @@ async def test_data_path_failure_is_an_error_state(secure_broker: SecureBroker,
         assert "builder unreachable" in r["reason"]
         st = (await ctl.status())["run"]
         assert st["state"] == "error" and "builder unreachable" in st["error"]
+
+
+async def test_service_reconnects_after_a_broker_restart(secure_broker: SecureBroker,
+                                                         tmp_path: Path) -> None:
+    b = secure_broker
+    async with running(b, tmp_path / "s", MemoryDataPath()) as svc:
+        async with ControlClient(settings(b, "shift")) as ctl:
+            assert (await ctl.run("start"))["run"] == 1
+        os.kill(b.pid, signal.SIGTERM)
+        for _ in range(200):
+            if not svc.ready.is_set():
+                break
+            await asyncio.sleep(0.05)
+        assert not svc.ready.is_set()
+        binary = require_binary("mosquitto")
+        proc = subprocess.Popen([binary, "-c", str(b.workdir / "mosquitto.conf")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
+        try:
+            await asyncio.to_thread(wait_for_port, b.port)
+            await asyncio.wait_for(svc.ready.wait(), 20)
+            async with ControlClient(settings(b, "shift")) as ctl:
+                st = (await ctl.status())["run"]
+                assert (st["state"], st["run"]["run"]) == ("running", 1)
+                assert (await ctl.run("stop"))["state"] == "stopped"
+            assert svc.registry.get_sample_value("na64_control_reconnects_total") >= 1
+        finally:
+            stop_pid(proc)
