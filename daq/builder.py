@@ -91,6 +91,7 @@ class Stats:
 class _Pending:
     t0: float
     frags: dict[str, Message] = field(default_factory=dict)
+    count: int = 0  # the largest fragment so far
 
 
 @dataclass
@@ -106,6 +107,7 @@ class _Spill:
     pending: dict[int, _Pending] = field(default_factory=dict)
     done: dict[int, frozenset[str]] = field(default_factory=dict)
     t_end: float | None = None
+    t_last: float = 0.0  # last fragment: a spill no board ends closes when a later one runs
     slices: int = 0
     events: int = 0
     shed: int = 0
@@ -159,6 +161,7 @@ class EventBuilder:
             raise ValueError("the default trigger configuration is empty")
         self._active: tuple[dict[str, Any], str, str] = (cfg, content_hash(cfg), "default")
         self._announced = False
+        self._pending_events = 0
         self._last_spill = 0
         self._replay = False
         self._next_cfg: tuple[dict[str, Any], str, str] | None = None
@@ -184,8 +187,7 @@ class EventBuilder:
     @property
     def pending_events(self) -> int:
         """Events in partly built slices."""
-        return sum(max(m.count for m in p.frags.values())
-                   for s in self._spills.values() for p in s.pending.values())
+        return self._pending_events
 
     # -- input -----------------------------------------------------------------------------
 
@@ -292,7 +294,7 @@ class EventBuilder:
             self._announced = True
             out.append(self._emit(Kind.CONFIG, msg.run, msg.spill, msg.replay, meta={
                 "trigger_config": cfg, "cfg": h, "who": who, "when": now}))
-        st = _Spill(msg.run, msg.spill, msg.replay)
+        st = _Spill(msg.run, msg.spill, msg.replay, t_last=now)
         st.meta = {"cfg": h, "trigger_config": cfg, "shadow_config": self._shadow,
                    "calib": self.calibration}
         self._spills[key] = st
@@ -332,6 +334,10 @@ class EventBuilder:
             stats.duplicates[board] += 1
             return
         p.frags[board] = msg
+        if msg.count > p.count:
+            self._pending_events += msg.count - p.count
+            p.count = msg.count
+        st.t_last = now
         if len(p.frags) == len(self.boards):
             self._complete(st, msg.first, now, out)
         elif self.pending_events > self.config.max_pending_events:
@@ -385,6 +391,7 @@ class EventBuilder:
 
     def _complete(self, st: _Spill, first: int, now: float, out: list[Message]) -> None:
         p = st.pending.pop(first)
+        self._pending_events -= p.count
         st.done[first] = frozenset(p.frags)
         stats = self.stats["replay" if st.replay else "live"]
         count = max(m.count for m in p.frags.values())
@@ -437,6 +444,11 @@ class EventBuilder:
                      force: bool = False) -> None:
         all_ended = len(st.ended) == len(self.boards)
         timed_out = st.t_end is not None and now - st.t_end >= self.config.timeout_s
+        # no board ended it (all died?) but the run has moved on to a later spill
+        abandoned = (st.t_end is None and not st.pending
+                     and now - st.t_last >= self.config.timeout_s
+                     and any(k[0] == st.run and k[1] > st.spill for k in self._spills))
+        timed_out = timed_out or abandoned
         if not (force or timed_out or (all_ended and not st.pending)):
             return
         for first in sorted(st.pending):
@@ -483,7 +495,8 @@ class EventBuilder:
         stats = self.stats["replay" if st.replay else "live"]
         for f, p in list(st.pending.items()):
             st.done[f] = frozenset(p.frags)
-            stats.skipped += max(m.count for m in p.frags.values())
+            stats.skipped += p.count
+            self._pending_events -= p.count
         st.pending.clear()
 
     def _stop(self, now: float) -> list[Message]:

@@ -256,3 +256,30 @@ def test_config_bounds_are_named() -> None:
         BuilderConfig.parse({"timeout_s": -1})
     with pytest.raises(ConfigError, match="policy"):
         BuilderConfig.parse({"policy": "ignore"})
+
+
+def test_spill_nobody_ended_closes_once_the_run_moves_on() -> None:
+    b, boards = _builder(), _boards()
+    spill0 = [m for m in _interleave(boards, 0, 64) if m.kind is not Kind.SPILL_END]
+    _feed(b, spill0, now=0.0)
+    assert _kinds(b.poll(5.0), Kind.SPILL_END) == []  # alone, it may still be ending
+    _feed(b, _interleave(boards, 1, 64)[:5], now=5.0)
+    (end,) = _kinds(b.poll(5.0), Kind.SPILL_END)
+    assert end.spill == 0 and end.meta["events"] == 64 and end.meta["board_events"] == {}
+
+
+def test_short_fragment_flags_only_the_events_it_lacks() -> None:
+    b, boards = _builder(), _boards()
+    msgs = _interleave(boards, 0, 32)
+    short = next(m for m in msgs if m.board == "VETO" and m.kind is Kind.SLICE)
+    i = msgs.index(short)
+    msgs[i] = Message(kind=Kind.SLICE, run=short.run, spill=0, seq=short.seq, src="VETO",
+                      board="VETO", first=0, count=20,
+                      arrays={k: v[:20].copy() for k, v in short.arrays.items()},
+                      meta=short.meta)
+    (s,) = _kinds(_feed(b, msgs), Kind.SLICE)
+    bit = 1 << NAMES.index("VETO")
+    assert (s.arrays["missing"][:20] == 0).all() and (s.arrays["missing"][20:] == bit).all()
+    assert np.array_equal(s.arrays["VETO.amp"][:20], short.arrays["amp"][:20])
+    assert not s.arrays["VETO.amp"][20:].any()
+    assert b.stats["live"].incomplete == {"VETO": 12}
