@@ -84,8 +84,10 @@ class _Acc:
             else:
                 self.board_events[m.board or m.src] = int(m.meta.get("events", 0) or 0)
 
-    def finish(self) -> SpillSummary:
+    def finish(self, all_boards: set[str], ended: bool | None) -> SpillSummary:
+        """`all_boards`: every board seen in the file; `ended`: the reader's verdict."""
         s = self.s
+        s.ended = s.ended if ended is None else ended
         s.slices = len(self.firsts)
         s.boards = sorted(self.boards)
         if self.announced is not None:
@@ -100,7 +102,7 @@ class _Acc:
             s.incomplete = self.flagged
         else:  # raw fragments: an event is incomplete when a board lacks its slice
             s.incomplete = sum(self.counts[f] for f, b in self.firsts.items()
-                               if b != self.boards)
+                               if b != all_boards)
         return s
 
 
@@ -114,11 +116,12 @@ def summarize(path: str | Path) -> FileSummary:
         accs.setdefault(m.spill, _Acc(m.spill)).add(m, 0)
     rep = r.report
     spills = []
+    all_boards = set().union(*(a.boards for a in accs.values()))
     for s, acc in sorted(accs.items()):
         info = rep.spills.get(s)
         acc.s.records = info.records if info else acc.s.records
         acc.s.bytes = info.bytes if info else 0
-        spills.append(acc.finish())
+        spills.append(acc.finish(all_boards, info.complete if info else None))
     header = {k: v for k, v in r.header.items() if k != "config"}
     return FileSummary(
         path=str(r.path), run=int(r.header.get("run", 0)), header=header,
