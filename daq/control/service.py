@@ -81,7 +81,9 @@ class RunControlService(Service):
 
     def refused(self, kind: str, code: str) -> int:
         """How many requests of `kind` were answered with error `code` (or 'ok')."""
-        return int(self._requests.labels(kind, code)._value.get())
+        v = self.registry.get_sample_value(f"{PREFIX}control_requests_total",
+                                           {"kind": kind, "result": code})
+        return int(v or 0)
 
     def loops(self) -> dict[str, Loop]:
         return {"mqtt": self._mqtt}
