@@ -15,7 +15,7 @@ import numpy as np
 
 from daq.geometry import Calibration, Geometry
 from simulators.config import FaultConfig, SimConfig
-from simulators.physics import Layout, Particles, Process, generate_block
+from simulators.physics import Halo, Layout, Particles, Process, generate_block
 from simulators.readout import (
     FAST,
     SLOW,
@@ -28,7 +28,6 @@ from simulators.readout import (
 
 NOISE_POOL = 1 << 20  # noise values, read at a random offset per event
 _BEAM_BOARD = "BEAM"
-_PILEUP_BOARDS = ("VETO", "HCAL")  # boards where a neighbour also leaves its halo signal
 
 
 @dataclass
@@ -116,7 +115,8 @@ class Simulator:
             for name, g in self.calib.gain.items():  # deposits -> ADC counts of amplitude
                 blk.dep[name] *= g
                 if name in blk.halo:
-                    blk.halo[name] *= g
+                    h = blk.halo[name]
+                    h.amp *= g[h.lines[h.line]]
             self._blocks[key] = blk
             for old in [b for b in self._blocks if b[0] != plan.spill or b[1] < k - 1]:
                 del self._blocks[old]
@@ -131,18 +131,16 @@ class Simulator:
         cut1 = cut0 + (b - a)
         if len(blocks) == 1:
             p = blocks[0]
-            return Particles(p.species[cut0:cut1], p.process[cut0:cut1], p.e_true[cut0:cut1],
-                             {n: v[cut0:cut1] for n, v in p.dep.items()},
-                             {n: v[cut0:cut1] for n, v in p.halo.items()}), a
+            return _cut(p, cut0, cut1), a
         cat = Particles(
             np.concatenate([p.species for p in blocks]),
             np.concatenate([p.process for p in blocks]),
             np.concatenate([p.e_true for p in blocks]),
             {n: np.concatenate([p.dep[n] for p in blocks]) for n in blocks[0].dep},
-            {n: np.concatenate([p.halo[n] for p in blocks]) for n in blocks[0].halo})
-        return Particles(cat.species[cut0:cut1], cat.process[cut0:cut1], cat.e_true[cut0:cut1],
-                         {n: v[cut0:cut1] for n, v in cat.dep.items()},
-                         {n: v[cut0:cut1] for n, v in cat.halo.items()}), a
+            {n: Halo(blocks[0].halo[n].lines,
+                     np.concatenate([p.halo[n].line for p in blocks]),
+                     np.concatenate([p.halo[n].amp for p in blocks])) for n in blocks[0].halo})
+        return _cut(cat, cut0, cut1), a
 
     # -- slice level -------------------------------------------------------------------
     def make_slice(self, plan: SpillPlan, k: int) -> Slice:
@@ -165,17 +163,17 @@ class Simulator:
             lo, hi = lo - base, hi - base
             pileup[:, bi] = np.minimum(hi - lo - 1, 255)
             dep = parts.dep[board.name]
-            dep_nb = dep + parts.halo[board.name] if board.name in _PILEUP_BOARDS else dep
+            halo = parts.halo.get(board.name)
             shape = FAST if board.name == _BEAM_BOARD else SLOW
             offsets = rng.integers(0, NOISE_POOL, count)
             if self.cfg.mode == "feature":
                 ped = float(np.max(self.calib.pedestal[board.name]))
                 boards[board.name] = features(
-                    ev, t, lo, hi, dep, dep_nb, shape, self.noise, offsets,
-                    self.threshold, det.adc_max - ped)
+                    ev, t, lo, hi, dep, halo, shape, self.noise, offsets,
+                    self.threshold, det.adc_max - ped, self.tables[shape])
             else:
                 boards[board.name] = {"wave": waveforms(
-                    ev, t, lo, hi, dep, dep_nb, shape, self.calib.pedestal[board.name],
+                    ev, t, lo, hi, dep, halo, shape, self.calib.pedestal[board.name],
                     self.noise, offsets, det.samples, det.sample_ns,
                     det.trigger_sample, det.adc_max, self.tables[shape])}
         ts = plan.t[first:first + count].astype(np.int64)
@@ -203,3 +201,9 @@ class Simulator:
             "v1": p.dep["BEAM"][ev, 3] > 0,
             "signal": p.process[ev] == Process.SIGNAL,
         }
+
+
+def _cut(p: Particles, a: int, b: int) -> Particles:
+    return Particles(p.species[a:b], p.process[a:b], p.e_true[a:b],
+                     {n: v[a:b] for n, v in p.dep.items()},
+                     {n: Halo(h.lines, h.line[a:b], h.amp[a:b]) for n, h in p.halo.items()})

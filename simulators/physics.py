@@ -8,6 +8,7 @@ counters), spread over the channels of each board. Pileup and digitisation are e
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,7 +80,7 @@ class Particles:
     process: np.ndarray  # uint8
     e_true: np.ndarray  # float32, particle energy, GeV
     dep: dict[str, np.ndarray]  # board -> (n, nch) float32 deposit when in time
-    halo: dict[str, np.ndarray]  # board -> (n, nch) extra deposit when a pileup neighbour
+    halo: dict[str, Halo]  # board -> extra deposit when a pileup neighbour (VETO, HCAL)
 
     def __len__(self) -> int:
         return len(self.species)
@@ -100,19 +101,28 @@ def srd_sample(rng: np.random.Generator, n: int) -> np.ndarray:
     return out.astype(np.float32)
 
 
-def _mip(rng: np.random.Generator, n: int, scale: float) -> np.ndarray:
-    return (scale * rng.lognormal(0.0, MIP_SPREAD, n)).astype(np.float32)
+def _mip(rng: np.random.Generator, shape: int | tuple[int, ...], scale: float) -> np.ndarray:
+    z = rng.standard_normal(shape, dtype=np.float32)
+    z *= np.float32(MIP_SPREAD)
+    np.exp(z, out=z)
+    z *= np.float32(scale)
+    return z
 
 
 def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: int
                    ) -> Particles:
-    """Draw `n` beam particles and their deposits (pure function of the generator state)."""
-    u = rng.random(n)
+    """Draw `n` beam particles and their deposits (pure function of the generator state).
+
+    Random numbers are drawn only for the particles a quantity concerns (electrons are
+    ~99 %: hadron and muon quantities cost little), in float32 where precision allows.
+    """
+    f32 = np.float32
+    u = rng.random(n, dtype=f32)
     species = np.zeros(n, np.uint8)
     species[u < cfg.hadron_fraction + cfg.muon_fraction] = Species.MUON
     species[u < cfg.hadron_fraction] = Species.HADRON
     ele = species == Species.ELECTRON
-    v = rng.random(n)
+    v = rng.random(n, dtype=f32)
     process = np.zeros(n, np.uint8)
     c1 = cfg.upstream_loss_rate
     c2 = c1 + cfg.dimuon_rate
@@ -120,85 +130,114 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     process[ele & (v < c3)] = Process.SIGNAL
     process[ele & (v < c2)] = Process.DIMUON
     process[ele & (v < c1)] = Process.UPSTREAM_LOSS
-    e_true = (cfg.beam_energy_gev * (1 + cfg.momentum_spread * rng.standard_normal(n)))
-    e_true = np.maximum(e_true, 0.0).astype(np.float32)
+    e_true = rng.standard_normal(n, dtype=f32)
+    e_true *= f32(cfg.beam_energy_gev * cfg.momentum_spread)
+    e_true += f32(cfg.beam_energy_gev)
+    np.maximum(e_true, 0, out=e_true)
 
     dep = {name: np.zeros((n, k), np.float32) for name, k in layout.n.items()}
     # Beam counters: every particle crosses S1..S3; halo particles also fire V1.
-    dep["BEAM"][:, :3] = rng.lognormal(0.0, MIP_SPREAD, (n, 3))
-    halo_v1 = rng.random(n) < cfg.v1_fraction
-    dep["BEAM"][:, 3] = np.where(halo_v1, _mip(rng, n, 1.0), 0.0)
+    dep["BEAM"][:, :3] = _mip(rng, (n, 3), 1.0)
+    halo_v1 = np.flatnonzero(rng.random(n, dtype=f32) < cfg.v1_fraction)
+    dep["BEAM"][halo_v1, 3] = _mip(rng, len(halo_v1), 1.0)
 
-    e_shower = np.zeros(n, np.float32)  # energy in an electromagnetic-like ECAL shower
-    e_shower[ele] = e_true[ele]
-    ul = process == Process.UPSTREAM_LOSS
-    e_shower[ul] *= rng.uniform(0.1, 0.9, ul.sum()).astype(np.float32)
+    e_shower = np.where(ele, e_true, f32(0))
+    _scale(e_shower, process == Process.UPSTREAM_LOSS, lambda k: rng.uniform(0.1, 0.9, k))
     dm = process == Process.DIMUON
-    e_shower[dm] *= 1 - rng.uniform(0.2, 0.8, dm.sum()).astype(np.float32)
-    sg = process == Process.SIGNAL
+    _scale(e_shower, dm, lambda k: 1 - rng.uniform(0.2, 0.8, k))
     # A' takes x with density 2x on [0, 0.99]: the recoil electron keeps 1 - x.
-    e_shower[sg] *= 1 - np.minimum(np.sqrt(rng.random(sg.sum())), 0.99).astype(np.float32)
-    had = species == Species.HADRON
-    hint = had & (rng.random(n) < HADRON_ECAL_INTERACTION)
-    e_shower[hint] = e_true[hint] * rng.uniform(0.05, 0.5, hint.sum()).astype(np.float32)
+    _scale(e_shower, process == Process.SIGNAL,
+           lambda k: 1 - np.minimum(np.sqrt(rng.random(k)), 0.99))
+    had = np.flatnonzero(species == Species.HADRON)
+    hint = had[rng.random(len(had)) < HADRON_ECAL_INTERACTION]
+    e_shower[hint] = e_true[hint] * rng.uniform(0.05, 0.5, len(hint)).astype(f32)
 
-    shower = e_shower > 0
-    ps_share = np.where(ele, rng.beta(*PS_BETA, n), rng.uniform(0.0, 0.1, n))
-    smeared = e_shower * (1 + ecal_resolution(e_shower) * rng.standard_normal(n))
-    smeared = np.where(shower, np.maximum(smeared, 0.0), 0.0).astype(np.float32)
+    ga = rng.standard_gamma(PS_BETA[0], n, dtype=f32)  # Beta(a, b) = Ga / (Ga + Gb)
+    ps_share = ga / (ga + rng.standard_gamma(PS_BETA[1], n, dtype=f32))
+    other = np.flatnonzero(~ele)
+    ps_share[other] = rng.uniform(0.0, 0.1, len(other))
+    z = rng.standard_normal(n, dtype=f32)
+    z *= ecal_resolution(e_shower).astype(f32)
+    z += 1
+    smeared = e_shower * z
+    np.maximum(smeared, 0, out=smeared)
     lateral = _lateral(rng, n, centre=0.75)
-    dep["ECAL"][:, layout.ecal_ps] = (smeared * ps_share)[:, None] * lateral
-    dep["ECAL"][:, layout.ecal_main] = (smeared * (1 - ps_share))[:, None] * lateral
+    ps = smeared * ps_share
+    dep["ECAL"][:, layout.ecal_ps] = ps[:, None] * lateral
+    dep["ECAL"][:, layout.ecal_main] = (smeared - ps)[:, None] * lateral
     # Minimum-ionising passages: muons, non-interacting hadrons, the dimuon pair (two).
-    nmip = ((species == Species.MUON) | (had & ~hint)).astype(np.float32) + 2 * dm
-    dep["ECAL"][:, layout.ecal_ps[4]] += nmip * _mip(rng, n, ECAL_MIP_PS)
-    dep["ECAL"][:, layout.ecal_main[4]] += nmip * _mip(rng, n, ECAL_MIP_MAIN)
+    nmip = (species == Species.MUON).astype(f32) + 2 * dm
+    nmip[had] = 1
+    nmip[hint] = 0
+    mip = np.flatnonzero(nmip)
+    dep["ECAL"][mip, layout.ecal_ps[4]] += nmip[mip] * _mip(rng, len(mip), ECAL_MIP_PS)
+    dep["ECAL"][mip, layout.ecal_main[4]] += nmip[mip] * _mip(rng, len(mip), ECAL_MIP_MAIN)
 
-    charged_out = (species != Species.ELECTRON).astype(np.float32) + 2 * dm
+    charged = (species != Species.ELECTRON).astype(f32) + 2 * dm
+    out = np.flatnonzero(charged)
     for p in layout.veto_pmts[VETO_AXIS_COUNTER]:
-        dep["VETO"][:, p] = charged_out * _mip(rng, n, VETO_MIP)
-    nmu = (species == Species.MUON).astype(np.float32) + 2 * dm
+        dep["VETO"][out, p] = charged[out] * _mip(rng, len(out), VETO_MIP)
+    nmu = (species == Species.MUON).astype(f32) + 2 * dm
+    mu = np.flatnonzero(nmu)
     for m in range(4):
-        dep["HCAL"][:, layout.hcal[m, 4]] = nmu * _mip(rng, n, HCAL_MIP)
-    e_had = np.where(had, e_true - e_shower, 0.0)
+        dep["HCAL"][mu, layout.hcal[m, 4]] = nmu[mu] * _mip(rng, len(mu), HCAL_MIP)
+    e_had = e_true[had] - e_shower[had]
     e_had = np.maximum(e_had * (1 + HCAL_STOCH / np.sqrt(np.maximum(e_had, 1e-3))
-                                * rng.standard_normal(n)), 0.0).astype(np.float32)
-    shares = rng.dirichlet(HCAL_LONGITUDINAL, n).astype(np.float32)
-    hlat = _lateral(rng, n, centre=0.8)
+                                * rng.standard_normal(len(had))), 0.0).astype(f32)
+    shares = rng.dirichlet(HCAL_LONGITUDINAL, len(had)).astype(f32)
+    hlat = _lateral(rng, len(had), centre=0.8)
     for m in range(3):
-        dep["HCAL"][:, layout.hcal[m]] += (e_had * shares[:, m])[:, None] * hlat
+        dep["HCAL"][had[:, None], layout.hcal[m][None, :]] += (e_had * shares[:, m])[:, None] * hlat
 
-    srd = np.where(ele, srd_sample(rng, n), 0.0).astype(np.float32)
-    w = rng.uniform(0.5, 1.5, (n, 3)).astype(np.float32)
-    dep["SRD"][:] = srd[:, None] * w / w.sum(axis=1, keepdims=True)
-    return Particles(species, process, e_true, dep, _halo(cfg, layout, rng, n))
+    srd = srd_sample(rng, n)
+    srd[other] = 0
+    w = rng.random((n, 3), dtype=f32)
+    w += f32(0.5)
+    w *= (srd / w.sum(axis=1))[:, None]
+    dep["SRD"][:] = w
+    return Particles(species, process, e_true, dep, _halo(layout, rng, n))
+
+
+def _scale(e: np.ndarray, mask: np.ndarray, factor: Callable[[int], np.ndarray]) -> None:
+    idx = np.flatnonzero(mask)
+    if len(idx):
+        e[idx] *= factor(len(idx)).astype(np.float32)
 
 
 def _lateral(rng: np.random.Generator, n: int, centre: float) -> np.ndarray:
     """(n, 9) shares of a 3x3 cluster: centre ~ `centre`, edges 4x the corners, fluctuating."""
-    base = np.array([0.25, 1, 0.25, 1, 0, 1, 0.25, 1, 0.25], np.float32)
-    w = base * rng.uniform(0.6, 1.4, (n, 9)).astype(np.float32)
-    f0 = np.clip(centre + 0.03 * rng.standard_normal(n), 0.5, 0.95).astype(np.float32)
+    base = np.array([0.25, 1, 0.25, 1, 0, 1, 0.25, 1, 0.25], np.float32) * np.float32(0.8)
+    w = rng.random((n, 9), dtype=np.float32)
+    w += np.float32(0.75)  # U(0.75, 1.75) x 0.8 = U(0.6, 1.4)
+    w *= base
+    f0 = rng.standard_normal(n, dtype=np.float32)
+    f0 *= np.float32(0.03)
+    f0 += np.float32(centre)
+    np.clip(f0, 0.5, 0.95, out=f0)
     w *= ((1 - f0) / w.sum(axis=1))[:, None]
     w[:, 4] = f0
     return w
 
 
-def _halo(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: int
-          ) -> dict[str, np.ndarray]:
-    """What a particle adds to VETO and HCAL when it is a pileup neighbour (off-axis halo).
+@dataclass
+class Halo:
+    """What a particle adds to one board when it is a pileup neighbour: `amp[j, q]` in
+    channel `lines[line[j], q]` (compact: only neighbours ever use it)."""
 
-    A neighbour is a beam particle off the axis of the triggering one; it crosses one VETO
-    counter and one line of HCAL1..3 cells, which is what makes the zero-threshold
-    efficiencies exp(-rate x window) (docs/decisions/0003).
-    """
-    veto = np.zeros((n, layout.n["VETO"]), np.float32)
-    counter = rng.integers(0, 3, n)
-    rows = np.arange(n)
-    for k in range(2):
-        veto[rows, layout.veto_pmts[counter, k]] = _mip(rng, n, VETO_MIP)
-    hcal = np.zeros((n, layout.n["HCAL"]), np.float32)
-    cell = rng.integers(0, 9, n)
-    for m in range(3):
-        hcal[rows, layout.hcal[m, cell]] = _mip(rng, n, HCAL_MIP)
-    return {"VETO": veto, "HCAL": hcal}
+    lines: np.ndarray  # (nlines, L) int64 channel indices
+    line: np.ndarray  # (n,) int64 which line particle j crosses
+    amp: np.ndarray  # (n, L) float32 deposit per channel of the line
+
+
+def _halo(layout: Layout, rng: np.random.Generator, n: int) -> dict[str, Halo]:
+    """A pileup neighbour is an off-axis (halo) beam particle: it crosses one VETO counter
+    and one line of HCAL1..3 cells, which makes the zero-threshold efficiencies
+    exp(-rate x window) (docs/decisions/0003)."""
+    veto_lines = layout.veto_pmts.astype(np.int64)  # (3, 2)
+    hcal_lines = layout.hcal[:3].T.astype(np.int64)  # (9, 3): one cell in each of HCAL1..3
+    return {
+        "VETO": Halo(veto_lines, rng.integers(0, len(veto_lines), n),
+                     _mip(rng, (n, veto_lines.shape[1]), VETO_MIP)),
+        "HCAL": Halo(hcal_lines, rng.integers(0, len(hcal_lines), n),
+                     _mip(rng, (n, hcal_lines.shape[1]), HCAL_MIP)),
+    }

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 import numba
 import numpy as np
 
+from simulators.physics import Halo
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 #: nogil so the front-end service can generate in a worker thread; cache so a start loads
@@ -46,71 +48,17 @@ FAST = PulseShape(tp_ns=5.0, order=2.0, resolve_ns=10.0)  # beam counters (plast
 SLOW = PulseShape(tp_ns=20.0, order=2.0, resolve_ns=25.0)  # calorimeters, SRD, VETO
 
 
-@_kernel
-def _shape(dt: float, tp: float, order: float) -> float:
-    x = dt / tp + 1.0
-    if x <= 0.0:
-        return 0.0
-    return x**order * np.exp(order * (1.0 - x))
-
-
-@_kernel
-def _gather(i: int, c: int, t: np.ndarray, lo: int, hi: int, dep_self: np.ndarray,
-            dep_nb: np.ndarray, amps: np.ndarray, dts: np.ndarray) -> int:
-    k = 0
-    for j in range(lo, hi):
-        a = dep_self[j, c] if j == i else dep_nb[j, c]
-        if a > 0.0 and k < MAX_PULSES:
-            amps[k] = a
-            dts[k] = t[j] - t[i]
-            k += 1
-    return k
-
-
-@_kernel
-def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                    dep_self: np.ndarray, dep_nb: np.ndarray, tp: float, order: float,
-                    resolve: float, noise_pool: np.ndarray, offsets: np.ndarray,
-                    thr: float, amp_max: float, amp: np.ndarray, tpeak: np.ndarray,
-                    npulse: np.ndarray) -> None:
-    nch = dep_self.shape[1]
-    amps = np.empty(MAX_PULSES)
-    dts = np.empty(MAX_PULSES)
-    for e in range(ev.shape[0]):
-        i = ev[e]
-        off = offsets[e]
-        for c in range(nch):
-            noise = noise_pool[off + c]
-            k = _gather(i, c, t, lo[e], hi[e], dep_self, dep_nb, amps, dts)
-            if k == 0:
-                amp[e, c] = noise
-                tpeak[e, c] = 0.0
-                npulse[e, c] = 0
-                continue
-            best = -1.0
-            tbest = 0.0
-            for p in range(k):
-                s = 0.0
-                for q in range(k):
-                    s += amps[q] * _shape(dts[p] - dts[q], tp, order)
-                if s > best:
-                    best = s
-                    tbest = dts[p]
-            amp[e, c] = min(best + noise, amp_max)
-            tpeak[e, c] = tbest
-            # pulses above threshold, merging those closer than the double-pulse resolution
-            n = 0
-            for p in range(k):
-                if amps[p] <= thr:
-                    continue
-                alone = True
-                for q in range(p):
-                    if amps[q] > thr and abs(dts[q] - dts[p]) < resolve:
-                        alone = False
-                        break
-                if alone:
-                    n += 1
-            npulse[e, c] = min(n, 255)
+@numba.njit(nogil=True, cache=True, inline="always")
+def _dep(i: int, j: int, c: int, dep: np.ndarray, lines: np.ndarray, hline: np.ndarray,
+         hamp: np.ndarray) -> float:
+    """Deposit of particle j in channel c of event i's readout (a neighbour adds its halo)."""
+    a = dep[j, c]
+    if j != i and lines.shape[0] > 0:
+        row = hline[j]
+        for q in range(lines.shape[1]):
+            if lines[row, q] == c:
+                a += hamp[j, q]
+    return a
 
 
 TABLE_STEP_NS = 0.01  # pulse-shape table step; linear interpolation error < 0.01 ADC
@@ -123,9 +71,97 @@ def shape_table(shape: PulseShape) -> np.ndarray:
     return np.asarray(shape(x - shape.tp_ns), np.float64)
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _tab(dt_from_peak: float, table: np.ndarray, tp: float) -> float:
+    u = (dt_from_peak + tp) / TABLE_STEP_NS
+    if u < 0.0:
+        return 0.0
+    k = int(u)
+    if k + 1 >= table.shape[0]:
+        return 0.0
+    w = u - k
+    return table[k] * (1.0 - w) + table[k + 1] * w
+
+
+@_kernel
+def _overlap(amps: np.ndarray, dts: np.ndarray, k: int, table: np.ndarray, tp: float,
+             resolve: float, thr: float) -> tuple[float, float, int]:
+    """Several pulses in one channel: the largest peak of their sum, its time, and the pulse
+    count above `thr` merging pulses closer than `resolve` (kept out of line: it is rare)."""
+    best = -1.0
+    tbest = 0.0
+    for p in range(k):
+        s = amps[p]
+        for q in range(k):
+            if q != p:
+                s += amps[q] * _tab(dts[p] - dts[q], table, tp)
+        if s > best:
+            best = s
+            tbest = dts[p]
+    n = 0
+    for p in range(k):
+        if amps[p] <= thr:
+            continue
+        alone = True
+        for q in range(p):
+            if amps[q] > thr and abs(dts[q] - dts[p]) < resolve:
+                alone = False
+                break
+        if alone:
+            n += 1
+    return best, tbest, n
+
+
+@_kernel
+def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                    dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
+                    hamp: np.ndarray, table: np.ndarray, tp: float,
+                    resolve: float, noise_pool: np.ndarray, offsets: np.ndarray,
+                    thr: float, amp_max: float, amp: np.ndarray, tpeak: np.ndarray,
+                    npulse: np.ndarray) -> None:
+    nch = dep_self.shape[1]
+    amps = np.empty(MAX_PULSES)
+    dts = np.empty(MAX_PULSES)
+    for e in range(ev.shape[0]):
+        i = ev[e]
+        off = offsets[e]
+        if hi[e] - lo[e] == 1:  # nothing else in the gate (most events): one pulse at most
+            for c in range(nch):
+                a = dep_self[i, c]
+                v = a + noise_pool[off + c] if a > 0.0 else noise_pool[off + c]
+                amp[e, c] = min(v, amp_max)
+                tpeak[e, c] = 0.0
+                npulse[e, c] = 1 if a > thr else 0
+            continue
+        for c in range(nch):
+            noise = noise_pool[off + c]
+            k = 0
+            for j in range(lo[e], hi[e]):
+                a = _dep(i, j, c, dep_self, lines, hline, hamp)
+                if a > 0.0 and k < MAX_PULSES:
+                    amps[k] = a
+                    dts[k] = t[j] - t[i]
+                    k += 1
+            if k == 0:
+                amp[e, c] = noise
+                tpeak[e, c] = 0.0
+                npulse[e, c] = 0
+                continue
+            if k == 1:  # one pulse in the gate: its amplitude is the peak
+                amp[e, c] = min(amps[0] + noise, amp_max)
+                tpeak[e, c] = dts[0]
+                npulse[e, c] = 1 if amps[0] > thr else 0
+                continue
+            best, tbest, n = _overlap(amps, dts, k, table, tp, resolve, thr)
+            amp[e, c] = min(best + noise, amp_max)
+            tpeak[e, c] = tbest
+            npulse[e, c] = min(n, 255)
+
+
 @_kernel
 def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                     dep_self: np.ndarray, dep_nb: np.ndarray, table: np.ndarray, tp: float,
+                     dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
+                     hamp: np.ndarray, table: np.ndarray, tp: float,
                      pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray,
                      sample_ns: float, trig_ns: float, adc_max: float, wave: np.ndarray
                      ) -> None:
@@ -140,7 +176,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
             ped = pedestal[c]
             quiet = True
             for j in range(lo[e], hi[e]):
-                if (dep_self[j, c] if j == i else dep_nb[j, c]) > 0.0:
+                if _dep(i, j, c, dep_self, lines, hline, hamp) > 0.0:
                     quiet = False
                     break
             if quiet:  # most channels of most events: pedestal and noise only
@@ -151,7 +187,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
             for s in range(ns):
                 buf[s] = ped + noise[base + s]
             for j in range(lo[e], hi[e]):
-                a = dep_self[j, c] if j == i else dep_nb[j, c]
+                a = _dep(i, j, c, dep_self, lines, hline, hamp)
                 if a <= 0.0:
                     continue
                 start = trig_ns + (t[j] - t[i]) - tp  # when this pulse begins
@@ -176,17 +212,24 @@ def gates(t: np.ndarray, ev: np.ndarray, window_ns: float) -> tuple[np.ndarray, 
     return lo.astype(np.int64), hi.astype(np.int64)
 
 
+def _halo_args(halo: Halo | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if halo is None:
+        return np.empty((0, 1), np.int64), np.empty(0, np.int64), np.empty((0, 1), np.float32)
+    return halo.lines, halo.line, halo.amp
+
+
 def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-             dep_self: np.ndarray, dep_nb: np.ndarray, shape: PulseShape,
-             noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float
-             ) -> dict[str, np.ndarray]:
+             dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+             noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
+             table: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Feature-mode readout of one board: `amp`, `tpeak`, `npulse` (count, nch)."""
     n, nch = len(ev), dep_self.shape[1]
     out: dict[str, np.ndarray] = {
         "amp": np.empty((n, nch), np.float32), "tpeak": np.empty((n, nch), np.float32),
         "npulse": np.empty((n, nch), np.uint8)}
-    _feature_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, dep_nb,
-                    shape.tp_ns, shape.order, shape.resolve_ns, noise_pool, offsets,
+    _feature_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *_halo_args(halo),
+                    shape_table(shape) if table is None else table, shape.tp_ns,
+                    shape.resolve_ns, noise_pool, offsets,
                     threshold, amp_max, out["amp"], out["tpeak"], out["npulse"])
     return out
 
@@ -201,7 +244,7 @@ def noise_pool(rng: np.random.Generator, noise: float, size: int) -> np.ndarray:
 
 
 def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-              dep_self: np.ndarray, dep_nb: np.ndarray, shape: PulseShape,
+              dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
               pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
               sample_ns: float, trigger_sample: int, adc_max: int,
               table: np.ndarray | None = None) -> np.ndarray:
@@ -210,7 +253,7 @@ def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     `noise` comes from `noise_pool`; offsets must leave nch x samples values in it.
     """
     wave = np.empty((len(ev), dep_self.shape[1], samples), np.int16)
-    _waveform_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, dep_nb,
+    _waveform_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *_halo_args(halo),
                      shape_table(shape) if table is None else table, shape.tp_ns,
                      pedestal.astype(np.float64), noise, offsets, sample_ns,
                      trigger_sample * sample_ns, float(adc_max), wave)
@@ -218,7 +261,7 @@ def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 
 
 def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                        dep_self: np.ndarray, dep_nb: np.ndarray, shape: PulseShape,
+                        dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
                         pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray,
                         samples: int, sample_ns: float,
                         trigger_sample: int, adc_max: int) -> np.ndarray:
@@ -230,7 +273,9 @@ def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.nd
         window = noise[offsets[e]:offsets[e] + nch * samples].reshape(nch, samples)
         buf = pedestal.astype(np.float64)[:, None] + window.astype(np.float64)
         for j in range(lo[e], hi[e]):
-            a = (dep_self if j == i else dep_nb)[j].astype(np.float64)
+            a = dep_self[j].astype(np.float64)
+            if j != i and halo is not None:
+                a[halo.lines[halo.line[j]]] += halo.amp[j]
             dt = float(t[j]) - float(t[i])
             buf += a[:, None] * shape(s_ns - trigger_sample * sample_ns - dt)[None, :]
         out[e] = np.clip(np.floor(buf + 0.5), 0, adc_max)

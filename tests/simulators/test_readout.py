@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.testing import assert_array_equal
 
+from simulators.physics import Halo
 from simulators.readout import (
     FAST,
     SLOW,
@@ -19,25 +20,25 @@ from tests.simulators.helpers import detector, simulator
 SAMPLES, SAMPLE_NS, TRIG, ADC_MAX = 32, 12.5, 8, 4095
 
 
-def _case(rng: np.random.Generator, n: int = 300, nch: int = 5
-          ) -> tuple[np.ndarray, ...]:
+def _case(rng: np.random.Generator, n: int = 300, nch: int = 5) -> tuple:
     t = np.sort(rng.uniform(0, 20_000, n))
     dep = np.where(rng.random((n, nch)) < 0.5, rng.exponential(800, (n, nch)), 0.0)
-    dep_nb = dep + np.where(rng.random((n, nch)) < 0.3, 150.0, 0.0)
+    lines = np.array([[0, 1], [2, 3], [4, 1]])
+    halo = Halo(lines, rng.integers(0, 3, n), rng.uniform(100, 200, (n, 2)).astype(np.float32))
     ev = np.arange(20, n - 20, dtype=np.int64)
     lo, hi = gates(t, ev, 200.0)
-    return t, ev, lo, hi, dep.astype(np.float32), dep_nb.astype(np.float32)
+    return t, ev, lo, hi, dep.astype(np.float32), halo
 
 
 def test_waveform_kernel_matches_reference() -> None:
     rng = np.random.default_rng(5)
-    t, ev, lo, hi, dep, dep_nb = _case(rng)
+    t, ev, lo, hi, dep, halo = _case(rng)
     assert (hi - lo > 1).any(), "the case must contain pileup"
     ped = np.linspace(390.3, 410, dep.shape[1])
     pool = noise_pool(rng, 2.0, 4096 + dep.shape[1] * SAMPLES)
     offs = rng.integers(0, 4096, len(ev))
     for shape in (FAST, SLOW):
-        args = (ev, t, lo, hi, dep, dep_nb, shape, ped, pool, offs, SAMPLES, SAMPLE_NS,
+        args = (ev, t, lo, hi, dep, halo, shape, ped, pool, offs, SAMPLES, SAMPLE_NS,
                 TRIG, ADC_MAX)
         got, ref = waveforms(*args), waveforms_reference(*args)
         # identical up to a rounding tie flipped by summation order
@@ -58,12 +59,12 @@ def test_feature_peak_time_and_pulse_count() -> None:
     ev = np.array([1], dtype=np.int64)
     pool = np.zeros(16, np.float32)
     lo, hi = gates(t, ev, 100.0)
-    fast = features(ev, t, lo, hi, dep, dep, FAST, pool, np.zeros(1, np.int64), 10.0, 3695.0)
+    fast = features(ev, t, lo, hi, dep, None, FAST, pool, np.zeros(1, np.int64), 10.0, 3695.0)
     # 0, +30, +35 ns: the last two are closer than the 10 ns resolution -> 2 pulses
     assert fast["npulse"][0, 0] == 2
     # the two close pulses overlap: the largest peak is theirs, above one pulse alone
     assert fast["amp"][0, 0] > 1000.0 and fast["tpeak"][0, 0] in (30.0, 35.0)
-    slow = features(ev, t, lo, hi, dep, dep, SLOW, pool, np.zeros(1, np.int64), 10.0, 3695.0)
+    slow = features(ev, t, lo, hi, dep, None, SLOW, pool, np.zeros(1, np.int64), 10.0, 3695.0)
     # the slow shape (25 ns resolution) still separates 0 and +30 ns, but sums more of them
     assert slow["npulse"][0, 0] == 2 and slow["amp"][0, 0] > fast["amp"][0, 0]
 
