@@ -26,6 +26,10 @@ class ControlError(DaqError):
     """A request got no reply, or the broker connection failed."""
 
 
+class RefusedError(ControlError):
+    """The broker's ACL refused a request: the user's role may not send it."""
+
+
 class ControlClient:
     """One connection to the broker, a private reply topic, and a reader dispatching replies."""
 
@@ -88,8 +92,13 @@ class ControlClient:
         corr = correlation or uuid.uuid4().hex.encode()
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._replies[corr] = fut
+        refused = self._mqtt.refused_publishes
         await self._mqtt.publish(topic, payload, qos=1, retain=False,
                                  properties=request_properties(self.reply_topic, corr))
+        if self._mqtt.refused_publishes > refused:
+            self._replies.pop(corr, None)
+            raise RefusedError(f"the broker refused {topic} for user {self.settings.username}: "
+                               f"{self._mqtt.last_refusal} (not allowed for this role)")
         try:
             return await asyncio.wait_for(fut, self.timeout)
         except TimeoutError:

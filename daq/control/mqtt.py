@@ -13,6 +13,7 @@ import stat
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -86,10 +87,31 @@ class MqttSettings(StrictModel):
         return cls.from_mapping(values, source=str(path))
 
 
+class Client(aiomqtt.Client):
+    """aiomqtt's client, also counting publishes the broker refused (MQTT v5 PUBACK code).
+
+    Mosquitto answers a QoS 1 publish its ACL forbids with PUBACK "Not authorized" and
+    drops it; aiomqtt ignores that code, so a refused request would look like a silent
+    service. This hooks aiomqtt's (private, stable across 2.x) `_on_publish` callback.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.refused_publishes = 0
+        self.last_refusal = ""
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        if getattr(reason_code, "is_failure", False):
+            self.refused_publishes += 1
+            self.last_refusal = str(reason_code)
+        super()._on_publish(client, userdata, mid, reason_code, properties)
+
+
 def client(settings: MqttSettings, *, identifier: str | None = None,
-           will: aiomqtt.Will | None = None) -> aiomqtt.Client:
+           will: aiomqtt.Will | None = None) -> Client:
     """An MQTT v5 client for `settings` (enter it with `async with`)."""
-    return aiomqtt.Client(
+    return Client(
         settings.host, settings.port, username=settings.username,
         password=settings.password.get_secret_value(),
         identifier=identifier or f"{settings.username}-{uuid.uuid4().hex[:12]}",

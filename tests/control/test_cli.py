@@ -77,7 +77,7 @@ async def test_cli_drives_the_service_process(secure_broker: SecureBroker,
         rc, out, err = await ctl(shift, "start")
         assert rc == 1 and "refused (state)" in err
         rc, out, err = await ctl(shift, "trigger", "set", "ecal_max_gev=50")
-        assert rc == 2 and "no reply" in err
+        assert rc == 2 and "refused" in err and "Not authorized" in err
         rc, out, err = await ctl(expert, "trigger", "set", "ecal_max_gev=88", "--comment",
                                  "lower")
         assert rc == 0 and "pending=True" in out, err

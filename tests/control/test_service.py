@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from daq.control import protocol as P
-from daq.control.client import ControlClient, ControlError
+from daq.control.client import ControlClient, ControlError, RefusedError
 from daq.control.datapath import MemoryDataPath
 from daq.control.mqtt import MqttSettings
 from daq.control.service import RunControlService
@@ -111,15 +111,18 @@ async def test_shift_cannot_change_trigger(secure_broker: SecureBroker, tmp_path
     store = StateStore(tmp_path / "state")
     async with running(secure_broker, store.dir, dp) as svc, \
             ControlClient(settings(secure_broker, "shift", timeout=1.0)) as shift:
-        with pytest.raises(ControlError) as e:
+        with pytest.raises(RefusedError) as e:
             await shift.trigger_set(["ecal_max_gev=10"])
-        assert "shift" in str(e.value)
+        assert "shift" in str(e.value) and "Not authorized" in str(e.value)
         # nor by writing under the expert's name: the ACL binds the topic to the account
-        with pytest.raises(ControlError):
+        with pytest.raises(RefusedError):
             await shift.request(f"{P.DESIRED}/expert", {"set": ["ecal_max_gev=10"]})
+        # nor by sending a run command under someone else's name
+        with pytest.raises(RefusedError):
+            await shift.request(P.run_topic("start", "expert"), {})
         assert (await shift.trigger())["active"] is None
         assert sum(svc.refused("trigger", r) for r in ("ok", *P.ERROR_CODES)) == 0
-    assert dp.active_config is None and store.read_audit() == []
+    assert dp.active_config is None and dp.run is None and store.read_audit() == []
 
 
 BAD = [
