@@ -23,6 +23,7 @@ GROUPS = {("ECAL", "PS"): 0, ("ECAL", "MAIN"): 1, ("HCAL", "HCAL1"): 2, ("HCAL",
           ("HCAL", "HCAL3"): 4, ("HCAL", "HCAL4"): 5, ("VETO", "VETO"): 6, ("SRD", "SRD"): 7}
 N_GROUPS = 8
 MODES = ("waveform", "feature")
+_NO_EXTRA = np.zeros((0, 0), np.float32)  # wave_board's peak time and integral, not wanted
 
 
 @dataclass(frozen=True)
@@ -151,11 +152,10 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
             if wave is None:
                 amp[b.name], npulse[b.name] = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
                 continue
-            a, t, n = np.empty(shape, np.float32), np.empty(shape, np.float32), np.empty(
-                shape, np.uint8)
+            a, n = np.empty(shape, np.float32), np.empty(shape, np.uint8)
             backend.wave_board(wave, b.live, p.n_ped, p.config.pulse_threshold_adc, p.adc_max,
-                               p.trigger_sample, p.sample_ns, a, t, n,
-                               np.empty(shape, np.float32), bsat)
+                               p.trigger_sample, p.sample_ns, False, a, _NO_EXTRA, n,
+                               _NO_EXTRA, bsat)
         else:
             a_in = _need(arrays, f"{b.name}.amp", "<f4", shape)
             n_in = _need(arrays, f"{b.name}.npulse", "|u1", shape)

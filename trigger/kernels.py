@@ -14,7 +14,7 @@ from trigger.jit import kernel
 
 #: A pulse is a sample above threshold that is the highest within +-PEAK_HALF_WIDTH samples
 #: (strictly above those before it): pulses closer than 3 samples (37.5 ns) merge.
-PEAK_HALF_WIDTH = 2
+PEAK_HALF_WIDTH = 2  # _count_pulses is written out for this value
 
 # splitmix64 constants as uint64 globals: numba would turn a mix of uint64 and int literals
 # into float64.
@@ -39,54 +39,77 @@ def _mix(x):
 
 
 @kernel
-def _count_pulses(w, ped, thr):
-    ns = w.shape[0]
+def _is_peak(flat, base, ns, i, lvl):
+    v = flat[base + np.uint64(i)]
+    ok = v >= lvl
+    for k in range(1, PEAK_HALF_WIDTH + 1):
+        if i >= k:
+            ok &= v > flat[base + np.uint64(i - k)]
+        if i + k < ns:
+            ok &= v >= flat[base + np.uint64(i + k)]
+    return ok
+
+
+@kernel
+def _count_pulses(flat, base, ns, lvl):
+    if lvl > 32767:
+        return 0
+    lv = np.int16(lvl)
     cnt = 0
-    for i in range(ns):
-        v = w[i]
-        if v - ped < thr:
-            continue
-        ok = True
-        for k in range(1, PEAK_HALF_WIDTH + 1):
-            if (i - k >= 0 and w[i - k] >= v) or (i + k < ns and w[i + k] > v):
-                ok = False
-                break
-        if ok:
-            cnt += 1
+    # the edges with bounds tests, the interior without branches on the data (noisy traces
+    # would mispredict) so that it vectorises; written out for PEAK_HALF_WIDTH == 2
+    for i in (0, 1, ns - 2, ns - 1):
+        cnt += _is_peak(flat, base, ns, i, lv)
+    for i in range(np.uint64(2), np.uint64(ns - 2)):
+        j = base + i
+        v = flat[j]
+        cnt += ((v >= lv) & (v > flat[j - np.uint64(1)]) & (v > flat[j - np.uint64(2)])
+                & (v >= flat[j + np.uint64(1)]) & (v >= flat[j + np.uint64(2)]))
     return cnt
 
 
 @kernel
-def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns,
+def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra,
                amp, tpeak, npulse, integral, sat):
     n, nch, ns = wave.shape
+    # one flat view and unsigned indices: numba then emits no negative-index wraparound,
+    # which is what lets LLVM vectorise the per-channel reduction over the samples
+    flat = wave.reshape(n * nch * ns)
+    nsu = np.uint64(ns)
+    npu = np.uint64(n_ped)
     for e in range(n):
         anysat = 0
         for c in range(nch):
-            w = wave[e, c]
-            s0 = 0
-            for i in range(n_ped):
-                s0 += w[i]
-            tot = 0
-            mx = w[0]
-            for i in range(ns):
-                v = w[i]
-                tot += v
+            base = np.uint64(e * nch + c) * nsu
+            s0 = np.int32(0)
+            for i in range(npu):
+                s0 = np.int32(s0 + flat[base + i])
+            # int32 accumulators (numba would widen to int64 and halve the vector width);
+            # 1024 samples of 16 bits cannot overflow them
+            tot = np.int32(0)
+            mx = np.int16(-32768)
+            for i in range(nsu):
+                v = flat[base + i]
+                tot = np.int32(tot + v)
                 mx = max(mx, v)
             ped = s0 / n_ped
             a = mx - ped
-            imx = 0
-            while w[imx] != mx:
-                imx += 1
             amp[e, c] = a
-            tpeak[e, c] = (imx - trig) * sample_ns
-            integral[e, c] = tot - ped * ns
             if mx >= adc_max and live[c]:
                 anysat = 1
             cnt = 0
-            if a >= pulse_thr:  # quiet channels (most of them) skip the pulse search
-                cnt = _count_pulses(w, ped, pulse_thr)
+            t = 0.0
+            if a >= pulse_thr:  # quiet channels (most of them) skip the peak and pulse search
+                imx = 0
+                while flat[base + np.uint64(imx)] != mx:
+                    imx += 1
+                t = (imx - trig) * sample_ns
+                # integer samples: v - ped >= thr  <=>  v >= ceil(ped + thr)
+                cnt = _count_pulses(flat, base, ns, np.int64(np.ceil(ped + pulse_thr)))
             npulse[e, c] = min(cnt, 255)
+            if extra:  # the trigger needs neither: skipping the stores halves memory traffic
+                tpeak[e, c] = t
+                integral[e, c] = tot - ped * ns
         sat[e] = anysat
 
 

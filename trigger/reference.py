@@ -43,7 +43,7 @@ def mix(x: np.ndarray) -> np.ndarray:
 
 def _pulses(wave: np.ndarray, ped: np.ndarray, thr: float) -> np.ndarray:
     ns = wave.shape[2]
-    above = (wave - ped[:, :, None]) >= thr
+    above = wave >= np.ceil(ped + thr)[:, :, None]
     peak = above.copy()
     for k in range(1, PEAK_HALF_WIDTH + 1):
         if k >= ns:
@@ -55,15 +55,18 @@ def _pulses(wave: np.ndarray, ped: np.ndarray, thr: float) -> np.ndarray:
 
 
 def wave_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float, adc_max: int,
-               trig: int, sample_ns: float, amp: np.ndarray, tpeak: np.ndarray,
+               trig: int, sample_ns: float, extra: bool, amp: np.ndarray, tpeak: np.ndarray,
                npulse: np.ndarray, integral: np.ndarray, sat: np.ndarray) -> None:
     ns = wave.shape[2]
     w = wave.astype(np.int64)
     ped = w[:, :, :n_ped].sum(axis=2) / n_ped
     mx = w.max(axis=2)
-    amp[:] = mx - ped
-    tpeak[:] = (np.argmax(w, axis=2) - trig) * sample_ns
-    integral[:] = w.sum(axis=2) - ped * ns
+    a = mx - ped
+    amp[:] = a
+    if extra:
+        # peak time only where there is a pulse; 0 for quiet channels
+        tpeak[:] = np.where(a >= pulse_thr, (np.argmax(w, axis=2) - trig) * sample_ns, 0.0)
+        integral[:] = w.sum(axis=2) - ped * ns
     sat[:] = ((mx >= adc_max) & (live[None, :] != 0)).any(axis=1)
     npulse[:] = _pulses(w, ped, pulse_thr)
 

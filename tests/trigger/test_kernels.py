@@ -52,7 +52,7 @@ def test_wave_board_matches_reference(wave: np.ndarray, thr: float, n_ped: int,
         o = (np.empty((n, nch), np.float32), np.empty((n, nch), np.float32),
              np.empty((n, nch), np.uint8), np.empty((n, nch), np.float32),
              np.empty(n, np.uint8))
-        be.wave_board(wave, live, n_ped, thr, 4095, 8, 12.5, *o)
+        be.wave_board(wave, live, n_ped, thr, 4095, 8, 12.5, True, *o)
         outs.append(o)
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
