@@ -84,17 +84,40 @@ def main() -> None:
 
     cores = os.cpu_count() or 1
     pool = ThreadPoolExecutor(cores)
-    t_one = _best(lambda: [waveform(s) for s in slices], a.repeat)
-    t_all = _best(lambda: list(pool.map(waveform, slices)), a.repeat)
-    t_full = _best(lambda: [full(s) for s in slices], a.repeat)
-    ref_slices = slices[:1]
-    ref_events = len(next(iter(ref_slices[0].values())))
-    t_ref = _best(lambda: [waveform(s, reference) for s in ref_slices], max(1, a.repeat // 2))
+    ref_slice = slices[0]
     words = [v.reshape(-1).view(np.uint64) for v in data.values()]
-    _read_all(words[0][:8])
-    t_read = _best(lambda: [_read_all(w) for w in words], a.repeat)
     dst = {k: np.empty_like(v) for k, v in data.items()}
-    t_copy = _best(lambda: [np.copyto(dst[k], v) for k, v in data.items()], a.repeat)
+    _read_all(words[0][:8])
+
+    def one_core() -> None:
+        for s in slices:
+            waveform(s)
+
+    def all_cores() -> None:
+        list(pool.map(waveform, slices))
+
+    def full_trigger() -> None:
+        for s in slices:
+            full(s)
+
+    def numpy_reference() -> None:
+        waveform(ref_slice, reference)
+
+    def read_bytes() -> None:
+        for w in words:
+            _read_all(w)
+
+    def copy_bytes() -> None:
+        for k, v in data.items():
+            np.copyto(dst[k], v)
+
+    t_one = _best(one_core, a.repeat)
+    t_all = _best(all_cores, a.repeat)
+    t_full = _best(full_trigger, a.repeat)
+    t_ref = _best(numpy_reference, max(1, a.repeat // 2))
+    ref_events = len(next(iter(ref_slice.values())))
+    t_read = _best(read_bytes, a.repeat)
+    t_copy = _best(copy_bytes, a.repeat)
     pool.shutdown()
     read_bw = nbytes / t_read
     bound = read_bw / (nbytes / n)
