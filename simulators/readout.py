@@ -167,41 +167,59 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                      ) -> None:
     nch = dep_self.shape[1]
     ns = wave.shape[2]
-    ntab = table.shape[0]
     buf = np.empty(ns)
     for e in range(ev.shape[0]):
         i = ev[e]
         for c in range(nch):
             base = offsets[e] + c * ns
             ped = pedestal[c]
-            quiet = True
-            for j in range(lo[e], hi[e]):
-                if _dep(i, j, c, dep_self, lines, hline, hamp) > 0.0:
-                    quiet = False
-                    break
+            quiet = dep_self[i, c] <= 0.0
+            if quiet and hi[e] - lo[e] > 1:
+                quiet = _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp)
             if quiet:  # most channels of most events: pedestal and noise only
                 for s in range(ns):
                     v = np.floor(ped + noise[base + s] + 0.5)
                     wave[e, c, s] = min(max(v, 0.0), adc_max)
                 continue
-            for s in range(ns):
-                buf[s] = ped + noise[base + s]
-            for j in range(lo[e], hi[e]):
-                a = _dep(i, j, c, dep_self, lines, hline, hamp)
-                if a <= 0.0:
-                    continue
-                start = trig_ns + (t[j] - t[i]) - tp  # when this pulse begins
-                s0 = max(0, int(np.ceil(start / sample_ns)))
-                for s in range(s0, ns):
-                    u = (s * sample_ns - start) / TABLE_STEP_NS
-                    k = int(u)
-                    if k + 1 >= ntab:
-                        break
-                    w = u - k
-                    buf[s] += a * (table[k] * (1.0 - w) + table[k + 1] * w)
-            for s in range(ns):
-                v = np.floor(buf[s] + 0.5)
-                wave[e, c, s] = min(max(v, 0.0), adc_max)
+            _signal_channel(i, c, lo[e], hi[e], t, dep_self, lines, hline, hamp, table, tp,
+                            ped, noise, base, sample_ns, trig_ns, adc_max, buf, wave[e, c])
+
+
+@_kernel
+def _quiet(i: int, c: int, lo: int, hi: int, dep_self: np.ndarray, lines: np.ndarray,
+           hline: np.ndarray, hamp: np.ndarray) -> bool:
+    for j in range(lo, hi):  # noqa: SIM110 (numba compiles loops, not generator expressions)
+        if _dep(i, j, c, dep_self, lines, hline, hamp) > 0.0:
+            return False
+    return True
+
+
+@_kernel
+def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
+                    lines: np.ndarray, hline: np.ndarray, hamp: np.ndarray, table: np.ndarray,
+                    tp: float, ped: float, noise: np.ndarray, base: int, sample_ns: float,
+                    trig_ns: float, adc_max: float, buf: np.ndarray, out: np.ndarray) -> None:
+    """Samples of one channel that has pulses (kept out of line so the quiet loop stays tight)."""
+    ns = out.shape[0]
+    ntab = table.shape[0]
+    for s in range(ns):
+        buf[s] = ped + noise[base + s]
+    for j in range(lo, hi):
+        a = _dep(i, j, c, dep_self, lines, hline, hamp)
+        if a <= 0.0:
+            continue
+        start = trig_ns + (t[j] - t[i]) - tp  # when this pulse begins
+        s0 = max(0, int(np.ceil(start / sample_ns)))
+        for s in range(s0, ns):
+            u = (s * sample_ns - start) / TABLE_STEP_NS
+            k = int(u)
+            if k + 1 >= ntab:
+                break
+            w = u - k
+            buf[s] += a * (table[k] * (1.0 - w) + table[k + 1] * w)
+    for s in range(ns):
+        v = np.floor(buf[s] + 0.5)
+        out[s] = min(max(v, 0.0), adc_max)
 
 
 def gates(t: np.ndarray, ev: np.ndarray, window_ns: float) -> tuple[np.ndarray, np.ndarray]:
