@@ -152,7 +152,8 @@ class RunControlService(Service):
             async with self._lock:
                 raw = msg.payload if isinstance(msg.payload, bytes | bytearray) else b""
                 try:
-                    await self._handle(str(msg.topic), bytes(raw), msg.properties)
+                    await self._handle(str(msg.topic), bytes(raw), msg.properties,
+                                       retained=bool(msg.retain))
                 except (DaqError, OSError, ValueError, KeyError) as e:
                     # a bug or a full disk must not take the control plane down; it is
                     # logged, counted and the state is whatever was last persisted
@@ -161,11 +162,15 @@ class RunControlService(Service):
                                           P.FAILED).inc()
                     self.last_failure = f"{type(e).__name__}: {e}"
 
-    async def _handle(self, topic: str, payload: bytes, props: Any) -> None:
+    async def _handle(self, topic: str, payload: bytes, props: Any, *,
+                      retained: bool = False) -> None:
         response, correlation = response_of(props)
         kind = "trigger" if topic.startswith(P.DESIRED + "/") else "run"
         user = topic.rsplit("/", 1)[-1]
         try:
+            if retained:
+                # a retained command would be replayed at every (re)subscription
+                raise P.ProtocolError(P.MALFORMED, "commands must not be retained")
             req = P.parse(topic, payload)
             plan = self.core.plan(req)
         except P.ProtocolError as e:

@@ -12,7 +12,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
 import pytest
+from paho.mqtt.client import MQTTv5
 
 from daq.control import protocol as P
 from daq.control.client import ControlClient, ControlError, RefusedError
@@ -278,3 +280,34 @@ async def test_request_round_trip_latency(secure_broker: SecureBroker, tmp_path:
               f"median {med * 1e3:.1f} ms, p95 {p95 * 1e3:.1f} ms, max {times[-1] * 1e3:.1f} ms")
         # ~44 ms per QoS 1 exchange is the signature of Nagle + delayed ACK (TCP_NODELAY lost)
         assert med < 0.04, f"median round trip {med * 1e3:.1f} ms"
+
+
+async def test_retained_command_is_refused(secure_broker: SecureBroker, tmp_path: Path) -> None:
+    b = secure_broker
+    async with aiomqtt.Client(b.host, b.port, username="expert",
+                              password=b.passwords["expert"],
+                              protocol=aiomqtt.ProtocolVersion(MQTTv5)) as c:
+        await c.publish(P.run_topic("start", "expert"), b'{"id": "stale"}', qos=1, retain=True)
+    dp = MemoryDataPath()
+    async with running(b, tmp_path / "s", dp) as svc:
+        async def refused() -> int:
+            return svc.refused("run", P.MALFORMED)
+        assert await eventually(refused) == 1
+        assert dp.run is None and svc.core.state.state.value == "idle"
+
+
+async def test_users_cannot_read_each_others_replies(secure_broker: SecureBroker) -> None:
+    b = secure_broker
+
+    def cli(user: str) -> aiomqtt.Client:
+        return aiomqtt.Client(b.host, b.port, username=user, password=b.passwords[user],
+                              protocol=aiomqtt.ProtocolVersion(MQTTv5))
+
+    async with cli("shift") as spy, cli("expert") as owner, cli("runcontrol") as svc:
+        await spy.subscribe(f"{P.REPLY}/expert/#", qos=1)
+        await owner.subscribe(f"{P.REPLY}/expert/#", qos=1)
+        await svc.publish(f"{P.REPLY}/expert/c1", b'{"secret": 1}', qos=1)
+        got = await asyncio.wait_for(anext(aiter(owner.messages)), 5)
+        assert got.payload == b'{"secret": 1}'
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(anext(aiter(spy.messages)), 0.5)
