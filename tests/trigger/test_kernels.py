@@ -166,3 +166,24 @@ def test_bad_array_shape_is_a_slice_error() -> None:
     assert ei.value.reason == "shape" and "ECAL.wave" in str(ei.value)
     with pytest.raises(SliceError, match="mode"):
         compute_features({}, 3, "other", p)
+
+
+def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
+    from daq.wire import Kind, Message, decode, encode
+    from trigger.core import warm_up
+    from trigger.processor import SliceProcessor
+    from trigger_data import built_stream
+
+    warm_up(GEOM, CAL)
+    dispatchers = [kernels.wave_board, kernels.feature_sat, kernels.accumulate,
+                   kernels.multiplicity, kernels.decide]
+    before = [len(d.signatures) for d in dispatchers]
+    proc = SliceProcessor(GEOM, CAL)
+    for mode in ("feature", "waveform"):
+        msg = next(m for m in built_stream(mode, spills=1, generated_s=0.0005)
+                   if m.kind is Kind.SLICE)
+        wire: Message = decode([bytes(memoryview(f)) for f in encode(msg)])
+        assert not wire.arrays["ts"].flags.writeable  # as a worker receives it
+        res = proc.process(wire)
+        assert res.features.count == msg.count
+    assert [len(d.signatures) for d in dispatchers] == before
