@@ -7,6 +7,7 @@ never from a command-line argument, which would end up in shell history and `ps`
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
@@ -119,6 +120,18 @@ def client(settings: MqttSettings, *, identifier: str | None = None,
         # small request/reply messages: without TCP_NODELAY (here and in the broker's
         # set_tcp_nodelay) every QoS 1 exchange waits ~40 ms for a delayed ACK
         socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
+
+
+def status_payload(service: str, status: str, when: float) -> bytes:
+    """The retained `na64/status/<service>` document ("online" / "offline")."""
+    return json.dumps({"service": service, "status": status, "when": when},
+                      sort_keys=True).encode()
+
+
+def offline_will(service: str, when: float) -> aiomqtt.Will:
+    """The last will every service registers: its status becomes "offline" (retained)."""
+    return aiomqtt.Will(f"na64/status/{service}", status_payload(service, "offline", when),
+                        qos=1, retain=True)
 
 
 def request_properties(response_topic: str, correlation: bytes) -> Properties:

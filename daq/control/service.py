@@ -26,7 +26,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from daq.control import protocol as P
 from daq.control.core import Plan, RunControl, recover
 from daq.control.datapath import DataPath, MemoryDataPath
-from daq.control.mqtt import MqttSettings, client, reply_properties, response_of
+from daq.control.mqtt import (
+    MqttSettings,
+    client,
+    offline_will,
+    reply_properties,
+    response_of,
+    status_payload,
+)
 from daq.control.store import StateStore
 from daq.errors import DaqError
 from daq.metrics import PREFIX, MetricsServer
@@ -89,8 +96,7 @@ class RunControlService(Service):
         return {"mqtt": self._mqtt}
 
     def _status(self, status: str) -> bytes:
-        return P.dumps({"service": self.settings.username, "status": status,
-                        "when": self._clock()})
+        return status_payload(self.settings.username, status, self._clock())
 
     async def _mqtt(self) -> None:
         """Stay connected: reconnect with randomised exponential backoff until stopped."""
@@ -112,7 +118,7 @@ class RunControlService(Service):
 
     async def _session(self) -> bool:
         """One connection: publish what is retained, serve requests until stop or disconnect."""
-        will = aiomqtt.Will(self.status_topic, self._status("offline"), qos=1, retain=True)
+        will = offline_will(self.settings.username, self._clock())
         async with client(self.settings, identifier=f"{self.name}-{self.settings.username}",
                           will=will) as c:
             self._client = c
