@@ -82,6 +82,10 @@ class Simulator:
         self.threshold = 5 * det.noise  # FPGA pulse threshold, ADC counts
         self._blocks: dict[tuple[int, int], Particles] = {}
         self._v1: dict[int, int] = {}
+        self._sums: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        hcal = geom.board("HCAL")
+        self._ps = geom.board("ECAL").indices("PS")
+        self._hcal = [hcal.indices(f"HCAL{m}") for m in range(1, 5)]
 
     def v1_count(self, plan: SpillPlan) -> int:
         """Events of the spill's generated slices whose particle fired V1 (the V1 scaler)."""
@@ -112,6 +116,7 @@ class Simulator:
             rng = np.random.default_rng([self.cfg.seed, plan.spill, k + 1])
             n = min(plan.events, (k + 1) * plan.slice_events) - k * plan.slice_events
             blk = generate_block(self.cfg, self.layout, rng, n)
+            self._sums[key] = self._energy_sums(blk)
             for name, g in self.calib.gain.items():  # deposits -> ADC counts of amplitude
                 blk.dep[name] *= g
                 if name in blk.halo:
@@ -120,6 +125,7 @@ class Simulator:
             self._blocks[key] = blk
             for old in [b for b in self._blocks if b[0] != plan.spill or b[1] < k - 1]:
                 del self._blocks[old]
+                self._sums.pop(old, None)
         return blk
 
     def _particles(self, plan: SpillPlan, a: int, b: int) -> tuple[Particles, int]:
@@ -149,7 +155,7 @@ class Simulator:
         first = k * plan.slice_events
         count = min(plan.slice_events, plan.events - first)
         ev_global = np.arange(first, first + count, dtype=np.int64)
-        ranges = {b.name: gates(plan.t, ev_global, b.window_ns) for b in self.geom.boards}
+        ranges = {b.name: self._gates(plan, first, count, b.window_ns) for b in self.geom.boards}
         a = int(min(r[0][0] for r in ranges.values()))
         b = int(max(r[1][-1] for r in ranges.values()))
         parts, base = self._particles(plan, a, b)
@@ -177,28 +183,40 @@ class Simulator:
                     self.noise, offsets, det.samples, det.sample_ns,
                     det.trigger_sample, det.adc_max, self.tables[shape])}
         ts = plan.t[first:first + count].astype(np.int64)
-        truth = self._truth(parts, ev, ts, pileup)
+        self._block(plan, k)  # slice k is particle block k: its truth sums are ready
+        truth = self._truth(self._sums[(plan.spill, k)], parts, ev, ts, pileup)
         self._v1[plan.spill] = self._v1.get(plan.spill, 0) + int(truth["v1"].sum())
         return Slice(plan.spill, k, first, count, ts, boards, truth)
 
-    def _truth(self, p: Particles, ev: np.ndarray, ts: np.ndarray, pileup: np.ndarray
-               ) -> dict[str, np.ndarray]:
-        gain = self.calib.gain
+    def _gates(self, plan: SpillPlan, first: int, count: int, window_ns: float
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """`gates` searched in a margin around the slice, not in the whole spill's times."""
+        ev = np.arange(first, first + count, dtype=np.int64)
+        margin = 256
+        while True:
+            w0 = max(0, first - margin)
+            w1 = min(plan.events, first + count + margin)
+            lo, hi = gates(plan.t[w0:w1], ev - w0, window_ns)
+            if (lo[0] > 0 or w0 == 0) and (hi[-1] < w1 - w0 or w1 == plan.events):
+                return lo + w0, hi + w0
+            margin *= 4  # a gate reached the margin's edge: widen and search again
 
-        def gev(board: str, idx: np.ndarray | None = None) -> np.ndarray:
-            d = p.dep[board][ev] / gain[board]
-            return (d if idx is None else d[:, idx]).astype(np.float32)
-
-        ps = gev("ECAL", self.geom.board("ECAL").indices("PS")).sum(axis=1)
-        ecal = gev("ECAL").sum(axis=1)
-        hcal = np.stack([gev("HCAL", self.geom.board("HCAL").indices(f"HCAL{m}")).sum(axis=1)
-                         for m in range(1, 5)], axis=1)
+    def _energy_sums(self, p: Particles) -> dict[str, np.ndarray]:
+        """Per-particle true deposits per detector (GeV), before conversion to ADC counts."""
+        ecal = p.dep["ECAL"]
         return {
-            "ts": ts, "species": p.species[ev].copy(), "process": p.process[ev].copy(),
-            "e_true": p.e_true[ev].copy(), "e_ecal": ecal, "e_ps": ps,
-            "e_hcal": hcal.astype(np.float32), "e_veto": gev("VETO").sum(axis=1),
-            "e_srd": gev("SRD").sum(axis=1), "pileup": pileup,
-            "v1": p.dep["BEAM"][ev, 3] > 0,
+            "e_ecal": ecal.sum(axis=1), "e_ps": ecal[:, self._ps].sum(axis=1),
+            "e_hcal": np.stack([p.dep["HCAL"][:, g].sum(axis=1) for g in self._hcal],
+                               axis=1),
+            "e_veto": p.dep["VETO"].sum(axis=1), "e_srd": p.dep["SRD"].sum(axis=1),
+            "v1": p.dep["BEAM"][:, 3] > 0,
+        }
+
+    def _truth(self, sums: dict[str, np.ndarray], p: Particles, ev: np.ndarray,
+               ts: np.ndarray, pileup: np.ndarray) -> dict[str, np.ndarray]:
+        return {
+            "ts": ts, "species": p.species[ev], "process": p.process[ev],
+            "e_true": p.e_true[ev], **sums, "pileup": pileup,
             "signal": p.process[ev] == Process.SIGNAL,
         }
 

@@ -161,7 +161,7 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
 @_kernel
 def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                      dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
-                     hamp: np.ndarray, table: np.ndarray, tp: float,
+                     hamp: np.ndarray, table: np.ndarray, intime: np.ndarray, tp: float,
                      pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray,
                      sample_ns: float, trig_ns: float, adc_max: float, wave: np.ndarray
                      ) -> None:
@@ -173,10 +173,18 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
         for c in range(nch):
             base = offsets[e] + c * ns
             ped = pedestal[c]
-            quiet = dep_self[i, c] <= 0.0
-            if quiet and hi[e] - lo[e] > 1:
-                quiet = _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp)
-            if quiet:  # most channels of most events: pedestal and noise only
+            if hi[e] - lo[e] == 1:  # only the in-time particle: tight loops, no calls
+                a = dep_self[i, c]
+                if a <= 0.0:
+                    for s in range(ns):
+                        v = np.floor(ped + noise[base + s] + 0.5)
+                        wave[e, c, s] = min(max(v, 0.0), adc_max)
+                else:
+                    for s in range(ns):
+                        v = np.floor(ped + noise[base + s] + a * intime[s] + 0.5)
+                        wave[e, c, s] = min(max(v, 0.0), adc_max)
+                continue
+            if _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp):
                 for s in range(ns):
                     v = np.floor(ped + noise[base + s] + 0.5)
                     wave[e, c, s] = min(max(v, 0.0), adc_max)
@@ -272,8 +280,9 @@ def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     """
     wave = np.empty((len(ev), dep_self.shape[1], samples), np.int16)
     _waveform_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *_halo_args(halo),
-                     shape_table(shape) if table is None else table, shape.tp_ns,
-                     pedestal.astype(np.float64), noise, offsets, sample_ns,
+                     shape_table(shape) if table is None else table,
+                     shape(np.arange(samples) * sample_ns - trigger_sample * sample_ns),
+                     shape.tp_ns, pedestal.astype(np.float64), noise, offsets, sample_ns,
                      trigger_sample * sample_ns, float(adc_max), wave)
     return wave
 
