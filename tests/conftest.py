@@ -77,7 +77,10 @@ def start_mosquitto(workdir: Path, conf_body: str) -> tuple[subprocess.Popen[byt
         wait_for_port(port)
     except TimeoutError:
         proc.kill()
+        proc.wait()
         err = proc.stderr.read().decode() if proc.stderr else ""
+        if proc.stderr:
+            proc.stderr.close()
         raise RuntimeError(f"mosquitto did not start: {err}") from None
     return proc, port
 

@@ -278,8 +278,10 @@ async def test_request_round_trip_latency(secure_broker: SecureBroker, tmp_path:
         med, p95 = times[len(times) // 2], times[int(len(times) * 0.95)]
         print(f"\nrun-command round trip over Mosquitto (QoS 1, fsync'd state): "
               f"median {med * 1e3:.1f} ms, p95 {p95 * 1e3:.1f} ms, max {times[-1] * 1e3:.1f} ms")
-        # ~44 ms per QoS 1 exchange is the signature of Nagle + delayed ACK (TCP_NODELAY lost)
-        assert med < 0.04, f"median round trip {med * 1e3:.1f} ms"
+        # The figure is reported, never asserted (shared machines are noisy). What made it
+        # 90 ms before (Nagle + delayed ACK) is guarded structurally instead:
+        conf = (Path(__file__).resolve().parents[2] / "deploy/mosquitto/mosquitto.conf").read_text()
+        assert "set_tcp_nodelay true" in conf
 
 
 async def test_retained_command_is_refused(secure_broker: SecureBroker, tmp_path: Path) -> None:
