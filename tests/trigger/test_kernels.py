@@ -7,12 +7,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from trigger_data import built_arrays, detector, sim_slices
+from trigger_data import built_arrays, built_stream, detector, sim_slices
 
+from daq.wire import Kind, Message, decode, encode
 from trigger import kernels, reference
 from trigger.config import TriggerConfig
-from trigger.core import build_params, compute_features, decide
+from trigger.core import build_params, compute_features, decide, warm_up
 from trigger.errors import SliceError
+from trigger.processor import SliceProcessor
 
 GEOM, CAL = detector()
 SAMPLES = GEOM.detector.samples
@@ -169,11 +171,6 @@ def test_bad_array_shape_is_a_slice_error() -> None:
 
 
 def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
-    from daq.wire import Kind, Message, decode, encode
-    from trigger.core import warm_up
-    from trigger.processor import SliceProcessor
-    from trigger_data import built_stream
-
     warm_up(GEOM, CAL)
     dispatchers = [kernels.wave_board, kernels.feature_sat, kernels.accumulate,
                    kernels.multiplicity, kernels.decide]
