@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -174,7 +176,7 @@ def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
     warm_up(GEOM, CAL)
     dispatchers = [kernels.wave_board, kernels.feature_sat, kernels.accumulate,
                    kernels.multiplicity, kernels.decide]
-    before = [len(d.signatures) for d in dispatchers]
+    before = [len(cast(Any, d).signatures) for d in dispatchers]
     proc = SliceProcessor(GEOM, CAL)
     for mode in ("feature", "waveform"):
         msg = next(m for m in built_stream(mode, spills=1, generated_s=0.0005)
@@ -183,4 +185,4 @@ def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
         assert not wire.arrays["ts"].flags.writeable  # as a worker receives it
         res = proc.process(wire)
         assert res.features.count == msg.count
-    assert [len(d.signatures) for d in dispatchers] == before
+    assert [len(cast(Any, d).signatures) for d in dispatchers] == before
