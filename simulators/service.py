@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -30,7 +31,7 @@ class FrontEnd(Service):
 
     def __init__(self, frontends: FrontEnds, endpoint: str, *, pace: str = "max",
                  factor: float = 1.0, truth_sink: Callable[[Message], object] | None = None,
-                 ctx: zmq.asyncio.Context | None = None, sleep: Sleep = asyncio.sleep,
+                 ctx: zmq.asyncio.Context | None = None, sleep: Sleep | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_emit: Callable[[Emission], object] | None = None) -> None:
         super().__init__()
@@ -43,8 +44,14 @@ class FrontEnd(Service):
         self.speed = {"max": 0.0, "realtime": 1.0, "factor": factor}[pace]
         self.truth_sink = truth_sink
         self.ctx = ctx or context()
-        self.sleep, self.clock, self.on_emit = sleep, clock, on_emit
+        self.sleep = sleep or self._interruptible_sleep
+        self.clock, self.on_emit = clock, on_emit
         self.sent = 0
+
+    async def _interruptible_sleep(self, seconds: float) -> None:
+        # a realtime run waits ~12 s between spills: stop() must not wait for that
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), seconds)
 
     def loops(self) -> dict[str, Loop]:
         return {"emit": self._emit}
@@ -67,6 +74,8 @@ class FrontEnd(Service):
                     wait = em.t_ns / 1e9 / self.speed - (self.clock() - start)
                     if wait > 0:
                         await self.sleep(wait)
+                        if self.stopping.is_set():
+                            break
                 if em.src == TRUTH:
                     if self.truth_sink is not None:
                         self.truth_sink(em.msg)

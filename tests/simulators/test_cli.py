@@ -91,3 +91,20 @@ def test_bad_options_are_refused_with_the_reason(tmp_path: Path, capsys: pytest.
     assert main([*BASE, *args]) == 2
     assert needle in capsys.readouterr().err
     assert not list(tmp_path.iterdir()), "nothing written"
+
+
+def test_waveform_mode_run_file_follows_the_contract(tmp_path: Path) -> None:
+    out = tmp_path / "wave.raw"
+    assert main([*BASE, "--spills", "1", "--mode", "waveform", "--generated-s", "0.001",
+                 "--out", str(out)]) == 0
+    msgs = list(RunFileReader(out))
+    starts = [m for m in msgs if m.kind is Kind.RUN_START]
+    assert len(starts) == 5 and all(m.meta["mode"] == "waveform" for m in starts)
+    nch = {"BEAM": 4, "SRD": 3, "ECAL": 60, "VETO": 6, "HCAL": 36}
+    slices = [m for m in msgs if m.kind is Kind.SLICE]
+    assert slices and all(m.first % 1024 == 0 for m in slices)
+    for m in slices:
+        w = m.arrays["wave"]
+        assert w.dtype == np.int16 and w.shape == (m.count, nch[m.board], 32)
+        assert m.arrays["ts"].dtype == np.int64 and (np.diff(m.arrays["ts"]) >= 0).all()
+        assert w.min() >= 0 and w.max() <= 4095

@@ -133,3 +133,27 @@ def test_intensity_ramp_changes_events_per_spill() -> None:
     n = np.array([sim.plan(s).events for s in range(4)])
     mean = sim.cfg.intensity * sim.cfg.gen_s / sim.cfg.spill_length_s * (1 + np.arange(4))
     assert (np.abs(n - mean) < 5 * np.sqrt(mean)).all()
+
+
+@pytest.mark.asyncio
+async def test_stop_ends_a_realtime_stream_cleanly() -> None:
+    ctx = context()
+    pull = ctx.socket(zmq.PULL)
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    pull.bind(endpoint)
+    sim = simulator(generated_s=0.004, slice_events=1024, seed=2)
+    try:
+        async with FrontEnd(FrontEnds(sim, spills=3), endpoint, pace="realtime",
+                            ctx=ctx) as svc:
+            while True:  # spill 0 (4 ms of beam), up to the BEAM board's spill_end
+                m = decode([f.buffer for f in await asyncio.wait_for(
+                    pull.recv_multipart(copy=False), 30)])
+                if m.kind is Kind.SPILL_END and m.src == "BEAM":
+                    break
+            await asyncio.sleep(0.2)  # the service is now waiting for spill 1, 16.8 s away
+            svc.stop()
+            await asyncio.wait_for(svc.wait(), 10)
+        assert 0 < svc.sent < 100
+        assert svc.state.value == "closed"
+    finally:
+        pull.close(linger=0)

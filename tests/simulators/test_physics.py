@@ -164,3 +164,37 @@ def test_beam_counter_pulses_count_the_pileup(full_rate_spill: tuple) -> None:
     p_close = 1 - np.exp(-rate * 20e-9)
     n = len(pu)
     assert (npulse != pu + 1).mean() < p_close + NSIG * np.sqrt(p_close / n)
+
+
+def test_rare_processes_have_their_signatures() -> None:
+    n = 40_000
+    p = _block(n, upstream_loss_rate=0.05, dimuon_rate=0.05, signal_rate=0.2)
+    e_ecal = p.dep["ECAL"].sum(axis=1).astype(np.float64)
+    quiet = (p.dep["VETO"].sum(axis=1) == 0) & (p.dep["HCAL"].sum(axis=1) == 0)
+    srd = p.dep["SRD"].sum(axis=1) > 0
+    sig = p.process == Process.SIGNAL
+    assert quiet[sig].all() and srd[sig].all(), "A' is invisible; the electron still radiates"
+    # recoil share 1 - x, x = min(sqrt(U), 0.99): mean computed from that law, not tuned
+    x = np.minimum(np.sqrt((np.arange(200_000) + 0.5) / 200_000), 0.99)
+    share = e_ecal[sig] / p.e_true[sig]
+    assert abs(share.mean() - (1 - x).mean()) < NSIG * share.std() / np.sqrt(sig.sum())
+    # the trigger's E_ECAL < 90 GeV keeps the signal unless the A' took under ~10 %
+    assert (e_ecal[sig] > 90).mean() < 0.01 + NSIG * np.sqrt(0.01 / sig.sum())
+    dm = p.process == Process.DIMUON
+    assert not quiet[dm].any(), "a muon pair crosses VETO and HCAL"
+    ul = p.process == Process.UPSTREAM_LOSS
+    assert quiet[ul].all() and (e_ecal[ul] < 0.95 * p.e_true[ul]).mean() > 0.95
+
+
+def test_pileup_truth_matches_brute_force_at_high_rate() -> None:
+    # 1e8 per spill (20 MHz): several neighbours per gate, and tiny slices, so gates cross
+    # many slice and block boundaries
+    sim = simulator(intensity=1e8, generated_s=0.0002, slice_events=7, seed=8)
+    geom, _ = detector()
+    plan = sim.plan(0)
+    pileup = np.concatenate([s.truth["pileup"] for s in sim.slices(plan)])
+    t = plan.t
+    for bi, board in enumerate(geom.boards):
+        d = np.abs(t[:, None] - t[None, :]) < board.window_ns / 2
+        assert np.array_equal(pileup[:, bi], d.sum(axis=1) - 1), board.name
+    assert pileup.max() >= 3
