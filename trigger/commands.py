@@ -23,6 +23,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="override one setting of the configuration (repeatable)")
     p.set_defaults(func=_analyze)
 
+    w = sub.add_parser("trigger-worker", help="run one trigger worker service",
+                       description="PULL built slices from the builder, run the trigger, PUSH "
+                       "accepted events to the recorder and features to the monitors; ends "
+                       "when the input stream ends.")
+    w.add_argument("--input", required=True, help="builder output endpoint (connect)")
+    w.add_argument("--recorder", help="recorder endpoint (connect)")
+    w.add_argument("--monitor", action="append", default=[], help="monitor endpoint (repeatable)")
+    w.add_argument("--index", type=int, default=0, help="worker number (stream trigger-<i>)")
+    w.add_argument("--metrics-port", type=int, help="serve /metrics on 127.0.0.1:PORT")
+    w.set_defaults(func=_worker)
+
 
 def _analyze(a: argparse.Namespace) -> int:
     from daq.geometry import load_geometry
@@ -47,4 +58,15 @@ def _analyze(a: argparse.Namespace) -> int:
               f"{s['accept_rate']:>8.4f}  " + " ".join(f"{n:>11}" for n in s["fired"].values()))
     if result["refused"]:
         print(f"refused slices: {result['refused']}")
+    return 0
+
+
+def _worker(a: argparse.Namespace) -> int:
+    import asyncio
+
+    from trigger.worker import WorkerConfig, run_worker
+
+    cfg = WorkerConfig.parse(
+        {"input": a.input, "recorder": a.recorder, "monitors": a.monitor, "index": a.index})
+    asyncio.run(run_worker(cfg, metrics_port=a.metrics_port))
     return 0

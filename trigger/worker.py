@@ -194,3 +194,23 @@ class TriggerWorker(Service):
             linger = int(self.config.drain_timeout_s * 1000)
             for sock, _, _ in self.outputs:
                 sock.close(linger=linger)  # let zmq flush what is queued (eos last)
+
+
+async def run_worker(config: WorkerConfig, *, metrics_port: int | None = None,
+                     geometry: Geometry | None = None,
+                     calibration: Calibration | None = None) -> CollectorRegistry:
+    """Run one worker until its input ends (eos), serving /metrics on `metrics_port`."""
+    from daq.geometry import load_calibration, load_geometry
+    from daq.metrics import MetricsServer
+
+    geom = geometry or load_geometry()
+    cal = calibration or load_calibration(geom)
+    registry = CollectorRegistry()
+    server = MetricsServer(registry, port=metrics_port) if metrics_port is not None else None
+    try:
+        async with TriggerWorker(config, geom, cal, registry) as worker:
+            await worker.wait()
+    finally:
+        if server is not None:
+            server.close()
+    return registry
