@@ -66,16 +66,24 @@ class FrontEnd(Service):
                 socks[b] = s
             it = self.fe.run()
             start = self.clock()
-            while not self.stopping.is_set():
+            last_ns = 0
+            while True:
+                if self.stopping.is_set():
+                    # stopped early: close every stream properly so receivers see its end
+                    for end in self.fe.eos(last_ns):
+                        if end.src != TRUTH:
+                            await socks[end.src].send_multipart(end.frames(), copy=False)
+                    break
                 em = await asyncio.to_thread(_next, it)
                 if em is None:
                     break
+                last_ns = em.t_ns
                 if self.speed:
                     wait = em.t_ns / 1e9 / self.speed - (self.clock() - start)
                     if wait > 0:
                         await self.sleep(wait)
                         if self.stopping.is_set():
-                            break
+                            continue  # drop the message that waited; send the ends
                 if em.src == TRUTH:
                     if self.truth_sink is not None:
                         self.truth_sink(em.msg)

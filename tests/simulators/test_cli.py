@@ -45,7 +45,7 @@ def test_writes_raw_and_truth_run_files_with_file_faults(tmp_path: Path) -> None
     assert {m.src for m in tru} == {"truth"}
 
 
-def test_streams_to_an_endpoint_with_corrupted_frames() -> None:
+def test_streams_to_an_endpoint_with_corrupted_frames(tmp_path: Path) -> None:
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     port = free_tcp_port()
@@ -54,7 +54,7 @@ def test_streams_to_an_endpoint_with_corrupted_frames() -> None:
     rc: list[int] = []
     t = threading.Thread(target=lambda: rc.append(main(
         [*BASE, "--spills", "1", "--to", f"tcp://127.0.0.1:{port}", "--fault-corrupt", "0.3",
-         "--slice-events", "512"])))
+         "--slice-events", "512", "--truth", str(tmp_path / "t.truth")])))
     t.start()
     good: list[Message] = []
     bad: list[WireError] = []
@@ -75,6 +75,9 @@ def test_streams_to_an_endpoint_with_corrupted_frames() -> None:
     assert rc == [0]
     assert bad and {e.reason for e in bad} == {"checksum"}
     assert {m.src for m in good} == {"BEAM", "SRD", "ECAL", "VETO", "HCAL"}
+    truth = list(RunFileReader(tmp_path / "t.truth"))
+    beam_end = next(m for m in good if m.src == "BEAM" and m.kind is Kind.SPILL_END)
+    assert sum(m.count for m in truth if m.kind is Kind.SLICE) == beam_end.meta["events"]
 
 
 @pytest.mark.parametrize(("args", "needle"), [

@@ -153,6 +153,12 @@ async def test_stop_ends_a_realtime_stream_cleanly() -> None:
             await asyncio.sleep(0.2)  # the service is now waiting for spill 1, 16.8 s away
             svc.stop()
             await asyncio.wait_for(svc.wait(), 10)
+            ends: dict[str, Message] = {}
+            while len(ends) < 5:  # every board stream still ends with eos, seq contiguous
+                m = decode([f.buffer for f in await asyncio.wait_for(
+                    pull.recv_multipart(copy=False), 10)])
+                if m.kind is Kind.END_OF_STREAM:
+                    ends[m.src] = m
         assert 0 < svc.sent < 100
         assert svc.state.value == "closed"
     finally:
