@@ -13,7 +13,7 @@ from scipy import stats
 from simulators import physics
 from simulators.config import SimConfig
 from simulators.physics import Layout, Process, Species, generate_block
-from tests.simulators.helpers import detector, run_spill, simulator
+from tests.simulators.sim_helpers import detector, run_spill, simulator
 
 NSIG = 5.0  # tolerance in standard errors (a false alarm every ~2e6 runs)
 

@@ -18,7 +18,7 @@ from daq.wire import Kind, Message, decode
 from simulators.frontend import FrontEnds
 from simulators.service import FrontEnd
 from tests.conftest import free_tcp_port
-from tests.simulators.helpers import simulator
+from tests.simulators.sim_helpers import simulator
 
 BOARDS = ("BEAM", "SRD", "ECAL", "VETO", "HCAL")
 

@@ -15,7 +15,7 @@ from simulators.readout import (
     waveforms,
     waveforms_reference,
 )
-from tests.simulators.helpers import detector, simulator
+from tests.simulators.sim_helpers import detector, simulator
 
 SAMPLES, SAMPLE_NS, TRIG, ADC_MAX = 32, 12.5, 8, 4095
 
