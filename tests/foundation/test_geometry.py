@@ -86,7 +86,7 @@ def test_calibration_resolves_and_hashes(tmp_path: Path) -> None:
     cal = load_calibration(g)
     ecal = g.board("ECAL")
     assert cal.gain["ECAL"][ecal.indices("PS")].tolist() == [150.0] * 30
-    assert cal.gain["ECAL"][ecal.indices("MAIN")].tolist() == [40.0] * 30
+    assert cal.gain["ECAL"][ecal.indices("MAIN")].tolist() == [30.0] * 30
     assert cal.pedestal["HCAL"].tolist() == [400.0] * 36
     p = tmp_path / "cal.toml"
     p.write_text('version = "x"\n[channels."ECAL/MAIN_2_3"]\ngain = 41.5\n')
