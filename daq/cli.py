@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "trigger.commands",
     "monitors.commands",
     "daq.control.commands",
+    "daq.app_commands",
 )
 
 

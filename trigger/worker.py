@@ -79,6 +79,9 @@ class TriggerMetrics:
         self.run = Gauge("na64_trigger_run", "Run number of the last slice", registry=registry)
         self.spill = Gauge("na64_trigger_spill", "Spill number of the last slice",
                            registry=registry)
+        self.ready = Gauge("na64_trigger_ready",
+                           "1 once the kernels are compiled and the worker takes slices",
+                           registry=registry)
         for t in TRIGGER_BITS:
             self.accepted.labels(t)
             self.shadow.labels(t)
@@ -136,6 +139,7 @@ class TriggerWorker(Service):
     async def _main(self) -> None:
         # compile before the first slice, off the loop: the first spill must not be slow
         await asyncio.to_thread(warm_up, self.geometry, self.calibration)
+        self.metrics.ready.set(1)
         self.ready.set()
         while True:
             if self.stopping.is_set():

@@ -1,0 +1,173 @@
+"""`na64daq demo`, `serve` and `up`: parsing and printing; the work is in daq.app/daq.launch."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from daq.stack import SERVICES, StackConfig, load_stack_config
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("demo", help="simulator, builder, trigger, recorder and monitors in one "
+                       "process, with a live view", description=(
+                           "Run the whole system in one process on in-process transports: a "
+                           "simulated beam, the event builder, trigger workers, the recorder "
+                           "and the monitors. Stops after --spills spills or on Ctrl-C, and "
+                           "prints a run summary."))
+    p.add_argument("--spills", type=int, default=10, help="spills to run (default 10)")
+    p.add_argument("--intensity", type=float, default=6e6,
+                   help="beam particles per 4.8 s spill (default 6e6)")
+    p.add_argument("--mode", choices=("feature", "waveform"), default="feature")
+    p.add_argument("--generated-s", type=float, default=0.1, help=(
+        "seconds of each spill to simulate, at the full rate so that pileup is right "
+        "(default 0.1; 4.8 is a whole spill)"))
+    p.add_argument("--workers", type=int, default=2, help="trigger workers (default 2)")
+    p.add_argument("--metrics-port", type=int, default=0, help=(
+        "/metrics port of the monitor; the other services use the next ports "
+        "(default 0: free ports, printed)"))
+    p.add_argument("--mqtt", metavar="URL", default=None, help=(
+        "publish spill summaries, alarms and status to this broker (credentials from "
+        "NA64_MQTT_USERNAME / NA64_MQTT_PASSWORD)"))
+    p.add_argument("--run-dir", default="runs", help="where run files go (default ./runs)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--run", type=int, default=1, help="run number (default 1)")
+    p.add_argument("--pace", choices=("max", "realtime", "factor"), default="max")
+    p.add_argument("--factor", type=float, default=1.0)
+    p.add_argument("--no-live", action="store_true", help="no live view (logs and summary only)")
+    p.add_argument("--json", action="store_true", help="print the run summary as JSON")
+    p.set_defaults(func=_demo)
+
+    s = sub.add_parser("serve", help="run one service of a topology (one process per service)")
+    s.add_argument("service", choices=[x for x in SERVICES if x != "control"])
+    s.add_argument("--config", required=True, help="topology TOML (see deploy/topology.toml)")
+    s.add_argument("--index", type=int, default=0, help="trigger worker number")
+    s.set_defaults(func=_serve)
+
+    u = sub.add_parser("up", help="start every service of a topology as separate processes")
+    u.add_argument("--config", required=True, help="topology TOML (see deploy/topology.toml)")
+    u.add_argument("--json", action="store_true", help="print the final report as JSON")
+    u.set_defaults(func=_up)
+
+
+def _demo_config(a: argparse.Namespace) -> StackConfig:
+    port = a.metrics_port
+    ports = ({"frontend": 0, "builder": 0, "recorder": 0, "monitor": 0, "control": 0,
+              "trigger": 0} if port == 0 else
+             {"monitor": port, "builder": port + 1, "recorder": port + 2, "frontend": port + 3,
+              "control": port + 4, "trigger": port + 10})
+    return StackConfig.parse({
+        "run_dir": a.run_dir, "workers": a.workers, "metrics": ports, "mqtt": a.mqtt,
+        "simulator": {"spills": a.spills, "pace": a.pace, "factor": a.factor,
+                      "sim": {"intensity": a.intensity, "mode": a.mode, "seed": a.seed,
+                              "generated_s": a.generated_s, "run": a.run}},
+    }).inproc()
+
+
+def _demo(a: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from daq.app import Factory, Pipeline
+    from daq.live import run_summary, view
+    from daq.transport import context
+
+    cfg = _demo_config(a)
+    console = Console(stderr=not a.json)
+    pipe = Pipeline(cfg)
+    sent = [0]
+    t0 = time.monotonic()
+
+    def on_emit(em: Any) -> None:
+        if em.src == "BEAM" and em.msg.kind.value == "slice":
+            sent[0] += em.msg.count
+
+    async def main() -> None:
+        factory = Factory(cfg, ctx=context())
+        pipe.build(factory)
+        pipe.services["frontend"].on_emit = on_emit  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        presses = [0]
+
+        def interrupt() -> None:  # first Ctrl-C: end the run cleanly; second: abort
+            presses[0] += 1
+            pipe.services["frontend"].stop()
+            if presses[0] > 1:
+                raise KeyboardInterrupt
+
+        loop.add_signal_handler(signal.SIGINT, interrupt)
+        loop.add_signal_handler(signal.SIGTERM, interrupt)
+        url = (pipe.servers["monitor"].url if "monitor" in pipe.servers else None)
+        live = None if a.no_live else Live(console=console, refresh_per_second=4)
+
+        async def tick() -> None:
+            if live is None:
+                return
+            sums = [s.model_dump(mode="json") for s in pipe.monitor.summaries]
+            alarms = sorted(n for src in pipe.monitor.alarms.values()
+                            for n, up in src.raised.items() if up)
+            w = pipe.recorder.rec.writer
+            live.update(view(run=a.run, sent_events=sent[0], summaries=sums, alarms=alarms,
+                             metrics_url=url, elapsed_s=time.monotonic() - t0,
+                             run_file=str(w.path) if w is not None else None))
+
+        console.print(f"na64-daq demo: run {a.run}, {a.spills} spills, {a.mode} mode, "
+                      f"metrics at {url or 'off'}")
+        async with contextlib.AsyncExitStack() as stack:
+            if live is not None:
+                stack.enter_context(live)
+            await pipe.run(stack, on_tick=tick)
+            await tick()
+
+    try:
+        asyncio.run(main())
+    finally:
+        pipe.close()
+    sums = [s.model_dump(mode="json") for s in pipe.monitor.summaries]
+    files = [str(f) for f in pipe.recorder.rec.files]
+    totals = _totals(pipe)
+    if a.json:
+        print(json.dumps({"run": a.run, "spills": sums, "totals": totals, "files": files}))
+    else:
+        console.print(run_summary(sums, totals))
+        console.print(f"run file: {', '.join(files) or '-'}")
+    return 0
+
+
+def _totals(pipe: Any) -> dict[str, Any] | None:
+    for ra in pipe.monitor.analyses.values():
+        with contextlib.suppress(Exception):
+            return dict(ra.totals().model_dump(mode="json"))
+    return None
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from daq.launch import serve
+
+    cfg = load_stack_config(a.config)
+    return asyncio.run(serve(a.service, cfg, index=a.index))
+
+
+def _up(a: argparse.Namespace) -> int:
+    from daq.launch import up
+
+    report = up(Path(a.config))
+    if a.json:
+        print(json.dumps(report))
+    else:
+        for name, r in report["services"].items():
+            rss = r["peak_rss_bytes"] / 2**20
+            print(f"{name:12s} exit {r['exit']!s:>4}  peak RSS {rss:7.1f} MiB"
+                  f"  metrics {r['metrics']}")
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(0)
