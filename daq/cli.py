@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "monitors.commands",
     "daq.control.commands",
     "daq.app_commands",
+    "monitors.dashboard_commands",
 )
 
 
