@@ -9,7 +9,8 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import aiomqtt
 import zmq
@@ -76,11 +77,39 @@ class MonitorService(Service):
         self.published = 0
         self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self._ctx = ctx or context()
-        self._sock: zmq.asyncio.Socket = self._ctx.socket(zmq.PULL)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        self._sock.bind(endpoint)
-        # tcp://127.0.0.1:0 style endpoints: report where we really are
-        self.bound = str(self._sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        self._sock: zmq.asyncio.Socket | None = None
+        self.bound = endpoint
+
+    async def __aenter__(self) -> Self:
+        # The socket exists only while the service runs, so that `handle` can be used (and
+        # tested) without one and a never-started service holds no socket open.
+        sock = self._ctx.socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(self.endpoint)
+            # tcp://127.0.0.1:0 style endpoints: report where we really are
+            self.bound = str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        except zmq.ZMQError:
+            sock.close(linger=0)
+            raise
+        self._sock = sock
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            self._close_socket()
+            raise
+
+    async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        try:
+            await super().__aexit__(et, e, tb)
+        finally:
+            self._close_socket()  # cancelled before the receive loop ever ran
+
+    def _close_socket(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
 
     def loops(self) -> dict[str, Loop]:
         loops: dict[str, Loop] = {"receive": self._receive, "timer": self._timer}
@@ -91,18 +120,20 @@ class MonitorService(Service):
     # --- receive -----------------------------------------------------------------------------
 
     async def _receive(self) -> None:
+        sock = self._sock
+        assert sock is not None
         try:
             while not self.stopping.is_set():
-                if await self._sock.poll(timeout=int(self.tick_s * 1000)) == 0:
+                if await sock.poll(timeout=int(self.tick_s * 1000)) == 0:
                     continue
                 while True:  # drain what is queued before polling again
                     try:
-                        frames = await self._sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        frames = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
                     self.handle_frames([f.buffer for f in frames])
         finally:
-            self._sock.close(linger=0)
+            self._close_socket()
 
     def handle_frames(self, frames: list[Any]) -> list[SpillSummary]:
         """Decode and process one received message; bad input is counted, never raised."""
@@ -125,8 +156,10 @@ class MonitorService(Service):
     def _analysis(self, msg: Message) -> RunAnalysis:
         source: Source = "replay" if msg.replay else "live"
         ra = self.analyses.get(source)
-        if ra is None or (msg.kind is Kind.RUN_START and ra.run is not None
-                          and msg.run != ra.run):
+        # A new run starts at its run_start, or at its first message when that overtook the
+        # run_start through another worker (run numbers only grow).
+        if ra is None or (ra.run is not None and (
+                msg.run > ra.run or (msg.kind is Kind.RUN_START and msg.run != ra.run))):
             if ra is not None:
                 self._closed(ra, ra.finish())  # a new run: the old one is over
             ra = self.analyses[source] = RunAnalysis(

@@ -154,9 +154,9 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
 
 
 def int_map(value: object) -> dict[str, int]:
-    """A {str: int} map from marker meta; anything else gives {} (a malformed meta is refused
-    upstream by the caller's checks, never trusted blindly)."""
+    """The {str: non-negative int} entries of a marker meta map; anything else is dropped
+    (these are counts: a negative or non-integer entry is not one)."""
     if not isinstance(value, Mapping):
         return {}
     return {str(k): int(v) for k, v in value.items()
-            if isinstance(v, int) and not isinstance(v, bool)}
+            if isinstance(v, int) and not isinstance(v, bool) and v >= 0}

@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daq.metrics import MetricsServer
 from daq.transport import asend, context
-from daq.wire import Kind, Message
+from daq.wire import Kind, Message, encode
 from monitors.config import AlarmConfig, Band, MonitorConfig
 from monitors.service import SPILL_TOPIC, STATUS_TOPIC, MonitorService, MqttSettings
 
@@ -136,5 +136,35 @@ async def test_service_without_broker_raises_no_spill_on_its_clock() -> None:
         got = reg.get_sample_value("na64_alarm_active", {"source": "live", "alarm": "no_spill"})
         assert got == 0.0
         assert reg.get_sample_value("na64_monitor_messages_total", {"kind": "run_stop"}) == 1
+    finally:
+        ctx.term()
+
+
+@pytest.mark.asyncio
+async def test_service_refuses_bad_input_and_follows_new_runs() -> None:
+    reg = CollectorRegistry()
+    ctx = zmq.asyncio.Context()
+    try:
+        svc = MonitorService("inproc://monitor-bad", config=MonitorConfig(), registry=reg,
+                             ctx=ctx)
+        rng = np.random.default_rng(9)
+        run1, _ = spill_messages(rng, run=1, spill=1, slices=1, slice_events=50)
+        run1[-1].meta["incomplete"] = {"VETO": -5, "ECAL": True, "HCAL": 2}  # junk counts
+        bad = Message(Kind.FEATURES, run=1, spill=2, seq=50, src="trigger-1", count=1,
+                      arrays={"e_ecal": np.zeros(1, np.float32)})
+        # the first message of run 2 overtakes its run_start (another worker)
+        run2, _ = spill_messages(rng, run=2, spill=1, slices=1, slice_events=50,
+                                 seq0={"trigger-0": 10})
+        closed = []
+        for m in [*run1, bad, *run2]:
+            closed += svc.handle_frames(encode(m))
+        closed += svc.handle_frames([b"\x93garbage"])
+        assert [(s.run, s.spill) for s in closed] == [(1, 1), (2, 1)]
+        assert closed[0].incomplete_by_board == {"HCAL": 2}
+        assert reg.get_sample_value("na64_monitor_refused_total", {"reason": "arrays"}) == 1
+        assert reg.get_sample_value("na64_monitor_refused_total", {"reason": "wire"}) == 1
+        assert reg.get_sample_value("na64_run_number", {"source": "live"}) == 2
+        assert reg.get_sample_value("na64_incomplete_events_total",
+                                    {"source": "live", "board": "HCAL"}) == 2
     finally:
         ctx.term()
