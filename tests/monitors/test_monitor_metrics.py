@@ -6,7 +6,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from conftest import require_binary
 from monitor_synth import spill_messages
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -14,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitors.aggregate import RunAnalysis
 from monitors.config import MonitorConfig
 from monitors.metrics import METRICS, MonitorMetrics
+from tests.conftest import require_binary
 
 
 def _closed(cfg: MonitorConfig, source: str = "live") -> RunAnalysis:

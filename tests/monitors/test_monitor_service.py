@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import Broker, require_binary
 from monitor_synth import spill_messages
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +21,7 @@ from daq.transport import asend, context
 from daq.wire import Kind, Message, encode
 from monitors.config import AlarmConfig, Band, MonitorConfig
 from monitors.service import SPILL_TOPIC, STATUS_TOPIC, MonitorService, MqttSettings
+from tests.conftest import Broker, require_binary
 
 
 def _scrape(url: str) -> str:
