@@ -75,6 +75,8 @@ class Recording:
     total_records: int = 0
     total_bytes: int = 0
     _spills: dict[int, _OpenSpill] = field(default_factory=dict)
+    _held_stop: Message | None = None
+    _t_stop: float = 0.0
 
     def handle(self, msg: Message, now: float) -> int:
         """Record one message; returns the bytes written (0 if held back or ignored)."""
@@ -89,9 +91,12 @@ class Recording:
             self.ignored += 1
             return 0
         if msg.kind is Kind.RUN_STOP:
-            n = self._write(msg)
-            self.close()
-            return n
+            if self._spills and not self.raw:
+                # several workers: accepted events of the last spills may still be on their
+                # way; close when they are in (or at the spill timeout), never before
+                self._held_stop, self._t_stop = msg, now
+                return 0
+            return self._stop(msg)
         if msg.kind is Kind.SPILL_END and not self.raw:
             sp = self._spills.setdefault(msg.spill, _OpenSpill())
             sp.end, sp.t_end = msg, now
@@ -114,13 +119,31 @@ class Recording:
         if sp.outputs < want:
             self.incomplete_spills += 1
         del self._spills[spill]
-        return self._write(sp.end)
+        n = self._write(sp.end)
+        if self._held_stop is not None and not self._spills:
+            n += self._stop(self._held_stop)
+        return n
+
+    def _stop(self, msg: Message) -> int:
+        self._held_stop = None
+        n = self._write(msg)
+        self.close()
+        return n
 
     def poll(self, now: float) -> int:
         """Close spills whose outputs did not all come within spill_timeout_s (counted)."""
         late = [s for s, sp in self._spills.items()
                 if sp.end is not None and now - sp.t_end >= self.spill_timeout_s]
-        return sum(self._settle(s, force=True) for s in late)
+        n = sum(self._settle(s, force=True) for s in late)
+        if self._held_stop is not None and now - self._t_stop >= self.spill_timeout_s:
+            for s in sorted(self._spills):  # a spill whose end never came: close what we have
+                self.incomplete_spills += 1
+                if self._spills[s].end is not None:
+                    n += self._settle(s, force=True)
+            self._spills.clear()
+            if self._held_stop is not None:
+                n += self._stop(self._held_stop)
+        return n
 
     def _open(self, msg: Message) -> None:
         self.run, self.replay = msg.run, msg.replay
@@ -161,9 +184,13 @@ class Recording:
         """Close the run's file(s), writing any held spill end first."""
         if self.writer is None:
             return []
+        held, self._held_stop = self._held_stop, None  # written last, after the spills
         for s in sorted(self._spills):
             if self._spills[s].end is not None:
                 self._settle(s, force=True)
+        self._spills.clear()
+        if held is not None:
+            self._write(held)
         closed = self.writer.close()
         self.files += closed
         self.writer = None
