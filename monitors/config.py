@@ -74,11 +74,9 @@ class MonitorConfig(StrictModel):
                                  "of the summed counters, far below a MIP).")
     hcal_zero_gev: float = Field(default=1.0, gt=0, le=100,
                                  description="HCAL zero-energy threshold on the sum of modules.")
-    muon_ecal_max_gev: float = Field(default=3.0, gt=0, le=1000,
-                                     description="Muon: E_ECAL at most this (a MIP).")
-    muon_module_min_gev: float = Field(default=0.3, ge=0, le=100,
-                                       description="Muon: each of HCAL1..HCAL3 sees at least "
-                                       "this (a MIP crossing every module).")
+    muon_module_min_gev: float = Field(default=1.0, ge=0, le=100,
+                                       description="Muon: every HCAL module, the zero-degree "
+                                       "HCAL4 included, sees at least this (a MIP in each).")
     muon_hcal_max_gev: float = Field(default=15.0, gt=0, le=1000,
                                      description="Muon: E_HCAL at most this (no shower).")
     hadron_hcal_min_gev: float = Field(default=5.0, gt=0, le=1000,
