@@ -3,6 +3,8 @@
 Every series has a `source` label (`live` or `replay`) so a replay never mixes with live
 data. Run and spill numbers are values, never labels. Names: METRICS below and
 docs/monitors.md (the Grafana dashboards and alert rules are built from that list).
+The builder's own counts (sequence gaps, shed events per board) are the builder's
+`na64_builder_*` series; the monitor does not re-export them under that prefix.
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                          "Events the shadow configuration would fire."),
     "na64_incomplete_events_total": ("counter", ("source", "board"),
                                      "Events with the board missing."),
-    "na64_builder_gaps_total": ("counter", ("source", "board"),
-                                "Sequence gaps the event builder saw per board."),
     "na64_stream_gaps_total": ("counter", ("source", "stream"),
                                "Messages lost on the way to the monitors, per sending stream."),
     "na64_live_time_ratio": ("gauge", ("source",), "Live-time fraction of the last spill."),
@@ -170,9 +170,6 @@ class MonitorMetrics:
         for b, n in s.incomplete_by_board.items():
             if b in BOARD_NAMES:  # board names come from the wire: keep the label set bounded
                 c("na64_incomplete_events_total").labels(src, b).inc(n)
-        for b, n in s.builder_gaps.items():
-            if b in BOARD_NAMES:
-                c("na64_builder_gaps_total").labels(src, b).inc(n)
         g("na64_live_time_ratio").labels(src).set(s.live_time_ratio)
         self._maybe(g("na64_accepted_ratio").labels(src), s.accepted_ratio)
         self._maybe(g("na64_pileup_ratio").labels(src), s.pileup_fraction)
