@@ -61,6 +61,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "na64_monitor_messages_total": ("counter", ("kind",), "Messages received by the monitor."),
     "na64_monitor_refused_total": ("counter", ("reason",), "Messages refused, by reason."),
     "na64_monitor_open_spills": ("gauge", (), "Spills waiting for messages (queue depth)."),
+    "na64_monitor_mqtt_outbox_messages": ("gauge", (),
+                                          "Retained MQTT messages waiting for the broker."),
     "na64_monitor_processing_seconds": ("histogram", (),
                                         "Time to process one received message."),
     "na64_ecal_energy_gev": ("histogram", ("source",), "E_ECAL of complete events, GeV."),
@@ -143,6 +145,9 @@ class MonitorMetrics:
 
     def set_open_spills(self, n: int) -> None:
         self.gauge("na64_monitor_open_spills").set(n)
+
+    def set_outbox(self, n: int) -> None:
+        self.gauge("na64_monitor_mqtt_outbox_messages").set(n)
 
     def set_alarm(self, source: str, name: str, raised: bool) -> None:
         self.gauge("na64_alarm_active").labels(source, name).set(1 if raised else 0)

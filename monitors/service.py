@@ -75,7 +75,10 @@ class MonitorService(Service):
         self.run_open: dict[Source, bool] = dict.fromkeys(SOURCES, False)
         self.summaries: list[SpillSummary] = []  # every spill closed, in order (for callers)
         self.published = 0
-        self._outbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
+        # Every topic is retained, so only its latest payload matters: the outbox keeps one
+        # per topic (bounded by the number of topics however long the broker is away).
+        self._outbox: dict[str, bytes] = {}
+        self._wake = asyncio.Event()
         self._ctx = ctx or context()
         self._sock: zmq.asyncio.Socket | None = None
         self.bound = endpoint
@@ -206,7 +209,10 @@ class MonitorService(Service):
 
     def _enqueue(self, topic: str, payload: dict[str, Any]) -> None:
         if self.mqtt is not None:
-            self._outbox.put_nowait((topic, json.dumps(payload).encode()))
+            self._outbox.pop(topic, None)  # re-queued at the end: order of last change
+            self._outbox[topic] = json.dumps(payload).encode()
+            self._wake.set()
+            self.metrics.set_outbox(len(self._outbox))
 
     # --- timer -------------------------------------------------------------------------------
 
@@ -252,7 +258,7 @@ class MonitorService(Service):
                         self.published += 1
                         pending = None
             except aiomqtt.MqttError as e:
-                if self.stopping.is_set() and self._outbox.empty() and pending is None:
+                if self.stopping.is_set() and not self._outbox and pending is None:
                     return
                 log.warning("MQTT: %s; retrying in %.1f s", e, delay)
                 await asyncio.sleep(delay)
@@ -261,17 +267,18 @@ class MonitorService(Service):
     async def _next_outgoing(self) -> tuple[str, bytes] | None:
         """The next message to publish; None once stopping and everything has gone out."""
         while True:
-            if not self._outbox.empty():
-                return self._outbox.get_nowait()
+            if self._outbox:
+                topic = next(iter(self._outbox))
+                item = topic, self._outbox.pop(topic)
+                self.metrics.set_outbox(len(self._outbox))
+                return item
             if self.stopping.is_set():
                 return None
-            getter = asyncio.ensure_future(self._outbox.get())
-            stopper = asyncio.ensure_future(self.stopping.wait())
-            done, _ = await asyncio.wait({getter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if getter in done:
-                return getter.result()
-            getter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await getter
-
+            self._wake.clear()
+            waits = {asyncio.ensure_future(self._wake.wait()),
+                     asyncio.ensure_future(self.stopping.wait())}
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()

@@ -108,7 +108,7 @@ async def test_service_scrape_promtool_and_mqtt(mosquitto: Broker) -> None:
     assert alarm["state"] == "raised" and alarm["spill"] == 2 and alarm["band"]["low"] == 0.9
     assert alarm["value"] < 0.8
     assert retained[STATUS_TOPIC] == b"offline"
-    assert svc.published >= 3
+    assert svc.published >= 2  # spill summaries coalesce per topic while the broker lags
 
 
 @pytest.mark.asyncio
