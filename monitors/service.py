@@ -258,10 +258,16 @@ class MonitorService(Service):
                         self.published += 1
                         pending = None
             except aiomqtt.MqttError as e:
-                if self.stopping.is_set() and not self._outbox and pending is None:
+                if self.stopping.is_set():
+                    # stopping with no broker: what is left is retained state nobody can
+                    # receive now; say so rather than hang the shutdown
+                    lost = len(self._outbox) + (pending is not None)
+                    if lost:
+                        log.warning("MQTT: %s; stopping with %d message(s) unsent", e, lost)
                     return
                 log.warning("MQTT: %s; retrying in %.1f s", e, delay)
-                await asyncio.sleep(delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), delay)
                 delay = min(m.retry_max_s, delay * 2) * random.uniform(0.8, 1.2)
 
     async def _next_outgoing(self) -> tuple[str, bytes] | None:

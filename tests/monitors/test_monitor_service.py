@@ -168,3 +168,33 @@ async def test_service_refuses_bad_input_and_follows_new_runs() -> None:
                                     {"source": "live", "board": "HCAL"}) == 2
     finally:
         ctx.term()
+
+
+@pytest.mark.asyncio
+async def test_service_runs_and_stops_while_the_broker_is_unreachable() -> None:
+    from tests.conftest import free_tcp_port
+
+    reg = CollectorRegistry()
+    ctx = zmq.asyncio.Context()
+    try:
+        svc = MonitorService("inproc://monitor-nobroker", config=MonitorConfig(), registry=reg,
+                             ctx=ctx, tick_s=0.02,
+                             mqtt=MqttSettings(port=free_tcp_port(), retry_max_s=0.2))
+        async with svc:
+            push = ctx.socket(zmq.PUSH)
+            push.connect("inproc://monitor-nobroker")
+            msgs, _ = spill_messages(np.random.default_rng(2), slices=2, slice_events=100)
+            for m in msgs:
+                await asend(push, m)
+            await _until(lambda: len(svc.summaries) == 1)
+            await asyncio.sleep(0.3)  # a few failed connection attempts
+            push.close(linger=0)
+            svc.stop()
+            async with asyncio.timeout(10):
+                await svc.wait()
+        assert svc.published == 0
+        assert reg.get_sample_value("na64_monitor_mqtt_outbox_messages") == 1
+        assert reg.get_sample_value("na64_spills_total",
+                                    {"source": "live", "closed": "complete"}) == 1
+    finally:
+        ctx.term()
