@@ -1,0 +1,57 @@
+"""Helpers of the reliability tests: simulated board streams, garbage, metric reads."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from fuzz_targets import mutate
+from prometheus_client import CollectorRegistry
+
+from daq.errors import WireError
+from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
+from daq.wire import Message, decode, encode
+from simulators.config import FaultConfig, SimConfig
+from simulators.frontend import FrontEnds
+from simulators.generator import Simulator
+
+GEOM: Geometry = load_geometry()
+CALIB: Calibration = load_calibration(GEOM)
+
+
+def board_stream(spills: int = 2, *, generated_s: float = 0.002, seed: int = 3,
+                 run: int = 1, truth: bool = False, **faults: Any) -> list[Message]:
+    """Every board message of a small simulated run, in sending order (truth if asked)."""
+    sim = Simulator(SimConfig.parse({"generated_s": generated_s, "seed": seed, "run": run,
+                                     "slice_events": 256}), GEOM, CALIB,
+                    FaultConfig.parse(faults))
+    return [em.msg for em in FrontEnds(sim, spills=spills, truth=truth).run()
+            if truth or em.src != "TRUTH"]
+
+
+def garbage(n: int, seed: int = 11) -> list[list[bytes]]:
+    """`n` multipart messages that decode() refuses: damaged valid messages and noise."""
+    from fuzz_targets import sample_messages
+
+    rng = random.Random(seed)
+    encoded = [encode(m) for m in sample_messages()]
+    out: list[list[bytes]] = []
+    while len(out) < n:
+        if rng.random() < 0.3:
+            frames = [rng.randbytes(rng.randrange(0, 64)) for _ in range(rng.randrange(0, 4))]
+        else:
+            frames = mutate(rng.choice(encoded), rng.randbytes(4 * rng.randrange(1, 4)))
+        try:
+            decode(frames)
+        except WireError:
+            out.append(frames)
+    return out
+
+
+def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
+    return float(reg.get_sample_value(name, labels) or 0.0)
+
+
+def total(reg: CollectorRegistry, name: str) -> float:
+    """Sum of every sample of a metric family (all label values)."""
+    return sum(s.value for fam in reg.collect() for s in fam.samples if s.name == name)
