@@ -356,7 +356,7 @@ class EventBuilder:
             raise WireError("shape", "slice lacks int64 'ts'")
         want: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
         if mode == "waveform":
-            want = {"wave": ((n, nch, self.geometry.detector.samples), np.dtype("<i2"))}
+            want = {"wave": ((n, self.geometry.detector.samples, nch), np.dtype("<i2"))}
         elif mode == "feature":
             want = {k: ((n, nch), dt) for k, dt in _FEATURE.items()}
         else:
@@ -380,7 +380,7 @@ class EventBuilder:
             nch = self.nch[board]
             if name == "wave":
                 ped = round(self.geometry.detector.pedestal)
-                arr = np.full((count, nch, self.geometry.detector.samples), ped, np.int16)
+                arr = np.full((count, self.geometry.detector.samples, nch), ped, np.int16)
             else:
                 arr = np.zeros((count, nch), _FEATURE[name])
             arr.flags.writeable = False  # shared between slices

@@ -165,32 +165,31 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                      pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray,
                      sample_ns: float, trig_ns: float, adc_max: float, wave: np.ndarray
                      ) -> None:
-    nch = dep_self.shape[1]
-    ns = wave.shape[2]
+    # wave is (count, samples, nch): the inner loop runs over the channels of one sample,
+    # contiguous in the output, the noise window and the deposits, so it vectorises
+    ns, nch = wave.shape[1], wave.shape[2]
     buf = np.empty(ns)
+    a = np.empty(nch)
     for e in range(ev.shape[0]):
         i = ev[e]
+        off = offsets[e]
+        single = hi[e] - lo[e] == 1  # only the in-time particle (most events)
         for c in range(nch):
-            base = offsets[e] + c * ns
-            ped = pedestal[c]
-            if hi[e] - lo[e] == 1:  # only the in-time particle: tight loops, no calls
-                a = dep_self[i, c]
-                if a <= 0.0:
-                    for s in range(ns):
-                        v = np.floor(ped + noise[base + s] + 0.5)
-                        wave[e, c, s] = min(max(v, 0.0), adc_max)
-                else:
-                    for s in range(ns):
-                        v = np.floor(ped + noise[base + s] + a * intime[s] + 0.5)
-                        wave[e, c, s] = min(max(v, 0.0), adc_max)
-                continue
-            if _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp):
-                for s in range(ns):
-                    v = np.floor(ped + noise[base + s] + 0.5)
-                    wave[e, c, s] = min(max(v, 0.0), adc_max)
-                continue
-            _signal_channel(i, c, lo[e], hi[e], t, dep_self, lines, hline, hamp, table, tp,
-                            ped, noise, base, sample_ns, trig_ns, adc_max, buf, wave[e, c])
+            d = dep_self[i, c]
+            a[c] = d if single and d > 0.0 else 0.0
+        for s in range(ns):
+            row = off + s * nch
+            p = intime[s]
+            for c in range(nch):
+                v = np.floor(pedestal[c] + noise[row + c] + a[c] * p + 0.5)
+                wave[e, s, c] = min(max(v, 0.0), adc_max)
+        if single:
+            continue
+        for c in range(nch):  # pileup: channels with pulses are redone one by one
+            if not _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp):
+                _signal_channel(i, c, lo[e], hi[e], t, dep_self, lines, hline, hamp, table,
+                                tp, pedestal[c], noise, off + c, nch, sample_ns, trig_ns,
+                                adc_max, buf, wave[e, :, c])
 
 
 @_kernel
@@ -205,13 +204,17 @@ def _quiet(i: int, c: int, lo: int, hi: int, dep_self: np.ndarray, lines: np.nda
 @_kernel
 def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
                     lines: np.ndarray, hline: np.ndarray, hamp: np.ndarray, table: np.ndarray,
-                    tp: float, ped: float, noise: np.ndarray, base: int, sample_ns: float,
-                    trig_ns: float, adc_max: float, buf: np.ndarray, out: np.ndarray) -> None:
-    """Samples of one channel that has pulses (kept out of line so the quiet loop stays tight)."""
+                    tp: float, ped: float, noise: np.ndarray, base: int, stride: int,
+                    sample_ns: float, trig_ns: float, adc_max: float, buf: np.ndarray,
+                    out: np.ndarray) -> None:
+    """Samples of one channel that has pulses (kept out of line so the quiet loop stays tight).
+
+    Sample s of the channel reads noise[base + s * stride].
+    """
     ns = out.shape[0]
     ntab = table.shape[0]
     for s in range(ns):
-        buf[s] = ped + noise[base + s]
+        buf[s] = ped + noise[base + s * stride]
     for j in range(lo, hi):
         a = _dep(i, j, c, dep_self, lines, hline, hamp)
         if a <= 0.0:
@@ -274,11 +277,12 @@ def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
               pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
               sample_ns: float, trigger_sample: int, adc_max: int,
               table: np.ndarray | None = None) -> np.ndarray:
-    """Waveform-mode readout of one board: int16 (count, nch, samples), pedestal included.
+    """Waveform-mode readout of one board: int16 (count, samples, nch), pedestal included.
 
-    `noise` comes from `noise_pool`; offsets must leave nch x samples values in it.
+    `noise` comes from `noise_pool`; offsets must leave nch x samples values in it. Sample
+    s of channel c reads noise[offset + s * nch + c].
     """
-    wave = np.empty((len(ev), dep_self.shape[1], samples), np.int16)
+    wave = np.empty((len(ev), samples, dep_self.shape[1]), np.int16)
     _waveform_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *_halo_args(halo),
                      shape_table(shape) if table is None else table,
                      shape(np.arange(samples) * sample_ns - trigger_sample * sample_ns),
@@ -294,10 +298,10 @@ def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.nd
                         trigger_sample: int, adc_max: int) -> np.ndarray:
     """Plain NumPy version of `waveforms` with the exact pulse shape (slow; for the tests)."""
     s_ns = np.arange(samples) * sample_ns
-    out = np.empty((len(ev), dep_self.shape[1], samples), np.int16)
+    out = np.empty((len(ev), samples, dep_self.shape[1]), np.int16)
     for e, i in enumerate(ev):
         nch = dep_self.shape[1]
-        window = noise[offsets[e]:offsets[e] + nch * samples].reshape(nch, samples)
+        window = noise[offsets[e]:offsets[e] + nch * samples].reshape(samples, nch).T
         buf = pedestal.astype(np.float64)[:, None] + window.astype(np.float64)
         for j in range(lo[e], hi[e]):
             a = dep_self[j].astype(np.float64)
@@ -305,5 +309,5 @@ def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.nd
                 a[halo.lines[halo.line[j]]] += halo.amp[j]
             dt = float(t[j]) - float(t[i])
             buf += a[:, None] * shape(s_ns - trigger_sample * sample_ns - dt)[None, :]
-        out[e] = np.clip(np.floor(buf + 0.5), 0, adc_max)
+        out[e] = np.clip(np.floor(buf + 0.5), 0, adc_max).T
     return out

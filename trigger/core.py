@@ -148,7 +148,7 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
     for i, b in enumerate(p.boards):
         shape = (count, b.nch)
         if mode == "waveform":
-            wave = _need(arrays, f"{b.name}.wave", "<i2", (count, b.nch, p.samples))
+            wave = _need(arrays, f"{b.name}.wave", "<i2", (count, p.samples, b.nch))
             if wave is None:
                 amp[b.name], npulse[b.name] = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
                 continue
@@ -220,7 +220,7 @@ def warm_up(geometry: Geometry, calibration: Calibration) -> None:
             arrays: dict[str, np.ndarray] = {}
             for b in p.boards:
                 if mode == "waveform":
-                    arrays[f"{b.name}.wave"] = np.full((2, b.nch, p.samples), 400, np.int16)
+                    arrays[f"{b.name}.wave"] = np.full((2, p.samples, b.nch), 400, np.int16)
                 else:
                     arrays[f"{b.name}.amp"] = np.zeros((2, b.nch), np.float32)
                     arrays[f"{b.name}.npulse"] = np.zeros((2, b.nch), np.uint8)

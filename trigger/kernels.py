@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from trigger.jit import kernel
+from trigger.jit import kernel, prefetch
 
 #: A pulse is a sample above threshold that is the highest within +-PEAK_HALF_WIDTH samples
 #: (strictly above those before it): pulses closer than 3 samples (37.5 ns) merge.
@@ -24,10 +24,11 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
-_U1, _U2, _U3, _U4 = np.uint64(1), np.uint64(2), np.uint64(3), np.uint64(4)
-#: samples ahead that the waveform kernel touches, so that memory arrives before it is needed
-#: (the hardware prefetcher alone left the kernel waiting on memory half of the time)
-_AHEAD = np.uint64(1024)
+#: wave_board: events ahead whose samples are prefetched, and int16 samples per cache line
+_DIST = np.uint64(4)
+_LINE = np.uint64(32)
+#: guard rows around a trace in _pulses: below any sample, so no comparison with them fails
+_LOW = np.int16(-32768)
 
 # fpar / ipar layouts of `decide` (see trigger.core.DecisionParams)
 F_S_MIN, F_V1_MAX, F_PS_MIN, F_ECAL_MAX, F_CAL_MIN, F_CAL_MAX = range(6)
@@ -43,86 +44,137 @@ def _mix(x):
 
 
 @kernel
-def _interior_peaks(flat, base, ns, lv):
-    # its own function with an int16 counter: mixed into the edge terms below, numba would
-    # widen the counter to int64 and LLVM would no longer vectorise the loop
-    cnt = np.int16(0)
-    for i in range(_U2, np.uint64(ns - 2)):
-        j = base + i
-        v = flat[j]
-        before = max(flat[j - _U1], flat[j - _U2])
-        after = max(flat[j + _U1], flat[j + _U2])
-        cnt = np.int16(cnt + np.int16((v >= lv) & (v > before) & (v >= after)))
-    return cnt
+def _ped_sum(flat, base, rows, nch, s0):
+    nchu = np.uint64(nch)
+    for c in range(nchu):
+        s0[c] = np.int32(flat[base + c])
+    for i in range(1, rows):
+        r = base + np.uint64(i) * nchu
+        for c in range(nchu):
+            s0[c] = np.int32(s0[c] + flat[r + c])
 
 
 @kernel
-def _count_pulses(flat, base, ns, lvl):
-    if lvl > 32767:
-        return 0
-    lv = np.int16(lvl)
-    # written out for PEAK_HALF_WIDTH == 2 and ns >= 4 (the geometry's minimum); no branch
-    # on the data (noisy traces would mispredict), so that the interior loop vectorises
-    w0, w1, w2, w3 = flat[base], flat[base + _U1], flat[base + _U2], flat[base + _U3]
-    e = base + np.uint64(ns)
-    x4, x3, x2, x1 = flat[e - _U4], flat[e - _U3], flat[e - _U2], flat[e - _U1]
-    edge = (int((w0 >= lv) & (w0 >= w1) & (w0 >= w2))
-            + int((w1 >= lv) & (w1 > w0) & (w1 >= w2) & (w1 >= w3))
-            + int((x2 >= lv) & (x2 > x3) & (x2 > x4) & (x2 >= x1))
-            + int((x1 >= lv) & (x1 > x2) & (x1 > x3)))
-    return edge + np.int64(_interior_peaks(flat, base, ns, lv))
+def _fold_max(flat, base, rows, nch, buf):
+    # max over the rows of one (rows, nch) block by halving it: every loop runs over a
+    # contiguous run of rows * nch / 2 samples, which LLVM vectorises whatever nch is
+    h = (rows + 1) // 2
+    m = np.uint64((rows - h) * nch)
+    off = np.uint64(h * nch)
+    for j in range(m):
+        buf[j] = max(flat[base + j], flat[base + off + j])
+    for j in range(m, off):
+        buf[j] = flat[base + j]
+    rows = h
+    while rows > 1:
+        h = (rows + 1) // 2
+        m = np.uint64((rows - h) * nch)
+        off = np.uint64(h * nch)
+        for j in range(m):
+            buf[j] = max(buf[j], buf[off + j])
+        rows = h
+
+
+@kernel
+def _tile(t, nch, rows):
+    # t[:nch] repeated over `rows` rows, by doubling (long contiguous copies)
+    filled = np.uint64(nch)
+    total = np.uint64(rows * nch)
+    while filled < total:
+        k = min(filled, total - filled)
+        for j in range(k):
+            t[filled + j] = t[j]
+        filled += k
+
+
+@kernel
+def _pulses(flat, base, ns, nch, pad, lvt, f):
+    # pad: the block between two guard rows above and below (written by the caller), so
+    # the comparisons with the 2 samples before and after are one branch-free loop over
+    # all rows and channels; f[:nch] ends with the count per channel
+    r1, r2 = np.uint64(nch), np.uint64(2 * nch)  # uint64 row offsets: mixed with int64,
+    r3, r4 = np.uint64(3 * nch), np.uint64(4 * nch)  # numba would compute them in float64
+    size = np.uint64(ns * nch)
+    for j in range(size):
+        pad[r2 + j] = flat[base + j]
+    for q in range(size):
+        v = pad[r2 + q]
+        before = max(pad[r1 + q], pad[q])
+        after = max(pad[r3 + q], pad[r4 + q])
+        f[q] = np.int16((v >= lvt[q]) & (v > before) & (v >= after))
+    rows = ns
+    while rows > 1:
+        h = (rows + 1) // 2
+        m = np.uint64((rows - h) * nch)
+        off = np.uint64(h * nch)
+        for j in range(m):
+            f[j] = np.int16(f[j] + f[off + j])
+        rows = h
+
+
+@kernel
+def _extra(flat, base, ns, nch, c, ped, mx, active, trig, sample_ns):
+    tot = 0
+    imx = -1
+    for i in range(ns):
+        v = flat[base + np.uint64(i * nch + c)]
+        tot += v
+        if imx < 0 and v == mx:
+            imx = i
+    t = (imx - trig) * sample_ns if active else 0.0
+    return t, tot - ped * ns
 
 
 @kernel
 def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra,
                amp, tpeak, npulse, integral, sat):
-    n, nch, ns = wave.shape
-    # one flat view and unsigned indices: numba then emits no negative-index wraparound,
-    # which is what lets LLVM vectorise the per-channel reduction over the samples
-    flat = wave.reshape(n * nch * ns)
-    nsu = np.uint64(ns)
-    npu = np.uint64(n_ped)
-    total = np.uint64(n * nch * ns)
-    touch = np.int16(0)
+    # wave is (count, samples, nch): for one event the board is a (samples, nch) block and
+    # every reduction over samples runs across channels, in contiguous vectorised loops.
+    # pulse_thr > 0 (the configuration's bound) is assumed by the guard rows of _pulses.
+    n, ns, nch = wave.shape
+    flat = wave.reshape(n * ns * nch)
+    blk = np.uint64(ns) * np.uint64(nch)
+    total = np.uint64(n) * blk
+    mx = np.empty(((ns + 1) // 2) * nch, np.int16)
+    s0 = np.empty(nch, np.int32)
+    pad = np.full((ns + 4) * nch, _LOW, np.int16)
+    lvt = np.empty(ns * nch, np.int16)
+    f = np.empty(ns * nch, np.int16)
+    rows_ped = min(n_ped, ns)
     for e in range(n):
+        base = np.uint64(e) * blk
+        ahead = base + _DIST * blk
+        if ahead + blk <= total:  # the hardware prefetcher alone leaves the loop waiting
+            for j in range(np.uint64(0), blk, _LINE):
+                prefetch(flat, ahead + j)
+        _ped_sum(flat, base, rows_ped, nch, s0)
+        _fold_max(flat, base, ns, nch, mx)
         anysat = 0
+        nact = 0
         for c in range(nch):
-            base = np.uint64(e * nch + c) * nsu
-            if base + _AHEAD < total:
-                touch ^= flat[base + _AHEAD]
-            s0 = np.int32(0)
-            for i in range(npu):
-                s0 = np.int32(s0 + flat[base + i])
-            # int32 accumulators (numba would widen to int64 and halve the vector width);
-            # 1024 samples of 16 bits cannot overflow them
-            tot = np.int32(0)
-            mx = np.int16(-32768)
-            for i in range(nsu):
-                v = flat[base + i]
-                tot = np.int32(tot + v)
-                mx = max(mx, v)
-            ped = s0 / n_ped
-            a = mx - ped
+            ped = s0[c] / n_ped
+            a = mx[c] - ped
             amp[e, c] = a
-            if mx >= adc_max and live[c]:
-                anysat = 1
-            cnt = 0
-            active = a >= pulse_thr  # quiet channels (most of them) skip the pulse search
-            if active:
-                # integer samples: v - ped >= thr  <=>  v >= ceil(ped + thr)
-                cnt = _count_pulses(flat, base, ns, np.int64(np.ceil(ped + pulse_thr)))
-            npulse[e, c] = min(cnt, 255)
-            if extra:  # the trigger needs neither: skipping them halves the memory traffic
-                t = 0.0
-                if active:
-                    imx = 0
-                    while flat[base + np.uint64(imx)] != mx:
-                        imx += 1
-                    t = (imx - trig) * sample_ns
-                tpeak[e, c] = t
-                integral[e, c] = tot - ped * ns
+            anysat |= (mx[c] >= adc_max) & (live[c] != 0)
+            nact += a >= pulse_thr
+            # integer samples: v - ped >= thr  <=>  v >= ceil(ped + thr); an active
+            # channel has a sample there, so its level fits in int16
+            lvt[c] = np.int16(min(max(np.ceil(ped + pulse_thr), -32768.0), 32767.0))
         sat[e] = anysat
-    return touch  # returned so that the touching loads are not optimised away
+        if nact > 0:  # quiet boards (most VETO and HCAL events) skip the pulse search
+            _tile(lvt, nch, ns)
+            _pulses(flat, base, ns, nch, pad, lvt, f)
+        for c in range(nch):  # an inactive channel has no sample at its level: no pulse
+            cnt = f[c] if nact > 0 and mx[c] - s0[c] / n_ped >= pulse_thr else 0
+            npulse[e, c] = min(cnt, 255)
+        if extra:  # the trigger needs neither peak time nor integral
+            for c in range(nch):
+                ped = s0[c] / n_ped
+                t, integ = _extra(flat, base, ns, nch, c, ped, mx[c],
+                                  mx[c] - ped >= pulse_thr, trig, sample_ns)
+                tpeak[e, c] = t
+                integral[e, c] = integ
+    return 0
 
 
 @kernel

@@ -57,8 +57,9 @@ def _pulses(wave: np.ndarray, ped: np.ndarray, thr: float) -> np.ndarray:
 def wave_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float, adc_max: int,
                trig: int, sample_ns: float, extra: bool, amp: np.ndarray, tpeak: np.ndarray,
                npulse: np.ndarray, integral: np.ndarray, sat: np.ndarray) -> None:
-    ns = wave.shape[2]
-    w = wave.astype(np.int64)
+    # wave is (count, samples, nch) on the wire; the arithmetic below is per (event, channel)
+    w = wave.astype(np.int64).transpose(0, 2, 1)
+    ns = w.shape[2]
     ped = w[:, :, :n_ped].sum(axis=2) / n_ped
     mx = w.max(axis=2)
     a = mx - ped

@@ -41,7 +41,7 @@ class Board:
             arrays["npulse"] = np.ones((count, self.nch), np.uint8)
         else:
             s = self.geom.detector.samples
-            arrays["wave"] = self.rng.integers(390, 420, (count, self.nch, s), dtype=np.int16)
+            arrays["wave"] = self.rng.integers(390, 420, (count, s, self.nch), dtype=np.int16)
         return self._msg(Kind.SLICE, spill, first=first, count=count, arrays=arrays,
                          meta={"mode": self.mode})
 

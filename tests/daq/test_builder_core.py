@@ -112,7 +112,7 @@ def test_missing_board_in_waveform_mode_reads_the_pedestal() -> None:
     _feed(b, _interleave(boards, 0, 40, skip={"VETO": 0}))
     (s, _) = _kinds(b.poll(2.0), Kind.SLICE)
     assert (s.arrays["VETO.wave"] == 400).all() and s.arrays["VETO.wave"].dtype == np.int16
-    assert s.arrays["VETO.wave"].shape == (32, 6, GEOM.detector.samples)
+    assert s.arrays["VETO.wave"].shape == (32, GEOM.detector.samples, 6)
 
 
 def test_reordered_and_duplicated_slices_are_handled_and_counted() -> None:

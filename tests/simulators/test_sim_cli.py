@@ -108,6 +108,6 @@ def test_waveform_mode_run_file_follows_the_contract(tmp_path: Path) -> None:
     assert slices and all(m.first % 1024 == 0 for m in slices)
     for m in slices:
         w = m.arrays["wave"]
-        assert w.dtype == np.int16 and w.shape == (m.count, nch[m.board], 32)
+        assert w.dtype == np.int16 and w.shape == (m.count, 32, nch[m.board])
         assert m.arrays["ts"].dtype == np.int64 and (np.diff(m.arrays["ts"]) >= 0).all()
         assert w.min() >= 0 and w.max() <= 4095

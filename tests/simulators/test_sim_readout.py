@@ -76,10 +76,10 @@ def test_waveform_in_time_pulse_peaks_at_trigger_sample() -> None:
     ecal = geom.board_names.index("ECAL")
     alone = sl.truth["pileup"][:, ecal] == 0
     wave = sl.boards["ECAL"]["wave"][alone].astype(np.float64)
-    spot = int(np.argmax(wave.max(axis=2).mean(axis=0)))
-    assert_array_equal(np.argmax(wave[:, spot, :], axis=1), geom.detector.trigger_sample)
+    spot = int(np.argmax(wave.max(axis=1).mean(axis=0)))
+    assert_array_equal(np.argmax(wave[:, :, spot], axis=1), geom.detector.trigger_sample)
     # pedestal region before the pulse: calibration pedestal, noise RMS from the geometry
-    early = wave[:, :, :2] - calib.pedestal["ECAL"][None, :, None]
+    early = wave[:, :2, :] - calib.pedestal["ECAL"][None, None, :]
     n = early.size
     assert abs(early.mean()) < 5 * 2 / np.sqrt(n) + 0.5 / np.sqrt(12)
     assert abs(early.std() - np.hypot(geom.detector.noise, 1 / np.sqrt(12))) < 0.1

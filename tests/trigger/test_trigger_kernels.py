@@ -44,12 +44,13 @@ _sample = st.one_of(st.integers(395, 405), st.integers(0, 4095), st.just(4095), 
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(wave=hnp.arrays(np.int16, st.tuples(st.integers(0, 5), st.integers(1, 6),
-                                           st.just(SAMPLES)), elements=_sample),
+@given(wave=hnp.arrays(np.int16, st.tuples(st.integers(0, 5),
+                                           st.one_of(st.just(SAMPLES), st.integers(1, 40)),
+                                           st.integers(0, 40)), elements=_sample),
        thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8), masked=st.integers(0, 63))
 def test_wave_board_matches_reference(wave: np.ndarray, thr: float, n_ped: int,
                                       masked: int) -> None:
-    n, nch, _ = wave.shape
+    n, _, nch = wave.shape  # (count, samples, nch), as on the wire
     live = np.array([(masked >> c) & 1 == 0 for c in range(nch)], np.uint8)
     outs = []
     for be in (kernels, reference):
@@ -61,7 +62,7 @@ def test_wave_board_matches_reference(wave: np.ndarray, thr: float, n_ped: int,
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
     sat = outs[0][4]
-    assert list(sat) == [int(((wave[e] >= 4095).any(axis=1) & (live != 0)).any())
+    assert list(sat) == [int(((wave[e] >= 4095).any(axis=0) & (live != 0)).any())
                          for e in range(n)]
 
 
@@ -83,7 +84,8 @@ def _random_slice(rng: np.random.Generator, n: int, mode: str, sat_frac: float
             for k, f in enumerate((0.5, 1.0, 0.7, 0.3)):
                 np.put_along_axis(w, (t0 + k)[..., None], np.take_along_axis(
                     w, (t0 + k)[..., None], 2) + (amp * f)[..., None], 2)
-            arrays[f"{b.name}.wave"] = np.clip(w, 0, 4095).astype(np.int16)
+            arrays[f"{b.name}.wave"] = np.ascontiguousarray(
+                np.clip(w, 0, 4095).astype(np.int16).transpose(0, 2, 1))
     return arrays
 
 
@@ -164,7 +166,7 @@ def test_disabled_types_never_fire() -> None:
 
 def test_bad_array_shape_is_a_slice_error() -> None:
     p = build_params(TriggerConfig(), GEOM, CAL)
-    bad = {"ECAL.wave": np.zeros((3, 59, SAMPLES), np.int16)}
+    bad = {"ECAL.wave": np.zeros((3, SAMPLES, 59), np.int16)}
     with pytest.raises(SliceError) as ei:
         compute_features(bad, 3, "waveform", p)
     assert ei.value.reason == "shape" and "ECAL.wave" in str(ei.value)
