@@ -1,0 +1,269 @@
+"""Recording and alert rules for the shift crew, and their promtool unit tests, as data.
+
+Alert thresholds come from the monitors' AlarmConfig (the same bands that raise the MQTT
+alarms), so Prometheus and the monitor judge a spill alike. Every alert selects
+source="live": a replay never pages the shift. `for_s` renders the same rule set with
+another `for:` (the integration test uses a short one; the deployed file the control-room
+values below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from monitors.config import AlarmConfig
+
+LIVE = 'source="live"'
+
+
+@dataclass(frozen=True)
+class Example:
+    """A promtool unit-test case: input series, when to look, which alerts must be there."""
+
+    series: dict[str, str]
+    eval_time: str
+    fires: list[dict[str, str]] = field(default_factory=list)  # exp_labels; [] = stays quiet
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One alert rule; `summary`/`runbook` may use {{ $labels.x }} only (tests render them)."""
+
+    name: str
+    expr: str
+    for_s: float
+    severity: str
+    summary: str
+    runbook: str
+    examples: tuple[Example, ...]
+
+
+@dataclass(frozen=True)
+class Record:
+    """One recording rule (static `labels` let several rules build one series family)."""
+
+    record: str
+    expr: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+#: stage throughput (events/s) of every service, one family for the DAQ-health panel. Summed
+#: over live and replay alike: it is the machinery's load that matters here.
+RECORDS: tuple[Record, ...] = (
+    Record("na64:stage_events:rate1m",
+           'sum(rate(na64_frontend_events_total{board="BEAM"}[1m]))', {"stage": "1-frontend"}),
+    Record("na64:stage_events:rate1m", "sum(rate(na64_builder_events_total[1m]))",
+           {"stage": "2-builder"}),
+    Record("na64:stage_events:rate1m", "sum(rate(na64_trigger_events_total[1m]))",
+           {"stage": "3-trigger"}),
+    Record("na64:stage_events:rate1m", "sum(rate(na64_events_total[1m]))",
+           {"stage": "4-monitor"}),
+    Record("na64:stage_events:rate1m", "sum(rate(na64_recorder_events_total[1m]))",
+           {"stage": "5-recorder (accepted)"}),
+    Record("na64:trigger_events:rate1m",
+           "sum by (source, type) (rate(na64_trigger_events_total[1m]))"),
+    Record("na64:eot:rate1m", "sum by (source) (rate(na64_eot_total[1m]))"),
+)
+
+
+#: counters of messages a service refused (each one is data lost)
+_REFUSED = ("na64_builder_decode_errors_total", "na64_trigger_refused_total",
+            "na64_monitor_refused_total")
+
+
+def _fmt(x: float) -> str:
+    return f"{x:g}"
+
+
+def _dur(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 60}m" if s and s % 60 == 0 else f"{s}s"
+
+
+def alerts(a: AlarmConfig | None = None) -> tuple[Alert, ...]:
+    """Every alert of the shift crew, with the bands of `a` (default: AlarmConfig())."""
+    a = a or AlarmConfig()
+    veto_lo = a.veto_efficiency.low if a.veto_efficiency.low is not None else 0.90
+    hcal_lo = a.hcal_efficiency.low if a.hcal_efficiency.low is not None else 0.90
+    pile_hi = a.pileup.high if a.pileup.high is not None else 0.15
+    had_hi = a.hadron_fraction.high if a.hadron_fraction.high is not None else 0.05
+    inc_hi = a.incomplete_fraction.high if a.incomplete_fraction.high is not None else 0.01
+    n = a.min_sample
+    spills = 60.0  # ~3.5 SPS cycles of 16.8 s: one odd spill does not page anyone
+
+    def eff(det: str, name: str, low: float, what: str) -> Alert:
+        sel = f'{LIVE},detector="{det}"'
+        return Alert(
+            name=name, for_s=spills, severity="warning",
+            expr=(f'max by (source, detector) (na64_efficiency_ratio{{{sel},bound="high"}}) '
+                  f"< {_fmt(low)} and on (source, detector) "
+                  f"max by (source, detector) (na64_efficiency_sample_size{{{sel}}}) >= {n}"),
+            summary=f"{what} zero-threshold efficiency below {_fmt(low)} "
+                    "(upper edge of its 68 % interval) for several spills",
+            runbook=(f"Check the beam intensity and pileup first (high intensity lowers the "
+                     f"{what} efficiency); if the beam is nominal, check {what} HV and "
+                     f"thresholds on the Beam and detector dashboard and call the {what} "
+                     "expert."),
+            examples=(
+                Example({f'na64_efficiency_ratio{{{sel},bound="high"}}': "0.80x10",
+                         f'na64_efficiency_sample_size{{{sel}}}': f"{n * 10}x10"}, "2m",
+                        [{"source": "live", "detector": det}]),
+                Example({f'na64_efficiency_ratio{{{sel},bound="high"}}': "0.95x10",
+                         f'na64_efficiency_sample_size{{{sel}}}': f"{n * 10}x10"}, "2m"),
+                Example({f'na64_efficiency_ratio{{{sel},bound="high"}}': "0.80x10",
+                         f'na64_efficiency_sample_size{{{sel}}}': f"{n - 1}x10"}, "2m"),
+                Example({f'na64_efficiency_ratio{{source="replay",detector="{det}",'
+                         'bound="high"}': "0.80x10",
+                         f'na64_efficiency_sample_size{{source="replay",detector="{det}"}}':
+                         f"{n * 10}x10"}, "2m"),
+            ))
+
+    def above(name: str, metric: str, hi: float, what: str, runbook: str) -> Alert:
+        return Alert(
+            name=name, for_s=spills, severity="warning",
+            expr=f"max by (source) ({metric}) > {_fmt(hi)}",
+            summary=f"{what} above {_fmt(hi)} for several spills", runbook=runbook,
+            examples=(
+                Example({metric: f"{_fmt(hi * 2)}x10"}, "2m", [{"source": "live"}]),
+                Example({metric: f"{_fmt(hi / 2)}x10"}, "2m"),
+                Example({metric: f"{_fmt(hi * 2)} {_fmt(hi / 2)}x10"}, "2m"),  # one bad spill
+                Example({metric.replace(LIVE, 'source="replay"'): f"{_fmt(hi * 2)}x10"}, "2m"),
+            ))
+
+    up_jobs = 'up{job=~"frontend|builder|trigger|recorder|monitor|control"}'
+    return (
+        eff("veto", "VetoEfficiencyLow", veto_lo, "VETO"),
+        eff("hcal", "HcalEfficiencyLow", hcal_lo, "HCAL"),
+        above("PileupHigh", f"na64_pileup_ratio{{{LIVE}}}", pile_hi,
+              "Pileup fraction (beam multiplicity > 1)",
+              "Ask the SPS/beam operator (CCC) to lower the intensity; note the spill range "
+              "in the logbook."),
+        above("HadronFractionHigh", f'na64_composition_ratio{{{LIVE},species="hadron"}}',
+              had_hi, "Hadron fraction of the beam",
+              "Check the beam-line settings (collimators, target, momentum) with the beam "
+              "operator; check the SRD tagging on the Beam and detector dashboard."),
+        above("IncompleteEventsHigh", f"na64_incomplete_ratio{{{LIVE}}}", inc_hi,
+              "Fraction of incomplete events",
+              "Open the DAQ health dashboard: the incomplete-events panel names the board; "
+              "check that board's front end and its link, then call the DAQ expert."),
+        Alert(
+            name="NoSpill", for_s=0.0, severity="warning",
+            expr=(f"time() - max by (source) (na64_last_spill_timestamp_seconds{{{LIVE}}}) "
+                  f"> {_fmt(a.no_spill_s)} and on () ((max(na64_recorder_run) > 0 and on () "
+                  "max(na64_recorder_replay) == 0) or max(na64_control_run_open) == 1)"),
+            summary=f"No spill closed for more than {_fmt(a.no_spill_s)} s while a run is open",
+            runbook=("Check the SPS page 1 for beam; if the beam is there, check the "
+                     "front ends and the event builder on the DAQ health dashboard; pause "
+                     "the run if the beam is off for long."),
+            examples=(
+                Example({f'na64_last_spill_timestamp_seconds{{{LIVE}}}': "0x20",
+                         "na64_recorder_run": "7x20", "na64_recorder_replay": "0x20"}, "3m",
+                        [{"source": "live"}]),
+                Example({f'na64_last_spill_timestamp_seconds{{{LIVE}}}': "0x20",
+                         "na64_control_run_open": "1x20"}, "3m", [{"source": "live"}]),
+                Example({f'na64_last_spill_timestamp_seconds{{{LIVE}}}': "0+15x20",
+                         "na64_recorder_run": "7x20", "na64_recorder_replay": "0x20"}, "3m"),
+                Example({f'na64_last_spill_timestamp_seconds{{{LIVE}}}': "0x20",
+                         "na64_recorder_run": "0x20", "na64_control_run_open": "0x20"}, "3m"),
+            )),
+        Alert(
+            name="ServiceDown", for_s=60.0, severity="critical",
+            expr=f"{up_jobs} == 0",
+            summary="{{ $labels.job }} at {{ $labels.instance }} does not answer scrapes",
+            runbook=("Look at the service's log on its host; restart it "
+                     "(`na64daq serve {{ $labels.job }} --config /etc/na64/topology.toml`, or "
+                     "`docker compose restart`); call the DAQ expert if it does not stay up."),
+            examples=(
+                Example({'up{job="builder",instance="daq1:9101"}': "0x10"}, "2m",
+                        [{"job": "builder", "instance": "daq1:9101"}]),
+                Example({'up{job="builder",instance="daq1:9101"}': "1x10"}, "2m"),
+                Example({'up{job="builder",instance="daq1:9101"}': "1x6 0x3"}, "2m"),
+            )),
+        Alert(
+            name="StreamLosses", for_s=0.0, severity="warning",
+            expr=("sum by (source) (increase({__name__=~\"na64_builder_seq_gaps_total|"
+                  f'na64_stream_gaps_total",{LIVE}}}[5m])) > 0'),
+            summary="Messages were lost between the front ends and the monitors",
+            runbook=("The DAQ health dashboard shows where (builder: per board; monitor: per "
+                     "worker stream); check network links and CPU load of that host; "
+                     "note the spills in the logbook."),
+            examples=(
+                Example({f'na64_builder_seq_gaps_total{{{LIVE},board="ECAL"}}': "0x4 2x10"},
+                        "2m", [{"source": "live"}]),
+                Example({f'na64_stream_gaps_total{{{LIVE},stream="trigger-0"}}': "0 1x10"},
+                        "1m", [{"source": "live"}]),
+                Example({f'na64_builder_seq_gaps_total{{{LIVE},board="ECAL"}}': "3x30"},
+                        "6m"),
+            )),
+        Alert(
+            name="MessagesRefused", for_s=0.0, severity="warning",
+            expr=(f'sum by (job) (increase({{__name__=~"{"|".join(_REFUSED)}"}}[5m])) > 0 '
+                  "or sum by (job) (increase(na64_recorder_decode_errors_total[5m])) "
+                  "+ sum by (job) (increase(na64_recorder_write_errors_total[5m])) > 0"),
+            summary="{{ $labels.job }} refused messages or could not write them (data lost)",
+            runbook=("The DAQ health dashboard's refused-messages panel says why; a recorder "
+                     "write error means the run-file disk: check its free space; call the "
+                     "DAQ expert."),
+            examples=(
+                Example({'na64_builder_decode_errors_total{job="builder",board="ECAL"}': "0x20",
+                         'na64_trigger_refused_total{job="trigger",reason="wire"}': "0x4 1x16",
+                         'na64_monitor_refused_total{job="monitor",reason="wire"}': "0x20",
+                         'na64_recorder_decode_errors_total{job="recorder"}': "0x20",
+                         'na64_recorder_write_errors_total{job="recorder"}': "0x20"}, "2m",
+                        [{"job": "trigger"}]),
+                Example({'na64_recorder_decode_errors_total{job="recorder"}': "0x20",
+                         'na64_recorder_write_errors_total{job="recorder"}': "0x4 1x16"},
+                        "2m", [{"job": "recorder"}]),
+                Example({'na64_builder_decode_errors_total{job="builder",board="ECAL"}': "0x20",
+                         'na64_trigger_refused_total{job="trigger",reason="wire"}': "0x20",
+                         'na64_monitor_refused_total{job="monitor",reason="wire"}': "0x20",
+                         'na64_recorder_decode_errors_total{job="recorder"}': "0x20",
+                         'na64_recorder_write_errors_total{job="recorder"}': "0x20"}, "2m"),
+            )),
+    )
+
+
+def rule_groups(*, for_s: float | None = None, alarm: AlarmConfig | None = None
+                ) -> dict[str, dict[str, Any]]:
+    """{file name: rule-file document}; `for_s` overrides every non-zero `for:`."""
+    records = {"groups": [{"name": "na64-records", "rules": [
+        {"record": r.record, "expr": r.expr, **({"labels": r.labels} if r.labels else {})}
+        for r in RECORDS]}]}
+    rules = []
+    for al in alerts(alarm):
+        f = al.for_s if (for_s is None or al.for_s == 0) else for_s
+        rule: dict[str, Any] = {"alert": al.name, "expr": al.expr}
+        if f:
+            rule["for"] = _dur(f)
+        rule["labels"] = {"severity": al.severity}
+        rule["annotations"] = {"summary": al.summary, "runbook": al.runbook}
+        rules.append(rule)
+    return {"na64-records.yml": records,
+            "na64-alerts.yml": {"groups": [{"name": "na64-shift", "rules": rules}]}}
+
+
+def _render(template: str, labels: dict[str, str]) -> str:
+    for k, v in labels.items():
+        template = template.replace("{{ $labels." + k + " }}", v)
+    return template
+
+
+def rule_tests(alarm: AlarmConfig | None = None, *,
+               rule_files: tuple[str, ...] = ("rules/na64-alerts.yml",)) -> dict[str, Any]:
+    """The promtool `test rules` document: every alert fires and stays quiet as it should."""
+    tests = []
+    for al in alerts(alarm):
+        for ex in al.examples:
+            exp = [{"exp_labels": {**lab, "severity": al.severity},
+                    "exp_annotations": {"summary": _render(al.summary, lab),
+                                        "runbook": _render(al.runbook, lab)}}
+                   for lab in ex.fires]
+            tests.append({
+                "name": f"{al.name}: {'fires' if ex.fires else 'stays quiet'}",
+                "interval": "15s",
+                "input_series": [{"series": s, "values": v} for s, v in ex.series.items()],
+                "alert_rule_test": [{"eval_time": ex.eval_time, "alertname": al.name,
+                                     "exp_alerts": exp}],
+            })
+    return {"rule_files": list(rule_files), "evaluation_interval": "15s", "tests": tests}
