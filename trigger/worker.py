@@ -48,6 +48,10 @@ class WorkerConfig(StrictModel):
                        description="Worker number: the output streams are `trigger-<index>`.")
     output_hwm: int = Field(default=64, ge=1, le=1 << 20,
                             description="Messages queued per output before sends wait.")
+    input_hwm: int = Field(default=4, ge=1, le=1 << 20, description=(
+        "Built slices queued at the input (ZeroMQ receive high-water mark). Small, so that a "
+        "slow worker pushes back on the builder, which bounds and counts what waits (dead "
+        "time), instead of ZeroMQ's default of 1000 slices piling up in this process."))
     with_crc: bool = Field(default=True, description="Compute CRC32C of outgoing frames.")
     drain_timeout_s: float = Field(default=5.0, gt=0, le=600,
                                    description="At stop: how long to try sending what is left.")
@@ -57,7 +61,8 @@ class TriggerMetrics:
     """The worker's `na64_trigger_*` series on its own registry."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.events = Counter("na64_trigger_events", "Events processed", registry=registry)
+        self.events = Counter("na64_trigger_processed_events", "Events processed by this worker",
+                              registry=registry)
         self.kept = Counter("na64_trigger_kept_events", "Events accepted (any bit)",
                             registry=registry)
         self.accepted = Counter("na64_trigger_accepted", "Events with the trigger bit fired",
@@ -121,6 +126,7 @@ class TriggerWorker(Service):
         self.ctx = ctx or context()
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.RCVHWM, config.input_hwm)
         self.pull.connect(config.input)
         self.outputs: list[tuple[zmq.asyncio.Socket, Stamper, bool]] = []  # (sock, seq, rec?)
         for ep, is_rec in [(config.recorder, True), *((m, False) for m in config.monitors)]:

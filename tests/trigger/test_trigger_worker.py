@@ -170,6 +170,6 @@ async def test_bad_input_is_refused_and_counted_and_the_worker_goes_on() -> None
         assert reg.get_sample_value("na64_trigger_refused_total", {"reason": reason}) == n
     slices = [m for m in stream if m.kind is Kind.SLICE]
     assert len(_by_slice(out["mon"], Kind.FEATURES)) == len(slices)
-    assert f"na64_trigger_events_total {float(sum(m.count for m in slices))}" in text
+    assert f"na64_trigger_processed_events_total {float(sum(m.count for m in slices))}" in text
     assert 'na64_trigger_refused_total{reason="config"} 2.0' in text
     assert "na64_trigger_config_version 1.0" in text

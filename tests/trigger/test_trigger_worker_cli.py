@@ -68,7 +68,7 @@ def test_worker_process_runs_the_trigger_and_ends_with_the_stream() -> None:
         with urllib.request.urlopen(url, timeout=10) as resp:
             text = resp.read().decode()
         events = sum(m.count for m in body if m.kind is Kind.SLICE)
-        assert f"na64_trigger_events_total {float(events)}" in text
+        assert f"na64_trigger_processed_events_total {float(events)}" in text
         kept = sum(m.count for m in accepted)
         assert f"na64_trigger_kept_events_total {float(kept)}" in text
         send(push, eos)
