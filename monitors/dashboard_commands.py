@@ -98,7 +98,7 @@ def _push(a: argparse.Namespace) -> int:
 
     try:
         report = P.push(P.connect(a.url, token), DASHBOARDS, runs)
-    except GrafanaException as e:
+    except (GrafanaException, OSError) as e:  # niquests errors are OSErrors
         print(f"dashboards push: Grafana at {a.url} refused or did not answer: {e}",
               file=sys.stderr)
         return 2

@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prom_stack import SERVICES, PipelineThread, Prometheus, stack_config
@@ -23,11 +24,11 @@ pytestmark = [pytest.mark.prometheus, pytest.mark.slow]
 FOR_S = 3.0  # the integration tests' `for:` (the deployed rules use ~a minute)
 
 
-def _has_data(result: list[dict[str, object]]) -> bool:
+def _has_data(result: list[dict[str, Any]]) -> bool:
     """At least one series with at least one finite sample."""
     for series in result:
         values = series.get("values") or [series.get("value")]
-        for v in values:  # type: ignore[union-attr]
+        for v in values:
             if v is not None and math.isfinite(float(v[1])):
                 return True
     return False
@@ -88,8 +89,10 @@ def test_nominal_run_figures_and_no_alert(nominal: Run) -> None:
     assert 0.92 < float(veto[0]["value"][1]) < 0.96
     spills = prom.query('sum(na64_spills_total{source="live"})')
     assert float(spills[0]["value"][1]) == 8
-    # nothing fired, or was even pending, at any time during the nominal run
-    fired = prom.query_range("ALERTS", nominal.start, nominal.end)
+    # no shift alert fired, or was even pending, at any time during the nominal run; a
+    # scrape that times out on a loaded build machine may make ServiceDown pending, never firing
+    fired = prom.query_range('ALERTS{alertname!="ServiceDown"} or ALERTS{alertstate="firing"}',
+                             nominal.start, nominal.end)
     assert fired == [], [f["metric"] for f in fired]
 
 
@@ -124,7 +127,8 @@ def test_veto_pileup_surge_fires_alerts(tmp_path: Path) -> None:
         assert veto["labels"] == {"alertname": "VetoEfficiencyLow", "source": "live",
                                   "detector": "veto", "severity": "warning"}
         assert veto["annotations"]["runbook"]
-        assert "HadronFractionHigh" not in states and "ServiceDown" not in states
+        assert "HadronFractionHigh" not in states
+        assert "firing" not in states.get("ServiceDown", set())
         value = prom.query('na64_efficiency_ratio{source="live",detector="veto",bound="value"}')
         assert 0.65 < float(value[0]["value"][1]) < 0.80
         pipe.join()
