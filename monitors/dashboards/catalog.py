@@ -87,7 +87,7 @@ TRIGGER = Dashboard(
             stat("Configuration version", "max(na64_trigger_config_version)"),
             stat("Workers ready", "sum(na64_trigger_ready)"),
             ts("Events per worker",
-               Query(f"sum by (instance) (rate(na64_trigger_events_total[{RI}]))",
+               Query(f"sum by (instance) (rate(na64_trigger_processed_events_total[{RI}]))",
                      "{{instance}}"), unit="hz"),
             ts("Configuration version per worker",
                Query("max by (instance) (na64_trigger_config_version)", "{{instance}}")),

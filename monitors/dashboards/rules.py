@@ -55,7 +55,7 @@ RECORDS: tuple[Record, ...] = (
            'sum(rate(na64_frontend_events_total{board="BEAM"}[1m]))', {"stage": "1-frontend"}),
     Record("na64:stage_events:rate1m", "sum(rate(na64_builder_events_total[1m]))",
            {"stage": "2-builder"}),
-    Record("na64:stage_events:rate1m", "sum(rate(na64_trigger_events_total[1m]))",
+    Record("na64:stage_events:rate1m", "sum(rate(na64_trigger_processed_events_total[1m]))",
            {"stage": "3-trigger"}),
     Record("na64:stage_events:rate1m", "sum(rate(na64_events_total[1m]))",
            {"stage": "4-monitor"}),

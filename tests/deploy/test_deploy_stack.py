@@ -96,6 +96,13 @@ def test_nominal_run_figures_and_no_alert(nominal: Run) -> None:
     assert fired == [], [f["metric"] for f in fired]
 
 
+def test_every_metric_name_belongs_to_one_service(nominal: Run) -> None:
+    """Two services exporting one name would mix in every query that does not name the job."""
+    shared = nominal.prom.query('count by (__name__) (count by (__name__, job) '
+                                '({__name__=~"na64_.+"})) > 1')
+    assert shared == [], [s["metric"]["__name__"] for s in shared]
+
+
 def test_recording_rules_have_every_stage(nominal: Run) -> None:
     res = nominal.prom.query_range("na64:stage_events:rate1m > 0", nominal.start, nominal.end)
     assert {r["metric"]["stage"] for r in res} == {
