@@ -9,8 +9,8 @@ from monitors.dashboards.model import Annotation, Dashboard, Panel
 DATASOURCE_UID = "na64-prometheus"
 DATASOURCE = {"type": "prometheus", "uid": DATASOURCE_UID}
 SCHEMA_VERSION = 39
-#: monitor counters move at spill close (~16.8 s apart): never compute rates on less
-MIN_INTERVAL = "20s"
+#: monitor counters move at spill close (~16.8 s apart): rates over at least two spills
+MIN_INTERVAL = "30s"
 _REF = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 #: tag of the run annotations `na64daq dashboards push` posts from run control's records
 RUN_TAG = "na64-run"
