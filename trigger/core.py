@@ -24,6 +24,9 @@ GROUPS = {("ECAL", "PS"): 0, ("ECAL", "MAIN"): 1, ("HCAL", "HCAL1"): 2, ("HCAL",
 N_GROUPS = 8
 MODES = ("waveform", "feature")
 _NO_EXTRA = np.zeros((0, 0), np.float32)  # wave_board's peak time and integral, not wanted
+#: Boards whose pulse counts the trigger uses (the beam multiplicity). In waveform mode the
+#: pulse search, a third of the kernel's time, runs only for them; other boards' npulse is 0.
+PULSE_BOARDS = frozenset({"BEAM"})
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class Features:
     mult: np.ndarray  # uint8
     sat: np.ndarray  # uint8, bit i: board i saturated
     amp: dict[str, np.ndarray] = field(default_factory=dict)  # float32 (count, nch) per board
+    #: uint8 (count, nch) per board; in waveform mode counted only for PULSE_BOARDS (else 0)
     npulse: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
@@ -154,8 +158,8 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
                 continue
             a, n = np.empty(shape, np.float32), np.empty(shape, np.uint8)
             backend.wave_board(wave, b.live, p.n_ped, p.config.pulse_threshold_adc, p.adc_max,
-                               p.trigger_sample, p.sample_ns, False, a, _NO_EXTRA, n,
-                               _NO_EXTRA, bsat)
+                               p.trigger_sample, p.sample_ns, False, b.name in PULSE_BOARDS, a,
+                               _NO_EXTRA, n, _NO_EXTRA, bsat)
         else:
             a_in = _need(arrays, f"{b.name}.amp", "<f4", shape)
             n_in = _need(arrays, f"{b.name}.npulse", "|u1", shape)

@@ -45,13 +45,22 @@ def _mix(x):
 
 @kernel
 def _ped_sum(flat, base, rows, nch, s0):
-    nchu = np.uint64(nch)
-    for c in range(nchu):
-        s0[c] = np.int32(flat[base + c])
-    for i in range(1, rows):
-        r = base + np.uint64(i) * nchu
-        for c in range(nchu):
-            s0[c] = np.int32(s0[c] + flat[r + c])
+    # sum of the first `rows` rows, halving like _fold_max (int32: no overflow below 65536 rows)
+    h = (rows + 1) // 2
+    m = np.uint64((rows - h) * nch)
+    off = np.uint64(h * nch)
+    for j in range(m):
+        s0[j] = np.int32(np.int32(flat[base + j]) + flat[base + off + j])
+    for j in range(m, off):
+        s0[j] = np.int32(flat[base + j])
+    rows = h
+    while rows > 1:
+        h = (rows + 1) // 2
+        m = np.uint64((rows - h) * nch)
+        off = np.uint64(h * nch)
+        for j in range(m):
+            s0[j] = np.int32(s0[j] + s0[off + j])
+        rows = h
 
 
 @kernel
@@ -126,7 +135,7 @@ def _extra(flat, base, ns, nch, c, ped, mx, active, trig, sample_ns):
 
 
 @kernel
-def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra,
+def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pulses,
                amp, tpeak, npulse, integral, sat):
     # wave is (count, samples, nch): for one event the board is a (samples, nch) block and
     # every reduction over samples runs across channels, in contiguous vectorised loops.
@@ -136,7 +145,8 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra,
     blk = np.uint64(ns) * np.uint64(nch)
     total = np.uint64(n) * blk
     mx = np.empty(((ns + 1) // 2) * nch, np.int16)
-    s0 = np.empty(nch, np.int32)
+    s0 = np.empty(((min(n_ped, ns) + 1) // 2) * nch, np.int32)
+    act = np.empty(nch, np.uint8)
     pad = np.full((ns + 4) * nch, _LOW, np.int16)
     lvt = np.empty(ns * nch, np.int16)
     f = np.empty(ns * nch, np.int16)
@@ -156,24 +166,27 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra,
             a = mx[c] - ped
             amp[e, c] = a
             anysat |= (mx[c] >= adc_max) & (live[c] != 0)
-            nact += a >= pulse_thr
-            # integer samples: v - ped >= thr  <=>  v >= ceil(ped + thr); an active
-            # channel has a sample there, so its level fits in int16
-            lvt[c] = np.int16(min(max(np.ceil(ped + pulse_thr), -32768.0), 32767.0))
+            act[c] = a >= pulse_thr
+            nact += act[c]
         sat[e] = anysat
-        if nact > 0:  # quiet boards (most VETO and HCAL events) skip the pulse search
-            _tile(lvt, nch, ns)
-            _pulses(flat, base, ns, nch, pad, lvt, f)
-        for c in range(nch):  # an inactive channel has no sample at its level: no pulse
-            cnt = f[c] if nact > 0 and mx[c] - s0[c] / n_ped >= pulse_thr else 0
-            npulse[e, c] = min(cnt, 255)
         if extra:  # the trigger needs neither peak time nor integral
             for c in range(nch):
-                ped = s0[c] / n_ped
-                t, integ = _extra(flat, base, ns, nch, c, ped, mx[c],
-                                  mx[c] - ped >= pulse_thr, trig, sample_ns)
+                t, integ = _extra(flat, base, ns, nch, c, s0[c] / n_ped, mx[c], act[c] != 0,
+                                  trig, sample_ns)
                 tpeak[e, c] = t
                 integral[e, c] = integ
+        if nact == 0 or not pulses:  # quiet boards (most VETO and HCAL events) skip it
+            for c in range(nch):
+                npulse[e, c] = 0
+            continue
+        for c in range(nch):
+            # integer samples: v - ped >= thr  <=>  v >= ceil(ped + thr); an active
+            # channel has a sample there, so its level fits in int16
+            lvt[c] = np.int16(min(max(np.ceil(s0[c] / n_ped + pulse_thr), -32768.0), 32767.0))
+        _tile(lvt, nch, ns)
+        _pulses(flat, base, ns, nch, pad, lvt, f)
+        for c in range(nch):  # an inactive channel has no sample at its level: no pulse
+            npulse[e, c] = min(f[c], 255) * act[c]
     return 0
 
 

@@ -55,8 +55,9 @@ def _pulses(wave: np.ndarray, ped: np.ndarray, thr: float) -> np.ndarray:
 
 
 def wave_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float, adc_max: int,
-               trig: int, sample_ns: float, extra: bool, amp: np.ndarray, tpeak: np.ndarray,
-               npulse: np.ndarray, integral: np.ndarray, sat: np.ndarray) -> None:
+               trig: int, sample_ns: float, extra: bool, pulses: bool, amp: np.ndarray,
+               tpeak: np.ndarray, npulse: np.ndarray, integral: np.ndarray, sat: np.ndarray
+               ) -> None:
     # wave is (count, samples, nch) on the wire; the arithmetic below is per (event, channel)
     w = wave.astype(np.int64).transpose(0, 2, 1)
     ns = w.shape[2]
@@ -69,7 +70,7 @@ def wave_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float,
         tpeak[:] = np.where(a >= pulse_thr, (np.argmax(w, axis=2) - trig) * sample_ns, 0.0)
         integral[:] = w.sum(axis=2) - ped * ns
     sat[:] = ((mx >= adc_max) & (live[None, :] != 0)).any(axis=1)
-    npulse[:] = _pulses(w, ped, pulse_thr)
+    npulse[:] = _pulses(w, ped, pulse_thr) if pulses else 0
 
 
 def feature_sat(amp: np.ndarray, limit: np.ndarray, sat: np.ndarray) -> None:

@@ -47,9 +47,10 @@ _sample = st.one_of(st.integers(395, 405), st.integers(0, 4095), st.just(4095), 
 @given(wave=hnp.arrays(np.int16, st.tuples(st.integers(0, 5),
                                            st.one_of(st.just(SAMPLES), st.integers(1, 40)),
                                            st.integers(0, 40)), elements=_sample),
-       thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8), masked=st.integers(0, 63))
+       thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8), masked=st.integers(0, 63),
+       pulses=st.booleans())
 def test_wave_board_matches_reference(wave: np.ndarray, thr: float, n_ped: int,
-                                      masked: int) -> None:
+                                      masked: int, pulses: bool) -> None:
     n, _, nch = wave.shape  # (count, samples, nch), as on the wire
     live = np.array([(masked >> c) & 1 == 0 for c in range(nch)], np.uint8)
     outs = []
@@ -57,7 +58,7 @@ def test_wave_board_matches_reference(wave: np.ndarray, thr: float, n_ped: int,
         o = (np.empty((n, nch), np.float32), np.empty((n, nch), np.float32),
              np.empty((n, nch), np.uint8), np.empty((n, nch), np.float32),
              np.empty(n, np.uint8))
-        be.wave_board(wave, live, n_ped, thr, 4095, 8, 12.5, True, *o)
+        be.wave_board(wave, live, n_ped, thr, 4095, 8, 12.5, True, pulses, *o)
         outs.append(o)
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
