@@ -120,6 +120,7 @@ class BuilderService(Service):
         self.queued_events = 0
         self.backpressured = False
         self.backpressure_s = 0.0
+        self._congested_since: float | None = None
         self.dropped_at_stop = 0
         self._ready = asyncio.Event()
         self._space = asyncio.Event()
@@ -158,21 +159,30 @@ class BuilderService(Service):
         self._enqueue(self.builder.finish(self.clock()))
 
     async def _wait_for_space(self) -> None:
-        """Backpressure: stop reading while too much is queued; after shed_after_s, shed."""
-        if self.queued_events < self.cfg.max_pending_events:
-            if self.builder.shedding and self.queued_events < self.cfg.max_pending_events // 2:
-                self.builder.shedding = False
+        """Backpressure: stop reading while too much is queued; shed once the queue has not
+        come down to half its bound for shed_after_s (congestion, not one slow moment)."""
+        limit = self.cfg.max_pending_events
+        if self.queued_events < limit // 2:
+            self._congested_since = None
+            self.builder.shedding = False
+        if self.queued_events < limit or self.builder.shedding:
             return
-        if self.builder.shedding:
-            return
-        self.backpressured = True
-        t0 = self.clock()
-        self._space.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._space.wait(), self.cfg.shed_after_s)
-        self.backpressure_s += self.clock() - t0
-        self.backpressured = False
-        if self.queued_events >= self.cfg.max_pending_events:
+        now = self.clock()
+        if self._congested_since is None:
+            self._congested_since = now
+        left = self.cfg.shed_after_s - (now - self._congested_since)
+        if left > 0:
+            self.backpressured = True
+            self._space.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._space.wait(), left)
+            self.backpressure_s += self.clock() - now
+            self.backpressured = False
+        # a wait that ended without space, or congestion that outlasted shed_after_s even
+        # though the queue moved in between: dead time, counted, instead of stalling the
+        # front ends (their buffers would hold the backlog and the beam cannot wait)
+        if self.queued_events >= limit and \
+                self.clock() - self._congested_since >= self.cfg.shed_after_s:
             self.builder.shedding = True
 
     async def _input(self) -> None:

@@ -35,6 +35,9 @@ MARKERS = frozenset({Kind.RUN_START, Kind.RUN_STOP, Kind.SPILL_START, Kind.SPILL
                      Kind.CONFIG})
 
 
+_QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
+
+
 def run_file_name(run: int) -> str:
     return f"run{run:06d}.na64"
 
@@ -206,8 +209,9 @@ class RecorderService(Service):
                  max_bytes: int | None = None, raw: bool = False,
                  ctx: zmq.asyncio.Context | None = None,
                  input_hook: Callable[[zmq.Socket], None] | None = None,
-                 spill_timeout_s: float = 10.0) -> None:
+                 spill_timeout_s: float = 10.0, drain_timeout_s: float = 5.0) -> None:
         super().__init__()
+        self.drain_timeout_s = drain_timeout_s
         d = Path(directory)
         if not d.is_dir():
             raise RunFileError(str(d), "is not a directory")
@@ -249,6 +253,15 @@ class RecorderService(Service):
     def loops(self) -> dict[str, Loop]:
         return {"input": self._input}
 
+    async def _take(self) -> None:
+        """Take what is there (up to 256 messages), then hand it to the OS in one flush."""
+        for _ in range(256):
+            frames = await self.pull.recv_multipart(copy=False)
+            self._handle([f.buffer for f in frames])
+            if not await self.pull.poll(0):
+                break
+        self.rec.flush()
+
     def _handle(self, frames: list[Any]) -> None:
         try:
             msg = decode(frames)
@@ -288,15 +301,13 @@ class RecorderService(Service):
         try:
             while not self.stopping.is_set():
                 if await self.pull.poll(100):
-                    # take what is there, then hand it to the OS in one flush
-                    for _ in range(256):
-                        frames = await self.pull.recv_multipart(copy=False)
-                        self._handle([f.buffer for f in frames])
-                        if not await self.pull.poll(0):
-                            break
-                    self.rec.flush()
+                    await self._take()
                 src = "replay" if self.rec.replay else "live"
                 self._account(src, lambda: self.rec.poll(time.monotonic()))
+            # stopping: what the workers still send (their drain) goes into the file too
+            deadline = time.monotonic() + self.drain_timeout_s
+            while time.monotonic() < deadline and await self.pull.poll(_QUIET_MS):
+                await self._take()
         finally:
             src = "replay" if self.rec.replay else "live"
             self._account(src, self.rec.close)

@@ -33,6 +33,8 @@ from monitors.summary import SpillSummary
 SPILL_TOPIC = "na64/monitor/spill"
 ALARM_TOPIC = "na64/alarms"
 STATUS_TOPIC = "na64/status/monitor"
+DRAIN_TIMEOUT_S = 5.0  # at stop: longest time spent taking what is still arriving
+_QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
 log = logging.getLogger("na64.monitors")
 
 
@@ -129,14 +131,21 @@ class MonitorService(Service):
             while not self.stopping.is_set():
                 if await sock.poll(timeout=int(self.tick_s * 1000)) == 0:
                     continue
-                while True:  # drain what is queued before polling again
-                    try:
-                        frames = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    self.handle_frames([f.buffer for f in frames])
+                await self._take(sock)
+            # stopping: take what the workers still send (their drain) before closing
+            deadline = time.monotonic() + DRAIN_TIMEOUT_S
+            while time.monotonic() < deadline and await sock.poll(timeout=_QUIET_MS):
+                await self._take(sock)
         finally:
             self._close_socket()
+
+    async def _take(self, sock: zmq.asyncio.Socket) -> None:
+        while True:  # drain what is queued before polling again
+            try:
+                frames = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            self.handle_frames([f.buffer for f in frames])
 
     def handle_frames(self, frames: list[Any]) -> list[SpillSummary]:
         """Decode and process one received message; bad input is counted, never raised."""

@@ -31,6 +31,7 @@ from trigger.errors import SliceError
 from trigger.processor import MARKERS, SliceProcessor, SliceResult, Stamper
 
 Endpoint = str
+_QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
 _ENDPOINT = r"^(tcp|ipc|inproc)://.+$"
 
 
@@ -149,9 +150,11 @@ class TriggerWorker(Service):
         self.ready.set()
         while True:
             if self.stopping.is_set():
-                if not await self.pull.poll(0):
-                    return  # drained what had arrived
+                # drain: the builder may still be sending its queue; go on until the input
+                # has been quiet for a moment (or the drain deadline passes)
                 self._deadline = self._deadline or time.monotonic() + self.config.drain_timeout_s
+                if time.monotonic() > self._deadline or not await self.pull.poll(_QUIET_MS):
+                    return
             elif not await self.pull.poll(100):
                 continue
             frames = [f.buffer for f in await self.pull.recv_multipart(copy=False)]
@@ -188,6 +191,8 @@ class TriggerWorker(Service):
             if (is_rec and not recorder) or (not is_rec and not monitors):
                 continue
             frames = encode(stamp(msg), with_crc=self.config.with_crc)
+            if self.stopping.is_set() and self._deadline is None:
+                self._deadline = time.monotonic() + self.config.drain_timeout_s
             if self._deadline is None:
                 await sock.send_multipart(frames, copy=False)
                 continue

@@ -55,3 +55,33 @@ def sample(reg: CollectorRegistry, name: str, **labels: str) -> float:
 def total(reg: CollectorRegistry, name: str) -> float:
     """Sum of every sample of a metric family (all label values)."""
     return sum(s.value for fam in reg.collect() for s in fam.samples if s.name == name)
+
+
+def stack_config(tmp: Any, tag: str, *, spills: int, sim: dict[str, Any],
+                 workers: int = 2, pace: str = "max", factor: float = 1.0,
+                 builder: dict[str, Any] | None = None,
+                 faults: dict[str, Any] | None = None) -> Any:
+    """An in-process topology on inproc endpoints, no /metrics servers."""
+    from daq.stack import StackConfig
+
+    return StackConfig.parse({
+        "run_dir": str(tmp), "workers": workers,
+        "simulator": {"spills": spills, "pace": pace, "factor": factor, "sim": sim,
+                      "faults": faults or {}},
+        "builder": builder or {},
+    }).inproc(tag)
+
+
+def vm_rss() -> int:
+    """Resident set size of this process, bytes (Linux)."""
+    from pathlib import Path
+
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def builder_events(pipe: Any) -> tuple[int, int]:
+    st = pipe.builder.builder.stats["live"]
+    return st.events, st.shed
