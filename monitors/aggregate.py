@@ -104,8 +104,15 @@ class RunAnalysis:
 
     def __init__(self, cfg: MonitorConfig, *, boards: Sequence[str] = BOARD_NAMES,
                  source: Source = "live", run: int | None = None,
-                 keep_spectra: bool = True) -> None:
+                 keep_spectra: bool = True, keep_last: int | None = None) -> None:
+        if keep_last is not None and keep_last < 1:
+            raise ValueError(f"keep_last={keep_last} must be at least 1 (or None: keep all)")
         self.cfg = cfg
+        #: a long-running service keeps only the last `keep_last` spill summaries and
+        #: spectra (run totals keep counting every spill); None keeps all (analyze a file)
+        self.keep_last = keep_last
+        self.closed_spills = 0
+        self.forced_spills = 0
         self.boards = tuple(boards)
         self.source: Source = source
         self.run = run
@@ -230,7 +237,20 @@ class RunAnalysis:
             slices=sp.slices, slices_seen=sp.slices_seen, scalers=sp.scalers,
             **figures(sp.counts, self.cfg, shadow_ran=sp.shadow_ran))
         self.summaries.append(s)
+        self.closed_spills += 1
+        self.forced_spills += how == "forced"
+        if self.keep_last is not None and len(self.summaries) >= 2 * self.keep_last:
+            self._forget(len(self.summaries) - self.keep_last)
         return s
+
+    def _forget(self, n: int) -> None:
+        """Drop the oldest `n` summaries, their spectra, and closed-spill marks far behind."""
+        for old in self.summaries[:n]:
+            self.spectra.pop(old.spill, None)
+        del self.summaries[:n]
+        newest = max(self._closed)
+        horizon = newest - 4 * (self.keep_last or 0)
+        self._closed = {c for c in self._closed if c >= horizon}
 
     # --- output --------------------------------------------------------------------------
 
@@ -241,8 +261,8 @@ class RunAnalysis:
     def totals(self) -> RunTotals:
         """Figures over every closed spill."""
         return RunTotals(
-            spills=len(self.summaries),
-            forced_spills=sum(s.closed == "forced" for s in self.summaries),
+            spills=self.closed_spills,
+            forced_spills=self.forced_spills,
             stream_gaps=dict(self.stream_gaps), refused=dict(self.refused),
             **figures(self.totals_counts, self.cfg, shadow_ran=self.shadow_ran))
 

@@ -60,7 +60,7 @@ class MonitorService(Service):
     def __init__(self, endpoint: str, *, config: MonitorConfig, registry: CollectorRegistry,
                  mqtt: MqttSettings | None = None, boards: Sequence[str] = BOARD_NAMES,
                  clock: Callable[[], float] = time.time, tick_s: float = 1.0,
-                 ctx: zmq.asyncio.Context | None = None) -> None:
+                 ctx: zmq.asyncio.Context | None = None, keep_summaries: int = 256) -> None:
         super().__init__()
         self.endpoint = endpoint
         self.cfg = config
@@ -75,7 +75,10 @@ class MonitorService(Service):
             self.metrics.init_alarms(s)
         self.last_spill_time: dict[Source, float] = {}
         self.run_open: dict[Source, bool] = dict.fromkeys(SOURCES, False)
-        self.summaries: list[SpillSummary] = []  # every spill closed, in order (for callers)
+        # the last `keep_summaries` spills closed, in order (for callers): bounded, because a
+        # monitor runs for months; the run totals and /metrics count every spill
+        self.keep_summaries = keep_summaries
+        self.summaries: list[SpillSummary] = []
         self.published = 0
         # Every topic is retained, so only its latest payload matters: the outbox keeps one
         # per topic (bounded by the number of topics however long the broker is away).
@@ -175,7 +178,8 @@ class MonitorService(Service):
             if ra is not None:
                 self._closed(ra, ra.finish())  # a new run: the old one is over
             ra = self.analyses[source] = RunAnalysis(
-                self.cfg, boards=self.boards, source=source, run=msg.run, keep_spectra=True)
+                self.cfg, boards=self.boards, source=source, run=msg.run, keep_spectra=True,
+                keep_last=self.keep_summaries)
             self.last_spill_time[source] = self.clock()
         return ra
 
@@ -205,6 +209,8 @@ class MonitorService(Service):
             elapsed = now - self.last_spill_time.get(ra.source, now)
             self.last_spill_time[ra.source] = now
             self.summaries.append(s)
+            if len(self.summaries) >= 2 * self.keep_summaries:
+                del self.summaries[:len(self.summaries) - self.keep_summaries]
             self._enqueue(SPILL_TOPIC, s.model_dump(mode="json"))
             self._alarm_transitions(self.alarms[ra.source].on_spill(s, elapsed_s=elapsed))
 
