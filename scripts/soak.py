@@ -25,11 +25,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from daq.app import Factory, Pipeline  # noqa: E402
-from daq.runfile import read_all  # noqa: E402
-from daq.stack import StackConfig  # noqa: E402
-from daq.transport import context  # noqa: E402
-from daq.wire import Kind  # noqa: E402
+from daq.app import Factory, Pipeline
+from daq.runfile import read_all
+from daq.stack import StackConfig
+from daq.transport import context
+from daq.wire import Kind
 
 
 def rss_bytes() -> int:
@@ -94,7 +94,7 @@ async def soak(a: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     rec = pipe.recorder.rec
     recorded = 0
     for f in rec.files:
-        msgs, rep = read_all(f)
+        msgs, _ = read_all(f)
         recorded += sum(m.count for m in msgs if m.kind is Kind.ACCEPTED)
         del msgs
     chain = {"sent": sent["events"], "built": b.events, "shed": b.shed,
