@@ -22,6 +22,7 @@ from simulators.readout import (
     features,
     gates,
     noise_pool,
+    rounded_noise,
     shape_table,
     waveforms,
 )
@@ -78,6 +79,7 @@ class Simulator:
         pool_rng = np.random.default_rng([cfg.seed, 0xA015E])
         widest = max(len(b.channels) for b in geom.boards) * det.samples
         self.noise = noise_pool(pool_rng, det.noise, NOISE_POOL + widest)
+        self.noise_int = rounded_noise(self.noise) if cfg.mode == "waveform" else None
         self.tables = {s: shape_table(s) for s in (FAST, SLOW)}
         self.threshold = 5 * det.noise  # FPGA pulse threshold, ADC counts
         self._blocks: dict[tuple[int, int], Particles] = {}
@@ -181,7 +183,7 @@ class Simulator:
                 boards[board.name] = {"wave": waveforms(
                     ev, t, lo, hi, dep, halo, shape, self.calib.pedestal[board.name],
                     self.noise, offsets, det.samples, det.sample_ns,
-                    det.trigger_sample, det.adc_max, self.tables[shape])}
+                    det.trigger_sample, det.adc_max, self.tables[shape], self.noise_int)}
         ts = plan.t[first:first + count].astype(np.int64)
         self._block(plan, k)  # slice k is particle block k: its truth sums are ready
         truth = self._truth(self._sums[(plan.spill, k)], parts, ev, ts, pileup)

@@ -126,9 +126,10 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
         i = ev[e]
         off = offsets[e]
         if hi[e] - lo[e] == 1:  # nothing else in the gate (most events): one pulse at most
-            for c in range(nch):
+            uoff = np.uint64(off)  # unsigned: no wraparound check, so the loop vectorises
+            for c in range(np.uint64(nch)):
                 a = dep_self[i, c]
-                v = a + noise_pool[off + c] if a > 0.0 else noise_pool[off + c]
+                v = a + noise_pool[uoff + c] if a > 0.0 else noise_pool[uoff + c]
                 amp[e, c] = min(v, amp_max)
                 tpeak[e, c] = 0.0
                 npulse[e, c] = 1 if a > thr else 0
@@ -162,34 +163,66 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
 def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                      dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
                      hamp: np.ndarray, table: np.ndarray, intime: np.ndarray, tp: float,
-                     pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray,
-                     sample_ns: float, trig_ns: float, adc_max: float, wave: np.ndarray
-                     ) -> None:
-    # wave is (count, samples, nch): the inner loop runs over the channels of one sample,
-    # contiguous in the output, the noise window and the deposits, so it vectorises
+                     pedestal: np.ndarray, noise: np.ndarray, noise_int: np.ndarray,
+                     offsets: np.ndarray, sample_ns: float, trig_ns: float, adc_max: float,
+                     wave: np.ndarray) -> None:
+    # wave is (count, samples, nch): one event of the board is one contiguous block, and so
+    # is its noise window. With integer pedestals (noise_int non-empty) a sample without
+    # pulse is pedestal + round(noise), exactly floor(ped + noise + 0.5), in int32 over the
+    # whole block; only the samples a pulse reaches are computed in float64.
+    n = ev.shape[0]
     ns, nch = wave.shape[1], wave.shape[2]
+    flat = wave.reshape(n * ns * nch)
+    size = np.uint64(ns * nch)
+    int_ped = noise_int.shape[0] > 0
+    pedt = np.empty(ns * nch, np.int32)
+    if int_ped:
+        for q in range(ns * nch):
+            pedt[q] = np.int32(pedestal[q % nch])
+    amax = np.int32(adc_max)
     buf = np.empty(ns)
     a = np.empty(nch)
-    for e in range(ev.shape[0]):
+    for e in range(n):
         i = ev[e]
-        off = offsets[e]
+        off = np.uint64(offsets[e])  # unsigned: no wraparound check, the loops vectorise
+        base = np.uint64(e) * size
         single = hi[e] - lo[e] == 1  # only the in-time particle (most events)
+        nact = 0
         for c in range(nch):
             d = dep_self[i, c]
+            nact += d > 0.0
             a[c] = d if single and d > 0.0 else 0.0
-        for s in range(ns):
-            row = off + s * nch
-            p = intime[s]
-            for c in range(nch):
-                v = np.floor(pedestal[c] + noise[row + c] + a[c] * p + 0.5)
-                wave[e, s, c] = min(max(v, 0.0), adc_max)
-        if single:
-            continue
+        # integers pay off on quiet boards; a board with several pulses (an ECAL shower,
+        # the beam counters) is faster in one float pass over the rows
+        if int_ped and nact <= 2:
+            for q in range(size):
+                v = pedt[q] + np.int32(noise_int[off + q])
+                flat[base + q] = min(max(v, np.int32(0)), amax)
+            if single:
+                for c in range(nch):
+                    d = dep_self[i, c]
+                    if d > 0.0:
+                        for s in range(ns):
+                            p = intime[s]
+                            if p != 0.0:  # before the pulse starts: the quiet value
+                                k = off + np.uint64(s * nch + c)
+                                v2 = np.floor(pedestal[c] + noise[k] + d * p + 0.5)
+                                wave[e, s, c] = min(max(v2, 0.0), adc_max)
+                continue
+        else:
+            for s in range(ns):
+                row = off + np.uint64(s * nch)
+                p = intime[s]
+                for c in range(np.uint64(nch)):
+                    v2 = np.floor(pedestal[c] + noise[row + c] + a[c] * p + 0.5)
+                    wave[e, s, c] = min(max(v2, 0.0), adc_max)
+            if single:
+                continue
         for c in range(nch):  # pileup: channels with pulses are redone one by one
             if not _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp):
                 _signal_channel(i, c, lo[e], hi[e], t, dep_self, lines, hline, hamp, table,
-                                tp, pedestal[c], noise, off + c, nch, sample_ns, trig_ns,
-                                adc_max, buf, wave[e, :, c])
+                                tp, pedestal[c], noise, offsets[e] + c, nch, sample_ns,
+                                trig_ns, adc_max, buf, wave[e, :, c])
 
 
 @_kernel
@@ -221,11 +254,13 @@ def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: n
             continue
         start = trig_ns + (t[j] - t[i]) - tp  # when this pulse begins
         s0 = max(0, int(np.ceil(start / sample_ns)))
-        for s in range(s0, ns):
+        # the samples the table covers, found first so the loop has no exit and vectorises
+        s1 = s0
+        while s1 < ns and int((s1 * sample_ns - start) / TABLE_STEP_NS) + 1 < ntab:
+            s1 += 1
+        for s in range(s0, s1):
             u = (s * sample_ns - start) / TABLE_STEP_NS
             k = int(u)
-            if k + 1 >= ntab:
-                break
             w = u - k
             buf[s] += a * (table[k] * (1.0 - w) + table[k + 1] * w)
     for s in range(ns):
@@ -272,21 +307,38 @@ def noise_pool(rng: np.random.Generator, noise: float, size: int) -> np.ndarray:
     return rng.normal(0.0, noise, size).astype(np.float32)
 
 
+_NO_INT = np.empty(0, np.int16)
+
+
+def rounded_noise(noise: np.ndarray) -> np.ndarray:
+    """floor(noise + 0.5) as int16: a pool's noise rounded, for pedestals that are integers."""
+    return np.floor(noise.astype(np.float64) + 0.5).astype(np.int16)
+
+
 def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
               dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
               pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
               sample_ns: float, trigger_sample: int, adc_max: int,
-              table: np.ndarray | None = None) -> np.ndarray:
+              table: np.ndarray | None = None, noise_int: np.ndarray | None = None
+              ) -> np.ndarray:
     """Waveform-mode readout of one board: int16 (count, samples, nch), pedestal included.
 
     `noise` comes from `noise_pool`; offsets must leave nch x samples values in it. Sample
-    s of channel c reads noise[offset + s * nch + c].
+    s of channel c reads noise[offset + s * nch + c]. `noise_int` (`rounded_noise(noise)`,
+    optional) makes the samples without pulse integer arithmetic when the pedestals are
+    integers; the result is the same.
     """
     wave = np.empty((len(ev), samples, dep_self.shape[1]), np.int16)
+    ped = pedestal.astype(np.float64)
+    if not (np.all(ped == np.floor(ped)) and np.all(np.abs(ped) < 2**30)):
+        noise_int = None  # the integer shortcut needs integer pedestals
+    elif noise_int is None:
+        noise_int = rounded_noise(noise)
     _waveform_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *_halo_args(halo),
                      shape_table(shape) if table is None else table,
                      shape(np.arange(samples) * sample_ns - trigger_sample * sample_ns),
-                     shape.tp_ns, pedestal.astype(np.float64), noise, offsets, sample_ns,
+                     shape.tp_ns, ped, noise,
+                     _NO_INT if noise_int is None else noise_int, offsets, sample_ns,
                      trigger_sample * sample_ns, float(adc_max), wave)
     return wave
 
