@@ -160,29 +160,32 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pu
         _ped_sum(flat, base, rows_ped, nch, s0)
         _fold_max(flat, base, ns, nch, mx)
         anysat = 0
-        nact = 0
         for c in range(nch):
             ped = s0[c] / n_ped
-            a = mx[c] - ped
-            amp[e, c] = a
+            amp[e, c] = mx[c] - ped
             anysat |= (mx[c] >= adc_max) & (live[c] != 0)
-            act[c] = a >= pulse_thr
-            nact += act[c]
         sat[e] = anysat
         if extra:  # the trigger needs neither peak time nor integral
             for c in range(nch):
-                t, integ = _extra(flat, base, ns, nch, c, s0[c] / n_ped, mx[c], act[c] != 0,
-                                  trig, sample_ns)
+                ped = s0[c] / n_ped
+                t, integ = _extra(flat, base, ns, nch, c, ped, mx[c],
+                                  mx[c] - ped >= pulse_thr, trig, sample_ns)
                 tpeak[e, c] = t
                 integral[e, c] = integ
-        if nact == 0 or not pulses:  # quiet boards (most VETO and HCAL events) skip it
+        nact = 0
+        if pulses:
+            for c in range(nch):
+                # a pulse is a sample v with v >= ceil(ped + thr) (as in the reference; not
+                # the same as amp >= thr when ped + thr rounds); a channel whose maximum is
+                # below that level has none, and one that has a sample there fits in int16
+                lvl = np.ceil(s0[c] / n_ped + pulse_thr)
+                act[c] = mx[c] >= lvl
+                nact += act[c]
+                lvt[c] = np.int16(min(max(lvl, -32768.0), 32767.0))
+        if nact == 0:  # quiet boards skip the search
             for c in range(nch):
                 npulse[e, c] = 0
             continue
-        for c in range(nch):
-            # integer samples: v - ped >= thr  <=>  v >= ceil(ped + thr); an active
-            # channel has a sample there, so its level fits in int16
-            lvt[c] = np.int16(min(max(np.ceil(s0[c] / n_ped + pulse_thr), -32768.0), 32767.0))
         _tile(lvt, nch, ns)
         _pulses(flat, base, ns, nch, pad, lvt, f)
         for c in range(nch):  # an inactive channel has no sample at its level: no pulse

@@ -67,6 +67,23 @@ def test_wave_board_matches_reference(wave: np.ndarray, thr: float, n_ped: int,
                          for e in range(n)]
 
 
+def test_pulse_level_rounds_like_the_reference() -> None:
+    # ped + thr = 399 + 5.000000000000001 rounds to 404.0: the sample 404 is a pulse at the
+    # level ceil(ped + thr), although its amplitude 5.0 is below thr
+    wave = np.full((1, SAMPLES, 2), 399, np.int16)
+    wave[0, 12, :] = 404
+    outs = []
+    for be in (kernels, reference):
+        o = (np.empty((1, 2), np.float32), np.empty((1, 2), np.float32),
+             np.empty((1, 2), np.uint8), np.empty((1, 2), np.float32), np.empty(1, np.uint8))
+        be.wave_board(wave, np.ones(2, np.uint8), 4, 5.000000000000001, 4095, 8, 12.5, True,
+                      True, *o)
+        outs.append(o)
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert list(outs[0][2][0]) == [1, 1]
+
+
 def _random_slice(rng: np.random.Generator, n: int, mode: str, sat_frac: float
                   ) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {"ts": np.arange(n, dtype=np.int64)}
