@@ -120,8 +120,10 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                     thr: float, amp_max: float, amp: np.ndarray, tpeak: np.ndarray,
                     npulse: np.ndarray) -> None:
     nch = dep_self.shape[1]
-    amps = np.empty(MAX_PULSES)
-    dts = np.empty(MAX_PULSES)
+    amps = np.empty((nch, MAX_PULSES))
+    dts = np.empty((nch, MAX_PULSES))
+    cnt = np.zeros(nch, np.int64)
+    row = np.empty(nch, np.float32)
     for e in range(ev.shape[0]):
         i = ev[e]
         off = offsets[e]
@@ -134,26 +136,35 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                 tpeak[e, c] = 0.0
                 npulse[e, c] = 1 if a > thr else 0
             continue
+        # pileup: each particle of the gate scatters its deposits (with its halo when it is a
+        # neighbour, added as _dep adds them) into per-channel pulse lists, in gate order
+        cnt[:] = 0
+        for j in range(lo[e], hi[e]):
+            for c in range(nch):
+                row[c] = dep_self[j, c]
+            if j != i and lines.shape[0] > 0:
+                for q in range(lines.shape[1]):
+                    row[lines[hline[j], q]] += hamp[j, q]
+            dt = t[j] - t[i]
+            for c in range(nch):
+                if row[c] > 0.0 and cnt[c] < MAX_PULSES:
+                    amps[c, cnt[c]] = row[c]
+                    dts[c, cnt[c]] = dt
+                    cnt[c] += 1
         for c in range(nch):
             noise = noise_pool[off + c]
-            k = 0
-            for j in range(lo[e], hi[e]):
-                a = _dep(i, j, c, dep_self, lines, hline, hamp)
-                if a > 0.0 and k < MAX_PULSES:
-                    amps[k] = a
-                    dts[k] = t[j] - t[i]
-                    k += 1
+            k = cnt[c]
             if k == 0:
                 amp[e, c] = noise
                 tpeak[e, c] = 0.0
                 npulse[e, c] = 0
                 continue
             if k == 1:  # one pulse in the gate: its amplitude is the peak
-                amp[e, c] = min(amps[0] + noise, amp_max)
-                tpeak[e, c] = dts[0]
-                npulse[e, c] = 1 if amps[0] > thr else 0
+                amp[e, c] = min(amps[c, 0] + noise, amp_max)
+                tpeak[e, c] = dts[c, 0]
+                npulse[e, c] = 1 if amps[c, 0] > thr else 0
                 continue
-            best, tbest, n = _overlap(amps, dts, k, table, tp, resolve, thr)
+            best, tbest, n = _overlap(amps[c], dts[c], k, table, tp, resolve, thr)
             amp[e, c] = min(best + noise, amp_max)
             tpeak[e, c] = tbest
             npulse[e, c] = min(n, 255)
@@ -268,8 +279,42 @@ def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: n
         out[s] = min(max(v, 0.0), adc_max)
 
 
+@_kernel
+def _gates_kernel(t: np.ndarray, ev: np.ndarray, half: float, lo: np.ndarray,
+                  hi: np.ndarray) -> None:
+    # one sweep of two pointers over the sorted times (ev ascending): what searchsorted
+    # finds by bisection, without its cache misses
+    a = 0
+    b = 0
+    n = t.shape[0]
+    for e in range(ev.shape[0]):
+        x = t[ev[e]]
+        left = x - half
+        right = x + half
+        while a < n and t[a] <= left:
+            a += 1
+        while b < n and t[b] < right:
+            b += 1
+        lo[e] = a
+        hi[e] = b
+
+
 def gates(t: np.ndarray, ev: np.ndarray, window_ns: float) -> tuple[np.ndarray, np.ndarray]:
-    """Index range [lo, hi) of the particles with |t_j - t_i| < window/2, for each event i."""
+    """Index range [lo, hi) of the particles with |t_j - t_i| < window/2, for each event i.
+
+    `t` sorted; `ev` ascending takes one compiled sweep, otherwise `gates_reference`.
+    """
+    if len(ev) > 1 and np.any(ev[1:] < ev[:-1]):
+        return gates_reference(t, ev, window_ns)
+    lo = np.empty(len(ev), np.int64)
+    hi = np.empty(len(ev), np.int64)
+    _gates_kernel(t, ev.astype(np.int64, copy=False), window_ns / 2, lo, hi)
+    return lo, hi
+
+
+def gates_reference(t: np.ndarray, ev: np.ndarray, window_ns: float
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """NumPy version of `gates` (binary search; any order of `ev`)."""
     half = window_ns / 2
     lo = np.searchsorted(t, t[ev] - half, side="right")
     hi = np.searchsorted(t, t[ev] + half, side="left")

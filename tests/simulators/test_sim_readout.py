@@ -11,6 +11,7 @@ from simulators.readout import (
     SLOW,
     features,
     gates,
+    gates_reference,
     noise_pool,
     waveforms,
     waveforms_reference,
@@ -45,6 +46,19 @@ def test_waveform_kernel_matches_reference() -> None:
         assert np.abs(got.astype(int) - ref).max() <= 1
         assert (got != ref).mean() < 1e-3
     assert got.max() == ADC_MAX, "large deposits saturate at adc_max"
+
+
+def test_gates_kernel_matches_reference() -> None:
+    rng = np.random.default_rng(11)
+    t = np.sort(rng.uniform(0, 1e5, 5000))
+    t[100:110] = t[100]  # equal times
+    for window in (1.0, 40.0, 100.0, 1e4):
+        for ev in (np.arange(5000), np.sort(rng.choice(5000, 700, replace=False)),
+                   rng.permutation(5000)[:300], np.arange(0)):
+            lo, hi = gates(t, ev.astype(np.int64), window)
+            rlo, rhi = gates_reference(t, ev.astype(np.int64), window)
+            assert_array_equal(lo, rlo)
+            assert_array_equal(hi, rhi)
 
 
 def test_gates_are_open_intervals() -> None:
