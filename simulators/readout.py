@@ -98,6 +98,30 @@ def _overlap(amps: np.ndarray, dts: np.ndarray, k: int, table: np.ndarray, tp: f
         if s > best:
             best = s
             tbest = dts[p]
+    return best, tbest, _count(amps, dts, k, resolve, thr)
+
+
+@_kernel
+def _overlap_shared(amps: np.ndarray, dts: np.ndarray, gi: np.ndarray, k: int,
+                    shape: np.ndarray, resolve: float, thr: float) -> tuple[float, float, int]:
+    """`_overlap` with the shape values of the gate's particle pairs computed once per event
+    (`shape[a, b]` = the table at dt_a - dt_b; `gi` the gate index of each pulse)."""
+    best = -1.0
+    tbest = 0.0
+    for p in range(k):
+        s = amps[p]
+        for q in range(k):
+            if q != p:
+                s += amps[q] * shape[gi[p], gi[q]]
+        if s > best:
+            best = s
+            tbest = dts[p]
+    return best, tbest, _count(amps, dts, k, resolve, thr)
+
+
+@_kernel
+def _count(amps: np.ndarray, dts: np.ndarray, k: int, resolve: float, thr: float) -> int:
+    """Pulses above `thr`, those closer than `resolve` to an earlier one counted once."""
     n = 0
     for p in range(k):
         if amps[p] <= thr:
@@ -109,7 +133,7 @@ def _overlap(amps: np.ndarray, dts: np.ndarray, k: int, table: np.ndarray, tp: f
                 break
         if alone:
             n += 1
-    return best, tbest, n
+    return n
 
 
 @_kernel
@@ -122,8 +146,10 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
     nch = dep_self.shape[1]
     amps = np.empty((nch, MAX_PULSES))
     dts = np.empty((nch, MAX_PULSES))
+    gi = np.empty((nch, MAX_PULSES), np.int64)
     cnt = np.zeros(nch, np.int64)
     row = np.empty(nch, np.float32)
+    pair = np.empty((MAX_PULSES, MAX_PULSES))
     for e in range(ev.shape[0]):
         i = ev[e]
         off = offsets[e]
@@ -150,7 +176,16 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                 if row[c] > 0.0 and cnt[c] < MAX_PULSES:
                     amps[c, cnt[c]] = row[c]
                     dts[c, cnt[c]] = dt
+                    gi[c, cnt[c]] = j - lo[e]
                     cnt[c] += 1
+        m = hi[e] - lo[e]
+        shared = m <= MAX_PULSES  # the pair shapes, once for all channels (a shower's cells)
+        if shared:
+            for a in range(m):
+                for b in range(m):
+                    if a != b:
+                        pair[a, b] = _tab((t[lo[e] + a] - t[i]) - (t[lo[e] + b] - t[i]),
+                                          table, tp)
         for c in range(nch):
             noise = noise_pool[off + c]
             k = cnt[c]
@@ -164,7 +199,10 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                 tpeak[e, c] = dts[c, 0]
                 npulse[e, c] = 1 if amps[c, 0] > thr else 0
                 continue
-            best, tbest, n = _overlap(amps[c], dts[c], k, table, tp, resolve, thr)
+            if shared:
+                best, tbest, n = _overlap_shared(amps[c], dts[c], gi[c], k, pair, resolve, thr)
+            else:
+                best, tbest, n = _overlap(amps[c], dts[c], k, table, tp, resolve, thr)
             amp[e, c] = min(best + noise, amp_max)
             tpeak[e, c] = tbest
             npulse[e, c] = min(n, 255)
@@ -193,6 +231,8 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
     amax = np.int32(adc_max)
     buf = np.empty(ns)
     a = np.empty(nch)
+    dg = np.empty((MAX_PULSES, nch), np.float32)
+    sh = np.empty((MAX_PULSES, ns))
     for e in range(n):
         i = ev[e]
         off = np.uint64(offsets[e])  # unsigned: no wraparound check, the loops vectorise
@@ -229,11 +269,63 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                     wave[e, s, c] = min(max(v2, 0.0), adc_max)
             if single:
                 continue
-        for c in range(nch):  # pileup: channels with pulses are redone one by one
+        m = hi[e] - lo[e]
+        if m <= MAX_PULSES:  # pileup: each particle's pulse shape once, for all channels
+            _gate_pulses(i, lo[e], hi[e], t, dep_self, lines, hline, hamp, table, tp,
+                         sample_ns, trig_ns, dg, sh)
+            for c in range(nch):
+                quiet = True
+                for jl in range(m):
+                    if dg[jl, c] > 0.0:
+                        quiet = False
+                if quiet:
+                    continue
+                for s in range(ns):
+                    buf[s] = pedestal[c] + noise[off + np.uint64(s * nch + c)]
+                for jl in range(m):
+                    d = dg[jl, c]
+                    if d > 0.0:  # outside the table sh is 0.0: adding d * 0.0 changes nothing
+                        for s in range(ns):
+                            buf[s] += d * sh[jl, s]
+                for s in range(ns):
+                    v2 = np.floor(buf[s] + 0.5)
+                    wave[e, s, c] = min(max(v2, 0.0), adc_max)
+            continue
+        for c in range(nch):  # a very crowded gate: channel by channel
             if not _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp):
                 _signal_channel(i, c, lo[e], hi[e], t, dep_self, lines, hline, hamp, table,
                                 tp, pedestal[c], noise, offsets[e] + c, nch, sample_ns,
                                 trig_ns, adc_max, buf, wave[e, :, c])
+
+
+@_kernel
+def _gate_pulses(i: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
+                 lines: np.ndarray, hline: np.ndarray, hamp: np.ndarray, table: np.ndarray,
+                 tp: float, sample_ns: float, trig_ns: float, dg: np.ndarray,
+                 sh: np.ndarray) -> None:
+    """For each particle jl of the gate: its deposit per channel dg[jl] (as `_dep` adds it)
+    and its pulse at every sample sh[jl] (what `_signal_channel` adds per unit deposit)."""
+    ns = sh.shape[1]
+    nch = dep_self.shape[1]
+    ntab = table.shape[0]
+    for jl in range(hi - lo):
+        j = lo + jl
+        for c in range(nch):
+            dg[jl, c] = dep_self[j, c]
+        if j != i and lines.shape[0] > 0:
+            for q in range(lines.shape[1]):
+                dg[jl, lines[hline[j], q]] += hamp[j, q]
+        start = trig_ns + (t[j] - t[i]) - tp
+        s0 = max(0, int(np.ceil(start / sample_ns)))
+        for s in range(ns):
+            sh[jl, s] = 0.0
+        for s in range(s0, ns):
+            u = (s * sample_ns - start) / TABLE_STEP_NS
+            k = int(u)
+            if k + 1 >= ntab:
+                break
+            w = u - k
+            sh[jl, s] = table[k] * (1.0 - w) + table[k + 1] * w
 
 
 @_kernel
