@@ -225,9 +225,10 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
     size = np.uint64(ns * nch)
     int_ped = noise_int.shape[0] > 0
     pedt = np.empty(ns * nch, np.int32)
-    if int_ped:
-        for q in range(ns * nch):
-            pedt[q] = np.int32(pedestal[q % nch])
+    pedf = np.empty(ns * nch)  # the pedestal of each sample of the block
+    for q in range(ns * nch):
+        pedf[q] = pedestal[q % nch]
+        pedt[q] = np.int32(pedestal[q % nch]) if int_ped else 0
     amax = np.int32(adc_max)
     buf = np.empty(ns)
     a = np.empty(nch)
@@ -260,15 +261,18 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                                 v2 = np.floor(pedestal[c] + noise[k] + d * p + 0.5)
                                 wave[e, s, c] = min(max(v2, 0.0), adc_max)
                 continue
-        else:
+        elif single:
             for s in range(ns):
                 row = off + np.uint64(s * nch)
                 p = intime[s]
                 for c in range(np.uint64(nch)):
                     v2 = np.floor(pedestal[c] + noise[row + c] + a[c] * p + 0.5)
                     wave[e, s, c] = min(max(v2, 0.0), adc_max)
-            if single:
-                continue
+            continue
+        else:  # pileup, before its channels are redone: one pass over the block
+            for q in range(size):
+                v2 = np.floor(pedf[q] + noise[off + q] + 0.5)
+                flat[base + q] = min(max(v2, 0.0), adc_max)
         m = hi[e] - lo[e]
         if m <= MAX_PULSES:  # pileup: each particle's pulse shape once, for all channels
             _gate_pulses(i, lo[e], hi[e], t, dep_self, lines, hline, hamp, table, tp,
