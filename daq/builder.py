@@ -112,6 +112,7 @@ class _Spill:
     events: int = 0
     shed: int = 0
     skipped: bool = False
+    joined: bool = False  # first seen mid-spill (this builder was restarted): resumed spill
     incomplete: collections.Counter[str] = field(default_factory=_board_counter)
     gaps: collections.Counter[str] = field(default_factory=_board_counter)
     meta: dict[str, Any] = field(default_factory=dict)
@@ -161,6 +162,7 @@ class EventBuilder:
             raise ValueError("the default trigger configuration is empty")
         self._active: tuple[dict[str, Any], str, str] = (cfg, content_hash(cfg), "default")
         self._announced = False
+        self._previous_end: dict[str, Any] | None = None
         self._pending_events = 0
         self._last_spill = 0
         self._replay = False
@@ -294,14 +296,15 @@ class EventBuilder:
             self._announced = True
             out.append(self._emit(Kind.CONFIG, msg.run, msg.spill, msg.replay, meta={
                 "trigger_config": cfg, "cfg": h, "who": who, "when": now}))
-        st = _Spill(msg.run, msg.spill, msg.replay, t_last=now)
+        st = _Spill(msg.run, msg.spill, msg.replay, t_last=now,
+                    joined=msg.kind is not Kind.SPILL_START)
         st.meta = {"cfg": h, "trigger_config": cfg, "shadow_config": self._shadow,
                    "calib": self.calibration}
         self._spills[key] = st
         self.stats["replay" if msg.replay else "live"].spills += 1
         out.append(self._emit(Kind.SPILL_START, msg.run, msg.spill, msg.replay, meta={
             "t0_ns": int(msg.meta.get("t0_ns", 0) or 0), "cfg": h, "trigger_config": cfg,
-            "shadow_config": self._shadow}))
+            "shadow_config": self._shadow, "previous_end": self._previous_end}))
         return st
 
     def _slice(self, board: str, msg: Message, stats: Stats, now: float,
@@ -457,11 +460,16 @@ class EventBuilder:
             self._confirm_holes(b, self._streams[b], self.stats["replay" if st.replay
                                 else "live"], below=-1, spill=(st.run, st.spill))
         beam = st.scalers.get("BEAM", {})
-        out.append(self._emit(Kind.SPILL_END, st.run, st.spill, st.replay, meta={
-            "slices": st.slices, "events": st.events, "incomplete": dict(st.incomplete),
-            "shed": st.shed, "gaps": dict(st.gaps), "scalers": dict(beam),
-            "board_events": dict(st.ended), "skipped": st.skipped,
-            "cfg": st.meta["cfg"]}))
+        end = {"slices": st.slices, "events": st.events, "incomplete": dict(st.incomplete),
+               "shed": st.shed, "gaps": dict(st.gaps), "scalers": dict(beam),
+               "board_events": dict(st.ended), "skipped": st.skipped, "resumed": st.joined,
+               "cfg": st.meta["cfg"]}
+        out.append(self._emit(Kind.SPILL_END, st.run, st.spill, st.replay, meta=end))
+        # repeated in the next spill_start and in run_stop: the spill_end travels through
+        # one worker only, and a worker that dies with it must not make the spill's
+        # accounting (announced, shed) vanish downstream
+        self._previous_end = {"spill": st.spill, **{k: end[k] for k in (
+            "slices", "events", "incomplete", "shed", "gaps", "scalers", "resumed")}}
         del self._spills[(st.run, st.spill)]
         self._closed.append((st.run, st.spill))
 
@@ -508,7 +516,7 @@ class EventBuilder:
         stats = self.stats["replay" if replay else "live"]
         out.append(self._emit(Kind.RUN_STOP, self.run, self._last_spill, replay, meta={
             "reason": self.stop_reason or "end of input", "events": stats.events,
-            "spills": stats.spills}))
+            "spills": stats.spills, "previous_end": self._previous_end}))
         return out
 
     def finish(self, now: float) -> list[Message]:

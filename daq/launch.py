@@ -85,17 +85,41 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
 
 
 class Proc:
-    """One service process of `up`."""
+    """One service process of `up`; `restart()` starts it again with the same command."""
 
     def __init__(self, name: str, index: int, config: Path, cfg: StackConfig) -> None:
         self.name = name if name != "trigger" else f"trigger-{index}"
         self.service, self.index = name, index
         self.metrics = f"http://{cfg.metrics.addr}:{cfg.metrics.port(name, index)}/metrics"
-        cmd = [sys.executable, "-m", "daq.cli", "serve", name, "--config", str(config)]
+        self.cmd = [sys.executable, "-m", "daq.cli", "serve", name, "--config", str(config)]
         if name == "trigger":
-            cmd += ["--index", str(index)]
-        self.popen = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, start_new_session=True)
+            self.cmd += ["--index", str(index)]
         self.peak_rss = 0
+        self.restarts = 0
+        self.exits: list[int] = []  # return codes of earlier incarnations (-9: SIGKILL)
+        self.popen = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def crashed(self) -> bool:
+        """Ended by a signal or with an error (a clean end of input exits 0)."""
+        rc = self.popen.poll()
+        return rc is not None and rc != 0
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would end it (fault injection)."""
+        if self.popen.poll() is None:
+            self.sample()
+            self.popen.kill()
+            self.popen.wait()
+
+    def restart(self) -> None:
+        """Start the service again (after a crash); the old process is reaped first."""
+        self.kill()
+        self.exits.append(int(self.popen.returncode))
+        self.restarts += 1
+        self.popen = self._spawn()
 
     def sample(self) -> None:
         if self.popen.poll() is None:
@@ -120,7 +144,8 @@ class Proc:
 
     def report(self) -> dict[str, Any]:
         return {"exit": self.popen.returncode, "peak_rss_bytes": self.peak_rss,
-                "metrics": self.metrics, "pid": self.popen.pid}
+                "metrics": self.metrics, "pid": self.popen.pid, "restarts": self.restarts,
+                "earlier_exits": list(self.exits)}
 
 
 def _wait_metrics(procs: list[Proc], timeout: float = 60.0) -> None:
@@ -154,44 +179,87 @@ def start(config: Path) -> tuple[StackConfig, list[Proc]]:
     return cfg, procs
 
 
-def wait_run_recorded(procs: list[Proc], *, settle_s: float = 60.0) -> bool:
+def wait_run_recorded(procs: list[Proc], *, settle_s: float = 60.0,
+                      step: Any = None) -> bool:
     """After the builder ended its stream: wait until the recorder has closed the run."""
     rec = next(p for p in procs if p.service == "recorder")
     deadline = time.monotonic() + settle_s
     while time.monotonic() < deadline:
         for p in procs:
             p.sample()
+        if step is not None:
+            step()
         files = rec.metric('na64_recorder_files_total{source="live"}') or 0.0
         files += rec.metric('na64_recorder_files_total{source="replay"}') or 0.0
-        if files >= 1 and (rec.metric("na64_recorder_run") or 0.0) == 0.0:
+        # and the monitors have closed every spill (forced ones after their grace time)
+        mon = [p.metric("na64_monitor_open_spills") for p in procs if p.service == "monitor"]
+        if files >= 1 and (rec.metric("na64_recorder_run") or 0.0) == 0.0 \
+                and all(not n for n in mon):
             return True
         time.sleep(0.2)
     return False
 
 
-def up(config: Path, *, on_sample: Any = None) -> dict[str, Any]:
-    """Run a topology's simulated run to the end across processes; report every process."""
+def supervise(procs: list[Proc], *, max_restarts: int) -> list[str]:
+    """Restart policy: a service that crashed (signal or error exit) is started again, at
+    most `max_restarts` times each; the front ends (a run's beam) are never restarted.
+    Returns the names restarted now."""
+    out = []
+    for p in procs:
+        if p.service != "frontend" and p.crashed() and p.restarts < max_restarts:
+            p.restart()
+            out.append(p.name)
+    return out
+
+
+def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
+       timeout_s: float | None = None) -> dict[str, Any]:
+    """Run a topology's simulated run to the end across processes; report every process.
+
+    A crashed service is restarted (at most `max_restarts` times); `on_sample(procs)` is
+    called every 0.1 s (fault injection in the tests uses it).
+    """
     cfg, procs = start(config)
     ok = True
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+    def step() -> None:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"the run did not end within {timeout_s} s")
+        for p in procs:
+            p.sample()
+        if on_sample is not None:
+            on_sample(procs)
+        supervise(procs, max_restarts=max_restarts)
+        time.sleep(0.1)
+
     try:
         by = {p.name: p for p in procs}
         for name in ("frontend", "builder"):
-            while by[name].popen.poll() is None:
-                for p in procs:
-                    p.sample()
-                if on_sample is not None:
-                    on_sample(procs)
-                time.sleep(0.2)
+            while by[name].popen.poll() is None or (by[name].crashed() and \
+                    by[name].restarts < max_restarts and name != "frontend"):
+                step()
             ok &= by[name].popen.returncode == 0
-        ok &= wait_run_recorded(procs)
-    except KeyboardInterrupt:
+        ok &= wait_run_recorded(procs, step=step)
+    except (KeyboardInterrupt, TimeoutError):
         ok = False
     finally:
-        for p in procs:
-            with contextlib.suppress(Exception):
-                p.terminate()
+        stop_all(procs)
     return {"ok": ok, "run_dir": cfg.run_dir,
             "services": {p.name: p.report() for p in procs}}
+
+
+#: shutdown order: upstream first, so that each service drains what its producers sent
+STOP_ORDER = ("frontend", "builder", "trigger", "recorder", "monitor")
+
+
+def stop_all(procs: list[Proc]) -> None:
+    """SIGTERM every service in data-flow order, each stage after the one before exited."""
+    for stage in STOP_ORDER:
+        for p in procs:
+            if p.service == stage:
+                with contextlib.suppress(Exception):
+                    p.terminate()
 
 
 def env_without_pythonpath() -> dict[str, str]:

@@ -25,7 +25,7 @@ import zmq.asyncio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from daq.errors import DaqError, RunFileError, WireError
-from daq.runfile import RunFileWriter
+from daq.runfile import RunFileWriter, partial_path
 from daq.service import Loop, Service
 from daq.transport import context
 from daq.wire import Kind, Message, decode
@@ -36,6 +36,9 @@ MARKERS = frozenset({Kind.RUN_START, Kind.RUN_STOP, Kind.SPILL_START, Kind.SPILL
 
 
 _QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
+
+
+_MAX_EARLY = 4096  # messages held while waiting for a run_start (then resume)
 
 
 def run_file_name(run: int) -> str:
@@ -78,6 +81,11 @@ class Recording:
     total_records: int = 0
     total_bytes: int = 0
     _spills: dict[int, _OpenSpill] = field(default_factory=dict)
+    resume_after_s: float = 2.0
+    resumed: int = 0  # continuation files opened after a restart in the middle of a run
+    _early: list[Message] = field(default_factory=list)  # data before its run_start
+    _t_early: float = 0.0
+    closed_runs: set[tuple[int, bool]] = field(default_factory=set)
     _held_stop: Message | None = None
     _t_stop: float = 0.0
 
@@ -88,9 +96,28 @@ class Recording:
                 return self._write(msg)  # another board's run_start in raw mode
             self.close()
             self._open(msg)
-            return self._write(msg)
-        if self.writer is None or not (msg.kind in MARKERS or msg.kind is Kind.ACCEPTED
-                                       or (self.raw and msg.kind is Kind.SLICE)):
+            n = self._write(msg)
+            early = [m for m in self._early if (m.run, m.replay) == (msg.run, msg.replay)]
+            self._early = []
+            return n + sum(self.handle(m, now) for m in early)
+        wanted = msg.kind in MARKERS or msg.kind is Kind.ACCEPTED \
+            or (self.raw and msg.kind is Kind.SLICE)
+        if self.writer is None and msg.kind is Kind.RUN_STOP and self._early \
+                and (msg.run, msg.replay) == (self._early[0].run, self._early[0].replay):
+            self._early.append(msg)  # the run ended while its first messages were held
+            return self._resume(now)
+        if self.writer is None and wanted and msg.kind is not Kind.RUN_STOP \
+                and (msg.run, msg.replay) not in self.closed_runs:
+            # data of a run not (yet) started here: either its run_start is still on its
+            # way through another worker, or this recorder was restarted in the middle of
+            # the run. Hold it for resume_after_s, then record it in a continuation file.
+            if not self._early:
+                self._t_early = now
+            self._early.append(msg)
+            if len(self._early) < _MAX_EARLY and now - self._t_early < self.resume_after_s:
+                return 0
+            return self._resume(now)
+        if self.writer is None or not wanted:
             self.ignored += 1
             return 0
         if msg.kind is Kind.RUN_STOP:
@@ -133,8 +160,17 @@ class Recording:
         self.close()
         return n
 
+    def _resume(self, now: float) -> int:
+        """Open a continuation file for the held messages' run and record them."""
+        early, self._early = self._early, []
+        self._open(early[0], resumed=True)
+        self.resumed += 1
+        return sum(self.handle(m, now) for m in early)
+
     def poll(self, now: float) -> int:
         """Close spills whose outputs did not all come within spill_timeout_s (counted)."""
+        if self._early and now - self._t_early >= self.resume_after_s:
+            self._resume(now)
         late = [s for s, sp in self._spills.items()
                 if sp.end is not None and now - sp.t_end >= self.spill_timeout_s]
         n = sum(self._settle(s, force=True) for s in late)
@@ -148,7 +184,7 @@ class Recording:
                 n += self._stop(self._held_stop)
         return n
 
-    def _open(self, msg: Message) -> None:
+    def _open(self, msg: Message, *, resumed: bool = False) -> None:
         self.run, self.replay = msg.run, msg.replay
         self.counts = FileCounts()
         self._spills = {}
@@ -158,11 +194,16 @@ class Recording:
             name = "replay-" + name
         path = self.directory / name
         k = 0
-        while path.exists():  # a re-used run number never overwrites: keep both
+        # a re-used run number, or the .partial a crashed recorder left: keep both
+        while path.exists() or partial_path(path).exists():
             k += 1
             path = self.directory / f"{name}.{k}"
+        config = (meta.get("config") or {}) if not resumed else {
+            "resumed": {"spill": msg.spill, "kind": str(msg.kind),
+                        "why": "recorder restarted during the run; the run's first part "
+                               "is in the file(s) before this one"}}
         self.writer = RunFileWriter(
-            path, run=msg.run, config=meta.get("config") or {},
+            path, run=msg.run, config=config,
             geometry_hash=str(meta.get("geometry", "")),
             calibration_hash=str(meta.get("calibration", "")), max_bytes=self.max_bytes)
 
@@ -185,6 +226,8 @@ class Recording:
 
     def close(self) -> list[Path]:
         """Close the run's file(s), writing any held spill end first."""
+        if self.writer is None and self._early:
+            self._resume(self._t_early)  # stopping: what was held goes into a file too
         if self.writer is None:
             return []
         held, self._held_stop = self._held_stop, None  # written last, after the spills
@@ -197,6 +240,7 @@ class Recording:
         closed = self.writer.close()
         self.files += closed
         self.writer = None
+        self.closed_runs.add((self.run, self.replay))
         return closed
 
 
@@ -228,6 +272,13 @@ class RecorderService(Service):
                                 "Messages refused as malformed", registry=registry)
         self.m_write_errors = Counter("na64_recorder_write_errors",
                                       "Messages that could not be written", registry=registry)
+        self.m_ignored = Counter("na64_recorder_ignored",
+                                 "Messages not recorded (no run open for them, or of a kind "
+                                 "the recorder does not keep)", registry=registry)
+        self.m_resumed = Counter("na64_recorder_resumed_files",
+                                 "Continuation files opened for a run already under way "
+                                 "(the recorder was restarted in the middle of it)",
+                                 registry=registry)
         self.m_incomplete = Counter("na64_recorder_incomplete_spills",
                                     "Spills closed without all their slices' outputs",
                                     registry=registry)
@@ -282,7 +333,10 @@ class RecorderService(Service):
         r = self.rec
         files, bad, recs, nbytes = len(r.files), r.incomplete_spills, r.total_records, \
             r.total_bytes
+        ignored, resumed = r.ignored, r.resumed
         step()
+        self.m_ignored.inc(r.ignored - ignored)
+        self.m_resumed.inc(r.resumed - resumed)
         self.m_records.labels(src).inc(r.total_records - recs)
         self.m_bytes.labels(src).inc(r.total_bytes - nbytes)
         self.m_files.labels(src).inc(len(self.rec.files) - files)

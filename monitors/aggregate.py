@@ -97,6 +97,7 @@ class _Open:
     slices: int | None = None
     scalers: dict[str, int] = field(default_factory=dict)
     shadow_ran: bool = False
+    resumed: bool = False  # a restarted builder joined the spill: its `slices` is a part
 
 
 class RunAnalysis:
@@ -123,9 +124,11 @@ class RunAnalysis:
         self.totals_counts = Counts()
         self.refused: dict[str, int] = {}
         self.stream_gaps: dict[str, int] = {}
+        self.restarted_streams: dict[str, int] = {}
         self.shadow_ran = False
         self._open: dict[int, _Open] = {}
         self._closed: set[int] = set()
+        self._backup_ends: set[int] = set()  # spills ended by a copy; the original may follow
         self._last_seq: dict[str, int] = {}
 
     # --- input ---------------------------------------------------------------------------
@@ -146,6 +149,9 @@ class RunAnalysis:
         elif msg.run != self.run:
             raise MonitorInputError("run", f"message of run {msg.run} in run {self.run}")
         if msg.kind in _PASSIVE:
+            prev = msg.meta.get("previous_end")
+            if msg.kind in (Kind.SPILL_START, Kind.RUN_STOP) and isinstance(prev, dict):
+                return self._previous_end(prev)
             return []
         if msg.kind is Kind.FEATURES:
             self._features(msg)
@@ -159,6 +165,12 @@ class RunAnalysis:
         # A jump forward counts the skipped numbers as lost; one of them turning up later
         # (a stream that reorders, e.g. a replay merging files) is taken back off the count.
         last = self._last_seq.get(msg.src)
+        if msg.seq == 0 and last is not None and last > 0:
+            # the sender restarted (a worker after a crash): a new stream, not a duplicate;
+            # what it lost is counted per spill (slices announced but never seen)
+            self._last_seq[msg.src] = 0
+            self.restarted_streams[msg.src] = self.restarted_streams.get(msg.src, 0) + 1
+            return
         if last is None or msg.seq > last:
             if last is not None and msg.seq > last + 1:
                 self.stream_gaps[msg.src] = self.stream_gaps.get(msg.src, 0) + msg.seq - last - 1
@@ -187,6 +199,9 @@ class RunAnalysis:
         sp.spectra.fill(f["e_ecal"][ok], hcal_total(f)[ok])
 
     def _spill_end(self, msg: Message) -> None:
+        if msg.spill in self._backup_ends:  # its copy came first and was used
+            self._backup_ends.discard(msg.spill)
+            return
         m = msg.meta
         slices = m.get("slices")
         if not isinstance(slices, int) or isinstance(slices, bool) or slices < 0:
@@ -198,7 +213,26 @@ class RunAnalysis:
         sp = self._spill(msg.spill)
         if sp.slices is not None:
             raise MonitorInputError("duplicate", f"second spill_end for spill {msg.spill}")
+        self._apply_end(sp, m, slices, shed)
+
+    def _previous_end(self, prev: dict) -> list[SpillSummary]:
+        """The builder repeats a spill's end in the next spill_start and in run_stop: use
+        it when the spill_end itself has not come (it died with a worker)."""
+        spill, slices, shed = prev.get("spill"), prev.get("slices"), prev.get("shed", 0)
+        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                   for v in (spill, slices, shed)):
+            raise MonitorInputError("meta", f"previous_end {prev!r} is not a spill's end")
+        assert isinstance(spill, int) and isinstance(slices, int) and isinstance(shed, int)
+        sp = self._open.get(spill)
+        if sp is None or sp.slices is not None:
+            return []  # closed, or its spill_end came: nothing to fill in
+        self._apply_end(sp, prev, slices, shed)
+        self._backup_ends.add(spill)
+        return self._close_ready(spill)
+
+    def _apply_end(self, sp: _Open, m: Mapping, slices: int, shed: int) -> None:
         sp.slices = slices
+        sp.resumed = m.get("resumed") is True
         sp.counts.shed += shed
         sp.counts.incomplete_board = int_map(m.get("incomplete"))
         sp.counts.builder_gaps = int_map(m.get("gaps"))
@@ -208,7 +242,9 @@ class RunAnalysis:
 
     def _close_ready(self, spill: int) -> list[SpillSummary]:
         sp = self._open.get(spill)
-        if sp is None or sp.slices is None or sp.slices_seen < sp.slices:
+        # a resumed spill (the builder restarted in it) counts only the restarted builder's
+        # slices: the count cannot close it; later spills or the end of the run do (forced)
+        if sp is None or sp.slices is None or sp.slices_seen < sp.slices or sp.resumed:
             return []
         out = [self._close(spill, "complete")]
         for old in sorted(s for s in self._open if s <= spill - self.cfg.max_open_spills):

@@ -15,7 +15,7 @@ from typing import Any, Self
 import aiomqtt
 import zmq
 import zmq.asyncio
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import Field
 
 from daq.config import StrictModel
@@ -33,6 +33,7 @@ from monitors.summary import SpillSummary
 SPILL_TOPIC = "na64/monitor/spill"
 ALARM_TOPIC = "na64/alarms"
 STATUS_TOPIC = "na64/status/monitor"
+RUN_STOP_GRACE_S = 2.0  # after run_stop: how long open spills may still get features
 DRAIN_TIMEOUT_S = 5.0  # at stop: longest time spent taking what is still arriving
 _QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
 log = logging.getLogger("na64.monitors")
@@ -69,6 +70,24 @@ class MonitorService(Service):
         self.clock = clock
         self.tick_s = tick_s
         self.metrics = MonitorMetrics(registry, config)
+        # loss accounting per closed spill: what the BEAM board announced (its scaler) minus
+        # what reached the monitors minus what the builder shed; a crash anywhere upstream
+        # (builder, worker) or here shows up in this counter, never silently
+        self.m_announced = Counter(
+            "na64_monitor_announced_events", "Events the BEAM board announced for closed "
+            "spills (its spill_end scaler)", ["source"], registry=registry)
+        self.m_lost = Counter(
+            "na64_monitor_lost_events", "Announced events that were neither processed nor "
+            "shed (lost in a crash or with a lost message), per closed spill",
+            ["source"], registry=registry)
+        self.m_accepted = Counter(
+            "na64_monitor_accepted_events", "Events with a trigger bit fired, per closed "
+            "spill (what the run file should hold)", ["source"], registry=registry)
+        for src in SOURCES:
+            self.m_accepted.labels(src)
+            self.m_announced.labels(src)
+            self.m_lost.labels(src)
+        self._stopped_at: dict[Source, tuple[float, int]] = {}
         self.analyses: dict[Source, RunAnalysis] = {}
         self.alarms: dict[Source, Alarms] = {s: Alarms(config.alarms, source=s) for s in SOURCES}
         for s in SOURCES:
@@ -196,6 +215,7 @@ class MonitorService(Service):
             self.last_spill_time[source] = self.clock()
         elif msg.kind is Kind.RUN_STOP:
             self.run_open[source] = False
+            self._stopped_at[source] = (self.clock(), msg.run)
             self._alarm_transitions(self.alarms[source].clear_all(run=msg.run))
         self._closed(ra, closed)
         self.metrics.set_open_spills(sum(a.open_spills for a in self.analyses.values()))
@@ -204,8 +224,15 @@ class MonitorService(Service):
     def _closed(self, ra: RunAnalysis, closed: list[SpillSummary]) -> None:
         now = self.clock()
         for s in closed:
-            spectra = ra.spectra.get(s.spill)
+            # the spill's spectra go into the run's /metrics histograms; holding them per
+            # spill as well would grow without bound (hundreds of kB a spill)
+            spectra = ra.spectra.pop(s.spill, None)
             self.metrics.on_spill(s, spectra, now)
+            self.m_accepted.labels(ra.source).inc(s.accepted)
+            beam = s.scalers.get("beam")
+            if beam is not None:
+                self.m_announced.labels(ra.source).inc(beam)
+                self.m_lost.labels(ra.source).inc(max(0, beam - s.events - s.shed))
             elapsed = now - self.last_spill_time.get(ra.source, now)
             self.last_spill_time[ra.source] = now
             self.summaries.append(s)
@@ -240,6 +267,16 @@ class MonitorService(Service):
     def tick(self) -> None:
         """Judge `no_spill` for every source with an open run."""
         now = self.clock()
+        for source, (t, run) in list(self._stopped_at.items()):
+            # after run_stop, spills still waiting for features (a worker died with them)
+            # are closed as forced once the stragglers have had their time
+            ra = self.analyses.get(source)
+            if ra is not None and now - t >= RUN_STOP_GRACE_S:
+                del self._stopped_at[source]
+                if ra.run == run and ra.open_spills:
+                    self._closed(ra, ra.finish())
+                    self.metrics.set_open_spills(sum(a.open_spills
+                                                     for a in self.analyses.values()))
         for source, open_ in self.run_open.items():
             if open_:
                 ra = self.analyses.get(source)

@@ -1,0 +1,187 @@
+"""The crash matrix: run the multi-process deployment (`up`), SIGKILL one service in the
+middle of a spill, let the supervisor restart it, and account for every event.
+
+"Reported lost" comes from the system itself: the monitors' per-spill loss counter
+(`na64_monitor_lost_events_total`: BEAM-announced events neither processed nor shed), the
+builder's shed counter, the workers' kept counters against what `inspect` finds in the run
+files. "True missing" comes from the simulator's truth (the same seeds, generated again
+here) against what reached the monitors and what is in the run files. The harness scrapes
+every process's /metrics like Prometheus would (a restarted process starts its counters at
+zero; the last scrape of the killed one is kept, taken right before the kill).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from daq.launch import Proc, scrape, up
+from daq.runfile import RunFileReader
+from daq.wire import Kind
+
+SPILLS = 6
+KILL_SPILL = 2
+SIM = {"intensity": 4000.0, "spill_length_s": 0.4, "spill_period_s": 0.4,
+       "generated_s": 0.4, "slice_events": 256, "seed": 21, "run": 3}
+
+
+@dataclass
+class Scraper:
+    """Last value of every series per process incarnation (pid)."""
+
+    last: dict[tuple[str, int], dict[str, float]] = field(default_factory=dict)
+
+    def poll(self, procs: list[Proc]) -> None:
+        for p in procs:
+            if p.popen.poll() is None:
+                with contextlib.suppress(OSError):
+                    self.last[(p.name, p.popen.pid)] = scrape(p.metrics, timeout=1.0)
+
+    def total(self, proc: str, series: str) -> float:
+        """Sum over incarnations of the last value seen (counters restart at 0)."""
+        return sum(v.get(series, 0.0) for (n, _), v in self.last.items()
+                   if n == proc or (proc == "trigger" and n.startswith("trigger-")))
+
+
+def truth_events(spills: int = SPILLS) -> list[int]:
+    """Events the simulated beam generated per spill (truth; the same seeds as the run)."""
+    from daq.geometry import load_calibration, load_geometry
+    from simulators.config import FaultConfig, SimConfig
+    from simulators.generator import Simulator
+
+    g = load_geometry()
+    sim = Simulator(SimConfig.parse(SIM), g, load_calibration(g), FaultConfig())
+    return [sim.plan(s).events for s in range(spills)]
+
+
+def reference_accepted() -> set[tuple[int, int]]:
+    """(spill, event) of every event the trigger accepts when nothing fails."""
+    from daq.builder import BuilderConfig, EventBuilder
+    from daq.geometry import load_calibration, load_geometry
+    from simulators.config import FaultConfig, SimConfig
+    from simulators.frontend import FrontEnds
+    from simulators.generator import Simulator
+    from trigger.processor import SliceProcessor
+
+    g = load_geometry()
+    cal = load_calibration(g)
+    sim = Simulator(SimConfig.parse(SIM), g, cal, FaultConfig())
+    core = EventBuilder(g, BuilderConfig(), calibration=cal.hash)
+    proc = SliceProcessor(g, cal)
+    out: set[tuple[int, int]] = set()
+    for em in FrontEnds(sim, spills=SPILLS).run():
+        for b in core.feed(em.msg, 0.0):
+            if b.kind is Kind.SLICE:
+                acc = proc.process(b).accepted
+                out.update((acc.spill, int(e)) for e in acc.arrays["event"])
+    return out
+
+
+def write_topology(tmp: Path, ports: list[int]) -> Path:
+    ep = iter(ports)
+    topo = {
+        "run_dir": str(tmp / "runs"), "workers": 2,
+        "endpoints": {k: f"tcp://127.0.0.1:{next(ep)}"
+                      for k in ("builder_in", "builder_out", "recorder", "monitor")},
+        "metrics": {"frontend": next(ep), "builder": next(ep), "recorder": next(ep),
+                    "monitor": next(ep), "control": next(ep), "trigger": next(ep)},
+        "simulator": {"spills": SPILLS, "pace": "factor", "factor": 1.0, "sim": SIM},
+        "builder": {"timeout_s": 0.5},
+    }
+    path = tmp / "topology.toml"
+    path.write_text(tomli_w.dumps(topo))
+    return path
+
+
+@dataclass
+class CrashResult:
+    service: str
+    killed_at_event: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+    truth: list[int] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+
+def run_crash(tmp: Path, ports: list[int], victim: str | None) -> CrashResult:
+    """One row of the matrix (victim None: the run without a fault)."""
+    truth = truth_events()
+    kill_at = sum(truth[:KILL_SPILL]) + truth[KILL_SPILL] // 2  # mid-spill, by BEAM events
+    res = CrashResult(victim or "none", truth=truth)
+    scr = Scraper()
+    done = {"killed": False}
+
+    def on_sample(procs: list[Proc]) -> None:
+        scr.poll(procs)
+        if victim is None or done["killed"]:
+            return
+        sent = scr.total("frontend", 'na64_frontend_events_total{board="BEAM"}')
+        if sent >= kill_at:
+            p = next(p for p in procs if p.name == victim)
+            scr.poll([p])  # the last look a Prometheus would have had
+            p.kill()
+            done["killed"] = True
+            res.killed_at_event = int(sent)
+
+    res.report = up(write_topology(tmp, ports), on_sample=on_sample, max_restarts=2,
+                    timeout_s=40)
+    res.figures = account(scr, tmp / "runs", truth)
+    return res
+
+
+def account(scr: Scraper, run_dir: Path, truth: list[int]) -> dict[str, Any]:
+    n = sum(truth)
+    mon = {k: scr.total("monitor", f'na64_{k}{{source="live"}}') for k in
+           ("events_total", "shed_events_total", "monitor_lost_events_total",
+            "monitor_announced_events_total", "monitor_accepted_events_total")}
+    files = sorted(p for p in run_dir.iterdir())
+    recorded: set[tuple[int, int]] = set()
+    file_info = []
+    dup = 0
+    for f in files:
+        r = RunFileReader(f)
+        for m in r.messages():
+            if m.kind is Kind.ACCEPTED:
+                ids = {(m.spill, int(e)) for e in m.arrays["event"]}
+                dup += len(ids & recorded)
+                recorded |= ids
+        rep = r.report
+        complete = [s for s, i in rep.spills.items() if i.complete]
+        file_info.append({"file": f.name, "closed_cleanly": rep.closed_cleanly,
+                          "torn": rep.torn, "torn_spill": rep.torn_spill,
+                          "complete_spills": complete, "header": r.header.get("config", {})
+                          .get("resumed")})
+    ref = reference_accepted()
+    kept = scr.total("trigger", "na64_trigger_kept_events_total")
+    return {
+        "generated": n,
+        "monitored": int(mon["events_total"]), "shed": int(mon["shed_events_total"]),
+        "reported_lost": int(mon["monitor_lost_events_total"]),
+        "announced": int(mon["monitor_announced_events_total"]),
+        "true_missing": n - int(mon["events_total"]) - int(mon["shed_events_total"]),
+        "accepted_reference": len(ref), "accepted_recorded": len(recorded),
+        "accepted_kept_reported": int(kept),
+        "accepted_monitored": int(mon["monitor_accepted_events_total"]),
+        # what the shift crew sees: the monitors' accepted count against `inspect` of the files
+        "accepted_lost_reported": int(mon["monitor_accepted_events_total"]) - len(recorded),
+        "accepted_missing_true": len(ref - recorded),
+        "accepted_not_in_reference": len(recorded - ref), "accepted_duplicates": dup,
+        "builder_incomplete": int(sum(
+            v for (n, _), vals in scr.last.items() if n == "builder"
+            for k, v in vals.items()
+            if k.startswith("na64_builder_incomplete_events_total") and 'source="live"' in k)),
+        "monitor_refused": {k: int(v) for k, v in (
+            (k, scr.total("monitor", k)) for k in {k for (n, _), vals in scr.last.items()
+                                                  if n == "monitor" for k in vals
+                                                  if k.startswith("na64_monitor_refused_total")})
+            if v},
+        "files": file_info,
+    }
+
+
+def wait_ports_free(ports: list[int]) -> None:
+    time.sleep(0.1)
