@@ -94,7 +94,8 @@ class Recording:
         if msg.kind is Kind.RUN_START:
             if self.writer is not None and msg.run == self.run:
                 return self._write(msg)  # another board's run_start in raw mode
-            self.close()
+            if self.writer is not None:
+                self.close()
             self._open(msg)
             n = self._write(msg)
             early = [m for m in self._early if (m.run, m.replay) == (msg.run, msg.replay)]

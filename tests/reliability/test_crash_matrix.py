@@ -32,6 +32,8 @@ def _check_common(r: object) -> dict:
     # the run file(s) are readable; every spill up to the last complete one is in them
     for info in f["files"]:
         assert info["torn_spill"] is None or info["torn_spill"] >= KILL_SPILL - 1
+        # a continuation file only when the recorder itself was restarted
+        assert not info["header"] or r.service == "recorder", info  # type: ignore[attr-defined]
     return f
 
 
