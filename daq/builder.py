@@ -468,7 +468,7 @@ class EventBuilder:
         # repeated in the next spill_start and in run_stop: the spill_end travels through
         # one worker only, and a worker that dies with it must not make the spill's
         # accounting (announced, shed) vanish downstream
-        self._previous_end = {"spill": st.spill, **{k: end[k] for k in (
+        self._previous_end = {"run": st.run, "spill": st.spill, **{k: end[k] for k in (
             "slices", "events", "incomplete", "shed", "gaps", "scalers", "resumed")}}
         del self._spills[(st.run, st.spill)]
         self._closed.append((st.run, st.spill))

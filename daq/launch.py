@@ -36,7 +36,12 @@ def _build(name: str, cfg: StackConfig, index: int, registry: CollectorRegistry)
     if name == "recorder":
         return f.recorder(registry)
     if name == "monitor":
-        return f.monitor(registry)
+        mon = f.monitor(registry)
+        # a restarted monitor must not account again the spills it closed before the crash
+        state = Path(cfg.run_dir) / ".monitor-state.json"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        mon.state_file = state
+        return mon
     raise ConfigError("service", name, "frontend, builder, trigger, recorder or monitor")
 
 
@@ -241,6 +246,8 @@ def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
                 step()
             ok &= by[name].popen.returncode == 0
         ok &= wait_run_recorded(procs, step=step)
+        if on_sample is not None:
+            on_sample(procs)  # the settled state, before anything is stopped
     except (KeyboardInterrupt, TimeoutError):
         ok = False
     finally:

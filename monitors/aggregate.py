@@ -150,7 +150,8 @@ class RunAnalysis:
             raise MonitorInputError("run", f"message of run {msg.run} in run {self.run}")
         if msg.kind in _PASSIVE:
             prev = msg.meta.get("previous_end")
-            if msg.kind in (Kind.SPILL_START, Kind.RUN_STOP) and isinstance(prev, dict):
+            if msg.kind in (Kind.SPILL_START, Kind.RUN_STOP) and isinstance(prev, dict) \
+                    and prev.get("run", msg.run) == msg.run:
                 return self._previous_end(prev)
             return []
         if msg.kind is Kind.FEATURES:
@@ -223,9 +224,13 @@ class RunAnalysis:
                    for v in (spill, slices, shed)):
             raise MonitorInputError("meta", f"previous_end {prev!r} is not a spill's end")
         assert isinstance(spill, int) and isinstance(slices, int) and isinstance(shed, int)
-        sp = self._open.get(spill)
-        if sp is None or sp.slices is not None:
-            return []  # closed, or its spill_end came: nothing to fill in
+        if spill in self._closed:
+            return []
+        # not open: nothing of the spill has come yet (two workers reorder), or it all died
+        # with a monitor that was restarted since; either way it is announced and accounted
+        sp = self._spill(spill)
+        if sp.slices is not None:
+            return []  # its spill_end came: nothing to fill in
         self._apply_end(sp, prev, slices, shed)
         self._backup_ends.add(spill)
         return self._close_ready(spill)
@@ -289,6 +294,15 @@ class RunAnalysis:
         self._closed = {c for c in self._closed if c >= horizon}
 
     # --- output --------------------------------------------------------------------------
+
+    def mark_closed(self, spills: Sequence[int]) -> None:
+        """Spills closed (and published) elsewhere, e.g. by this monitor before a restart:
+        their messages are refused as late, their copies of a spill's end ignored."""
+        self._closed.update(spills)
+
+    def recently_closed(self, n: int) -> list[int]:
+        """The `n` highest spill numbers closed so far."""
+        return sorted(self._closed)[-n:]
 
     @property
     def open_spills(self) -> int:

@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
@@ -88,6 +90,10 @@ class MonitorService(Service):
             self.m_announced.labels(src)
             self.m_lost.labels(src)
         self._stopped_at: dict[Source, tuple[float, int]] = {}
+        #: where the spills closed so far are remembered, so that a restarted monitor does
+        #: not account a spill twice (None: not remembered; `na64daq serve` sets it)
+        self.state_file: Path | None = None
+        self._totals: dict[Source, dict[str, int]] = {}  # per run, persisted with the state
         self.analyses: dict[Source, RunAnalysis] = {}
         self.alarms: dict[Source, Alarms] = {s: Alarms(config.alarms, source=s) for s in SOURCES}
         for s in SOURCES:
@@ -199,6 +205,8 @@ class MonitorService(Service):
             ra = self.analyses[source] = RunAnalysis(
                 self.cfg, boards=self.boards, source=source, run=msg.run, keep_spectra=True,
                 keep_last=self.keep_summaries)
+            if msg.kind is not Kind.RUN_START:  # joined a run under way: restarted?
+                self._restore(ra, source, msg.run)
             self.last_spill_time[source] = self.clock()
         return ra
 
@@ -221,7 +229,60 @@ class MonitorService(Service):
         self.metrics.set_open_spills(sum(a.open_spills for a in self.analyses.values()))
         return closed
 
+    def _restore(self, ra: RunAnalysis, source: Source, run: int) -> None:
+        """A previous incarnation of this monitor closed (and published) spills of `run`:
+        do not account them again, and continue its run totals."""
+        if self.state_file is None:
+            return
+        try:
+            st = json.loads(self.state_file.read_text())[source]
+            if st["run"] != run:
+                return
+            closed = [int(x) for x in st["closed"]]
+            totals = {k: int(v) for k, v in st["totals"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return
+        ra.mark_closed(closed)
+        self._totals[source] = totals
+        totals["run"] = run
+        for name, v in totals.items():
+            if name != "run":
+                self._total_counter(name).labels(source).inc(v)
+
+    def _total_counter(self, name: str) -> Counter:
+        own = {"announced": self.m_announced, "lost": self.m_lost, "accepted": self.m_accepted}
+        if name in own:
+            return own[name]
+        return self.metrics.counter({"events": "na64_events_total",
+                                     "shed": "na64_shed_events_total"}[name])
+
+    def _remember(self, ra: RunAnalysis) -> None:
+        if self.state_file is None or ra.run is None:
+            return
+        try:
+            state = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            state = {}
+        state[ra.source] = {"run": ra.run, "closed": ra.recently_closed(64),
+                            "totals": self._totals.get(ra.source, {})}
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_file)  # a killed process leaves the old or the new one
+
     def _closed(self, ra: RunAnalysis, closed: list[SpillSummary]) -> None:
+        t = self._totals.setdefault(ra.source, {})
+        if closed and t.get("run") != ra.run:
+            t.clear()
+            t["run"] = ra.run or 0
+        for s in closed:
+            beam = s.scalers.get("beam")
+            add = {"events": s.events, "shed": s.shed, "accepted": s.accepted}
+            if beam is not None:
+                add |= {"announced": beam, "lost": max(0, beam - s.events - s.shed)}
+            for k, v in add.items():
+                t[k] = t.get(k, 0) + v
+        if closed:
+            self._remember(ra)
         now = self.clock()
         for s in closed:
             # the spill's spectra go into the run's /metrics histograms; holding them per

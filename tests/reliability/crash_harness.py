@@ -42,6 +42,11 @@ class Scraper:
                 with contextlib.suppress(OSError):
                     self.last[(p.name, p.popen.pid)] = scrape(p.metrics, timeout=1.0)
 
+    def final(self, proc: str, series: str) -> float:
+        """The value in the last incarnation of a process."""
+        last = [v for (n, _), v in self.last.items() if n == proc]
+        return last[-1].get(series, 0.0) if last else 0.0
+
     def total(self, proc: str, series: str) -> float:
         """Sum over incarnations of the last value seen (counters restart at 0)."""
         return sum(v.get(series, 0.0) for (n, _), v in self.last.items()
@@ -135,10 +140,12 @@ def run_crash(tmp: Path, ports: list[int], victim: str | None) -> CrashResult:
 
 def account(scr: Scraper, run_dir: Path, truth: list[int]) -> dict[str, Any]:
     n = sum(truth)
-    mon = {k: scr.total("monitor", f'na64_{k}{{source="live"}}') for k in
+    # the monitor continues its run totals after a restart (persisted with each spill it
+    # closes): its last incarnation's counters are the run's
+    mon = {k: scr.final("monitor", f'na64_{k}{{source="live"}}') for k in
            ("events_total", "shed_events_total", "monitor_lost_events_total",
             "monitor_announced_events_total", "monitor_accepted_events_total")}
-    files = sorted(p for p in run_dir.iterdir())
+    files = sorted(p for p in run_dir.iterdir() if ".na64" in p.name)
     recorded: set[tuple[int, int]] = set()
     file_info = []
     dup = 0
