@@ -251,4 +251,6 @@ class BuilderService(Service):
             await super().__aexit__(*exc)
         finally:
             self.pull.close()
-            self.push.close()
+            # a sent message is only queued in zmq: linger so that the end of the stream
+            # (last spill_end, run_stop, eos) reaches the workers after this process ends
+            self.push.close(linger=int(self.drain_timeout_s * 1000))

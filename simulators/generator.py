@@ -110,6 +110,7 @@ class Simulator:
                 yield self.make_slice(plan, k)
         finally:
             self._blocks.clear()
+            self._sums.clear()  # else the last block's sums of every spill stay behind
 
     def _block(self, plan: SpillPlan, k: int) -> Particles:
         key = (plan.spill, k)
