@@ -63,18 +63,11 @@ async def soak(a: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
             return
         if m.kind is Kind.SLICE:
             sent["events"] += m.count
-        elif m.kind is Kind.SPILL_START and not a.keep_simulator_leak:
-            # simulators/generator.py keeps the energy sums of each spill's last block
-            # (`Simulator._sums` is not cleared with `_blocks`): ~30 kB a spill in the
-            # simulator, which stands in for the hardware. Reported; dropped here so that
-            # the figure measures the DAQ services.
-            sim._sums = {k: v for k, v in sim._sums.items() if k[0] >= m.spill}
         if m.kind is Kind.SPILL_START and m.spill % a.every == 0:
             samples.append({"spill": m.spill, "rss_bytes": rss_bytes(), "fds": open_fds(),
                             "t_s": round(time.monotonic() - t0, 2)})
 
     pipe.services["frontend"].on_emit = on_emit  # type: ignore[attr-defined]
-    sim = pipe.services["frontend"].fe.sim  # type: ignore[attr-defined]
     mon = pipe.monitor
     closed = mon._closed
 
@@ -145,8 +138,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="spill whose memory is the baseline (after warm-up)")
     p.add_argument("--rss-allowance-mib", type=float, default=20.0,
                    help="growth of VmRSS from the baseline to the end that still passes")
-    p.add_argument("--keep-simulator-leak", action="store_true",
-                   help="do not drop the simulator's per-spill sums (see the code)")
     p.add_argument("--out", type=Path, default=None, help="write the JSON report here")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="na64-soak-") as d:
