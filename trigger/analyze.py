@@ -128,21 +128,56 @@ def summarize(stream: Iterable[Message]) -> list[SpillSummary]:
     """Per-spill trigger counts from FEATURES messages (markers are ignored)."""
     spills: dict[tuple[int, int], SpillSummary] = {}
     for m in stream:
-        if m.kind is not Kind.FEATURES:
-            continue
-        s = spills.setdefault((m.run, m.spill), SpillSummary(m.run, m.spill))
-        bits, shadow = m.arrays["bits"], m.arrays["shadow"]
-        s.events += m.count
-        s.slices += 1
-        s.accepted += int((bits != 0).sum())
-        for name, bit in TRIGGER_BITS.items():
-            s.fired[name] += int((bits & bit != 0).sum())
-            s.shadow[name] += int((shadow & bit != 0).sum())
-        if m.meta.get("shadow_cfg"):
-            s.shadow_accepted += int((shadow != 0).sum())
-            s.shadow_cfg.add(str(m.meta["shadow_cfg"]))
-        s.cfg.add(str(m.meta.get("cfg")))
+        _count(spills, m)
     return [spills[k] for k in sorted(spills)]
+
+
+def _count(spills: dict[tuple[int, int], SpillSummary], m: Message) -> None:
+    if m.kind is not Kind.FEATURES:
+        return
+    s = spills.setdefault((m.run, m.spill), SpillSummary(m.run, m.spill))
+    bits, shadow = m.arrays["bits"], m.arrays["shadow"]
+    s.events += m.count
+    s.slices += 1
+    s.accepted += int((bits != 0).sum())
+    for name, bit in TRIGGER_BITS.items():
+        s.fired[name] += int((bits & bit != 0).sum())
+        s.shadow[name] += int((shadow & bit != 0).sum())
+    if m.meta.get("shadow_cfg"):
+        s.shadow_accepted += int((shadow != 0).sum())
+        s.shadow_cfg.add(str(m.meta["shadow_cfg"]))
+    s.cfg.add(str(m.meta.get("cfg")))
+
+
+def analyze_run(path: str | Path, trigger_config: TriggerConfig | None = None,
+                monitor_config: Any = None) -> dict[str, Any]:
+    """`na64daq analyze`: the trigger and the monitors over a run file, in one pass.
+
+    The monitors' report (`{"run", "spills", "totals"}`, docs/monitors.md) with each spill's
+    trigger counts (`fired`, `accept_rate`, `shadow`, ...) merged in, plus the file's
+    totals and the slices the trigger refused.
+    """
+    from monitors.analysis import analyze as monitor_analysis  # the layer above both
+
+    if not Path(path).exists() and not Path(str(path) + ".partial").exists():
+        raise TriggerError(f"{path}: no such run file")
+    refused: dict[str, int] = {}
+    counts: dict[tuple[int, int], SpillSummary] = {}
+
+    def counted(stream: Iterable[Message]) -> Iterator[Message]:
+        for m in stream:
+            _count(counts, m)
+            yield m
+
+    report = monitor_analysis(counted(iter_features(path, trigger_config, refused=refused)),
+                              monitor_config).report()
+    trig = {k[1]: v.as_dict() for k, v in counts.items()}
+    for s in report["spills"]:
+        for key, value in trig.get(s["spill"], {}).items():
+            s.setdefault(key, value)
+    report.update(file=str(path), events=sum(v.events for v in counts.values()),
+                  accepted=sum(v.accepted for v in counts.values()), refused=refused)
+    return report
 
 
 def analyze(path: str | Path, trigger_config: TriggerConfig | None = None) -> dict[str, Any]:

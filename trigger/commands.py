@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _analyze(a: argparse.Namespace) -> int:
     from daq.geometry import load_geometry
-    from trigger.analyze import analyze, load_config_file
+    from trigger.analyze import analyze_run, load_config_file
     from trigger.config import TriggerConfig, apply_overrides
 
     cfg = None
@@ -45,17 +45,18 @@ def _analyze(a: argparse.Namespace) -> int:
         geom = load_geometry()
         base = load_config_file(a.trigger_config, geom) if a.trigger_config else TriggerConfig()
         cfg = apply_overrides(base, a.set, geometry=geom)
-    result = analyze(a.file, cfg)
+    result = analyze_run(a.file, cfg)
     if a.json:
         json.dump(result, sys.stdout, indent=1)
         print()
         return 0
-    print(f"{'run':>5} {'spill':>5} {'events':>9} {'accepted':>9} {'rate':>8}  "
-          + " ".join(f"{t:>11}" for t in result["spills"][0]["fired"]) if result["spills"]
-          else "no spills")
-    for s in result["spills"]:
-        print(f"{s['run']:>5} {s['spill']:>5} {s['events']:>9} {s['accepted']:>9} "
-              f"{s['accept_rate']:>8.4f}  " + " ".join(f"{n:>11}" for n in s["fired"].values()))
+    from rich.console import Console
+
+    from daq.live import run_summary, spill_table
+
+    console = Console()
+    console.print(spill_table(result["spills"], last=len(result["spills"])))
+    console.print(run_summary(result["spills"], result.get("totals")))
     if result["refused"]:
         print(f"refused slices: {result['refused']}")
     return 0
