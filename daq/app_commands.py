@@ -51,6 +51,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("--index", type=int, default=0, help="trigger worker number")
     s.set_defaults(func=_serve)
 
+    b = sub.add_parser("bench", help="measure kernel, pipeline and bare ZeroMQ side by side")
+    b.add_argument("--json", action="store_true", help="print one JSON document")
+    b.add_argument("--spills", type=int, default=5, help="spills per pipeline run (default 5)")
+    b.add_argument("--feature-events", type=int, default=200_000,
+                   help="events per spill in feature mode (default 200000)")
+    b.add_argument("--waveform-events", type=int, default=40_000,
+                   help="events per spill in waveform mode (default 40000)")
+    b.set_defaults(func=_bench)
+
     u = sub.add_parser("up", help="start every service of a topology as separate processes")
     u.add_argument("--config", required=True, help="topology TOML (see deploy/topology.toml)")
     u.add_argument("--json", action="store_true", help="print the final report as JSON")
@@ -80,7 +89,7 @@ def _demo(a: argparse.Namespace) -> int:
     from daq.transport import context
 
     cfg = _demo_config(a)
-    console = Console(stderr=not a.json)
+    console = Console(stderr=a.json)  # keep stdout pure JSON with --json
     pipe = Pipeline(cfg)
     sent = [0]
     t0 = time.monotonic()
@@ -146,6 +155,24 @@ def _totals(pipe: Any) -> dict[str, Any] | None:
         with contextlib.suppress(Exception):
             return dict(ra.totals().model_dump(mode="json"))
     return None
+
+
+def _bench(a: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from daq.bench import run_all
+
+    console = Console(stderr=True)
+    with console.status("benchmark") as status:
+        res = run_all(feature_events=a.feature_events, waveform_events=a.waveform_events,
+                      spills=a.spills, progress=lambda n: status.update(f"benchmark: {n}"))
+    if a.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    for key, value in res.items():
+        if isinstance(value, int | float):
+            print(f"{key:45s} {value:>14,}")
+    return 0
 
 
 def _serve(a: argparse.Namespace) -> int:
