@@ -21,6 +21,7 @@ from daq.errors import ConfigError
 from daq.metrics import MetricsServer
 from daq.service import Service
 from daq.stack import StackConfig, load_stack_config
+from daq.transport import close_transport
 
 
 def _build(name: str, cfg: StackConfig, index: int, registry: CollectorRegistry) -> Service:
@@ -59,6 +60,7 @@ async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
             await svc.wait()
     finally:
         server.close()
+        await asyncio.to_thread(close_transport)  # before the interpreter exits
     return 0
 
 

@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from daq.errors import DaqError, RunFileError, WireError
 from daq.runfile import RunFileWriter, partial_path
 from daq.service import Loop, Service
-from daq.transport import context
+from daq.transport import close_transport, context
 from daq.wire import Kind, Message, decode
 
 #: kinds recorded besides ACCEPTED (SLICE too in raw mode)
@@ -378,7 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--raw", action="store_true", help="also record raw slices")
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
     args = p.parse_args(argv)
-    return asyncio.run(_serve(args))
+    try:
+        return asyncio.run(_serve(args))
+    finally:
+        close_transport()
 
 
 async def _serve(args: argparse.Namespace) -> int:

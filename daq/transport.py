@@ -24,6 +24,20 @@ def context() -> zmq.asyncio.Context:
     return _shared_context
 
 
+def close_transport(linger_s: float = 10.0) -> None:
+    """Send what zmq still queues, then end its threads: call before a process exits.
+
+    Messages are sent zero-copy: libzmq's I/O thread reads the buffers of Python objects
+    after send() has returned. A context left alive at exit lets the interpreter free those
+    buffers while libzmq still sends them (seen as CRC failures downstream and EFAULT
+    aborts). destroy() closes every socket with a bounded linger and terminates.
+    """
+    global _shared_context
+    if _shared_context is not None and not _shared_context.closed:
+        _shared_context.destroy(linger=int(linger_s * 1000))
+    _shared_context = None
+
+
 def send(sock: zmq.Socket, msg: Message, *, with_crc: bool = True, flags: int = 0) -> None:
     """Send `msg` on a blocking socket."""
     sock.send_multipart(encode(msg, with_crc=with_crc), flags=flags, copy=False)

@@ -45,7 +45,12 @@ def _monitor(a: argparse.Namespace) -> int:
             await svc.wait()
 
     try:
-        asyncio.run(run())
+        try:
+            asyncio.run(run())
+        finally:
+            from daq.transport import close_transport
+
+            close_transport()
     finally:
         server.close()
     return 0

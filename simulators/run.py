@@ -10,6 +10,7 @@ from pathlib import Path
 
 from daq.geometry import Calibration, Geometry
 from daq.runfile import RunFileWriter
+from daq.transport import close_transport
 from daq.wire import Kind
 from simulators.config import FaultConfig, SimConfig
 from simulators.errors import SimulatorError
@@ -98,5 +99,8 @@ def to_endpoint(fe: FrontEnds, endpoint: str, *, pace: str = "max", factor: floa
             if tw is not None:
                 summary.files = tw.close()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    finally:
+        close_transport()  # the last zero-copy frames must leave before exit
     return summary

@@ -69,5 +69,10 @@ def _worker(a: argparse.Namespace) -> int:
 
     cfg = WorkerConfig.parse(
         {"input": a.input, "recorder": a.recorder, "monitors": a.monitor, "index": a.index})
-    asyncio.run(run_worker(cfg, metrics_port=a.metrics_port))
+    try:
+        asyncio.run(run_worker(cfg, metrics_port=a.metrics_port))
+    finally:
+        from daq.transport import close_transport
+
+        close_transport()  # the last zero-copy frames must leave before exit
     return 0
