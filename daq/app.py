@@ -45,16 +45,39 @@ def mqtt_settings(cfg: StackConfig) -> Any:
     return MqttSettings.from_mapping(env, source="the environment")
 
 
-def _curve(cfg: StackConfig) -> tuple[Any, Any]:
-    """(server hook, client hook) for sockets when CURVE is configured, else (None, None)."""
+def _curve_server(cfg: StackConfig, ctx: Any, registry: CollectorRegistry) -> Any:
+    """The builder input's CURVE hook when configured: only listed client keys get in.
+
+    The context's ZAP authenticator starts here (it needs the running event loop); its
+    counts are exported on the builder's registry as na64_builder_curve_*_total.
+    """
     if not cfg.curve:
-        return None, None
-    from daq.curve import CurveConfig, make_client, make_server
+        return None
+    from daq.curve import CurveAuthenticator, CurveConfig, make_server
 
     cc = CurveConfig.parse(cfg.curve)
     if not cc.enabled:
-        return None, None
-    return (lambda sock: make_server(sock, cc)), (lambda sock: make_client(sock, cc))
+        return None
+    auth = CurveAuthenticator(ctx, cc.authorized_dir)
+    auth.start()
+    registry.register(_CurveCollector(auth))
+    return lambda sock: make_server(sock, cc)
+
+
+class _CurveCollector:
+    """Exports the authenticator's handshake counts at scrape time."""
+
+    def __init__(self, auth: Any) -> None:
+        self.auth = auth
+
+    def collect(self) -> Any:
+        from prometheus_client.core import CounterMetricFamily
+
+        yield CounterMetricFamily("na64_builder_curve_refused",
+                                  "Producers refused by CURVE (key not allowed)",
+                                  value=self.auth.refused)
+        yield CounterMetricFamily("na64_builder_curve_accepted",
+                                  "Producers admitted by CURVE", value=self.auth.accepted)
 
 
 class Factory:
@@ -94,8 +117,11 @@ class Factory:
             fields.setdefault("with_crc", False)  # one process: nothing to corrupt in between
         core = EventBuilder(self.det.geometry, BuilderConfig.parse(fields),
                             calibration=self.det.calibration.hash)
-        server_hook, _ = _curve(self.cfg)
-        return BuilderService(core, registry, ctx=self.ctx, input_hook=server_hook)
+        from daq.transport import context
+
+        ctx = self.ctx or context()
+        hook = _curve_server(self.cfg, ctx, registry)
+        return BuilderService(core, registry, ctx=ctx, input_hook=hook)
 
     def worker(self, index: int, registry: CollectorRegistry) -> TriggerWorker:
         from trigger.worker import TriggerWorker, WorkerConfig
