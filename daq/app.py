@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from daq.control.datapath import DataPath
 from daq.errors import ConfigError
 from daq.metrics import MetricsServer
 from daq.service import Service
@@ -142,11 +143,15 @@ class Factory:
     def monitor(self, registry: CollectorRegistry) -> MonitorService:
         from monitors.config import MonitorConfig
         from monitors.service import MonitorService
+        from monitors.service import MqttSettings as MonitorMqtt
 
+        ms = mqtt_settings(self.cfg)
+        mqtt = None if ms is None else MonitorMqtt(
+            host=ms.host, port=ms.port, username=ms.username,
+            password=ms.password.get_secret_value(), client_id=f"na64-monitor-{ms.username}")
         return MonitorService(self.cfg.endpoints.monitor,
                               config=MonitorConfig.parse(self.cfg.monitor), registry=registry,
-                              mqtt=mqtt_settings(self.cfg), boards=self.det.geometry.board_names,
-                              ctx=self.ctx)
+                              mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx)
 
 
 def _frontend_metrics(registry: CollectorRegistry, fe: Any) -> None:
@@ -272,3 +277,96 @@ def check_service_name(name: str) -> None:
 
     if name not in SERVICES:
         raise ConfigError("service", name, f"one of {', '.join(SERVICES)}")
+
+
+# --- run control over the real data path ------------------------------------------------
+
+
+class PipelineDataPath(DataPath):
+    """Run control's DataPath over the real services, in one process (the demo with MQTT).
+
+    Each run gets a fresh Pipeline (builder, workers, recorder, monitor, front ends) whose
+    builder carries the run's configuration snapshot into `run_start` (so into the run
+    file) and reports when a trigger configuration becomes active, and from which spill.
+    `stop_run` ends the front ends' stream and returns once everything in flight is
+    recorded and monitored. `pause` holds the front ends between spills.
+    """
+
+    def __init__(self, cfg: StackConfig, *, on_pipeline: Callable[[Pipeline], None] | None = None
+                 ) -> None:
+        from daq.control.core import Activation
+
+        super().__init__()
+        self.cfg = cfg
+        self.on_pipeline = on_pipeline
+        self.pipe: Pipeline | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._activations: asyncio.Queue[Activation] = asyncio.Queue()
+        self._pending: tuple[dict[str, Any], str] | None = None
+        self._activation_type = Activation
+
+    async def start_run(self, run: int, snapshot: Any) -> None:
+        from daq.errors import StateError
+        from daq.transport import context
+
+        if self._task is not None and not self._task.done():
+            raise StateError("running", "start_run")
+        pipe = Pipeline(self.cfg)
+        pipe.build(Factory(self.cfg, ctx=context()), run=run)
+        core = pipe.builder.builder
+        core.run_config = dict(snapshot)
+        loop = asyncio.get_running_loop()
+
+        def activated(config: dict[str, Any], who: str, run_: int, spill: int) -> None:
+            loop.call_soon(self._activations.put_nowait,
+                           self._activation_type(config, who, time.time(), run_, spill))
+
+        core.on_activate = activated
+        if self._pending is not None:
+            core.set_trigger_config(*self._pending)
+            self._pending = None
+        self.pipe = pipe
+        if self.on_pipeline is not None:
+            self.on_pipeline(pipe)
+        self._task = asyncio.create_task(self._run(pipe), name=f"run-{run}")
+
+    async def _run(self, pipe: Pipeline) -> None:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                await pipe.run(stack)
+        finally:
+            pipe.close()
+
+    async def stop_run(self) -> dict[str, int]:
+        from daq.errors import StateError
+
+        if self.pipe is None or self._task is None:
+            raise StateError("idle", "stop_run")
+        self.pipe.services["frontend"].stop_after_spill()  # type: ignore[attr-defined]
+        await self._task
+        sums = self.pipe.monitor.summaries
+        return {"events": sum(s.events for s in sums), "spills": len(sums)}
+
+    async def pause(self) -> None:
+        if self.pipe is not None:
+            self.pipe.services["frontend"].paused = True  # type: ignore[attr-defined]
+
+    async def resume(self) -> None:
+        self.resume_frontend()
+
+    def resume_frontend(self) -> None:
+        if self.pipe is not None:
+            self.pipe.services["frontend"].paused = False  # type: ignore[attr-defined]
+
+    async def set_trigger_config(self, config: Any, who: str) -> None:
+        running = self._task is not None and not self._task.done() and self.pipe is not None
+        if running:
+            assert self.pipe is not None
+            self.pipe.builder.builder.set_trigger_config(dict(config), who)
+        else:  # no run open: active at once, and the next run starts with it
+            self._pending = (dict(config), who)
+            self._activations.put_nowait(self._activation_type(dict(config), who, time.time(),
+                                                               None, None))
+
+    async def activation(self) -> Any:
+        return await self._activations.get()

@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "/metrics port of the monitor; the other services use the next ports "
         "(default 0: free ports, printed)"))
     p.add_argument("--mqtt", metavar="URL", default=None, help=(
-        "publish spill summaries, alarms and status to this broker (credentials from "
-        "NA64_MQTT_USERNAME / NA64_MQTT_PASSWORD)"))
+        "run under run control on this broker: runs start and stop with `na64daq ctl`, "
+        "trigger changes apply at the next spill; spill summaries, alarms and status are "
+        "published there (credentials from NA64_MQTT_USERNAME / NA64_MQTT_PASSWORD)"))
     p.add_argument("--run-dir", default="runs", help="where run files go (default ./runs)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--run", type=int, default=1, help="run number (default 1)")
@@ -80,6 +81,52 @@ def _demo_config(a: argparse.Namespace) -> StackConfig:
     }).inproc()
 
 
+def _demo_mqtt(a: argparse.Namespace, cfg: StackConfig) -> int:
+    """The demo under run control: runs start and stop by `na64daq ctl`, over MQTT."""
+    from rich.console import Console
+    from rich.live import Live
+
+    from daq.app import Pipeline, PipelineDataPath, mqtt_settings
+    from daq.control.service import RunControlService
+    from daq.control.store import StateStore
+    from daq.live import view
+    from daq.transport import close_transport
+
+    console = Console()
+    pipes: list[Pipeline] = []
+    t0 = time.monotonic()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        dp = PipelineDataPath(cfg, on_pipeline=pipes.append)
+        svc = RunControlService(mqtt_settings(cfg), StateStore(Path(a.run_dir) / "control"), dp)
+        console.print(f"na64-daq demo under run control at {a.mqtt}: "
+                      "start a run with `na64daq ctl start`, Ctrl-C to leave")
+        with Live(console=console, refresh_per_second=2) as live:
+            async with svc:
+                while not stop.is_set():
+                    await asyncio.sleep(0.5)
+                    if pipes:
+                        p = pipes[-1]
+                        sums = [x.model_dump(mode="json") for x in p.monitor.summaries]
+                        w = p.recorder.rec.writer
+                        live.update(view(run=svc.core.state.run.run if svc.core.state.run
+                                         else None, sent_events=0, summaries=sums, alarms=[],
+                                         metrics_url=None, elapsed_s=time.monotonic() - t0,
+                                         run_file=str(w.path) if w is not None else None))
+                if dp.pipe is not None and dp._task is not None and not dp._task.done():
+                    await dp.stop_run()  # leave with the run closed, not cut
+
+    try:
+        asyncio.run(main())
+    finally:
+        close_transport()
+    return 0
+
+
 def _demo(a: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -89,6 +136,8 @@ def _demo(a: argparse.Namespace) -> int:
     from daq.transport import context
 
     cfg = _demo_config(a)
+    if a.mqtt:
+        return _demo_mqtt(a, cfg)
     console = Console(stderr=a.json)  # keep stdout pure JSON with --json
     pipe = Pipeline(cfg)
     sent = [0]

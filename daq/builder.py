@@ -157,6 +157,10 @@ class EventBuilder:
         self._streams: dict[str, _Stream] = {b: _Stream() for b in self.boards}
         self._runs_started: set[int] = set()
         self._fill_cache: dict[tuple[str, str, int], np.ndarray] = {}
+        #: the run's configuration snapshot (from run control) for the run_start marker
+        self.run_config: dict[str, Any] | None = None
+        #: called (config, who, run, spill) when a new trigger configuration becomes active
+        self.on_activate: Callable[[dict[str, Any], str, int, int], None] | None = None
         cfg = (default_trigger_config or _default_trigger_config)()
         if not cfg:
             raise ValueError("the default trigger configuration is empty")
@@ -274,6 +278,8 @@ class EventBuilder:
         self._runs_started.add(msg.run)
         self.run = msg.run
         meta = dict(msg.meta)
+        if self.run_config is not None:  # run control's snapshot goes into the run file
+            meta["config"] = self.run_config
         meta.setdefault("geometry", self.geometry.hash)
         meta.setdefault("calibration", self.calibration)
         out.append(self._emit(Kind.RUN_START, msg.run, 0, msg.replay, meta=meta))
@@ -289,6 +295,8 @@ class EventBuilder:
         if self._next_cfg is not None:
             self._active, self._next_cfg = self._next_cfg, None
             self._announced = False
+            if self.on_activate is not None:  # run control: active from this spill on
+                self.on_activate(self._active[0], self._active[2], msg.run, msg.spill)
         if self._next_shadow is not None:
             self._shadow, self._next_shadow = self._next_shadow[0], None
         cfg, h, who = self._active

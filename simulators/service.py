@@ -12,7 +12,7 @@ import zmq.asyncio
 
 from daq.service import Loop, Service
 from daq.transport import context
-from daq.wire import Message
+from daq.wire import Kind, Message
 from simulators.frontend import TRUTH, Emission, FrontEnds
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -47,6 +47,12 @@ class FrontEnd(Service):
         self.sleep = sleep or self._interruptible_sleep
         self.clock, self.on_emit = clock, on_emit
         self.sent = 0
+        self.paused = False  # run control: hold before the next spill starts
+        self._stop_at_spill = False
+
+    def stop_after_spill(self) -> None:
+        """End the stream at the next spill boundary (run control's stop: no cut spill)."""
+        self._stop_at_spill = True
 
     async def _interruptible_sleep(self, seconds: float) -> None:
         # a realtime run waits ~12 s between spills: stop() must not wait for that
@@ -77,6 +83,16 @@ class FrontEnd(Service):
                 em = await asyncio.to_thread(_next, it)
                 if em is None:
                     break
+                if em.msg.kind is Kind.SPILL_START:
+                    if self._stop_at_spill:
+                        self.stopping.set()  # not sent: the ends follow on the next turn
+                        continue
+                    while self.paused and not self.stopping.is_set() \
+                            and not self._stop_at_spill:
+                        await self.sleep(0.05)
+                    if self._stop_at_spill:
+                        self.stopping.set()
+                        continue
                 last_ns = em.t_ns
                 if self.speed:
                     wait = em.t_ns / 1e9 / self.speed - (self.clock() - start)
