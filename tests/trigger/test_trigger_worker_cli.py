@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import zmq
@@ -13,30 +11,14 @@ from trigger_data import built_stream
 
 from daq.transport import recv, send
 from daq.wire import Kind, Message
-
-
-def _free_port() -> int:
-    # not from tests/conftest.py: with several conftest modules, `import conftest` is ambiguous
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+from tests.conftest import free_tcp_port, wait_for_port
 
 
 def test_worker_process_runs_the_trigger_and_ends_with_the_stream() -> None:
     stream = built_stream(spills=1)
     body, eos = stream[:-1], stream[-1]
     assert eos.kind is Kind.END_OF_STREAM
-    ports = {k: _free_port() for k in ("in", "rec", "mon", "metrics")}
+    ports = {k: free_tcp_port() for k in ("in", "rec", "mon", "metrics")}
     ctx = zmq.Context()
     push, rec, mon = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL), ctx.socket(zmq.PULL)
     for s, k in ((push, "in"), (rec, "rec"), (mon, "mon")):
@@ -50,7 +32,7 @@ def test_worker_process_runs_the_trigger_and_ends_with_the_stream() -> None:
          "--monitor", f"tcp://127.0.0.1:{ports['mon']}", "--index", "3",
          "--metrics-port", str(ports["metrics"])], stderr=subprocess.PIPE)
     try:
-        _wait_for_port(ports["metrics"], timeout=60)
+        wait_for_port(ports["metrics"], timeout=60)
         for m in body:
             send(push, m)
         slices = sum(m.kind is Kind.SLICE for m in body)
