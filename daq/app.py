@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from daq.control.datapath import DataPath
-from daq.errors import ConfigError
 from daq.metrics import MetricsServer
 from daq.service import Service
 from daq.stack import Detector, StackConfig
@@ -266,17 +265,6 @@ class Pipeline:
         for s in self.servers.values():
             s.close()
         self.servers.clear()
-
-
-def registry_for(name: str) -> CollectorRegistry:
-    return CollectorRegistry()
-
-
-def check_service_name(name: str) -> None:
-    from daq.stack import SERVICES
-
-    if name not in SERVICES:
-        raise ConfigError("service", name, f"one of {', '.join(SERVICES)}")
 
 
 # --- run control over the real data path ------------------------------------------------

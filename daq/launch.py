@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import subprocess
 import sys
@@ -269,7 +268,3 @@ def stop_all(procs: list[Proc]) -> None:
             if p.service == stage:
                 with contextlib.suppress(Exception):
                     p.terminate()
-
-
-def env_without_pythonpath() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
