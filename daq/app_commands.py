@@ -242,6 +242,9 @@ def _up(a: argparse.Namespace) -> int:
             rss = r["peak_rss_bytes"] / 2**20
             print(f"{name:12s} exit {r['exit']!s:>4}  peak RSS {rss:7.1f} MiB"
                   f"  metrics {r['metrics']}")
+        files = sorted(Path(report["run_dir"]).glob("*.na64*"), key=lambda f: f.stat().st_mtime)
+        if files:
+            print(f"newest run file: {files[-1]}  (na64daq inspect {files[-1]})")
     return 0 if report["ok"] else 1
 
 
