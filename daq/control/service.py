@@ -2,7 +2,9 @@
 
     python -m daq.control.service --state-dir DIR [--credentials FILE] [--metrics-port N]
 
-runs it with the in-memory data path (until the builder is wired in). Requests are handled
+runs it with the in-memory data path: across processes the builder and front ends do not
+yet take runs and trigger changes over MQTT; in one process `na64daq demo --mqtt` runs
+control over the real data path (daq.app.PipelineDataPath). Requests are handled
 one at a time; state is persisted before a request is answered, so an acknowledged change
 survives a crash.
 """
