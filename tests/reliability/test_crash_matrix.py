@@ -54,7 +54,16 @@ def test_sigkill_mid_spill_every_loss_reported(tmp_path: Path, victim: str) -> N
     assert r.report["ok"]
     if victim in ("recorder", "trigger-1"):
         # accepted events: the monitors' count against what `inspect` finds in the files
-        # is exactly what is missing against the trigger's truth (reference) decisions
-        assert f["accepted_lost_reported"] == f["accepted_missing_true"]
+        # is exactly what is missing against the trigger's truth (reference) decisions...
+        unseen = f["accepted_missing_true"] - f["accepted_lost_reported"]
+        if f["reported_lost"] == 0:
+            assert unseen == 0
+        else:
+            # ...except for slices lost whole with the killed worker (both outputs in its
+            # zmq queues): the monitor never saw their features, so it cannot know which
+            # of their events the trigger would have kept; it reports those EVENTS as lost
+            # (reported_lost == true_missing above). Every accepted event missing beyond the
+            # monitors' account must be one of those reported-lost events.
+            assert 0 <= unseen <= f["reported_lost"]
     # the system resumed: the spills after the kill are complete at the monitors
     assert len(r.truth) == SPILLS
