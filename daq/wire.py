@@ -50,8 +50,16 @@ class Kind(enum.StrEnum):
     END_OF_STREAM = "eos"
 
 
-#: kinds whose arrays are per event: every array's first dimension equals `count`.
+#: kinds whose arrays are per event: every array's first dimension equals `count`, except
+#: per-hit arrays of zero-suppressed boards (`is_hit_array`), whose axis 0 runs over hits.
 PER_EVENT_KINDS = frozenset({Kind.SLICE, Kind.FEATURES, Kind.ACCEPTED})
+#: names of per-hit arrays start with this (after a `BOARD.` prefix in built slices)
+HIT_PREFIX = "hit_"
+
+
+def is_hit_array(name: str) -> bool:
+    """True for a per-hit array of a zero-suppressed board (`hit_amp`, `ECAL.hit_amp`)."""
+    return name.rpartition(".")[2].startswith(HIT_PREFIX)
 
 
 @dataclass(slots=True)
@@ -189,7 +197,8 @@ def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
         name, arr = _decode_array(spec, buf)
         if name in arrays:
             raise WireError("shape", f"array {name!r} appears twice")
-        if kind in PER_EVENT_KINDS and (arr.ndim == 0 or arr.shape[0] != count):
+        if kind in PER_EVENT_KINDS and (arr.ndim == 0 or (arr.shape[0] != count
+                                                          and not is_hit_array(name))):
             raise WireError("shape", f"array {name!r} has shape {arr.shape}, count is {count}")
         arrays[name] = arr
     crc = _need_uint(h, "crc")
