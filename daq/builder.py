@@ -17,6 +17,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from daq import hits
 from daq.config import StrictModel, content_hash
 from daq.errors import WireError
 from daq.geometry import Geometry
@@ -28,8 +29,6 @@ _REORDER_WINDOW = 256  # a seq hole older than this many messages of its stream 
 _MAX_HOLES = 4096
 _CLOSED_MEMORY = 8  # closed spills remembered to classify very late fragments
 
-_FEATURE: dict[str, np.dtype[Any]] = {
-    "amp": np.dtype("<f4"), "tpeak": np.dtype("<f4"), "npulse": np.dtype("|u1")}
 
 
 class BuilderConfig(StrictModel):
@@ -156,7 +155,6 @@ class EventBuilder:
             maxlen=_CLOSED_MEMORY)
         self._streams: dict[str, _Stream] = {b: _Stream() for b in self.boards}
         self._runs_started: set[int] = set()
-        self._fill_cache: dict[tuple[str, str, int], np.ndarray] = {}
         #: the run's configuration snapshot (from run control) for the run_start marker
         self.run_config: dict[str, Any] | None = None
         #: called (config, who, run, spill) when a new trigger configuration becomes active
@@ -365,40 +363,38 @@ class EventBuilder:
         ts = a.get("ts")
         if ts is None or ts.dtype != np.int64:
             raise WireError("shape", "slice lacks int64 'ts'")
-        want: dict[str, tuple[tuple[int, ...], np.dtype[Any]]]
-        if mode == "waveform":
-            want = {"wave": ((n, self.geometry.detector.samples, nch), np.dtype("<i2"))}
-        elif mode == "feature":
-            want = {k: ((n, nch), dt) for k, dt in _FEATURE.items()}
-        else:
+        if mode not in ("waveform", "feature"):
             raise WireError("header", f"mode {mode!r}")
-        extra = set(a) - set(want) - {"ts"}
-        if extra:
-            raise WireError("shape", f"unexpected arrays {sorted(extra)}")
         if len(a) == 1:
             return True
-        for k, (shape, dt) in want.items():
-            if k not in a or a[k].shape != shape or a[k].dtype != dt:
-                raise WireError("shape", f"{board} array {k!r} is not {dt}{shape}")
+        samples = self.geometry.detector.samples
+        what = f"{board} slice"
+        if mode == "waveform" and "wave" in a:
+            want = {"ts", "wave"}
+            w = a["wave"]
+            if w.shape != (n, samples, nch) or w.dtype != np.dtype("<i2"):
+                raise WireError("shape", f"{what}: 'wave' is {w.dtype}{w.shape}, expected "
+                                         f"int16{(n, samples, nch)}")
+        else:
+            spec = hits.WAVE_HITS if mode == "waveform" else hits.FEATURE_HITS
+            want = {"ts", "nhit", *spec}
+            hits.check(a, n, nch, spec, samples=samples, what=what)
+        extra = set(a) - want
+        if extra:
+            raise WireError("shape", f"{what}: unexpected arrays {sorted(extra)} in {mode} mode")
         return False
 
     # -- building --------------------------------------------------------------------------
 
-    def _fill(self, board: str, name: str, count: int) -> np.ndarray:
-        key = (board, name, count)
-        arr = self._fill_cache.get(key)
-        if arr is None:
-            nch = self.nch[board]
-            if name == "wave":
-                ped = round(self.geometry.detector.pedestal)
-                arr = np.full((count, self.geometry.detector.samples, nch), ped, np.int16)
-            else:
-                arr = np.zeros((count, nch), _FEATURE[name])
-            arr.flags.writeable = False  # shared between slices
-            if len(self._fill_cache) > 64:
-                self._fill_cache.clear()
-            self._fill_cache[key] = arr
-        return arr
+    def _pad(self, board: str, name: str, src: np.ndarray, count: int) -> np.ndarray:
+        """A short fragment's per-event array padded to `count` events (the one copy)."""
+        if name == "wave":  # events the board did not send read the nominal pedestal
+            full = np.full((count, *src.shape[1:]), round(self.geometry.detector.pedestal),
+                           np.int16)
+        else:  # nhit: no hits
+            full = np.zeros(count, src.dtype)
+        full[:len(src)] = src
+        return full
 
     def _complete(self, st: _Spill, first: int, now: float, out: list[Message]) -> None:
         p = st.pending.pop(first)
@@ -406,7 +402,6 @@ class EventBuilder:
         st.done[first] = frozenset(p.frags)
         stats = self.stats["replay" if st.replay else "live"]
         count = max(m.count for m in p.frags.values())
-        names = ("wave",) if st.mode == "waveform" else tuple(_FEATURE)
         missing = np.zeros(count, np.uint8)
         ts = next(m.arrays["ts"] for b in self.boards
                   if (m := p.frags.get(b)) is not None and m.count == count)
@@ -418,16 +413,14 @@ class EventBuilder:
                 missing[have:] |= self.bit[b]
                 st.incomplete[b] += count - have
                 stats.incomplete[b] += count - have
-            for name in names:
-                src = None if m is None else m.arrays.get(name)
-                if src is None:
-                    arrays[f"{b}.{name}"] = self._fill(b, name, count)
-                elif have < count:  # a short fragment: the one case that copies
-                    full = self._fill(b, name, count).copy()
-                    full[:have] = src
-                    arrays[f"{b}.{name}"] = full
-                else:
-                    arrays[f"{b}.{name}"] = src
+            if m is None:  # a missing board's arrays are absent: it read nothing
+                continue
+            for name, src in m.arrays.items():
+                if name == "ts":
+                    continue
+                if have < count and not hits.is_hit_array(name):
+                    src = self._pad(b, name, src, count)
+                arrays[f"{b}.{name}"] = src
         if self.shedding:
             st.shed += count
             stats.shed += count

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from daq import hits
 from daq.geometry import Geometry
 from daq.wire import Kind, Message
 
 
 class Board:
-    """One front end's stream: numbers its messages with `seq` and cuts fixed slices."""
+    """One front end's stream: numbers its messages with `seq` and cuts fixed slices.
+
+    Feature mode is zero-suppressed (about a third of the channels read out); waveform mode
+    sends full waveforms, or zero-suppressed ones with `zero_suppress`.
+    """
 
     def __init__(self, geom: Geometry, name: str, *, run: int = 1, mode: str = "feature",
-                 seed: int = 0) -> None:
+                 seed: int = 0, zero_suppress: bool = False) -> None:
         self.geom, self.name, self.run, self.mode = geom, name, run, mode
+        self.zero_suppress = zero_suppress
         self.nch = geom.n_channels(name)
         self.seq = 0
         self.rng = np.random.default_rng(seed)
@@ -35,15 +41,26 @@ class Board:
     def slice(self, spill: int, first: int, count: int) -> Message:
         ev = np.arange(first, first + count, dtype=np.int64)
         arrays: dict[str, np.ndarray] = {"ts": ev * 800 + spill}
+        meta: dict[str, object] = {"mode": self.mode}
+        mask = self.rng.random((count, self.nch)) < 0.3
         if self.mode == "feature":
-            arrays["amp"] = (self.rng.random((count, self.nch)) * 100).astype(np.float32)
-            arrays["tpeak"] = np.zeros((count, self.nch), np.float32)
-            arrays["npulse"] = np.ones((count, self.nch), np.uint8)
+            amp = self.rng.integers(6, 3000, (count, self.nch), dtype=np.int16)
+            nhit, h = hits.sparsify(mask, {"hit_amp": amp,
+                                           "hit_t": np.zeros((count, self.nch), np.int16),
+                                           "hit_np": np.ones((count, self.nch), np.uint8)})
+            arrays.update(nhit=nhit, **h)
+            meta["zs_adc"] = 6.0
         else:
             s = self.geom.detector.samples
-            arrays["wave"] = self.rng.integers(390, 420, (count, s, self.nch), dtype=np.int16)
+            wave = self.rng.integers(390, 420, (count, s, self.nch), dtype=np.int16)
+            if self.zero_suppress:
+                nhit, h = hits.sparsify(mask, {"hit_wave": wave})
+                arrays.update(nhit=nhit, **h)
+                meta["zs_adc"] = 6.0
+            else:
+                arrays["wave"] = wave
         return self._msg(Kind.SLICE, spill, first=first, count=count, arrays=arrays,
-                         meta={"mode": self.mode})
+                         meta=meta)
 
     def spill(self, spill: int, events: int, slice_events: int) -> list[Message]:
         out = [self.spill_start(spill)]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from daq_fragments import Board
 
+from daq import hits
 from daq.builder import BuilderConfig, EventBuilder
 from daq.config import content_hash
 from daq.errors import ConfigError
@@ -24,8 +25,16 @@ def _builder(**kw: object) -> EventBuilder:
                         calibration="calhash", default_trigger_config=lambda: dict(CFG))
 
 
-def _boards(mode: str = "feature") -> dict[str, Board]:
-    return {n: Board(GEOM, n, mode=mode, seed=i) for i, n in enumerate(NAMES)}
+def _boards(mode: str = "feature", zero_suppress: bool = False) -> dict[str, Board]:
+    return {n: Board(GEOM, n, mode=mode, seed=i, zero_suppress=zero_suppress)
+            for i, n in enumerate(NAMES)}
+
+
+def _first_events(arrays: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """A fragment's arrays cut to its first n events (hits included)."""
+    nhit, h = hits.select(arrays["nhit"], {k: v for k, v in arrays.items()
+                                           if hits.is_hit_array(k)}, np.arange(n))
+    return {"ts": arrays["ts"][:n].copy(), "nhit": nhit, **h}
 
 
 def _interleave(boards: dict[str, Board], spill: int, events: int, se: int = 32,
@@ -69,7 +78,8 @@ def test_complete_events_in_complete_events_out_zero_copy() -> None:
     # board arrays are forwarded, not copied
     src = {(m.board, m.spill, m.first): m for m in msgs if m.kind is Kind.SLICE}
     s0 = slices[0]
-    assert s0.arrays["ECAL.amp"] is src[("ECAL", 0, 0)].arrays["amp"]
+    assert s0.arrays["ECAL.hit_amp"] is src[("ECAL", 0, 0)].arrays["hit_amp"]
+    assert s0.arrays["ECAL.nhit"] is src[("ECAL", 0, 0)].arrays["nhit"]
     assert s0.arrays["ts"] is src[("BEAM", 0, 0)].arrays["ts"]
     assert s0.meta["cfg"] == content_hash(CFG) and s0.meta["trigger_config"] == CFG
     assert s0.meta["calib"] == "calhash" and s0.meta["shadow_config"] is None
@@ -100,19 +110,22 @@ def test_board_stopped_mid_spill_gives_exact_flagged_events() -> None:
     assert [s.first for s in slices] == [32, 64, 96]
     bit = 1 << NAMES.index("HCAL")
     assert all((s.arrays["missing"] == bit).all() for s in slices)
-    assert all(not s.arrays["HCAL.amp"].any() for s in slices)  # missing: zeros
+    assert all("HCAL.nhit" not in s.arrays for s in slices)  # missing: read nothing
     (end,) = _kinds(out, Kind.SPILL_END)
     assert end.meta["incomplete"] == {"HCAL": 68} and end.meta["events"] == 100
     assert b.stats["live"].incomplete == {"HCAL": 68}
     assert b.pending_events == 0
 
 
-def test_missing_board_in_waveform_mode_reads_the_pedestal() -> None:
-    b, boards = _builder(), _boards("waveform")
+@pytest.mark.parametrize("zero_suppress", [False, True])
+def test_missing_board_in_waveform_mode_is_absent(zero_suppress: bool) -> None:
+    b, boards = _builder(), _boards("waveform", zero_suppress)
     _feed(b, _interleave(boards, 0, 40, skip={"VETO": 0}))
     (s, _) = _kinds(b.poll(2.0), Kind.SLICE)
-    assert (s.arrays["VETO.wave"] == 400).all() and s.arrays["VETO.wave"].dtype == np.int16
-    assert s.arrays["VETO.wave"].shape == (32, GEOM.detector.samples, 6)
+    assert not any(k.startswith("VETO.") for k in s.arrays)
+    assert (s.arrays["missing"] == 1 << NAMES.index("VETO")).all()
+    layout = {"ECAL.nhit", "ECAL.hit_ch", "ECAL.hit_wave"} if zero_suppress else {"ECAL.wave"}
+    assert {k for k in s.arrays if k.startswith("ECAL.")} == layout
 
 
 def test_reordered_and_duplicated_slices_are_handled_and_counted() -> None:
@@ -129,7 +142,8 @@ def test_reordered_and_duplicated_slices_are_handled_and_counted() -> None:
     assert key == sorted((s.first, s.count) for s in want)
     by_first = {s.first: s for s in got}
     for w in want:
-        assert np.array_equal(by_first[w.first].arrays["ECAL.amp"], w.arrays["ECAL.amp"])
+        for k in ("ECAL.nhit", "ECAL.hit_ch", "ECAL.hit_amp"):
+            assert np.array_equal(by_first[w.first].arrays[k], w.arrays[k])
     st = b.stats["live"]
     assert sum(st.duplicates.values()) == 5
     assert sum(st.out_of_order.values()) > 0
@@ -193,7 +207,7 @@ def test_bad_fragments_are_refused_and_counted() -> None:
     b, boards = _builder(), _boards()
     msgs = _interleave(boards, 0, 32)
     bad = next(m for m in msgs if m.board == "VETO" and m.kind is Kind.SLICE)
-    bad.arrays["amp"] = bad.arrays["amp"][:, :3].copy()
+    bad.arrays["hit_amp"] = bad.arrays["hit_amp"][:-1].copy()  # one hit short of nhit
     stranger = Message(kind=Kind.SLICE, src="GHOST", board="GHOST", count=1,
                        arrays={"ts": np.zeros(1, np.int64)}, meta={"mode": "feature"})
     _feed(b, [*msgs, stranger])
@@ -208,7 +222,7 @@ def test_empty_fragment_is_counted_not_missing() -> None:
     zs = next(m for m in msgs if m.board == "SRD" and m.kind is Kind.SLICE)
     zs.arrays = {"ts": zs.arrays["ts"]}
     (s,) = _kinds(_feed(b, msgs), Kind.SLICE)
-    assert not s.arrays["missing"].any() and not s.arrays["SRD.amp"].any()
+    assert not s.arrays["missing"].any() and "SRD.nhit" not in s.arrays
     assert b.stats["live"].empty == {"SRD": 1}
 
 
@@ -275,11 +289,12 @@ def test_short_fragment_flags_only_the_events_it_lacks() -> None:
     i = msgs.index(short)
     msgs[i] = Message(kind=Kind.SLICE, run=short.run, spill=0, seq=short.seq, src="VETO",
                       board="VETO", first=0, count=20,
-                      arrays={k: v[:20].copy() for k, v in short.arrays.items()},
-                      meta=short.meta)
+                      arrays=_first_events(short.arrays, 20), meta=short.meta)
     (s,) = _kinds(_feed(b, msgs), Kind.SLICE)
     bit = 1 << NAMES.index("VETO")
     assert (s.arrays["missing"][:20] == 0).all() and (s.arrays["missing"][20:] == bit).all()
-    assert np.array_equal(s.arrays["VETO.amp"][:20], short.arrays["amp"][:20])
-    assert not s.arrays["VETO.amp"][20:].any()
+    assert np.array_equal(s.arrays["VETO.nhit"][:20], short.arrays["nhit"][:20])
+    assert not s.arrays["VETO.nhit"][20:].any()  # the events it lacks have no hits
+    n = int(short.arrays["nhit"][:20].sum())
+    assert np.array_equal(s.arrays["VETO.hit_amp"], short.arrays["hit_amp"][:n])
     assert b.stats["live"].incomplete == {"VETO": 12}

@@ -27,9 +27,12 @@ def sample_messages() -> list[Message]:
     rng = np.random.default_rng(1)
     sl = Message(kind=Kind.SLICE, run=7, spill=1, seq=2, src="BEAM", board="BEAM", first=0,
                  count=n, arrays={"ts": np.arange(n, dtype=np.int64),
-                                  "amp": rng.random((n, 4)).astype(np.float32),
-                                  "npulse": np.ones((n, 4), np.uint8)},
-                 meta={"mode": "feature"})
+                                  "nhit": np.array([3, 0, 2], np.uint8),
+                                  "hit_ch": np.array([0, 1, 2, 0, 3], np.uint8),
+                                  "hit_amp": rng.integers(6, 4000, 5).astype(np.int16),
+                                  "hit_t": np.zeros(5, np.int16),
+                                  "hit_np": np.ones(5, np.uint8)},
+                 meta={"mode": "feature", "zs_adc": 6.0})
     return [
         Message(kind=Kind.RUN_START, run=7, seq=0, src="builder", meta={"config": {"a": 1}}),
         Message(kind=Kind.SPILL_START, run=7, spill=1, seq=1, src="builder",
