@@ -8,11 +8,13 @@ flat arrays the kernels take; `compute_features` and `decide` run the kernels of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
 
+from daq import hits
+from daq.errors import WireError
 from daq.geometry import Calibration, Geometry
 from trigger import kernels
 from trigger.config import TriggerConfig
@@ -105,9 +107,10 @@ class Features:
     sums: np.ndarray  # float64 (count, N_GROUPS)
     mult: np.ndarray  # uint8
     sat: np.ndarray  # uint8, bit i: board i saturated
-    amp: dict[str, np.ndarray] = field(default_factory=dict)  # float32 (count, nch) per board
-    #: uint8 (count, nch) per board; in waveform mode counted only for PULSE_BOARDS (else 0)
-    npulse: dict[str, np.ndarray] = field(default_factory=dict)
+    #: float32 (count, nch of BEAM, 0 without BEAM): amplitudes, 0 below the zero threshold
+    beam_amp: np.ndarray
+    #: uint8, as beam_amp: pulse counts (0 below the zero threshold)
+    beam_npulse: np.ndarray
 
     @property
     def e_ecal(self) -> np.ndarray:
@@ -126,73 +129,152 @@ class Features:
                 "mult": self.mult, "sat": self.sat}
 
 
+@dataclass(frozen=True)
+class BoardAmplitudes:
+    """One board's amplitudes in the layout its arrays came in.
+
+    Dense (`nhit is None`): float32 `amp` and uint8 `npulse` of shape (count, nch). Hits:
+    shape (nhits,) in hit order, `amp` float32 (waveforms) or int16 (feature mode, as sent).
+    From waveforms, `npulse` is counted only for PULSE_BOARDS (0 elsewhere).
+    """
+
+    amp: np.ndarray
+    npulse: np.ndarray
+    nhit: np.ndarray | None = None
+    ch: np.ndarray | None = None
+
+
+def _ro(a: np.ndarray) -> np.ndarray:
+    # Kernel inputs as one numba type whatever the wire gave (read-only, or writable when the
+    # builder padded a short fragment): one compiled specialisation, warmed up at start.
+    v = np.ascontiguousarray(a).view()
+    v.flags.writeable = False
+    return v
+
+
 def _need(arrays: Mapping[str, np.ndarray], name: str, dtype: str,
-          shape: tuple[int, ...]) -> np.ndarray | None:
-    a = arrays.get(name)
-    if a is None:
-        return None
+          shape: tuple[int, ...]) -> np.ndarray:
+    a = arrays[name]
     if a.dtype != np.dtype(dtype) or a.shape != shape:
         raise SliceError("shape", f"{name} is {a.dtype}{a.shape}, expected {dtype}{shape}")
-    return a
+    return _ro(a)
+
+
+def _present(arrays: Mapping[str, np.ndarray], p: TriggerParams) -> set[str]:
+    """Boards with arrays in the slice; an array of a board not in the geometry refuses it."""
+    names = {n.partition(".")[0] for n in arrays if "." in n}
+    unknown = names - {b.name for b in p.boards}
+    if unknown:
+        raise SliceError("shape", f"arrays of boards not in the geometry: {sorted(unknown)}")
+    return names
+
+
+def _hits(arrays: Mapping[str, np.ndarray], b: BoardParams, count: int,
+          spec: Mapping[str, np.dtype], samples: int) -> dict[str, np.ndarray]:
+    try:
+        hits.check(arrays, count, b.nch, spec, prefix=f"{b.name}.", samples=samples)
+    except WireError as e:
+        raise SliceError("shape", e.detail) from None
+    return {k: _ro(arrays[f"{b.name}.{k}"]) for k in ("nhit", *spec)}
 
 
 def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
                      p: TriggerParams, backend: ModuleType = kernels
-                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
-    """amp and npulse per board, and the saturation bits, from a built slice's arrays.
+                     ) -> tuple[dict[str, BoardAmplitudes], np.ndarray]:
+    """Amplitudes of every board that sent arrays, and the saturation bits, of a built slice.
 
-    A board whose arrays are absent (zero-suppressed) reads zero in every channel.
+    Each board is taken in its own layout (docs/dataflow.md, "Built slice"): full
+    waveforms `B.wave`, zero-suppressed waveforms `B.nhit`/`B.hit_ch`/`B.hit_wave`, or
+    feature hits (`B.hit_amp`, `B.hit_np`). A board without arrays read nothing.
     """
     if mode not in MODES:
         raise SliceError("mode", f"mode {mode!r}, expected one of {MODES}")
-    amp: dict[str, np.ndarray] = {}
-    npulse: dict[str, np.ndarray] = {}
+    present = _present(arrays, p)
+    out: dict[str, BoardAmplitudes] = {}
     sat = np.zeros(count, np.uint8)
     bsat = np.empty(count, np.uint8)
     for i, b in enumerate(p.boards):
-        shape = (count, b.nch)
-        if mode == "waveform":
-            wave = _need(arrays, f"{b.name}.wave", "<i2", (count, p.samples, b.nch))
-            if wave is None:
-                amp[b.name], npulse[b.name] = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
-                continue
-            a, n = np.empty(shape, np.float32), np.empty(shape, np.uint8)
-            backend.wave_board(wave, b.live, p.n_ped, p.config.pulse_threshold_adc, p.adc_max,
-                               p.trigger_sample, p.sample_ns, False, b.name in PULSE_BOARDS, a,
-                               _NO_EXTRA, n, _NO_EXTRA, bsat)
+        if b.name not in present:
+            continue
+        if mode == "waveform" and f"{b.name}.wave" in arrays:
+            out[b.name] = _full_waveforms(arrays, count, b, p, backend, bsat)
+        elif mode == "waveform":
+            out[b.name] = _waveform_hits(arrays, count, b, p, backend, bsat)
         else:
-            a_in = _need(arrays, f"{b.name}.amp", "<f4", shape)
-            n_in = _need(arrays, f"{b.name}.npulse", "|u1", shape)
-            if a_in is None:
-                amp[b.name], npulse[b.name] = np.zeros(shape, np.float32), np.zeros(shape, np.uint8)
-                continue
-            a = a_in
-            n = n_in if n_in is not None else np.zeros(shape, np.uint8)
-            backend.feature_sat(a, b.sat_limit, bsat)
-        amp[b.name], npulse[b.name] = a, n
+            h = _hits(arrays, b, count, hits.FEATURE_HITS, p.samples)
+            backend.feature_hits_sat(h["nhit"], h["hit_ch"], h["hit_amp"], b.sat_limit, bsat)
+            out[b.name] = BoardAmplitudes(h["hit_amp"], h["hit_np"], h["nhit"], h["hit_ch"])
         sat |= bsat << np.uint8(i)
-    return amp, npulse, sat
+    return out, sat
+
+
+def _full_waveforms(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
+                    p: TriggerParams, backend: ModuleType, sat: np.ndarray) -> BoardAmplitudes:
+    wave = _need(arrays, f"{b.name}.wave", "<i2", (count, p.samples, b.nch))
+    amp, npulse = np.empty((count, b.nch), np.float32), np.empty((count, b.nch), np.uint8)
+    backend.wave_board(wave, b.live, p.n_ped, p.config.pulse_threshold_adc, p.adc_max,
+                       p.trigger_sample, p.sample_ns, False, b.name in PULSE_BOARDS, amp,
+                       _NO_EXTRA, npulse, _NO_EXTRA, sat)
+    return BoardAmplitudes(amp, npulse)
+
+
+def _waveform_hits(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
+                   p: TriggerParams, backend: ModuleType, sat: np.ndarray) -> BoardAmplitudes:
+    h = _hits(arrays, b, count, hits.WAVE_HITS, p.samples)
+    total = len(h["hit_ch"])
+    amp, npulse = np.empty(total, np.float32), np.zeros(total, np.uint8)
+    backend.wave_hits(h["nhit"], h["hit_ch"], h["hit_wave"], b.live, p.n_ped,
+                      p.config.pulse_threshold_adc, p.adc_max, b.name in PULSE_BOARDS, amp,
+                      npulse, sat)
+    return BoardAmplitudes(amp, npulse, h["nhit"], h["hit_ch"])
 
 
 def compute_features(arrays: Mapping[str, np.ndarray], count: int, mode: str, p: TriggerParams,
                      backend: ModuleType = kernels) -> Features:
     """Calibrated energies, multiplicity and saturation of every event of a built slice."""
-    amp, npulse, sat = board_amplitudes(arrays, count, mode, p, backend)
-    return sums_from_amplitudes(amp, npulse, sat, count, p, backend)
+    amps, sat = board_amplitudes(arrays, count, mode, p, backend)
+    return sums_from_amplitudes(amps, sat, count, p, backend)
 
 
-def sums_from_amplitudes(amp: dict[str, np.ndarray], npulse: dict[str, np.ndarray],
-                         sat: np.ndarray, count: int, p: TriggerParams,
-                         backend: ModuleType = kernels) -> Features:
-    """Energy sums and beam multiplicity from per-board amplitudes (config-dependent part)."""
+def sums_from_amplitudes(amps: Mapping[str, BoardAmplitudes], sat: np.ndarray, count: int,
+                         p: TriggerParams, backend: ModuleType = kernels) -> Features:
+    """Energy sums and beam multiplicity from per-board amplitudes (config-dependent part).
+
+    A channel below `zero_threshold_adc` reads zero everywhere (sums, beam counters), as if
+    the board had suppressed it: a full-waveform slice and its zero-suppressed version give
+    the same features whenever the zero threshold is at least the suppression threshold.
+    """
+    zthr = p.config.zero_threshold_adc
     sums = np.zeros((count, N_GROUPS), np.float64)
     for b in p.boards:
-        backend.accumulate(amp[b.name], b.weight, b.group, p.config.zero_threshold_adc, sums)
-    mult = np.ones(count, np.uint8)
-    if "BEAM" in amp:
-        bp = next(b for b in p.boards if b.name == "BEAM")
-        backend.multiplicity(amp["BEAM"], npulse["BEAM"], bp.weight, p.s_idx, mult)
-    return Features(count, sums, mult, sat, amp, npulse)
+        ba = amps.get(b.name)
+        if ba is None:
+            continue
+        if ba.nhit is None:
+            backend.accumulate(ba.amp, b.weight, b.group, zthr, sums)
+        else:
+            backend.accumulate_hits(ba.nhit, ba.ch, ba.amp, b.weight, b.group, zthr, sums)
+    bp = _beam(p)
+    nb = bp.nch if bp is not None else 0
+    f = Features(count, sums, np.empty(count, np.uint8), sat,
+                 np.zeros((count, nb), np.float32), np.zeros((count, nb), np.uint8))
+    ba = amps.get("BEAM") if bp is not None else None
+    if ba is not None and ba.nhit is None:
+        backend.beam_dense(ba.amp, ba.npulse, zthr, f.beam_amp, f.beam_npulse)
+    elif ba is not None:
+        backend.beam_dense_hits(ba.nhit, ba.ch, ba.amp, ba.npulse, zthr, f.beam_amp,
+                                f.beam_npulse)
+    backend.multiplicity(f.beam_amp, f.beam_npulse, _beam_weight(p), p.s_idx, f.mult)
+    return f
+
+
+def _beam(p: TriggerParams) -> BoardParams | None:
+    return next((b for b in p.boards if b.name == "BEAM"), None)
+
+
+def _beam_weight(p: TriggerParams) -> np.ndarray:
+    bp = _beam(p)
+    return bp.weight if bp is not None else np.zeros(0, np.float64)
 
 
 def decide(f: Features, p: TriggerParams, *, run: int, spill: int, first: int,
@@ -200,34 +282,43 @@ def decide(f: Features, p: TriggerParams, *, run: int, spill: int, first: int,
     """(cond, bits) of every event: conditions met, and bits fired after prescale and mask."""
     cond = np.empty(f.count, np.uint8)
     bits = np.empty(f.count, np.uint8)
-    if "BEAM" in f.amp:
-        beam_amp = f.amp["BEAM"]
-        beam_w = next(b for b in p.boards if b.name == "BEAM").weight
-    else:
-        beam_amp, beam_w = np.zeros((f.count, 0), np.float32), np.zeros(0, np.float64)
-    backend.decide(beam_amp, beam_w, p.s_idx, p.v_idx, f.e_ecal, f.e_ps, run, spill, first,
-                   p.fpar, p.ipar, cond, bits)
+    backend.decide(f.beam_amp, _beam_weight(p), p.s_idx, p.v_idx, f.e_ecal, f.e_ps, run,
+                   spill, first, p.fpar, p.ipar, cond, bits)
     return cond, bits
 
 
 def warm_up(geometry: Geometry, calibration: Calibration) -> None:
     """Compile (or load from the cache) every kernel specialisation a worker will use.
 
-    Arrays decoded from the wire are read-only, which numba types separately from writable
-    ones, so both are exercised, in both readout modes.
+    Every board layout (full waveforms, zero-suppressed waveforms, feature hits), with BEAM
+    counting pulses and the others not; inputs both writable and read-only (as decoded from
+    the wire), although `_ro` gives the kernels one type for both.
     """
     from trigger.config import TriggerConfig  # the default config is valid for any geometry
 
     p = build_params(TriggerConfig(), geometry, calibration)
+    count = 2
     for readonly in (False, True):
-        for mode in MODES:
+        for layout in ("wave", "wave_hits", "feature_hits"):
             arrays: dict[str, np.ndarray] = {}
             for b in p.boards:
-                if mode == "waveform":
-                    arrays[f"{b.name}.wave"] = np.full((2, p.samples, b.nch), 400, np.int16)
+                wave = np.full((count, p.samples, b.nch), 400, np.int16)
+                wave[:, p.trigger_sample, 0] = 500  # one hit per event
+                mask = np.zeros((count, b.nch), bool)
+                mask[:, 0] = True
+                if layout == "wave":
+                    dense = {"wave": wave}
+                elif layout == "wave_hits":
+                    nhit, dense = hits.sparsify(mask, {"hit_wave": wave})
+                    dense["nhit"] = nhit
                 else:
-                    arrays[f"{b.name}.amp"] = np.zeros((2, b.nch), np.float32)
-                    arrays[f"{b.name}.npulse"] = np.zeros((2, b.nch), np.uint8)
-            for a in arrays.values():
-                a.flags.writeable = not readonly
-            decide(compute_features(arrays, 2, mode, p), p, run=0, spill=0, first=0)
+                    amp = np.where(mask, 100, 0).astype(np.int16)
+                    nhit, dense = hits.sparsify(mask, {
+                        "hit_amp": amp, "hit_t": np.zeros_like(amp),
+                        "hit_np": mask.astype(np.uint8)})
+                    dense["nhit"] = nhit
+                for k, a in dense.items():
+                    a.flags.writeable = not readonly
+                    arrays[f"{b.name}.{k}"] = a
+            mode = "feature" if layout == "feature_hits" else "waveform"
+            decide(compute_features(arrays, count, mode, p), p, run=0, spill=0, first=0)

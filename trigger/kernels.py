@@ -194,13 +194,58 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pu
 
 
 @kernel
-def feature_sat(amp, limit, sat):
-    n, nch = amp.shape
-    for e in range(n):
+def _trace_pulses(wave, h, ns, lvl):
+    # wave_board's pulse definition on one contiguous trace: a sample at the level that is
+    # strictly above the 2 before it and not below the 2 after it (edges compare with nothing)
+    cnt = 0
+    for i in range(ns):
+        v = wave[h, i]
+        if v < lvl:
+            continue
+        if (i >= 1 and wave[h, i - 1] >= v) or (i >= 2 and wave[h, i - 2] >= v):
+            continue
+        if (i + 1 < ns and wave[h, i + 1] > v) or (i + 2 < ns and wave[h, i + 2] > v):
+            continue
+        cnt += 1
+    return min(cnt, 255)
+
+
+@kernel
+def wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npulse, sat):
+    # wave is (nhits, samples): each hit's trace is contiguous, so the pedestal sum and the
+    # maximum are short vectorised loops; the arithmetic is wave_board's, channel by channel
+    ns = wave.shape[1]
+    rows = min(n_ped, ns)
+    h = 0
+    for e in range(nhit.shape[0]):
         s = 0
-        for c in range(nch):
-            if np.float64(amp[e, c]) >= limit[c]:
+        for _ in range(nhit[e]):
+            tot = np.int32(0)
+            for i in range(rows):
+                tot += np.int32(wave[h, i])
+            mx = wave[h, 0]
+            for i in range(1, ns):
+                mx = max(mx, wave[h, i])
+            ped = tot / n_ped
+            amp[h] = mx - ped
+            s |= (mx >= adc_max) & (live[ch[h]] != 0)
+            if pulses:
+                lvl = np.ceil(ped + pulse_thr)
+                npulse[h] = _trace_pulses(wave, h, ns, lvl) if mx >= lvl else 0
+            h += 1
+        sat[e] = s
+    return 0
+
+
+@kernel
+def feature_hits_sat(nhit, ch, amp, limit, sat):
+    h = 0
+    for e in range(nhit.shape[0]):
+        s = 0
+        for _ in range(nhit[e]):
+            if np.float64(amp[h]) >= limit[ch[h]]:
                 s = 1
+            h += 1
         sat[e] = s
 
 
@@ -215,6 +260,47 @@ def accumulate(amp, weight, group, zthr, out):
             a = np.float64(amp[e, c])
             if a >= zthr:
                 out[e, g] += a * weight[c]
+
+
+@kernel
+def accumulate_hits(nhit, ch, amp, weight, group, zthr, out):
+    # hits run channel-ascending within an event: the additions of `accumulate`, in its order
+    h = 0
+    for e in range(nhit.shape[0]):
+        for _ in range(nhit[e]):
+            c = ch[h]
+            g = group[c]
+            if g >= 0:
+                a = np.float64(amp[h])
+                if a >= zthr:
+                    out[e, g] += a * weight[c]
+            h += 1
+
+
+@kernel
+def beam_dense(amp, npulse, zthr, amp_out, np_out):
+    # a channel below the zero threshold reads zero, as a zero-suppressed board sends it
+    n, nch = amp.shape
+    for e in range(n):
+        for c in range(nch):
+            keep = np.float64(amp[e, c]) >= zthr
+            amp_out[e, c] = amp[e, c] if keep else np.float32(0.0)
+            np_out[e, c] = npulse[e, c] if keep else np.uint8(0)
+
+
+@kernel
+def beam_dense_hits(nhit, ch, amp, npulse, zthr, amp_out, np_out):
+    nch = amp_out.shape[1]
+    h = 0
+    for e in range(nhit.shape[0]):
+        for c in range(nch):
+            amp_out[e, c] = 0.0
+            np_out[e, c] = 0
+        for _ in range(nhit[e]):
+            if np.float64(amp[h]) >= zthr:
+                amp_out[e, ch[h]] = amp[h]
+                np_out[e, ch[h]] = npulse[h]
+            h += 1
 
 
 @kernel

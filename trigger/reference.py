@@ -73,8 +73,30 @@ def wave_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float,
     npulse[:] = _pulses(w, ped, pulse_thr) if pulses else 0
 
 
-def feature_sat(amp: np.ndarray, limit: np.ndarray, sat: np.ndarray) -> None:
-    sat[:] = (amp.astype(np.float64) >= limit[None, :]).any(axis=1)
+def _event_of_hit(nhit: np.ndarray) -> np.ndarray:
+    return np.repeat(np.arange(len(nhit)), nhit)
+
+
+def _any_per_event(nhit: np.ndarray, flag: np.ndarray) -> np.ndarray:
+    return np.bincount(_event_of_hit(nhit)[flag], minlength=len(nhit)) > 0
+
+
+def wave_hits(nhit: np.ndarray, ch: np.ndarray, wave: np.ndarray, live: np.ndarray, n_ped: int,
+              pulse_thr: float, adc_max: int, pulses: bool, amp: np.ndarray,
+              npulse: np.ndarray, sat: np.ndarray) -> None:
+    # wave is (nhits, samples): wave_board's arithmetic with hits in place of channels
+    w = wave.astype(np.int64)
+    ped = w[:, :n_ped].sum(axis=1) / n_ped
+    mx = w.max(axis=1, initial=np.iinfo(np.int64).min)
+    amp[:] = mx - ped
+    sat[:] = _any_per_event(nhit, (mx >= adc_max) & (live[ch] != 0))
+    if pulses:
+        npulse[:] = _pulses(w[None], ped[None], pulse_thr)[0]
+
+
+def feature_hits_sat(nhit: np.ndarray, ch: np.ndarray, amp: np.ndarray, limit: np.ndarray,
+                     sat: np.ndarray) -> None:
+    sat[:] = _any_per_event(nhit, amp.astype(np.float64) >= limit[ch])
 
 
 def accumulate(amp: np.ndarray, weight: np.ndarray, group: np.ndarray, zthr: float,
@@ -84,6 +106,32 @@ def accumulate(amp: np.ndarray, weight: np.ndarray, group: np.ndarray, zthr: flo
     for c in range(amp.shape[1]):  # channel order, as the kernel adds
         if group[c] >= 0:
             out[:, group[c]] += term[:, c]
+
+
+def accumulate_hits(nhit: np.ndarray, ch: np.ndarray, amp: np.ndarray, weight: np.ndarray,
+                    group: np.ndarray, zthr: float, out: np.ndarray) -> None:
+    a = amp.astype(np.float64)
+    g = group[ch]
+    use = (g >= 0) & (a >= zthr)
+    # ufunc.at adds repeated indices one after the other, in hit order, as the kernel does
+    np.add.at(out, (_event_of_hit(nhit)[use], g[use]), a[use] * weight[ch[use]])
+
+
+def beam_dense(amp: np.ndarray, npulse: np.ndarray, zthr: float, amp_out: np.ndarray,
+               np_out: np.ndarray) -> None:
+    keep = amp.astype(np.float64) >= zthr
+    amp_out[:] = np.where(keep, amp, np.float32(0.0))
+    np_out[:] = np.where(keep, npulse, np.uint8(0))
+
+
+def beam_dense_hits(nhit: np.ndarray, ch: np.ndarray, amp: np.ndarray, npulse: np.ndarray,
+                    zthr: float, amp_out: np.ndarray, np_out: np.ndarray) -> None:
+    keep = amp.astype(np.float64) >= zthr
+    ev = _event_of_hit(nhit)[keep]
+    amp_out[:] = 0.0
+    np_out[:] = 0
+    amp_out[ev, ch[keep]] = amp[keep]
+    np_out[ev, ch[keep]] = npulse[keep]
 
 
 def multiplicity(amp: np.ndarray, npulse: np.ndarray, weight: np.ndarray, s_idx: np.ndarray,

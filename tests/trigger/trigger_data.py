@@ -7,9 +7,16 @@ from functools import cache
 
 import numpy as np
 
+from daq import hits
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
 from simulators.config import SimConfig
 from simulators.generator import Simulator, Slice
+
+#: zero-suppression threshold of the test data, ADC counts (docs/dataflow.md: the default)
+ZS_ADC = 6.0
+#: board layouts of a built slice (docs/dataflow.md): full waveforms, zero-suppressed
+#: waveforms, feature hits
+LAYOUTS = ("wave", "wave_zs", "feature")
 
 
 @cache
@@ -18,12 +25,83 @@ def detector() -> tuple[Geometry, Calibration]:
     return g, load_calibration(g)
 
 
-def built_arrays(s: Slice, n_boards: int = 5) -> dict[str, np.ndarray]:
-    """A simulator slice as the arrays of a built slice (docs/dataflow.md)."""
+def zero_suppress(arrays: dict[str, np.ndarray], count: int, zs: float = ZS_ADC
+                  ) -> dict[str, np.ndarray]:
+    """Built-slice arrays with every dense board zero-suppressed at `zs`, as a digitiser does.
+
+    Full waveforms `B.wave` become `B.nhit`/`B.hit_ch`/`B.hit_wave` (the channels whose
+    maximum minus the pedestal, the trigger's mean of the first samples, reaches zs). Dense
+    feature arrays `B.amp`/`B.tpeak`/`B.npulse` (the simulator before it sent hits) become
+    feature hits (rounded amplitude >= zs). Anything else is passed on.
+    """
+    n_ped = max(1, detector()[0].detector.trigger_sample // 2)
+    out: dict[str, np.ndarray] = {}
+    for name, a in arrays.items():
+        board, _, kind = name.rpartition(".")
+        if kind == "wave":
+            w = a.astype(np.int64)
+            amp = w.max(axis=1) - w[:, :n_ped].sum(axis=1) / n_ped
+            nhit, hit = hits.sparsify(amp >= zs, {"hit_wave": a})
+        elif kind == "amp":
+            r = np.clip(np.round(a), -32768, 32767).astype(np.int16)
+            t = np.clip(np.round(arrays[f"{board}.tpeak"] / hits.T_UNIT_NS), -32768, 32767)
+            nhit, hit = hits.sparsify(r >= zs, {"hit_amp": r, "hit_t": t.astype(np.int16),
+                                                "hit_np": arrays[f"{board}.npulse"]})
+        elif kind in ("tpeak", "npulse"):
+            continue
+        else:
+            out[name] = a
+            continue
+        assert len(nhit) == count
+        out[f"{board}.nhit"] = nhit
+        out.update({f"{board}.{k}": v for k, v in hit.items()})
+    return out
+
+
+def random_slice(rng: np.random.Generator, n: int, layout: str, sat_frac: float = 0.0
+                 ) -> dict[str, np.ndarray]:
+    """Built-slice arrays of `n` random events, every board in `layout` (LAYOUTS).
+
+    About 30 % of the channels carry a pulse (exponential amplitudes, mean 400 ADC), the rest
+    pedestal noise; `sat_frac` of the channels saturate.
+    """
+    g, cal = detector()
+    samples = g.detector.samples
+    arrays: dict[str, np.ndarray] = {"ts": np.arange(n, dtype=np.int64),
+                                     "missing": np.zeros(n, np.uint8)}
+    for b in g.boards:
+        nch = len(b.channels)
+        hit = rng.random((n, nch)) < 0.3
+        amp = np.where(hit, rng.exponential(400.0, (n, nch)), rng.normal(0, 2, (n, nch)))
+        limit = g.detector.adc_max - cal.pedestal[b.name]
+        amp = np.where(rng.random((n, nch)) < sat_frac, limit, amp)
+        if layout == "feature":
+            arrays[f"{b.name}.amp"] = np.minimum(amp, limit).astype(np.float32)
+            arrays[f"{b.name}.tpeak"] = rng.normal(0, 3, (n, nch)).astype(np.float32)
+            arrays[f"{b.name}.npulse"] = (hit * rng.integers(1, 4, (n, nch))).astype(np.uint8)
+            continue
+        w = 400.0 + rng.normal(0, 2, (n, nch, samples))
+        t0 = rng.integers(0, samples - 3, (n, nch))
+        for k, f in enumerate((0.5, 1.0, 0.7, 0.3)):
+            np.put_along_axis(w, (t0 + k)[..., None], np.take_along_axis(
+                w, (t0 + k)[..., None], 2) + (amp * f)[..., None], 2)
+        arrays[f"{b.name}.wave"] = np.ascontiguousarray(
+            np.clip(w, 0, 4095).astype(np.int16).transpose(0, 2, 1))
+    return arrays if layout == "wave" else zero_suppress(arrays, n)
+
+
+def built_arrays(s: Slice) -> dict[str, np.ndarray]:
+    """A simulator slice as the arrays of a built slice (docs/dataflow.md).
+
+    Feature mode is always zero-suppressed; a simulator that still sends dense features is
+    suppressed here.
+    """
     out = {"ts": s.ts, "missing": np.zeros(s.count, np.uint8)}
     for b, d in s.boards.items():
         for k, v in d.items():
             out[f"{b}.{k}"] = v
+    if any(name.endswith(".amp") for name in out):
+        out = zero_suppress(out, s.count)
     return out
 
 
