@@ -9,12 +9,14 @@ a replay. Messages leave without `seq`: each output stream numbers its own (`Sta
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from daq import hits
 from daq.config import content_hash
 from daq.errors import ConfigError
 from daq.geometry import Calibration, Geometry
@@ -57,6 +59,20 @@ class SliceResult:
     kept: int = 0
     shadow_kept: int = 0
     shadow_error: str | None = None
+
+
+def _select(arrays: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
+    """A built slice's arrays restricted to events `idx` (per-hit arrays: daq.hits.select)."""
+    out = {name: a[idx] for name, a in arrays.items() if not hits.is_hit_array(name)}
+    for name in arrays:
+        board, _, rest = name.rpartition(".")
+        if rest != "nhit":
+            continue
+        per_hit = {k: a for k, a in arrays.items()
+                   if hits.is_hit_array(k) and k.rpartition(".")[0] == board}
+        out[name], kept = hits.select(arrays[name], per_hit, idx)
+        out.update(kept)
+    return out
 
 
 def _fired(bits: np.ndarray) -> dict[str, int]:
@@ -151,7 +167,7 @@ class SliceProcessor:
     @staticmethod
     def _accepted(msg: Message, feat: Message, bits: np.ndarray, mode: str) -> Message:
         idx = np.flatnonzero(bits)
-        arrays = {name: a[idx] for name, a in msg.arrays.items()}
+        arrays = _select(msg.arrays, idx)
         for name, a in feat.arrays.items():
             if name not in arrays:
                 arrays[name] = a[idx]

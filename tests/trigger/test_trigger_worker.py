@@ -117,7 +117,12 @@ async def test_two_workers_decide_like_one_and_config_change_applies_at_next_spi
     for key, m in a2.items():
         f = f2[key]
         np.testing.assert_array_equal(m.arrays["event"] - key[1], np.flatnonzero(f.arrays["bits"]))
-        assert "ECAL.amp" in m.arrays and m.meta["slice_count"] == f.count
+        assert m.meta["slice_count"] == f.count
+        for b in GEOM.board_names:  # each board's hits, restricted to the accepted events
+            if f"{b}.nhit" in m.arrays:
+                assert m.arrays[f"{b}.nhit"].shape == (m.count,)
+                assert len(m.arrays[f"{b}.hit_amp"]) == int(m.arrays[f"{b}.nhit"].sum())
+        assert "ECAL.hit_amp" in m.arrays or m.count == 0
 
 
 @pytest.mark.asyncio
