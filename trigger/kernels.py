@@ -27,6 +27,8 @@ _S31 = np.uint64(31)
 #: wave_board: events ahead whose samples are prefetched, and int16 samples per cache line
 _DIST = np.uint64(4)
 _LINE = np.uint64(32)
+#: wave_hits: hits ahead whose trace is prefetched (a 32-sample trace is one cache line)
+_DIST_HITS = np.uint64(8)
 #: guard rows around a trace in _pulses: below any sample, so no comparison with them fails
 _LOW = np.int16(-32768)
 
@@ -194,19 +196,17 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pu
 
 
 @kernel
-def _trace_pulses(wave, h, ns, lvl):
-    # wave_board's pulse definition on one contiguous trace: a sample at the level that is
-    # strictly above the 2 before it and not below the 2 after it (edges compare with nothing)
+def _trace_pulses(flat, base, ns, lvl, pad):
+    # wave_board's pulse definition on one contiguous trace, the same way: the trace between
+    # two guard samples of -32768 on each side (pad), one branch-free loop over the samples
+    for i in range(ns):
+        pad[i + 2] = flat[base + np.uint64(i)]
     cnt = 0
     for i in range(ns):
-        v = wave[h, i]
-        if v < lvl:
-            continue
-        if (i >= 1 and wave[h, i - 1] >= v) or (i >= 2 and wave[h, i - 2] >= v):
-            continue
-        if (i + 1 < ns and wave[h, i + 1] > v) or (i + 2 < ns and wave[h, i + 2] > v):
-            continue
-        cnt += 1
+        v = pad[i + 2]
+        before = max(pad[i], pad[i + 1])
+        after = max(pad[i + 3], pad[i + 4])
+        cnt += (v >= lvl) & (v > before) & (v >= after)
     return min(cnt, 255)
 
 
@@ -214,24 +214,33 @@ def _trace_pulses(wave, h, ns, lvl):
 def wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npulse, sat):
     # wave is (nhits, samples): each hit's trace is contiguous, so the pedestal sum and the
     # maximum are short vectorised loops; the arithmetic is wave_board's, channel by channel
-    ns = wave.shape[1]
+    nh, ns = wave.shape
+    flat = wave.reshape(nh * ns)
+    stride = np.uint64(ns)
+    total = np.uint64(nh) * stride
     rows = min(n_ped, ns)
+    pad = np.full(ns + 4, _LOW, np.int16)
     h = 0
     for e in range(nhit.shape[0]):
         s = 0
         for _ in range(nhit[e]):
+            base = np.uint64(h) * stride
+            ahead = base + _DIST_HITS * stride
+            if ahead < total:  # as in wave_board: the loop is too short to hide the misses
+                prefetch(flat, ahead)
             tot = np.int32(0)
             for i in range(rows):
-                tot += np.int32(wave[h, i])
-            mx = wave[h, 0]
+                tot += np.int32(flat[base + np.uint64(i)])
+            mx = flat[base]
             for i in range(1, ns):
-                mx = max(mx, wave[h, i])
+                mx = max(mx, flat[base + np.uint64(i)])
             ped = tot / n_ped
             amp[h] = mx - ped
             s |= (mx >= adc_max) & (live[ch[h]] != 0)
             if pulses:
+                # levels as in wave_board: a trace whose maximum is below has no pulse
                 lvl = np.ceil(ped + pulse_thr)
-                npulse[h] = _trace_pulses(wave, h, ns, lvl) if mx >= lvl else 0
+                npulse[h] = _trace_pulses(flat, base, ns, lvl, pad) if mx >= lvl else 0
             h += 1
         sat[e] = s
     return 0
