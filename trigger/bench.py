@@ -1,8 +1,10 @@
-"""Benchmark of the trigger's waveform kernel: events/s on one core and on all cores, the NumPy
+"""Benchmark of the trigger's kernels: events/s on one core and on all cores, the NumPy
 reference, and the memory-bandwidth bound for the same bytes (`na64daq bench` uses it).
 
 Data: simulator waveforms (realistic occupancy and pileup), tiled to `--events` so that the
-working set is well beyond the last-level cache, as at beam rate.
+working set is well beyond the last-level cache, as at beam rate. The zero-suppressed
+layouts are made from simulator data the way a digitiser suppresses (daq.hits.sparsify,
+amplitude >= ZS_ADC): the waveform slices above, and the simulator's feature mode.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from types import ModuleType
 import numba
 import numpy as np
 
+from daq import hits
 from daq.geometry import load_calibration, load_geometry
 from simulators.config import SimConfig
 from simulators.generator import Simulator
@@ -24,6 +27,8 @@ from trigger.config import TriggerConfig
 from trigger.core import board_amplitudes, build_params, compute_features, decide, warm_up
 
 SLICE = 4096
+#: zero-suppression threshold of the suppressed layouts, ADC counts (docs/dataflow.md)
+ZS_ADC = 6.0
 
 
 def _best(fn: Callable[[], object], repeat: int) -> float:
@@ -35,18 +40,66 @@ def _best(fn: Callable[[], object], repeat: int) -> float:
     return best
 
 
-def _data(events: int) -> dict[str, np.ndarray]:
+def _simulated(mode: str) -> list[dict[str, dict[str, np.ndarray]]]:
     g = load_geometry()
     cal = load_calibration(g)
-    sim = Simulator(SimConfig.parse({"mode": "waveform", "generated_s": 0.004,
+    sim = Simulator(SimConfig.parse({"mode": mode, "generated_s": 0.004,
                                      "slice_events": SLICE, "seed": 2}), g, cal)
+    return [s.boards for s in sim.slices(sim.plan(0))]
+
+
+def _data(events: int) -> dict[str, np.ndarray]:
     parts: dict[str, list[np.ndarray]] = {}
-    for s in sim.slices(sim.plan(0)):
-        for b, d in s.boards.items():
+    for boards in _simulated("waveform"):
+        for b, d in boards.items():
             parts.setdefault(f"{b}.wave", []).append(d["wave"])
     base = {k: np.concatenate(v) for k, v in parts.items()}
     reps = -(-events // len(next(iter(base.values()))))
     return {k: np.ascontiguousarray(np.tile(v, (reps, 1, 1))[:events]) for k, v in base.items()}
+
+
+def _suppress_waves(sl: dict[str, np.ndarray], n_ped: int) -> dict[str, np.ndarray]:
+    """Full-waveform slice arrays zero-suppressed: channels with max - pedestal >= ZS_ADC."""
+    out: dict[str, np.ndarray] = {}
+    for name, wave in sl.items():
+        w = wave.astype(np.int32)
+        amp = w.max(axis=1) - w[:, :n_ped].sum(axis=1) / n_ped
+        nhit, h = hits.sparsify(amp >= ZS_ADC, {"hit_wave": wave})
+        board = name.rpartition(".")[0]
+        out[f"{board}.nhit"] = nhit
+        out.update({f"{board}.{k}": v for k, v in h.items()})
+    return out
+
+
+def _feature_hits(boards: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """A feature-mode simulator slice as zero-suppressed built-slice arrays.
+
+    A simulator that sends hits is taken as it is; one that sends dense features
+    (amp, tpeak, npulse per channel) is suppressed here: rounded amplitude >= ZS_ADC.
+    """
+    out: dict[str, np.ndarray] = {}
+    for b, d in boards.items():
+        if "amp" in d:
+            amp = np.clip(np.round(d["amp"]), -32768, 32767).astype(np.int16)
+            t = np.clip(np.round(d["tpeak"] / hits.T_UNIT_NS), -32768, 32767).astype(np.int16)
+            nhit, h = hits.sparsify(amp >= ZS_ADC, {"hit_amp": amp, "hit_t": t,
+                                                    "hit_np": d["npulse"]})
+            d = {"nhit": nhit, **h}
+        out.update({f"{b}.{k}": np.array(v) for k, v in d.items()})
+    return out
+
+
+def _count(sl: dict[str, np.ndarray]) -> int:
+    return next(len(v) for k, v in sl.items() if k.endswith((".wave", ".nhit")))
+
+
+def _nbytes(slices: list[dict[str, np.ndarray]]) -> int:
+    return sum(v.nbytes for s in slices for v in s.values())
+
+
+def _hits_per_event(slices: list[dict[str, np.ndarray]]) -> float:
+    n = sum(len(s["ECAL.nhit"]) for s in slices)
+    return sum(int(v.sum()) for s in slices for k, v in s.items() if k.endswith(".nhit")) / n
 
 
 @numba.njit(nogil=True, cache=True)
@@ -68,12 +121,17 @@ def kernel_bench(events: int = 16384, repeat: int = 5) -> dict[str, float | int]
     nbytes = sum(v.nbytes for v in data.values())
     slices = [{k: v[i:i + SLICE] for k, v in data.items()} for i in range(0, n, SLICE)]
 
-    def waveform(sl: dict[str, np.ndarray], be: ModuleType = kernels) -> None:
-        board_amplitudes(sl, len(next(iter(sl.values()))), "waveform", p, be)
+    zs_slices = [_suppress_waves(s, p.n_ped) for s in slices]
+    base = [_feature_hits(b) for b in _simulated("feature")]
+    feat_slices = [{k: v.copy() for k, v in base[i % len(base)].items()}
+                   for i in range(-(-n // SLICE))]
+    n_feat = sum(_count(s) for s in feat_slices)
 
-    def full(sl: dict[str, np.ndarray]) -> None:
-        count = len(next(iter(sl.values())))
-        decide(compute_features(sl, count, "waveform", p), p, run=1, spill=0, first=0)
+    def waveform(sl: dict[str, np.ndarray], be: ModuleType = kernels) -> None:
+        board_amplitudes(sl, _count(sl), "waveform", p, be)
+
+    def full(sl: dict[str, np.ndarray], mode: str = "waveform") -> None:
+        decide(compute_features(sl, _count(sl), mode, p), p, run=1, spill=0, first=0)
 
     cores = os.cpu_count() or 1
     pool = ThreadPoolExecutor(cores)
@@ -93,6 +151,14 @@ def kernel_bench(events: int = 16384, repeat: int = 5) -> dict[str, float | int]
         for s in slices:
             full(s)
 
+    def waveform_zs() -> None:
+        for s in zs_slices:
+            full(s)
+
+    def feature() -> None:
+        for s in feat_slices:
+            full(s, "feature")
+
     def numpy_reference() -> None:
         waveform(ref_slice, reference)
 
@@ -107,8 +173,10 @@ def kernel_bench(events: int = 16384, repeat: int = 5) -> dict[str, float | int]
     t_one = _best(one_core, repeat)
     t_all = _best(all_cores, repeat)
     t_full = _best(full_trigger, repeat)
+    t_zs = _best(waveform_zs, repeat)
+    t_feat = _best(feature, repeat)
     t_ref = _best(numpy_reference, max(1, repeat // 2))
-    ref_events = len(next(iter(ref_slice.values())))
+    ref_events = _count(ref_slice)
     t_read = _best(read_bytes, repeat)
     t_copy = _best(copy_bytes, repeat)
     pool.shutdown()
@@ -126,6 +194,12 @@ def kernel_bench(events: int = 16384, repeat: int = 5) -> dict[str, float | int]
         "memory_copy_bandwidth_gb_s": round(2 * nbytes / t_copy / 1e9, 2),
         "bandwidth_bound_events_per_s": round(bound),
         "fraction_of_bound_1core": round(one / bound, 3),
+        "feature_kernel_events_per_s": round(n_feat / t_feat),
+        "feature_hits_per_event": round(_hits_per_event(feat_slices), 1),
+        "feature_bytes_per_event": _nbytes(feat_slices) // n_feat,
+        "waveform_zs_kernel_events_per_s": round(n / t_zs),
+        "waveform_zs_hits_per_event": round(_hits_per_event(zs_slices), 1),
+        "waveform_zs_bytes_per_event": _nbytes(zs_slices) // n,
     }
 
 
