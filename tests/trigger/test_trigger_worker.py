@@ -132,6 +132,7 @@ async def test_shadow_reports_without_changing_what_is_kept() -> None:
     reg = CollectorRegistry()
     shadowed = _by_slice((await _run(built_stream(spills=1, shadow=shadow), 1,
                                      registries=[reg]))["mon"], Kind.FEATURES)
+    assert plain and shadowed.keys() == plain.keys()
     total_shadow = 0
     for key, m in shadowed.items():
         np.testing.assert_array_equal(m.arrays["bits"], plain[key].arrays["bits"])
