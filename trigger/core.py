@@ -297,28 +297,29 @@ def warm_up(geometry: Geometry, calibration: Calibration) -> None:
     from trigger.config import TriggerConfig  # the default config is valid for any geometry
 
     p = build_params(TriggerConfig(), geometry, calibration)
-    count = 2
     for readonly in (False, True):
         for layout in ("wave", "wave_hits", "feature_hits"):
             arrays: dict[str, np.ndarray] = {}
             for b in p.boards:
-                wave = np.full((count, p.samples, b.nch), 400, np.int16)
-                wave[:, p.trigger_sample, 0] = 500  # one hit per event
-                mask = np.zeros((count, b.nch), bool)
-                mask[:, 0] = True
-                if layout == "wave":
-                    dense = {"wave": wave}
-                elif layout == "wave_hits":
-                    nhit, dense = hits.sparsify(mask, {"hit_wave": wave})
-                    dense["nhit"] = nhit
-                else:
-                    amp = np.where(mask, 100, 0).astype(np.int16)
-                    nhit, dense = hits.sparsify(mask, {
-                        "hit_amp": amp, "hit_t": np.zeros_like(amp),
-                        "hit_np": mask.astype(np.uint8)})
-                    dense["nhit"] = nhit
-                for k, a in dense.items():
+                for k, a in _warm_up_board(b, p, layout).items():
                     a.flags.writeable = not readonly
                     arrays[f"{b.name}.{k}"] = a
             mode = "feature" if layout == "feature_hits" else "waveform"
-            decide(compute_features(arrays, count, mode, p), p, run=0, spill=0, first=0)
+            decide(compute_features(arrays, 2, mode, p), p, run=0, spill=0, first=0)
+
+
+def _warm_up_board(b: BoardParams, p: TriggerParams, layout: str) -> dict[str, np.ndarray]:
+    """Two events of one board in `layout`, channel 0 hit in both."""
+    wave = np.full((2, p.samples, b.nch), 400, np.int16)
+    wave[:, -1, 0] = 500
+    mask = np.zeros((2, b.nch), bool)
+    mask[:, 0] = True
+    if layout == "wave":
+        return {"wave": wave}
+    if layout == "wave_hits":
+        nhit, out = hits.sparsify(mask, {"hit_wave": wave})
+    else:
+        amp = np.where(mask, 100, 0).astype(np.int16)
+        nhit, out = hits.sparsify(mask, {"hit_amp": amp, "hit_t": np.zeros_like(amp),
+                                         "hit_np": mask.astype(np.uint8)})
+    return {"nhit": nhit, **out}
