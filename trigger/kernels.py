@@ -247,6 +247,21 @@ def wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npul
 
 
 @kernel
+def hit_order(nhit, ch):
+    # index of the first hit whose channel is not above the previous one of its event, or -1
+    h = 0
+    for e in range(nhit.shape[0]):
+        prev = -1
+        for _ in range(nhit[e]):
+            c = np.int64(ch[h])
+            if c <= prev:
+                return h
+            prev = int(c)
+            h += 1
+    return -1
+
+
+@kernel
 def feature_hits_sat(nhit, ch, amp, limit, sat):
     h = 0
     for e in range(nhit.shape[0]):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from daq import hits
 from trigger.kernels import (
     F_CAL_MAX,
     F_CAL_MIN,
@@ -92,6 +93,14 @@ def wave_hits(nhit: np.ndarray, ch: np.ndarray, wave: np.ndarray, live: np.ndarr
     sat[:] = _any_per_event(nhit, (mx >= adc_max) & (live[ch] != 0))
     if pulses:
         npulse[:] = _pulses(w[None], ped[None], pulse_thr)[0]
+
+
+def hit_order(nhit: np.ndarray, ch: np.ndarray) -> int:
+    c = ch.astype(np.int64)
+    first = np.zeros(len(c), bool)
+    first[hits.offsets(nhit)[:-1][nhit > 0]] = True  # an event's first hit has no previous
+    bad = np.flatnonzero(~first[1:] & (c[1:] <= c[:-1])) + 1
+    return int(bad[0]) if len(bad) else -1
 
 
 def feature_hits_sat(nhit: np.ndarray, ch: np.ndarray, amp: np.ndarray, limit: np.ndarray,

@@ -144,6 +144,14 @@ def _malformed() -> list[tuple[str, str, dict[str, np.ndarray], str]]:
     more[np.argmin(more)] += 1
     wide = feat["HCAL.hit_ch"].copy()
     wide[-1] = len(GEOM.board("HCAL").channels)
+    off = hits.offsets(feat["ECAL.nhit"])
+    e = int(np.flatnonzero(feat["ECAL.nhit"] >= 2)[0])
+    swapped = feat["ECAL.hit_ch"].copy()
+    swapped[off[e]:off[e] + 2] = swapped[off[e]:off[e] + 2][::-1]
+    offw = hits.offsets(wave["ECAL.nhit"])
+    ew = int(np.flatnonzero(wave["ECAL.nhit"] >= 2)[0])
+    repeated = wave["ECAL.hit_ch"].copy()
+    repeated[offw[ew] + 1] = repeated[offw[ew]]
     return [
         ("nhit sum mismatch", "feature", dict(feat, **{"ECAL.nhit": more}), "ECAL.hit_ch"),
         ("channel out of range", "feature", dict(feat, **{"HCAL.hit_ch": wide}), "HCAL.hit_ch"),
@@ -165,6 +173,10 @@ def _malformed() -> list[tuple[str, str, dict[str, np.ndarray], str]]:
          "ECAL.nhit"),
         ("hits without nhit", "waveform",
          {k: v for k, v in wave.items() if k != "SRD.nhit"}, "SRD.nhit"),
+        ("channels not ascending", "feature", dict(feat, **{"ECAL.hit_ch": swapped}),
+         "ECAL.hit_ch"),
+        ("channel repeated", "waveform", dict(wave, **{"ECAL.hit_ch": repeated}),
+         "ECAL.hit_ch"),
         ("unknown board", "feature", dict(feat, **{"TPC.nhit": np.zeros(n, np.uint8)}), "TPC"),
     ]
 
@@ -179,6 +191,8 @@ def test_malformed_hits_are_a_slice_error_naming_the_array(case: str, mode: str,
         with pytest.raises(SliceError) as ei:
             compute_features(arrays, 30, mode, p, backend)
         assert ei.value.reason == "shape" and name in ei.value.detail, case
+        if case.startswith(("channels not", "channel repeated")):
+            assert "is not above the previous channel" in ei.value.detail
 
 
 def _slice_message(arrays: dict[str, np.ndarray], count: int, mode: str,
