@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--intensity", type=float, default=6e6, help="particles per spill")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--mode", choices=("waveform", "feature"), default="feature")
+    p.add_argument("--zero-suppress", action="store_true",
+                   help="waveform mode: send only the channels that reach --zs-adc "
+                   "(feature mode always does)")
+    p.add_argument("--zs-adc", type=float, default=None, metavar="X",
+                   help="zero-suppression threshold, ADC counts (default 6)")
     p.add_argument("--generated-s", type=float, default=None,
                    help="seconds of each spill to generate (default: the whole spill)")
     p.add_argument("--slice-events", type=int, default=None)
@@ -65,6 +70,10 @@ def _sim_dict(a: argparse.Namespace) -> dict[str, Any]:
     if a.generated_s is not None:
         d["generated_s"] = a.generated_s
     d["slice_events"] = a.slice_events or (4096 if a.mode == "feature" else 1024)
+    if a.zero_suppress:
+        d["zero_suppress"] = True
+    if a.zs_adc is not None:
+        d["zs_adc"] = a.zs_adc
     for item in a.set:
         key, eq, value = item.partition("=")
         if not eq:

@@ -39,6 +39,14 @@ class SimConfig(StrictModel):
                               description="Events per slice (fixed slice boundaries).")
     seed: int = Field(1, ge=0, le=2**63 - 1, description="Seed of every random stream.")
     mode: Mode = Field("feature", description="Readout mode: waveform or feature.")
+    zero_suppress: bool = Field(
+        False, description="Waveform mode: send only the channels that reach zs_adc "
+        "(hit_wave) instead of every channel (wave). Feature mode always suppresses.")
+    zs_adc: float = Field(
+        6.0, ge=0, le=4096,
+        description="Zero-suppression threshold, ADC counts (6: three times the 2-count "
+        "noise). Feature mode: rounded amplitude >= zs_adc; waveform mode: largest sample "
+        "minus the pedestal estimate >= zs_adc.")
     run: int = Field(1, ge=0, le=2**31, description="Run number stamped on every message.")
 
     @model_validator(mode="after")
@@ -57,6 +65,11 @@ class SimConfig(StrictModel):
     def gen_s(self) -> float:
         """Seconds generated per spill."""
         return self.spill_length_s if self.generated_s is None else self.generated_s
+
+    @property
+    def suppresses(self) -> bool:
+        """Whether the boards send zero-suppressed hits (feature mode, or zero_suppress)."""
+        return self.mode == "feature" or self.zero_suppress
 
     @property
     def rate_hz(self) -> float:

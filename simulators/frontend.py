@@ -125,6 +125,9 @@ class FrontEnds:
         stop_after = (round(f.stop_fraction * plan.n_slices)
                       if f.stop_board is not None and plan.spill == f.stop_spill else None)
         sent = dict.fromkeys(self.streams, 0)
+        slice_meta: dict[str, Any] = {"mode": self.sim.cfg.mode}
+        if self.sim.cfg.suppresses:
+            slice_meta["zs_adc"] = self.sim.cfg.zs_adc
         for s in self.streams:
             yield Emission(s, self._msg(s, Kind.SPILL_START, plan.spill, meta={"t0_ns": t0}), t0)
         for sl in slices:
@@ -139,7 +142,7 @@ class FrontEnds:
                 sent[b] += sl.count
                 yield Emission(b, self._msg(b, Kind.SLICE, plan.spill, first=sl.first,
                                             count=sl.count, arrays=arrays,
-                                            meta={"mode": self.sim.cfg.mode}), t_ns)
+                                            meta=dict(slice_meta)), t_ns)
             if self.truth:
                 sent[TRUTH] += sl.count
                 yield Emission(TRUTH, self._msg(TRUTH, Kind.SLICE, plan.spill, first=sl.first,

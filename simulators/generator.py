@@ -15,15 +15,16 @@ import numpy as np
 
 from daq.geometry import Calibration, Geometry
 from simulators.config import FaultConfig, SimConfig
+from simulators.features import features, loud_bits
 from simulators.physics import Halo, Layout, Particles, Process, generate_block
 from simulators.readout import (
     FAST,
     SLOW,
-    features,
     gates,
     noise_pool,
     rounded_noise,
     shape_table,
+    waveform_hits,
     waveforms,
 )
 
@@ -40,7 +41,8 @@ class Slice:
     first: int
     count: int
     ts: np.ndarray  # int64 (count,)
-    boards: dict[str, dict[str, np.ndarray]]  # board -> {"wave"} or {"amp","tpeak","npulse"}
+    #: board -> its arrays besides ts: {"wave"}, or "nhit" and the hits (docs/dataflow.md)
+    boards: dict[str, dict[str, np.ndarray]]
     truth: dict[str, np.ndarray]
 
 
@@ -80,6 +82,7 @@ class Simulator:
         widest = max(len(b.channels) for b in geom.boards) * det.samples
         self.noise = noise_pool(pool_rng, det.noise, NOISE_POOL + widest)
         self.noise_int = rounded_noise(self.noise) if cfg.mode == "waveform" else None
+        self.loud = loud_bits(self.noise, cfg.zs_adc) if cfg.mode == "feature" else None
         self.tables = {s: shape_table(s) for s in (FAST, SLOW)}
         self.threshold = 5 * det.noise  # FPGA pulse threshold, ADC counts
         self._blocks: dict[tuple[int, int], Particles] = {}
@@ -179,12 +182,18 @@ class Simulator:
                 ped = float(np.max(self.calib.pedestal[board.name]))
                 boards[board.name] = features(
                     ev, t, lo, hi, dep, halo, shape, self.noise, offsets,
-                    self.threshold, det.adc_max - ped, self.tables[shape])
+                    self.threshold, det.adc_max - ped, self.cfg.zs_adc, self.tables[shape],
+                    self.loud)
+                continue
+            args = (ev, t, lo, hi, dep, halo, shape, self.calib.pedestal[board.name],
+                    self.noise, offsets, det.samples, det.sample_ns, det.trigger_sample,
+                    det.adc_max)
+            if self.cfg.zero_suppress:
+                boards[board.name] = waveform_hits(*args, self.cfg.zs_adc, self.tables[shape],
+                                                   self.noise_int)
             else:
-                boards[board.name] = {"wave": waveforms(
-                    ev, t, lo, hi, dep, halo, shape, self.calib.pedestal[board.name],
-                    self.noise, offsets, det.samples, det.sample_ns,
-                    det.trigger_sample, det.adc_max, self.tables[shape], self.noise_int)}
+                boards[board.name] = {"wave": waveforms(*args, self.tables[shape],
+                                                        self.noise_int)}
         ts = plan.t[first:first + count].astype(np.int64)
         self._block(plan, k)  # slice k is particle block k: its truth sums are ready
         truth = self._truth(self._sums[(plan.spill, k)], parts, ev, ts, pileup)

@@ -1,32 +1,20 @@
-"""Digitisation with pileup: numba kernels turning particle deposits into board readout.
+"""Digitisation with pileup: pulse shapes, gates, noise, and the waveform-mode kernels.
 
 For event i and board b, the particles j with |t_j - t_i| < window_b / 2 are in the gate;
-each adds its pulses at its own offset t_j - t_i. `feature` gives what a digitiser FPGA
-sends (amplitude, peak time, pulse count per channel); `waveform` gives MSADC samples.
+each adds its pulses at its own offset t_j - t_i. `waveforms` gives MSADC samples of every
+channel, `waveform_hits` those of the channels that read something (zero suppression);
+feature mode (what a digitiser FPGA computes per channel) is in simulators/features.py.
 The NumPy references below are what tests hold the kernels against.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
-import numba
 import numpy as np
 
+from simulators.jit import inline, kernel
 from simulators.physics import Halo
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-#: nogil so the front-end service can generate in a worker thread; cache so a start loads
-#: machine code from disk; no fastmath so the kernels round like the NumPy reference.
-_JIT: dict[str, Any] = {"nogil": True, "cache": True, "fastmath": False, "boundscheck": False}
-
-
-def _kernel(fn: F) -> F:
-    return numba.njit(**_JIT)(fn)
-
 
 MAX_PULSES = 64  # pulses per channel and gate the feature kernel keeps (pileup beyond: ignored)
 
@@ -48,7 +36,7 @@ FAST = PulseShape(tp_ns=5.0, order=2.0, resolve_ns=10.0)  # beam counters (plast
 SLOW = PulseShape(tp_ns=20.0, order=2.0, resolve_ns=25.0)  # calorimeters, SRD, VETO
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
+@inline
 def _dep(i: int, j: int, c: int, dep: np.ndarray, lines: np.ndarray, hline: np.ndarray,
          hamp: np.ndarray) -> float:
     """Deposit of particle j in channel c of event i's readout (a neighbour adds its halo)."""
@@ -71,8 +59,8 @@ def shape_table(shape: PulseShape) -> np.ndarray:
     return np.asarray(shape(x - shape.tp_ns), np.float64)
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _tab(dt_from_peak: float, table: np.ndarray, tp: float) -> float:
+@inline
+def shape_at(dt_from_peak: float, table: np.ndarray, tp: float) -> float:
     u = (dt_from_peak + tp) / TABLE_STEP_NS
     if u < 0.0:
         return 0.0
@@ -83,161 +71,49 @@ def _tab(dt_from_peak: float, table: np.ndarray, tp: float) -> float:
     return table[k] * (1.0 - w) + table[k + 1] * w
 
 
-@_kernel
-def _overlap(amps: np.ndarray, dts: np.ndarray, k: int, table: np.ndarray, tp: float,
-             resolve: float, thr: float) -> tuple[float, float, int]:
-    """Several pulses in one channel: the largest peak of their sum, its time, and the pulse
-    count above `thr` merging pulses closer than `resolve` (kept out of line: it is rare)."""
-    best = -1.0
-    tbest = 0.0
-    for p in range(k):
-        s = amps[p]
-        for q in range(k):
-            if q != p:
-                s += amps[q] * _tab(dts[p] - dts[q], table, tp)
-        if s > best:
-            best = s
-            tbest = dts[p]
-    return best, tbest, _count(amps, dts, k, resolve, thr)
-
-
-@_kernel
-def _overlap_shared(amps: np.ndarray, dts: np.ndarray, gi: np.ndarray, k: int,
-                    shape: np.ndarray, resolve: float, thr: float) -> tuple[float, float, int]:
-    """`_overlap` with the shape values of the gate's particle pairs computed once per event
-    (`shape[a, b]` = the table at dt_a - dt_b; `gi` the gate index of each pulse)."""
-    best = -1.0
-    tbest = 0.0
-    for p in range(k):
-        s = amps[p]
-        for q in range(k):
-            if q != p:
-                s += amps[q] * shape[gi[p], gi[q]]
-        if s > best:
-            best = s
-            tbest = dts[p]
-    return best, tbest, _count(amps, dts, k, resolve, thr)
-
-
-@_kernel
-def _count(amps: np.ndarray, dts: np.ndarray, k: int, resolve: float, thr: float) -> int:
-    """Pulses above `thr`, those closer than `resolve` to an earlier one counted once."""
-    n = 0
-    for p in range(k):
-        if amps[p] <= thr:
-            continue
-        alone = True
-        for q in range(p):
-            if amps[q] > thr and abs(dts[q] - dts[p]) < resolve:
-                alone = False
-                break
-        if alone:
-            n += 1
-    return n
-
-
-@_kernel
-def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                    dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
-                    hamp: np.ndarray, table: np.ndarray, tp: float,
-                    resolve: float, noise_pool: np.ndarray, offsets: np.ndarray,
-                    thr: float, amp_max: float, amp: np.ndarray, tpeak: np.ndarray,
-                    npulse: np.ndarray) -> None:
-    nch = dep_self.shape[1]
-    amps = np.empty((nch, MAX_PULSES))
-    dts = np.empty((nch, MAX_PULSES))
-    gi = np.empty((nch, MAX_PULSES), np.int64)
-    cnt = np.zeros(nch, np.int64)
-    row = np.empty(nch, np.float32)
-    pair = np.empty((MAX_PULSES, MAX_PULSES))
-    for e in range(ev.shape[0]):
-        i = ev[e]
-        off = offsets[e]
-        if hi[e] - lo[e] == 1:  # nothing else in the gate (most events): one pulse at most
-            uoff = np.uint64(off)  # unsigned: no wraparound check, so the loop vectorises
-            for c in range(np.uint64(nch)):
-                a = dep_self[i, c]
-                v = a + noise_pool[uoff + c] if a > 0.0 else noise_pool[uoff + c]
-                amp[e, c] = min(v, amp_max)
-                tpeak[e, c] = 0.0
-                npulse[e, c] = 1 if a > thr else 0
-            continue
-        # pileup: each particle of the gate scatters its deposits (with its halo when it is a
-        # neighbour, added as _dep adds them) into per-channel pulse lists, in gate order
-        cnt[:] = 0
-        for j in range(lo[e], hi[e]):
-            for c in range(nch):
-                row[c] = dep_self[j, c]
-            if j != i and lines.shape[0] > 0:
-                for q in range(lines.shape[1]):
-                    row[lines[hline[j], q]] += hamp[j, q]
-            dt = t[j] - t[i]
-            for c in range(nch):
-                if row[c] > 0.0 and cnt[c] < MAX_PULSES:
-                    amps[c, cnt[c]] = row[c]
-                    dts[c, cnt[c]] = dt
-                    gi[c, cnt[c]] = j - lo[e]
-                    cnt[c] += 1
-        m = hi[e] - lo[e]
-        shared = m <= MAX_PULSES  # the pair shapes, once for all channels (a shower's cells)
-        if shared:
-            for a in range(m):
-                for b in range(m):
-                    if a != b:
-                        pair[a, b] = _tab((t[lo[e] + a] - t[i]) - (t[lo[e] + b] - t[i]),
-                                          table, tp)
-        for c in range(nch):
-            noise = noise_pool[off + c]
-            k = cnt[c]
-            if k == 0:
-                amp[e, c] = noise
-                tpeak[e, c] = 0.0
-                npulse[e, c] = 0
-                continue
-            if k == 1:  # one pulse in the gate: its amplitude is the peak
-                amp[e, c] = min(amps[c, 0] + noise, amp_max)
-                tpeak[e, c] = dts[c, 0]
-                npulse[e, c] = 1 if amps[c, 0] > thr else 0
-                continue
-            if shared:
-                best, tbest, n = _overlap_shared(amps[c], dts[c], gi[c], k, pair, resolve, thr)
-            else:
-                best, tbest, n = _overlap(amps[c], dts[c], k, table, tp, resolve, thr)
-            amp[e, c] = min(best + noise, amp_max)
-            tpeak[e, c] = tbest
-            npulse[e, c] = min(n, 255)
-
-
-@_kernel
+@kernel
 def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                      dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
                      hamp: np.ndarray, table: np.ndarray, intime: np.ndarray, tp: float,
                      pedestal: np.ndarray, noise: np.ndarray, noise_int: np.ndarray,
                      offsets: np.ndarray, sample_ns: float, trig_ns: float, adc_max: float,
-                     wave: np.ndarray) -> None:
+                     n_ped: int, zs: float, wave: np.ndarray, nhit: np.ndarray,
+                     hit_ch: np.ndarray, hit_wave: np.ndarray) -> int:
     # wave is (count, samples, nch): one event of the board is one contiguous block, and so
     # is its noise window. With integer pedestals (noise_int non-empty) a sample without
     # pulse is pedestal + round(noise), exactly floor(ped + noise + 0.5), in int32 over the
     # whole block; only the samples a pulse reaches are computed in float64.
+    # Zero suppression (nhit has count entries): wave is one (1, samples, nch) block that
+    # each event is written to; `_keep_waves` copies its hits out while it is in cache, at
+    # the top of the next pass (an event ends in one of several `continue`s).
     n = ev.shape[0]
     ns, nch = wave.shape[1], wave.shape[2]
-    flat = wave.reshape(n * ns * nch)
-    size = np.uint64(ns * nch)
+    suppress = nhit.shape[0] > 0
+    flat = wave.reshape(wave.shape[0] * ns * nch)
     int_ped = noise_int.shape[0] > 0
     pedt = np.empty(ns * nch, np.int32)
     pedf = np.empty(ns * nch)  # the pedestal of each sample of the block
     for q in range(ns * nch):
         pedf[q] = pedestal[q % nch]
         pedt[q] = np.int32(pedestal[q % nch]) if int_ped else 0
-    amax = np.int32(adc_max)
     buf = np.empty(ns)
     a = np.empty(nch)
     dg = np.empty((MAX_PULSES, nch), np.float32)
     sh = np.empty((MAX_PULSES, ns))
-    for e in range(n):
+    mx = np.empty((ns + 1) // 2 * nch, np.int16)  # zero suppression: the largest sample
+    s0 = np.empty((ns + 1) // 2 * nch, np.int32)  # and the sum of the first n_ped
+    amax = np.int32(adc_max)
+    size = np.uint64(ns * nch)
+    nh = 0  # hits so far
+    for e in range(n + 1 if suppress else n):
+        if suppress and e > 0:  # the previous event is in the block: take its hits
+            nh = _keep_waves(e - 1, flat, ns, nch, n_ped, zs, nh, nhit, hit_ch, hit_wave, mx, s0)
+        if e == n:
+            break
         i = ev[e]
+        w = 0 if suppress else e
         off = np.uint64(offsets[e])  # unsigned: no wraparound check, the loops vectorise
-        base = np.uint64(e) * size
+        base = np.uint64(w) * size
         single = hi[e] - lo[e] == 1  # only the in-time particle (most events)
         nact = 0
         for c in range(nch):
@@ -259,7 +135,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                             if p != 0.0:  # before the pulse starts: the quiet value
                                 k = off + np.uint64(s * nch + c)
                                 v2 = np.floor(pedestal[c] + noise[k] + d * p + 0.5)
-                                wave[e, s, c] = min(max(v2, 0.0), adc_max)
+                                wave[w, s, c] = min(max(v2, 0.0), adc_max)
                 continue
         elif single:
             for s in range(ns):
@@ -267,7 +143,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                 p = intime[s]
                 for c in range(np.uint64(nch)):
                     v2 = np.floor(pedestal[c] + noise[row + c] + a[c] * p + 0.5)
-                    wave[e, s, c] = min(max(v2, 0.0), adc_max)
+                    wave[w, s, c] = min(max(v2, 0.0), adc_max)
             continue
         else:  # pileup, before its channels are redone: one pass over the block
             for q in range(size):
@@ -293,16 +169,81 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                             buf[s] += d * sh[jl, s]
                 for s in range(ns):
                     v2 = np.floor(buf[s] + 0.5)
-                    wave[e, s, c] = min(max(v2, 0.0), adc_max)
+                    wave[w, s, c] = min(max(v2, 0.0), adc_max)
             continue
         for c in range(nch):  # a very crowded gate: channel by channel
             if not _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp):
                 _signal_channel(i, c, lo[e], hi[e], t, dep_self, lines, hline, hamp, table,
                                 tp, pedestal[c], noise, offsets[e] + c, nch, sample_ns,
-                                trig_ns, adc_max, buf, wave[e, :, c])
+                                trig_ns, adc_max, buf, wave[w, :, c])
+    return nh
 
 
-@_kernel
+@kernel
+def _keep_waves(e: int, flat: np.ndarray, ns: int, nch: int, n_ped: int, zs: float, k: int,
+                nhit: np.ndarray, hit_ch: np.ndarray, hit_wave: np.ndarray, mx: np.ndarray,
+                s0: np.ndarray) -> int:
+    """Event e's channels (flat: its (samples, nch) block) with max - pedestal >= zs, as hits
+    from k; the next k.
+
+    The pedestal is the mean of the first n_ped samples, as the trigger estimates it
+    (trigger.kernels.wave_board), so a kept channel has a trigger amplitude >= zs.
+    """
+    _fold_max(flat, ns, nch, mx)
+    _fold_sum(flat, min(n_ped, ns), nch, s0)
+    k0 = k
+    m = np.uint64(nch)
+    for c in range(nch):
+        if mx[c] - s0[c] / n_ped >= zs:
+            hit_ch[k] = c
+            for s in range(ns):
+                hit_wave[k, s] = flat[np.uint64(s) * m + np.uint64(c)]
+            k += 1
+    nhit[e] = k - k0
+    return k
+
+
+@kernel
+def _fold_max(flat: np.ndarray, rows: int, nch: int, out: np.ndarray) -> None:
+    """The largest of the `rows` rows of a (rows, nch) block, per channel, into out[:nch],
+    by halving the rows: every loop runs over a contiguous run of rows x nch / 2 values,
+    which vectorises whatever nch is (as trigger.kernels._fold_max)."""
+    h = (rows + 1) // 2
+    m = np.uint64((rows - h) * nch)
+    off = np.uint64(h * nch)
+    for j in range(m):
+        out[j] = max(flat[j], flat[off + j])
+    for j in range(m, off):
+        out[j] = flat[j]
+    while h > 1:
+        rows = h
+        h = (rows + 1) // 2
+        m = np.uint64((rows - h) * nch)
+        off = np.uint64(h * nch)
+        for j in range(m):
+            out[j] = max(out[j], out[off + j])
+
+
+@kernel
+def _fold_sum(flat: np.ndarray, rows: int, nch: int, out: np.ndarray) -> None:
+    """`_fold_max` for the sum, in int32."""
+    h = (rows + 1) // 2
+    m = np.uint64((rows - h) * nch)
+    off = np.uint64(h * nch)
+    for j in range(m):
+        out[j] = np.int32(np.int32(flat[j]) + flat[off + j])
+    for j in range(m, off):
+        out[j] = np.int32(flat[j])
+    while h > 1:
+        rows = h
+        h = (rows + 1) // 2
+        m = np.uint64((rows - h) * nch)
+        off = np.uint64(h * nch)
+        for j in range(m):
+            out[j] = np.int32(out[j] + out[off + j])
+
+
+@kernel
 def _gate_pulses(i: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
                  lines: np.ndarray, hline: np.ndarray, hamp: np.ndarray, table: np.ndarray,
                  tp: float, sample_ns: float, trig_ns: float, dg: np.ndarray,
@@ -332,7 +273,7 @@ def _gate_pulses(i: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
             sh[jl, s] = table[k] * (1.0 - w) + table[k + 1] * w
 
 
-@_kernel
+@kernel
 def _quiet(i: int, c: int, lo: int, hi: int, dep_self: np.ndarray, lines: np.ndarray,
            hline: np.ndarray, hamp: np.ndarray) -> bool:
     for j in range(lo, hi):  # noqa: SIM110 (numba compiles loops, not generator expressions)
@@ -341,7 +282,7 @@ def _quiet(i: int, c: int, lo: int, hi: int, dep_self: np.ndarray, lines: np.nda
     return True
 
 
-@_kernel
+@kernel
 def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
                     lines: np.ndarray, hline: np.ndarray, hamp: np.ndarray, table: np.ndarray,
                     tp: float, ped: float, noise: np.ndarray, base: int, stride: int,
@@ -375,7 +316,7 @@ def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: n
         out[s] = min(max(v, 0.0), adc_max)
 
 
-@_kernel
+@kernel
 def _gates_kernel(t: np.ndarray, ev: np.ndarray, half: float, lo: np.ndarray,
                   hi: np.ndarray) -> None:
     # one sweep of two pointers over the sorted times (ev ascending): what searchsorted
@@ -417,26 +358,10 @@ def gates_reference(t: np.ndarray, ev: np.ndarray, window_ns: float
     return lo.astype(np.int64), hi.astype(np.int64)
 
 
-def _halo_args(halo: Halo | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def halo_args(halo: Halo | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if halo is None:
         return np.empty((0, 1), np.int64), np.empty(0, np.int64), np.empty((0, 1), np.float32)
     return halo.lines, halo.line, halo.amp
-
-
-def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-             dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
-             noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
-             table: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """Feature-mode readout of one board: `amp`, `tpeak`, `npulse` (count, nch)."""
-    n, nch = len(ev), dep_self.shape[1]
-    out: dict[str, np.ndarray] = {
-        "amp": np.empty((n, nch), np.float32), "tpeak": np.empty((n, nch), np.float32),
-        "npulse": np.empty((n, nch), np.uint8)}
-    _feature_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *_halo_args(halo),
-                    shape_table(shape) if table is None else table, shape.tp_ns,
-                    shape.resolve_ns, noise_pool, offsets,
-                    threshold, amp_max, out["amp"], out["tpeak"], out["npulse"])
-    return out
 
 
 def noise_pool(rng: np.random.Generator, noise: float, size: int) -> np.ndarray:
@@ -456,6 +381,12 @@ def rounded_noise(noise: np.ndarray) -> np.ndarray:
     return np.floor(noise.astype(np.float64) + 0.5).astype(np.int16)
 
 
+def pedestal_samples(trigger_sample: int) -> int:
+    """Samples the pedestal is estimated from: the first half of those before the in-time
+    peak, at least one (as trigger.core.build_params has it)."""
+    return max(1, trigger_sample // 2)
+
+
 def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
               dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
               pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
@@ -470,18 +401,57 @@ def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     integers; the result is the same.
     """
     wave = np.empty((len(ev), samples, dep_self.shape[1]), np.int16)
+    _waveforms(ev, t, lo, hi, dep_self, halo, shape, pedestal, noise, offsets, sample_ns,
+               trigger_sample, adc_max, table, noise_int, wave, 0.0, _NO_HITS)
+    return wave
+
+
+def waveform_hits(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                  dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+                  pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
+                  sample_ns: float, trigger_sample: int, adc_max: int, zs_adc: float,
+                  table: np.ndarray | None = None, noise_int: np.ndarray | None = None
+                  ) -> dict[str, np.ndarray]:
+    """Zero-suppressed waveform readout of one board: `nhit` and the WAVE_HITS arrays.
+
+    The samples are those of `waveforms` (same arguments); a channel is a hit when its
+    largest sample minus the mean of its first `pedestal_samples(trigger_sample)` samples
+    is at least `zs_adc`.
+    """
+    n, nch = len(ev), dep_self.shape[1]
+    hits = {"nhit": np.empty(n, np.uint8), "hit_ch": np.empty(n * nch, np.uint8),
+            "hit_wave": np.empty((n * nch, samples), np.int16)}
+    block = np.empty((1, samples, nch), np.int16)
+    total = _waveforms(ev, t, lo, hi, dep_self, halo, shape, pedestal, noise, offsets,
+                       sample_ns, trigger_sample, adc_max, table, noise_int, block,
+                       float(zs_adc), hits)
+    return {"nhit": hits["nhit"], "hit_ch": hits["hit_ch"][:total],
+            "hit_wave": hits["hit_wave"][:total]}
+
+
+_NO_HITS: dict[str, np.ndarray] = {"nhit": np.empty(0, np.uint8), "hit_ch": np.empty(0, np.uint8),
+            "hit_wave": np.empty((0, 1), np.int16)}
+
+
+def _waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+               dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+               pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, sample_ns: float,
+               trigger_sample: int, adc_max: int, table: np.ndarray | None,
+               noise_int: np.ndarray | None, wave: np.ndarray, zs_adc: float,
+               hits: dict[str, np.ndarray]) -> int:
+    samples = wave.shape[1]
     ped = pedestal.astype(np.float64)
     if not (np.all(ped == np.floor(ped)) and np.all(np.abs(ped) < 2**30)):
         noise_int = None  # the integer shortcut needs integer pedestals
     elif noise_int is None:
         noise_int = rounded_noise(noise)
-    _waveform_kernel(ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *_halo_args(halo),
-                     shape_table(shape) if table is None else table,
-                     shape(np.arange(samples) * sample_ns - trigger_sample * sample_ns),
-                     shape.tp_ns, ped, noise,
-                     _NO_INT if noise_int is None else noise_int, offsets, sample_ns,
-                     trigger_sample * sample_ns, float(adc_max), wave)
-    return wave
+    return int(_waveform_kernel(
+        ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
+        shape_table(shape) if table is None else table,
+        shape(np.arange(samples) * sample_ns - trigger_sample * sample_ns), shape.tp_ns, ped,
+        noise, _NO_INT if noise_int is None else noise_int, offsets, sample_ns,
+        trigger_sample * sample_ns, float(adc_max), pedestal_samples(trigger_sample), zs_adc,
+        wave, hits["nhit"], hits["hit_ch"], hits["hit_wave"]))
 
 
 def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,

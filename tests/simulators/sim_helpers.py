@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
+from daq.hits import densify
 from simulators.config import FaultConfig, SimConfig
 from simulators.generator import Simulator
 
@@ -31,3 +32,8 @@ def run_spill(sim: Simulator, spill: int = 0) -> tuple[dict[str, dict[str, np.nd
                   for k in slices[0].boards[b]} for b in sim.board_names}
     truth = {k: np.concatenate([s.truth[k] for s in slices]) for k in slices[0].truth}
     return boards, truth
+
+
+def dense(arrays: dict[str, np.ndarray], name: str, nch: int) -> np.ndarray:
+    """(events, nch) of a zero-suppressed board's hit array `name`, 0 where no hit."""
+    return densify(arrays["nhit"], arrays["hit_ch"], arrays[name], nch)

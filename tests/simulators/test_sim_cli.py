@@ -11,6 +11,7 @@ import zmq
 
 from daq.cli import main
 from daq.errors import WireError
+from daq.hits import WAVE_HITS, check
 from daq.runfile import RunFileReader
 from daq.wire import Kind, Message, decode
 from tests.conftest import free_tcp_port
@@ -86,6 +87,7 @@ def test_streams_to_an_endpoint_with_corrupted_frames(tmp_path: Path) -> None:
     (["--out", "x.raw", "--fault-stop", "ECAL:1"], "BOARD:SPILL:FRACTION"),
     (["--out", "x.raw", "--fault-empty", "NOPE:0.1"], "NOPE"),
     (["--out", "x.raw", "--set", "momentum_spread=3"], "momentum_spread"),
+    (["--out", "x.raw", "--zs-adc", "-1"], "zs_adc"),
 ])
 def test_bad_options_are_refused_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture,
                                                   monkeypatch: pytest.MonkeyPatch, args: list,
@@ -111,3 +113,18 @@ def test_waveform_mode_run_file_follows_the_contract(tmp_path: Path) -> None:
         assert w.dtype == np.int16 and w.shape == (m.count, 32, nch[m.board])
         assert m.arrays["ts"].dtype == np.int64 and (np.diff(m.arrays["ts"]) >= 0).all()
         assert w.min() >= 0 and w.max() <= 4095
+
+
+def test_zero_suppressed_waveform_run_file(tmp_path: Path) -> None:
+    out = tmp_path / "zs.raw"
+    assert main([*BASE, "--spills", "1", "--mode", "waveform", "--zero-suppress",
+                 "--zs-adc", "8", "--generated-s", "0.001", "--out", str(out)]) == 0
+    nch = {"BEAM": 4, "SRD": 3, "ECAL": 60, "VETO": 6, "HCAL": 36}
+    slices = [m for m in RunFileReader(out) if m.kind is Kind.SLICE]
+    assert slices
+    for m in slices:
+        assert m.meta == {"mode": "waveform", "zs_adc": 8.0}
+        assert list(m.arrays) == ["ts", "nhit", "hit_ch", "hit_wave"]
+        assert check(m.arrays, m.count, nch[m.board], WAVE_HITS, samples=32) > 0
+        w = m.arrays["hit_wave"].astype(np.float64)
+        assert (w.max(axis=1) - w[:, :4].mean(axis=1) >= 8.0).all()

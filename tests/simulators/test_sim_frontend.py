@@ -13,6 +13,7 @@ import zmq
 import zmq.asyncio
 
 from daq.errors import WireError
+from daq.hits import FEATURE_HITS, check
 from daq.transport import context
 from daq.wire import Kind, Message, decode
 from simulators.frontend import FrontEnds
@@ -68,9 +69,9 @@ async def test_clean_stream_follows_the_contract() -> None:
             end = next(m for m in msgs if m.kind is Kind.SPILL_END and m.spill == spill)
             assert [m.first for m in sl] == [1024 * k for k in range(len(sl))]
             assert end.meta["events"] == sum(m.count for m in sl)
-            assert all(m.meta["mode"] == "feature" and "amp" in m.arrays for m in sl)
-            assert all(m.arrays["amp"].shape == (m.count, sim.geom.n_channels(board))
-                       for m in sl)
+            assert all(m.meta == {"mode": "feature", "zs_adc": 6.0} for m in sl)
+            for m in sl:  # zero-suppressed features, as the contract has them
+                check(m.arrays, m.count, sim.geom.n_channels(board), FEATURE_HITS)
             if board == "BEAM":
                 sc = end.meta["scalers"]
                 v1 = sum(int(m.arrays["v1"].sum()) for m in truth_slices if m.spill == spill)
@@ -104,7 +105,7 @@ async def test_every_fault_is_seen_downstream() -> None:
     assert not any(m.src == "ECAL" and m.kind is Kind.SPILL_END and m.spill == 1 for m in good)
     assert any(m.src == "ECAL" and m.kind is Kind.SPILL_END and m.spill == 0 for m in good)
     srd = [m for m in good if m.src == "SRD" and m.kind is Kind.SLICE]
-    empty = [m for m in srd if "amp" not in m.arrays]
+    empty = [m for m in srd if "nhit" not in m.arrays]
     assert empty and len(empty) < len(srd)
     assert all(list(m.arrays) == ["ts"] and m.count > 0 for m in empty)
 

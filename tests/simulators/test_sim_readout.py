@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 from numpy.testing import assert_array_equal
 
+from daq.hits import FEATURE_HITS, check
+from simulators.features import features_dense
 from simulators.physics import Halo
 from simulators.readout import (
     FAST,
     SLOW,
-    features,
     gates,
     gates_reference,
     noise_pool,
@@ -73,12 +74,13 @@ def test_feature_peak_time_and_pulse_count() -> None:
     ev = np.array([1], dtype=np.int64)
     pool = np.zeros(16, np.float32)
     lo, hi = gates(t, ev, 100.0)
-    fast = features(ev, t, lo, hi, dep, None, FAST, pool, np.zeros(1, np.int64), 10.0, 3695.0)
+    args = (ev, t, lo, hi, dep, None)
+    fast = features_dense(*args, FAST, pool, np.zeros(1, np.int64), 10.0, 3695.0)
     # 0, +30, +35 ns: the last two are closer than the 10 ns resolution -> 2 pulses
     assert fast["npulse"][0, 0] == 2
     # the two close pulses overlap: the largest peak is theirs, above one pulse alone
     assert fast["amp"][0, 0] > 1000.0 and fast["tpeak"][0, 0] in (30.0, 35.0)
-    slow = features(ev, t, lo, hi, dep, None, SLOW, pool, np.zeros(1, np.int64), 10.0, 3695.0)
+    slow = features_dense(*args, SLOW, pool, np.zeros(1, np.int64), 10.0, 3695.0)
     # the slow shape (25 ns resolution) still separates 0 and +30 ns, but sums more of them
     assert slow["npulse"][0, 0] == 2 and slow["amp"][0, 0] > fast["amp"][0, 0]
 
@@ -106,7 +108,11 @@ def test_same_seed_same_data_and_slices_regenerate_alone() -> None:
     assert_array_equal(pa.t, pb.t)
     sa = list(a.slices(pa))
     alone = b.make_slice(pb, 2)  # slice 2 without generating 0 and 1 first
-    assert_array_equal(sa[2].boards["ECAL"]["amp"], alone.boards["ECAL"]["amp"])
+    for board, arrays in sa[2].boards.items():
+        check(arrays, sa[2].count, a.geom.n_channels(board), FEATURE_HITS)
+        assert arrays.keys() == alone.boards[board].keys()
+        for name, v in arrays.items():
+            assert_array_equal(v, alone.boards[board][name])
     assert_array_equal(sa[2].truth["e_ecal"], alone.truth["e_ecal"])
     c = simulator(generated_s=0.002, seed=10, slice_events=1000)
     assert not np.array_equal(c.plan(0).t[:100], pa.t[:100])

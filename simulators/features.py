@@ -1,0 +1,337 @@
+"""Feature-mode readout, zero-suppressed as a digitiser FPGA sends it (docs/dataflow.md).
+
+Per event and channel the board finds the amplitude (the largest peak of the pulses in the
+gate, plus noise), its time and the pulse count, exactly as before suppression; it sends
+the channels whose amplitude rounded to ADC counts reaches zs_adc. Most events are alone
+in their gate and most of their channels read only noise, so the kernel looks at the
+channels that can reach zs_adc: those where a particle deposits, and those whose noise
+alone does (a bitmap over the noise pool). `features_dense` keeps every channel unrounded
+and the tests hold `features` to it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from daq.hits import FEATURE_HITS, T_UNIT_NS
+from simulators.jit import inline, kernel, prefetch, trailing_zeros
+from simulators.physics import Halo
+from simulators.readout import MAX_PULSES, PulseShape, halo_args, shape_at, shape_table
+
+ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
+AHEAD = 8  # events ahead whose noise window is prefetched (its lines are spread over 4 MB)
+
+
+def lowest_kept(zs_adc: float) -> np.float32:
+    """The least float32 amplitude a with floor(a + 0.5) >= zs_adc: ceil(zs_adc) - 0.5.
+
+    A half-integer of at most 4096.5, so float32 holds it exactly and the comparison
+    `a >= lowest_kept(zs)` is exactly `floor(a + 0.5) >= zs`.
+    """
+    return np.float32(np.ceil(zs_adc) - 0.5)
+
+
+def loud_bits(noise: np.ndarray, zs_adc: float) -> np.ndarray:
+    """Bit p (of word p // 64, from the low bit) set where noise[p] alone reaches zs_adc."""
+    bits = np.packbits(noise >= lowest_kept(zs_adc), bitorder="little")
+    return np.concatenate([bits, np.zeros((-len(bits)) % 8, np.uint8)]).view(np.uint64)
+
+
+def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+             dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+             noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
+             zs_adc: float, table: np.ndarray | None = None, loud: np.ndarray | None = None,
+             deposits: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Zero-suppressed feature readout of one board: `nhit` and the FEATURE_HITS arrays.
+
+    A channel is a hit when its amplitude rounded to ADC counts, floor(amp + 0.5), is at
+    least `zs_adc`: `hit_amp` is that rounded amplitude, `hit_t` the peak time in units of
+    T_UNIT_NS (rounded half to even), `hit_np` the pulse count. Offsets must leave nch
+    values in the pool. Computed here when not given, at the cost of a pass over the pool
+    or the deposits: `loud`, which must be `loud_bits(noise_pool, zs_adc)`, and `deposits`,
+    (`touched`, `reach`) as `calibrate.to_adc` notes them: uint8 per particle (row of
+    `dep_self`), set when it deposits in some channel, and uint8 per channel, set when
+    some particle may (a superset will do).
+    """
+    if loud is None:
+        loud = loud_bits(noise_pool, zs_adc)
+    if deposits is None:
+        deposits = (np.asarray((dep_self > 0).any(axis=1), np.uint8),
+                    np.asarray((dep_self > 0).any(axis=0), np.uint8))
+    touched, reach = deposits
+    hits, _ = _features(ev, t, lo, hi, dep_self, halo, shape, noise_pool, offsets, threshold,
+                        amp_max, zs_adc, table, loud, touched, reach, dense=False)
+    return hits
+
+
+def features_dense(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                   dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+                   noise_pool: np.ndarray, offsets: np.ndarray, threshold: float,
+                   amp_max: float, table: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every channel's features before suppression and rounding, (count, nch): `amp` and
+    `tpeak` (ns) float32, `npulse` uint8. What `features` reduces to its hits."""
+    no_hit = np.zeros(len(noise_pool) // 64 + 1, np.uint64)  # zs = inf: no channel is a hit
+    _, dense = _features(ev, t, lo, hi, dep_self, halo, shape, noise_pool, offsets, threshold,
+                         amp_max, np.inf, table, no_hit, np.zeros(len(dep_self), np.uint8),
+                         np.zeros(dep_self.shape[1], np.uint8), dense=True)
+    return dense
+
+
+def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+              dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+              noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
+              zs_adc: float, table: np.ndarray | None, loud: np.ndarray, touched: np.ndarray,
+              reach: np.ndarray, *, dense: bool
+              ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    n, nch = len(ev), dep_self.shape[1]
+    buf = {name: np.empty(n * nch, dt) for name, dt in FEATURE_HITS.items()}
+    nhit = np.empty(n, np.uint8)
+    rows = n if dense else 0
+    out: dict[str, np.ndarray] = {
+        "amp": np.empty((rows, nch), np.float32), "tpeak": np.empty((rows, nch), np.float32),
+        "npulse": np.empty((rows, nch), np.uint8)}
+    total = _feature_kernel(
+        ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
+        shape_table(shape) if table is None else table, shape.tp_ns, shape.resolve_ns,
+        noise_pool, loud, touched, np.flatnonzero(reach).astype(np.int64), offsets, threshold,
+        amp_max, lowest_kept(zs_adc), nhit,
+        buf["hit_ch"], buf["hit_amp"], buf["hit_t"], buf["hit_np"],
+        out["amp"], out["tpeak"], out["npulse"])
+    # views of the first `total` hits: the buffers they keep alive are smaller than the
+    # dense (count, nch) arrays of the unsuppressed readout
+    return {"nhit": nhit, **{name: a[:total] for name, a in buf.items()}}, out
+
+
+@kernel
+def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                    dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
+                    hamp: np.ndarray, table: np.ndarray, tp: float, resolve: float,
+                    noise_pool: np.ndarray, loud: np.ndarray, touched: np.ndarray,
+                    support: np.ndarray, offsets: np.ndarray, thr: float,
+                    amp_max: float, lowest: np.float32, nhit: np.ndarray, hit_ch: np.ndarray,
+                    hit_amp: np.ndarray, hit_t: np.ndarray, hit_np: np.ndarray,
+                    amp: np.ndarray, tpeak: np.ndarray, npulse: np.ndarray) -> int:
+    # Hits go to hit_* from k on (the buffers hold every channel of every event). A lone
+    # event looks at its candidates only; an event with pileup computes every channel into
+    # rows, then keeps its hits from them. With `amp` of count rows (the dense reference)
+    # every event takes the rows and they are copied out.
+    n, nch = ev.shape[0], dep_self.shape[1]
+    dense = amp.shape[0] > 0
+    nsup = support.shape[0]
+    cand = np.empty(2 * nch, np.int64)
+    a_row = np.empty(nch, np.float32)
+    t_row = np.empty(nch, np.float32)
+    n_row = np.empty(nch, np.uint8)
+    amps = np.empty((nch, MAX_PULSES))  # pileup: the pulses of each channel, their times
+    dts = np.empty((nch, MAX_PULSES))
+    gi = np.empty((nch, MAX_PULSES), np.int64)  # and gate indices
+    cnt = np.zeros(nch, np.int64)
+    row = np.empty(nch, np.float32)
+    pair = np.empty((MAX_PULSES, MAX_PULSES))
+    k = 0
+    for e in range(n):
+        if e + AHEAD < n:  # the noise windows are spread over the whole pool
+            ahead = np.uint64(offsets[e + AHEAD])
+            for q in range(np.uint64(0), np.uint64(nch), np.uint64(16)):  # 16 float32: a line
+                prefetch(noise_pool, ahead + q)
+            prefetch(noise_pool, ahead + np.uint64(nch - 1))
+        i = ev[e]
+        off = offsets[e]
+        k0 = k
+        # (everything per event is written out here: a call with array arguments costs
+        # more than the work of most events)
+        if hi[e] - lo[e] == 1 and not dense:
+            # Alone in its gate: one pulse at most, at the in-time peak. The candidates are
+            # the support, when the particle deposits anywhere, and the loud channels: any
+            # other channel reads noise below zs. Most events have no loud channel.
+            ns = nsup if touched[i] else 0
+            first, last = off >> 6, (off + nch - 1) >> 6  # the window's loud bits
+            low = ALL << np.uint64(off & 63)
+            high = ALL >> np.uint64(63 - ((off + nch - 1) & 63))
+            if first == last:
+                word = loud[first] & low & high
+            else:
+                word = (loud[first] & low) | (loud[last] & high)
+                for w in range(first + 1, last):
+                    word |= loud[w]
+            m = ns if word == 0 else _candidates(loud, off, nch, support, ns, cand)
+            for p in range(m):  # each written, and kept without a branch
+                c = support[p] if word == 0 else cand[p]
+                a = dep_self[i, c]
+                v = a + noise_pool[off + c] if a > 0.0 else noise_pool[off + c]
+                x = np.float32(min(v, amp_max))
+                hit_ch[k] = c
+                hit_amp[k] = _round_amp(x)
+                hit_t[k] = 0
+                hit_np[k] = 1 if a > thr else 0
+                k += int(x >= lowest)
+            nhit[e] = k - k0
+            continue
+        if hi[e] - lo[e] == 1:  # alone, every channel (the dense reference)
+            uoff = np.uint64(off)  # unsigned: no wraparound check, so the loop vectorises
+            for c in range(np.uint64(nch)):
+                a = dep_self[i, c]
+                v = a + noise_pool[uoff + c] if a > 0.0 else noise_pool[uoff + c]
+                a_row[c] = min(v, amp_max)
+                t_row[c] = 0.0
+                n_row[c] = 1 if a > thr else 0
+        else:
+            # pileup: each particle of the gate scatters its deposits (with its halo when it
+            # is a neighbour, added as _dep adds them) into per-channel pulse lists
+            cnt[:] = 0
+            for j in range(lo[e], hi[e]):
+                for c in range(nch):
+                    row[c] = dep_self[j, c]
+                if j != i and lines.shape[0] > 0:
+                    for q in range(lines.shape[1]):
+                        row[lines[hline[j], q]] += hamp[j, q]
+                dt = t[j] - t[i]
+                for c in range(nch):
+                    if row[c] > 0.0 and cnt[c] < MAX_PULSES:
+                        amps[c, cnt[c]] = row[c]
+                        dts[c, cnt[c]] = dt
+                        gi[c, cnt[c]] = j - lo[e]
+                        cnt[c] += 1
+            mg = hi[e] - lo[e]
+            shared = mg <= MAX_PULSES  # the pair shapes, once for all channels
+            if shared:
+                for ga in range(mg):
+                    for gb in range(mg):
+                        if ga != gb:
+                            pair[ga, gb] = shape_at((t[lo[e] + ga] - t[i])
+                                                    - (t[lo[e] + gb] - t[i]), table, tp)
+            for c in range(nch):
+                noise = noise_pool[off + c]
+                kc = cnt[c]
+                if kc == 0:
+                    a_row[c] = noise
+                    t_row[c] = 0.0
+                    n_row[c] = 0
+                elif kc == 1:  # one pulse in the gate: its amplitude is the peak
+                    a_row[c] = min(amps[c, 0] + noise, amp_max)
+                    t_row[c] = dts[c, 0]
+                    n_row[c] = 1 if amps[c, 0] > thr else 0
+                else:
+                    if shared:
+                        best, tbest, np_ = _overlap_shared(amps[c], dts[c], gi[c], kc, pair,
+                                                           resolve, thr)
+                    else:
+                        best, tbest, np_ = _overlap(amps[c], dts[c], kc, table, tp, resolve,
+                                                    thr)
+                    a_row[c] = min(best + noise, amp_max)
+                    t_row[c] = tbest
+                    n_row[c] = min(np_, 255)
+        if dense:
+            amp[e] = a_row
+            tpeak[e] = t_row
+            npulse[e] = n_row
+        for c in range(nch):  # the hits of the rows
+            if a_row[c] >= lowest:
+                hit_ch[k] = c
+                hit_amp[k] = _round_amp(a_row[c])
+                hit_t[k] = _round_t(t_row[c])
+                hit_np[k] = n_row[c]
+                k += 1
+        nhit[e] = k - k0
+    return k
+
+
+@kernel
+def _candidates(loud: np.ndarray, off: int, nch: int, support: np.ndarray, ns: int,
+                out: np.ndarray) -> int:
+    """support[:ns] and the channels c whose noise noise_pool[off + c] reaches zs, merged
+    in ascending order into out[:m] (out holds 2 nch: the loud ones go first to its second
+    half); m."""
+    nl = nch
+    end = off + nch
+    w = off >> 6
+    while w << 6 < end:
+        base = w << 6
+        word = loud[w]
+        if off > base:
+            word &= ALL << np.uint64(off - base)
+        if end - base < 64:
+            word &= (np.uint64(1) << np.uint64(end - base)) - np.uint64(1)
+        while word != 0:
+            out[nl] = base + trailing_zeros(word) - off
+            nl += 1
+            word &= word - np.uint64(1)
+        w += 1
+    m = p = 0
+    q = nch
+    while p < ns or q < nl:
+        if q >= nl or (p < ns and support[p] <= out[q]):
+            if q < nl and out[q] == support[p]:
+                q += 1
+            out[m] = support[p]
+            p += 1
+        else:
+            out[m] = out[q]
+            q += 1
+        m += 1
+    return m
+
+
+@inline
+def _round_amp(x: float | np.float32) -> np.int16:
+    return np.int16(min(max(np.floor(np.float64(x) + 0.5), -32768.0), 32767.0))
+
+
+@inline
+def _round_t(t_ns: float | np.float32) -> np.int16:
+    if t_ns == 0.0:  # the in-time peak (most hits): no division
+        return np.int16(0)
+    return np.int16(min(max(np.rint(np.float64(t_ns) / T_UNIT_NS), -32768.0), 32767.0))
+
+
+@kernel
+def _overlap(amps: np.ndarray, dts: np.ndarray, k: int, table: np.ndarray, tp: float,
+             resolve: float, thr: float) -> tuple[float, float, int]:
+    """Several pulses in one channel: the largest peak of their sum, its time, and the pulse
+    count above `thr` merging pulses closer than `resolve` (kept out of line: it is rare)."""
+    best = -1.0
+    tbest = 0.0
+    for p in range(k):
+        s = amps[p]
+        for q in range(k):
+            if q != p:
+                s += amps[q] * shape_at(dts[p] - dts[q], table, tp)
+        if s > best:
+            best = s
+            tbest = dts[p]
+    return best, tbest, _count(amps, dts, k, resolve, thr)
+
+
+@kernel
+def _overlap_shared(amps: np.ndarray, dts: np.ndarray, gi: np.ndarray, k: int,
+                    shape: np.ndarray, resolve: float, thr: float) -> tuple[float, float, int]:
+    """`_overlap` with the shape values of the gate's particle pairs computed once per event
+    (`shape[a, b]` = the table at dt_a - dt_b; `gi` the gate index of each pulse)."""
+    best = -1.0
+    tbest = 0.0
+    for p in range(k):
+        s = amps[p]
+        for q in range(k):
+            if q != p:
+                s += amps[q] * shape[gi[p], gi[q]]
+        if s > best:
+            best = s
+            tbest = dts[p]
+    return best, tbest, _count(amps, dts, k, resolve, thr)
+
+
+@kernel
+def _count(amps: np.ndarray, dts: np.ndarray, k: int, resolve: float, thr: float) -> int:
+    """Pulses above `thr`, those closer than `resolve` to an earlier one counted once."""
+    n = 0
+    for p in range(k):
+        if amps[p] <= thr:
+            continue
+        alone = True
+        for q in range(p):
+            if amps[q] > thr and abs(dts[q] - dts[p]) < resolve:
+                alone = False
+                break
+        if alone:
+            n += 1
+    return n
