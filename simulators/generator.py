@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from daq.geometry import Calibration, Geometry
+from simulators.calibrate import SumSpec, to_adc
 from simulators.config import FaultConfig, SimConfig
 from simulators.features import features, loud_bits
 from simulators.physics import Halo, Layout, Particles, Process, generate_block
@@ -89,8 +90,11 @@ class Simulator:
         self._v1: dict[int, int] = {}
         self._sums: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         hcal = geom.board("HCAL")
-        self._ps = geom.board("ECAL").indices("PS")
-        self._hcal = [hcal.indices(f"HCAL{m}") for m in range(1, 5)]
+        #: the truth's per-particle energy sums (GeV), taken before the conversion to ADC
+        self.sum_spec: SumSpec = {
+            "e_ecal": ("ECAL", [None]), "e_ps": ("ECAL", [geom.board("ECAL").indices("PS")]),
+            "e_hcal": ("HCAL", [hcal.indices(f"HCAL{m}") for m in range(1, 5)]),
+            "e_veto": ("VETO", [None]), "e_srd": ("SRD", [None])}
 
     def v1_count(self, plan: SpillPlan) -> int:
         """Events of the spill's generated slices whose particle fired V1 (the V1 scaler)."""
@@ -122,12 +126,9 @@ class Simulator:
             rng = np.random.default_rng([self.cfg.seed, plan.spill, k + 1])
             n = min(plan.events, (k + 1) * plan.slice_events) - k * plan.slice_events
             blk = generate_block(self.cfg, self.layout, rng, n)
-            self._sums[key] = self._energy_sums(blk)
-            for name, g in self.calib.gain.items():  # deposits -> ADC counts of amplitude
-                blk.dep[name] *= g
-                if name in blk.halo:
-                    h = blk.halo[name]
-                    h.amp *= g[h.lines[h.line]]
+            v1 = blk.dep["BEAM"][:, 3] > 0
+            sums = to_adc(blk, self.calib.gain, self.sum_spec)  # deposits -> ADC counts
+            self._sums[key] = {**sums, "v1": v1}
             self._blocks[key] = blk
             for old in [b for b in self._blocks if b[0] != plan.spill or b[1] < k - 1]:
                 del self._blocks[old]
@@ -151,7 +152,9 @@ class Simulator:
             {n: np.concatenate([p.dep[n] for p in blocks]) for n in blocks[0].dep},
             {n: Halo(blocks[0].halo[n].lines,
                      np.concatenate([p.halo[n].line for p in blocks]),
-                     np.concatenate([p.halo[n].amp for p in blocks])) for n in blocks[0].halo})
+                     np.concatenate([p.halo[n].amp for p in blocks])) for n in blocks[0].halo},
+            {n: np.concatenate([p.touched[n] for p in blocks]) for n in blocks[0].touched},
+            {n: np.bitwise_or.reduce([p.reach[n] for p in blocks]) for n in blocks[0].reach})
         return _cut(cat, cut0, cut1), a
 
     # -- slice level -------------------------------------------------------------------
@@ -183,7 +186,7 @@ class Simulator:
                 boards[board.name] = features(
                     ev, t, lo, hi, dep, halo, shape, self.noise, offsets,
                     self.threshold, det.adc_max - ped, self.cfg.zs_adc, self.tables[shape],
-                    self.loud)
+                    self.loud, (parts.touched[board.name], parts.reach[board.name]))
                 continue
             args = (ev, t, lo, hi, dep, halo, shape, self.calib.pedestal[board.name],
                     self.noise, offsets, det.samples, det.sample_ns, det.trigger_sample,
@@ -213,17 +216,6 @@ class Simulator:
                 return lo + w0, hi + w0
             margin *= 4  # a gate reached the margin's edge: widen and search again
 
-    def _energy_sums(self, p: Particles) -> dict[str, np.ndarray]:
-        """Per-particle true deposits per detector (GeV), before conversion to ADC counts."""
-        ecal = p.dep["ECAL"]
-        return {
-            "e_ecal": ecal.sum(axis=1), "e_ps": ecal[:, self._ps].sum(axis=1),
-            "e_hcal": np.stack([p.dep["HCAL"][:, g].sum(axis=1) for g in self._hcal],
-                               axis=1),
-            "e_veto": p.dep["VETO"].sum(axis=1), "e_srd": p.dep["SRD"].sum(axis=1),
-            "v1": p.dep["BEAM"][:, 3] > 0,
-        }
-
     def _truth(self, sums: dict[str, np.ndarray], p: Particles, ev: np.ndarray,
                ts: np.ndarray, pileup: np.ndarray) -> dict[str, np.ndarray]:
         return {
@@ -236,4 +228,5 @@ class Simulator:
 def _cut(p: Particles, a: int, b: int) -> Particles:
     return Particles(p.species[a:b], p.process[a:b], p.e_true[a:b],
                      {n: v[a:b] for n, v in p.dep.items()},
-                     {n: Halo(h.lines, h.line[a:b], h.amp[a:b]) for n, h in p.halo.items()})
+                     {n: Halo(h.lines, h.line[a:b], h.amp[a:b]) for n, h in p.halo.items()},
+                     {n: v[a:b] for n, v in p.touched.items()}, p.reach)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -81,6 +81,10 @@ class Particles:
     e_true: np.ndarray  # float32, particle energy, GeV
     dep: dict[str, np.ndarray]  # board -> (n, nch) float32 deposit when in time
     halo: dict[str, Halo]  # board -> extra deposit when a pileup neighbour (VETO, HCAL)
+    #: board -> uint8 (n,): the particle deposits in some channel (set by calibrate.to_adc)
+    touched: dict[str, np.ndarray] = field(default_factory=dict)
+    #: board -> uint8 (nch,): some particle deposits in the channel (a superset will do)
+    reach: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.species)
