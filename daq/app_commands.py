@@ -55,10 +55,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     b = sub.add_parser("bench", help="measure kernel, pipeline and bare ZeroMQ side by side")
     b.add_argument("--json", action="store_true", help="print one JSON document")
     b.add_argument("--spills", type=int, default=5, help="spills per pipeline run (default 5)")
-    b.add_argument("--feature-events", type=int, default=200_000,
-                   help="events per spill in feature mode (default 200000)")
-    b.add_argument("--waveform-events", type=int, default=40_000,
-                   help="events per spill in waveform mode (default 40000)")
+    b.add_argument("--feature-events", type=int, default=1_000_000,
+                   help="events per spill in feature mode (default 1000000)")
+    b.add_argument("--waveform-events", type=int, default=200_000,
+                   help="events per spill in waveform mode, zero-suppressed (default 200000)")
     b.set_defaults(func=_bench)
 
     u = sub.add_parser("up", help="start every service of a topology as separate processes")
