@@ -15,6 +15,7 @@ import numpy as np
 
 from daq.geometry import Geometry
 from simulators.config import SimConfig
+from simulators.showers import lateral_shares, split_srd, spread_shower
 
 
 class Species(enum.IntEnum):
@@ -166,9 +167,7 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     smeared = e_shower * z
     np.maximum(smeared, 0, out=smeared)
     lateral = _lateral(rng, n, centre=0.75)
-    ps = smeared * ps_share
-    dep["ECAL"][:, layout.ecal_ps] = ps[:, None] * lateral
-    dep["ECAL"][:, layout.ecal_main] = (smeared - ps)[:, None] * lateral
+    spread_shower(dep["ECAL"], layout.ecal_ps, layout.ecal_main, smeared, ps_share, lateral)
     # Minimum-ionising passages: muons, non-interacting hadrons, the dimuon pair (two).
     nmip = (species == Species.MUON).astype(f32) + 2 * dm
     nmip[had] = 1
@@ -195,10 +194,7 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
 
     srd = srd_sample(rng, n)
     srd[other] = 0
-    w = rng.random((n, 3), dtype=f32)
-    w += f32(0.5)
-    w *= (srd / w.sum(axis=1))[:, None]
-    dep["SRD"][:] = w
+    split_srd(rng.random((n, 3), dtype=f32), srd, dep["SRD"])
     return Particles(species, process, e_true, dep, _halo(layout, rng, n))
 
 
@@ -210,17 +206,8 @@ def _scale(e: np.ndarray, mask: np.ndarray, factor: Callable[[int], np.ndarray])
 
 def _lateral(rng: np.random.Generator, n: int, centre: float) -> np.ndarray:
     """(n, 9) shares of a 3x3 cluster: centre ~ `centre`, edges 4x the corners, fluctuating."""
-    base = np.array([0.25, 1, 0.25, 1, 0, 1, 0.25, 1, 0.25], np.float32) * np.float32(0.8)
-    w = rng.random((n, 9), dtype=np.float32)
-    w += np.float32(0.75)  # U(0.75, 1.75) x 0.8 = U(0.6, 1.4)
-    w *= base
-    f0 = rng.standard_normal(n, dtype=np.float32)
-    f0 *= np.float32(0.03)
-    f0 += np.float32(centre)
-    np.clip(f0, 0.5, 0.95, out=f0)
-    w *= ((1 - f0) / w.sum(axis=1))[:, None]
-    w[:, 4] = f0
-    return w
+    u = rng.random((n, 9), dtype=np.float32)
+    return lateral_shares(u, rng.standard_normal(n, dtype=np.float32), centre)
 
 
 @dataclass

@@ -11,6 +11,14 @@ from numpy.testing import assert_array_equal
 
 from simulators.calibrate import to_adc, to_adc_reference
 from simulators.physics import Particles, generate_block
+from simulators.showers import (
+    lateral_shares,
+    lateral_shares_reference,
+    split_srd,
+    split_srd_reference,
+    spread_shower,
+    spread_shower_reference,
+)
 from tests.simulators.sim_helpers import simulator
 
 FAST_HYPOTHESIS = settings(max_examples=100, deadline=None,
@@ -20,6 +28,45 @@ FAST_HYPOTHESIS = settings(max_examples=100, deadline=None,
 def _same_bits(got: np.ndarray, ref: np.ndarray, what: str = "") -> None:
     assert got.dtype == ref.dtype and got.shape == ref.shape, what
     assert_array_equal(got.view(np.uint32), ref.view(np.uint32), err_msg=what)
+
+
+@FAST_HYPOTHESIS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300),
+       centre=st.sampled_from([0.75, 0.8, 0.5, 0.95]))
+def test_lateral_shares(seed: int, n: int, centre: float) -> None:
+    rng = np.random.default_rng(seed)
+    u = rng.random((n, 9), dtype=np.float32)
+    z = rng.standard_normal(n, dtype=np.float32) * np.float32(rng.choice([1.0, 30.0]))
+    ref_u, ref_z = u.copy(), z.copy()
+    _same_bits(lateral_shares(u, z, centre), lateral_shares_reference(ref_u, ref_z, centre))
+    _same_bits(z, ref_z)
+
+
+@FAST_HYPOTHESIS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), m=st.integers(1, 7))
+def test_split_srd(seed: int, n: int, m: int) -> None:
+    rng = np.random.default_rng(seed)
+    u = rng.random((n, m), dtype=np.float32)
+    total = rng.lognormal(-4, 0.7, n).astype(np.float32)
+    total[rng.random(n) < 0.2] = 0
+    got, ref = np.zeros((n, m), np.float32), np.zeros((n, m), np.float32)
+    split_srd(u.copy(), total, got)
+    split_srd_reference(u, total, ref)
+    _same_bits(got, ref)
+
+
+@FAST_HYPOTHESIS
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300))
+def test_spread_shower(seed: int, n: int) -> None:
+    rng = np.random.default_rng(seed)
+    cells = rng.permutation(60)
+    energy = (rng.random(n, dtype=np.float32) * np.float32(120))
+    share = rng.random(n, dtype=np.float32) * np.float32(0.3)
+    lateral = rng.random((n, 9), dtype=np.float32)
+    got, ref = np.zeros((n, 60), np.float32), np.zeros((n, 60), np.float32)
+    spread_shower(got, cells[:9], cells[9:18], energy, share, lateral)
+    spread_shower_reference(ref, cells[:9], cells[9:18], energy, share, lateral)
+    _same_bits(got, ref)
 
 
 def test_to_adc() -> None:
