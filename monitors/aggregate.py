@@ -24,6 +24,7 @@ from monitors.identify import (
     electron_sample,
     hcal_total,
     signal_box,
+    srd_tagged,
 )
 from monitors.spectra import Spectra
 from monitors.summary import BEAM_BIT, Counts, RunTotals, SpillSummary, figures, int_map
@@ -61,8 +62,8 @@ def check_features(msg: Message) -> Mapping[str, np.ndarray]:
 
 
 def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
-                   boards: Sequence[str]) -> tuple[Counts, np.ndarray]:
-    """Counts of one features block, and the mask of its complete events."""
+                   boards: Sequence[str]) -> tuple[Counts, np.ndarray, np.ndarray]:
+    """Counts of one features block, the mask of its complete events and their E_HCAL."""
     c = Counts(events=len(f["e_ecal"]))
     missing = f["missing"]
     ok = missing == 0
@@ -76,17 +77,19 @@ def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
     shadow = f["shadow"]
     c.shadow = np.array([int(((shadow >> i) & 1).sum()) for i in range(4)], np.int64)
     # Physics figures use complete events only: a missing VETO reads zero and would pass.
-    g = {k: v[ok] for k, v in f.items() if k in FEATURE_ARRAYS}
+    # (no copy when every event is complete, as nearly always)
+    g = f if c.incomplete == 0 else {k: v[ok] for k, v in f.items() if k in FEATURE_ARRAYS}
+    tag, hcal = srd_tagged(g, cfg), hcal_total(g)  # each used by several figures below
     mult = g["mult"]
     c.pileup = int((mult > 1).sum())
     c.mult_sum = int(mult.sum(dtype=np.int64))
-    ele = electron_sample(g, cfg)
+    ele = electron_sample(g, cfg, tag=tag)
     c.electrons = int(ele.sum())
     c.veto_zero = int((ele & (g["e_veto"] < cfg.veto_zero_gev)).sum())
-    c.hcal_zero = int((ele & (hcal_total(g) < cfg.hcal_zero_gev)).sum())
-    c.species = np.bincount(classify(g, cfg), minlength=4).astype(np.int64)
-    c.signal_box = int(signal_box(g, cfg).sum())
-    return c, ok
+    c.hcal_zero = int((ele & (hcal < cfg.hcal_zero_gev)).sum())
+    c.species = np.bincount(classify(g, cfg, tag=tag, hcal=hcal), minlength=4).astype(np.int64)
+    c.signal_box = int(signal_box(g, cfg, tag=tag, hcal=hcal).sum())
+    return c, ok, hcal
 
 
 @dataclass
@@ -193,11 +196,11 @@ class RunAnalysis:
     def _features(self, msg: Message) -> None:
         f = check_features(msg)
         sp = self._spill(msg.spill)
-        c, ok = count_features(f, self.cfg, self.boards)
+        c, ok, hcal = count_features(f, self.cfg, self.boards)
         sp.counts.add(c)
         sp.slices_seen += 1
         sp.shadow_ran |= msg.meta.get("shadow_cfg") is not None
-        sp.spectra.fill(f["e_ecal"][ok], hcal_total(f)[ok])
+        sp.spectra.fill(f["e_ecal"] if c.incomplete == 0 else f["e_ecal"][ok], hcal)
 
     def _spill_end(self, msg: Message) -> None:
         if msg.spill in self._backup_ends:  # its copy came first and was used

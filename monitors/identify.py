@@ -40,13 +40,15 @@ def srd_tagged(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
     return (e >= cfg.srd_min_gev) & (e <= cfg.srd_max_gev)
 
 
-def electron_sample(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
+def electron_sample(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
+                    tag: np.ndarray | None = None) -> np.ndarray:
     """Identified electrons: SRD-tagged, shower starting in the preshower, most energy in ECAL.
 
     No upper cut on E_ECAL and nothing on VETO, HCAL or multiplicity (see module docstring).
     """
-    return (srd_tagged(f, cfg) & (f["e_ps"] >= cfg.ps_min_gev)
-            & (f["e_ecal"] >= cfg.ecal_min_ratio * cfg.beam_energy_gev))
+    tag = srd_tagged(f, cfg) if tag is None else tag
+    return tag & (f["e_ps"] >= cfg.ps_min_gev) & (
+        f["e_ecal"] >= cfg.ecal_min_ratio * cfg.beam_energy_gev)
 
 
 def hcal_total(f: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -54,7 +56,8 @@ def hcal_total(f: Mapping[str, np.ndarray]) -> np.ndarray:
     return np.asarray(f["e_hcal"].sum(axis=1, dtype=np.float32))
 
 
-def classify(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
+def classify(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
+             tag: np.ndarray | None = None, hcal: np.ndarray | None = None) -> np.ndarray:
     """Species code (uint8, values of `Species`) per event.
 
     electron: SRD-tagged and an electromagnetic shower start in the preshower;
@@ -65,8 +68,8 @@ def classify(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
     """
     n = len(f["e_ecal"])
     out = np.full(n, Species.OTHER, np.uint8)
-    tag = srd_tagged(f, cfg)
-    eh = hcal_total(f)
+    tag = srd_tagged(f, cfg) if tag is None else tag
+    eh = hcal_total(f) if hcal is None else hcal
     every_module = (f["e_hcal"] >= cfg.muon_module_min_gev).all(axis=1)
     muon = ~tag & every_module & (eh <= cfg.muon_hcal_max_gev)
     hadron = ~tag & ~muon & (eh >= cfg.hadron_hcal_min_gev)
@@ -76,9 +79,15 @@ def classify(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
     return out
 
 
-def signal_box(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
-    """Missing-energy candidates: identified electron (SRD, PS) with little E_ECAL and E_HCAL."""
-    return (srd_tagged(f, cfg) & (f["e_ps"] >= cfg.ps_min_gev)
+def signal_box(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
+               tag: np.ndarray | None = None, hcal: np.ndarray | None = None) -> np.ndarray:
+    """Missing-energy candidates: identified electron (SRD, PS) with little E_ECAL and E_HCAL.
+
+    `tag` (srd_tagged) and `hcal` (hcal_total), when given, are used instead of computed.
+    """
+    tag = srd_tagged(f, cfg) if tag is None else tag
+    eh = hcal_total(f) if hcal is None else hcal
+    return (tag & (f["e_ps"] >= cfg.ps_min_gev)
             & (f["e_ecal"] < cfg.signal_ecal_max_gev)
-            & (hcal_total(f) < cfg.signal_hcal_max_gev)
+            & (eh < cfg.signal_hcal_max_gev)
             & (f["e_veto"] < cfg.veto_zero_gev))
