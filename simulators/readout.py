@@ -84,8 +84,8 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
     # pulse is pedestal + round(noise), exactly floor(ped + noise + 0.5), in int32 over the
     # whole block; only the samples a pulse reaches are computed in float64.
     # Zero suppression (nhit has count entries): wave is one (1, samples, nch) block that
-    # each event is written to; `_keep_waves` copies its hits out while it is in cache, at
-    # the top of the next pass (an event ends in one of several `continue`s).
+    # each event is written to; its hits are copied out while it is in cache, at the top
+    # of the next pass (an event ends in one of several `continue`s).
     n = ev.shape[0]
     ns, nch = wave.shape[1], wave.shape[2]
     suppress = nhit.shape[0] > 0
@@ -106,8 +106,20 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
     size = np.uint64(ns * nch)
     nh = 0  # hits so far
     for e in range(n + 1 if suppress else n):
-        if suppress and e > 0:  # the previous event is in the block: take its hits
-            nh = _keep_waves(e - 1, flat, ns, nch, n_ped, zs, nh, nhit, hit_ch, hit_wave, mx, s0)
+        if suppress and e > 0:
+            # the previous event's channels with max - pedestal >= zs, the pedestal the mean
+            # of the first n_ped samples as the trigger estimates it (trigger.kernels.
+            # wave_board), so that a kept channel has a trigger amplitude >= zs
+            _fold_max(flat, ns, nch, mx)
+            _fold_sum(flat, min(n_ped, ns), nch, s0)
+            nh0 = nh
+            for c in range(nch):
+                if mx[c] - s0[c] / n_ped >= zs:
+                    hit_ch[nh] = c
+                    for s in range(ns):
+                        hit_wave[nh, s] = flat[np.uint64(s * nch + c)]
+                    nh += 1
+            nhit[e - 1] = nh - nh0
         if e == n:
             break
         i = ev[e]
@@ -177,30 +189,6 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                                 tp, pedestal[c], noise, offsets[e] + c, nch, sample_ns,
                                 trig_ns, adc_max, buf, wave[w, :, c])
     return nh
-
-
-@kernel
-def _keep_waves(e: int, flat: np.ndarray, ns: int, nch: int, n_ped: int, zs: float, k: int,
-                nhit: np.ndarray, hit_ch: np.ndarray, hit_wave: np.ndarray, mx: np.ndarray,
-                s0: np.ndarray) -> int:
-    """Event e's channels (flat: its (samples, nch) block) with max - pedestal >= zs, as hits
-    from k; the next k.
-
-    The pedestal is the mean of the first n_ped samples, as the trigger estimates it
-    (trigger.kernels.wave_board), so a kept channel has a trigger amplitude >= zs.
-    """
-    _fold_max(flat, ns, nch, mx)
-    _fold_sum(flat, min(n_ped, ns), nch, s0)
-    k0 = k
-    m = np.uint64(nch)
-    for c in range(nch):
-        if mx[c] - s0[c] / n_ped >= zs:
-            hit_ch[k] = c
-            for s in range(ns):
-                hit_wave[k, s] = flat[np.uint64(s) * m + np.uint64(c)]
-            k += 1
-    nhit[e] = k - k0
-    return k
 
 
 @kernel
