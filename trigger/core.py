@@ -179,13 +179,18 @@ def _hits(arrays: Mapping[str, np.ndarray], b: BoardParams, count: int,
         raise SliceError("shape", e.detail) from None
     h = {k: _ro(arrays[f"{b.name}.{k}"]) for k in ("nhit", *spec)}
     # the sums add in channel order and a repeated channel would count twice: checked here,
-    # in one compiled pass, rather than by the builder (numpy would cost it ~0.1 us/event)
-    bad = backend.hit_order(h["nhit"], h["hit_ch"])
+    # in a compiled pass, rather than by the builder (numpy would cost it ~0.1 us/event);
+    # feature hits get it from feature_hits_sat's pass
+    if "hit_amp" not in spec:
+        _order(b, h, backend.hit_order(h["nhit"], h["hit_ch"]))
+    return h
+
+
+def _order(b: BoardParams, h: Mapping[str, np.ndarray], bad: int) -> None:
     if bad >= 0:
         raise SliceError("shape", f"{b.name}.hit_ch: hit {bad} (channel "
                                   f"{int(h['hit_ch'][bad])}) is not above the previous "
                                   "channel of its event")
-    return h
 
 
 def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
@@ -212,7 +217,8 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
             out[b.name] = _waveform_hits(arrays, count, b, p, backend, bsat)
         else:
             h = _hits(arrays, b, count, hits.FEATURE_HITS, p.samples, backend)
-            backend.feature_hits_sat(h["nhit"], h["hit_ch"], h["hit_amp"], b.sat_limit, bsat)
+            _order(b, h, backend.feature_hits_sat(h["nhit"], h["hit_ch"], h["hit_amp"],
+                                                  b.sat_limit, bsat))
             out[b.name] = BoardAmplitudes(h["hit_amp"], h["hit_np"], h["nhit"], h["hit_ch"])
         sat |= bsat << np.uint8(i)
     return out, sat

@@ -251,26 +251,33 @@ def hit_order(nhit, ch):
     # index of the first hit whose channel is not above the previous one of its event, or -1
     h = 0
     for e in range(nhit.shape[0]):
-        prev = -1
+        prev = np.int64(-1)
         for _ in range(nhit[e]):
             c = np.int64(ch[h])
             if c <= prev:
                 return h
-            prev = int(c)
+            prev = c
             h += 1
     return -1
 
 
 @kernel
 def feature_hits_sat(nhit, ch, amp, limit, sat):
+    # saturation bits, and hit_order's check in the same pass: its result
     h = 0
     for e in range(nhit.shape[0]):
         s = 0
+        prev = np.int64(-1)
         for _ in range(nhit[e]):
-            if np.float64(amp[h]) >= limit[ch[h]]:
+            c = np.int64(ch[h])
+            if c <= prev:
+                return h
+            prev = c
+            if np.float64(amp[h]) >= limit[c]:
                 s = 1
             h += 1
         sat[e] = s
+    return -1
 
 
 @kernel

@@ -104,8 +104,11 @@ def hit_order(nhit: np.ndarray, ch: np.ndarray) -> int:
 
 
 def feature_hits_sat(nhit: np.ndarray, ch: np.ndarray, amp: np.ndarray, limit: np.ndarray,
-                     sat: np.ndarray) -> None:
-    sat[:] = _any_per_event(nhit, amp.astype(np.float64) >= limit[ch])
+                     sat: np.ndarray) -> int:
+    bad = hit_order(nhit, ch)
+    if bad < 0:
+        sat[:] = _any_per_event(nhit, amp.astype(np.float64) >= limit[ch])
+    return bad
 
 
 def accumulate(amp: np.ndarray, weight: np.ndarray, group: np.ndarray, zthr: float,
