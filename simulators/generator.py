@@ -16,6 +16,7 @@ import numpy as np
 from daq.geometry import Calibration, Geometry
 from simulators.calibrate import SumSpec, to_adc
 from simulators.config import FaultConfig, SimConfig
+from simulators.errors import SimulatorError
 from simulators.features import features, loud_bits
 from simulators.physics import Halo, Layout, Particles, Process, generate_block
 from simulators.readout import (
@@ -30,6 +31,7 @@ from simulators.readout import (
 )
 
 NOISE_POOL = 1 << 20  # noise values, read at a random offset per event
+MAX_HIT_CHANNELS = 255  # channels of a zero-suppressed board (nhit, hit_ch: uint8)
 _BEAM_BOARD = "BEAM"
 
 
@@ -74,6 +76,10 @@ class Simulator:
 
     def __init__(self, cfg: SimConfig, geom: Geometry, calib: Calibration,
                  faults: FaultConfig | None = None) -> None:
+        wide = [b.name for b in geom.boards if len(b.channels) > MAX_HIT_CHANNELS]
+        if cfg.suppresses and wide:
+            raise SimulatorError(f"board {wide[0]} has more than {MAX_HIT_CHANNELS} channels: "
+                                 "zero-suppressed, it cannot send them (nhit, hit_ch uint8)")
         self.cfg, self.geom, self.calib = cfg, geom, calib
         self.faults = faults or FaultConfig.parse({})
         self.layout = Layout.of(geom)

@@ -7,11 +7,14 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from daq.errors import ConfigError
+from daq.geometry import Board
 from daq.hits import FEATURE_HITS, T_UNIT_NS, WAVE_HITS, check, sparsify
 from daq.wire import Kind
 from simulators.config import SimConfig
+from simulators.errors import SimulatorError
 from simulators.features import features, features_dense, loud_bits
 from simulators.frontend import FrontEnds
+from simulators.generator import MAX_HIT_CHANNELS, Simulator
 from simulators.physics import Halo
 from simulators.readout import (
     FAST,
@@ -22,7 +25,7 @@ from simulators.readout import (
     waveform_hits,
     waveforms,
 )
-from tests.simulators.sim_helpers import simulator
+from tests.simulators.sim_helpers import detector, simulator
 
 SAMPLES, SAMPLE_NS, TRIG, ADC_MAX = 32, 12.5, 8, 4095
 
@@ -183,3 +186,13 @@ def test_slice_meta_carries_zs_adc_when_the_board_suppresses(cfg: dict, zs: floa
             assert list(m.arrays) == ["ts", "nhit", *spec]
             check(m.arrays, m.count, nch, spec, samples=samples)
     assert any(list(m.arrays) == ["ts"] for m in slices)
+
+
+def test_a_board_too_wide_for_hits_is_refused_when_it_suppresses() -> None:
+    geom, calib = detector()
+    wide = Board.model_validate({"name": "WIDE", "window_ns": 50.0, "channels": [
+        {"name": f"C{i}", "group": "X"} for i in range(MAX_HIT_CHANNELS + 1)]})
+    geom = geom.model_copy(update={"boards": [*geom.boards, wide]})
+    for cfg in ({"mode": "feature"}, {"mode": "waveform", "zero_suppress": True}):
+        with pytest.raises(SimulatorError, match="WIDE"):
+            Simulator(SimConfig.parse(cfg), geom, calib)
