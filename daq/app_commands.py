@@ -54,7 +54,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
     b = sub.add_parser("bench", help="measure kernel, pipeline and bare ZeroMQ side by side")
     b.add_argument("--json", action="store_true", help="print one JSON document")
-    b.add_argument("--spills", type=int, default=5, help="spills per pipeline run (default 5)")
+    b.add_argument("--spills", type=int, default=10, help="spills per pipeline run (default 10)")
     b.add_argument("--feature-events", type=int, default=1_000_000,
                    help="events per spill in feature mode (default 1000000)")
     b.add_argument("--waveform-events", type=int, default=200_000,
