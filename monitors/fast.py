@@ -81,8 +81,7 @@ def count_block(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, missing, cond, bits, 
 
 
 def warm_up() -> None:
-    """Compile (or load from the cache) count_block for blocks decoded from the wire
-    (read-only arrays from zmq frames, writable ones from other buffers)."""
+    """Compile (or load from the cache) count_block for blocks decoded from the wire."""
     from daq.geometry import BOARD_NAMES
     from monitors.aggregate import count_features
 
@@ -90,8 +89,6 @@ def warm_up() -> None:
     block: dict[str, np.ndarray] = {
         "e_ecal": f32, "e_ps": f32, "e_hcal": np.zeros((1, 4), np.float32), "e_veto": f32,
         "e_srd": f32, "mult": u8, "missing": u8, "cond": u8, "bits": u8, "shadow": u8}
-    for writeable in (True, False):
-        view = {k: v.view() for k, v in block.items()}
-        for a in view.values():
-            a.flags.writeable = writeable
-        count_features(view, MonitorConfig(), BOARD_NAMES)
+    for a in block.values():
+        a.flags.writeable = False  # arrays decoded from the wire are read-only
+    count_features(block, MonitorConfig(), BOARD_NAMES)
