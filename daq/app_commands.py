@@ -130,14 +130,13 @@ def _demo_mqtt(a: argparse.Namespace, cfg: StackConfig) -> int:
 
 _WARM_TRIGGER = ("from daq.geometry import load_calibration, load_geometry\n"
                  "from trigger.core import warm_up\n"
-                 "g = load_geometry()\nwarm_up(g, load_calibration(g))\n"
-                 "from monitors.fast import warm_up as monitor_warm_up\nmonitor_warm_up()\n")
+                 "g = load_geometry()\nwarm_up(g, load_calibration(g))\n")
 
 
 def warm_kernels(mode: str) -> None:
-    """Compile the simulator's kernels here while a second process fills the trigger's and
-    the monitors' numba caches: on a fresh install the two compilations (~9 s and ~5 s on
-    one core) run on two cores at once, and the services then load theirs from the cache."""
+    """Compile the simulator's kernels here while a second process fills the trigger's
+    numba cache: on a fresh install the two compilations (~9 s and ~4 s on one core) run on
+    two cores at once, and the workers then load the trigger's kernels from the cache."""
     from daq.geometry import load_calibration, load_geometry
     from simulators.config import SimConfig
     from simulators.frontend import FrontEnds

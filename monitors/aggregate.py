@@ -17,7 +17,6 @@ import numpy as np
 from daq.errors import DaqError
 from daq.geometry import BOARD_NAMES
 from daq.wire import Kind, Message
-from monitors import fast
 from monitors.config import MonitorConfig
 from monitors.identify import (
     FEATURE_ARRAYS,
@@ -64,34 +63,7 @@ def check_features(msg: Message) -> Mapping[str, np.ndarray]:
 
 def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
                    boards: Sequence[str]) -> tuple[Counts, np.ndarray, np.ndarray]:
-    """Counts of one features block, the mask of its complete events and their E_HCAL.
-
-    One compiled pass (monitors.fast); `count_features_numpy` is its twin, which the tests
-    hold it to.
-    """
-    n = len(f["e_ecal"])
-    out = np.zeros(fast.MISSING + len(boards), np.int64)
-    hcal = np.empty(n, np.float32)
-    ok = np.empty(n, np.bool_)
-    fast.count_block(f["e_ecal"], f["e_ps"], f["e_hcal"], f["e_veto"], f["e_srd"], f["mult"],
-                     f["missing"], f["cond"], f["bits"], f["shadow"], fast.thresholds(cfg),
-                     len(boards), out, hcal, ok)
-    c = Counts(events=n, complete=int(out[fast.COMPLETE]), beam_cond=int(out[fast.BEAM_COND]),
-               accepted=int(out[fast.ACCEPTED]), pileup=int(out[fast.PILEUP]),
-               mult_sum=int(out[fast.MULT_SUM]), electrons=int(out[fast.ELECTRONS]),
-               veto_zero=int(out[fast.VETO_ZERO]), hcal_zero=int(out[fast.HCAL_ZERO]),
-               signal_box=int(out[fast.SIGNAL_BOX]))
-    c.incomplete = n - c.complete
-    c.triggers = out[fast.TRIGGERS:fast.TRIGGERS + 4].copy()
-    c.shadow = out[fast.SHADOW:fast.SHADOW + 4].copy()
-    c.species = out[fast.SPECIES:fast.SPECIES + 4].copy()
-    c.missing_board = {b: int(out[fast.MISSING + i]) for i, b in enumerate(boards)}
-    return c, ok, hcal if c.incomplete == 0 else hcal[ok]
-
-
-def count_features_numpy(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
-                         boards: Sequence[str]) -> tuple[Counts, np.ndarray, np.ndarray]:
-    """count_features in NumPy: the definitions (monitors.identify) written out."""
+    """Counts of one features block, the mask of its complete events and their E_HCAL."""
     c = Counts(events=len(f["e_ecal"]))
     missing = f["missing"]
     ok = missing == 0

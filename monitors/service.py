@@ -114,9 +114,6 @@ class MonitorService(Service):
         self.bound = endpoint
 
     async def __aenter__(self) -> Self:
-        from monitors.fast import warm_up
-
-        warm_up()  # the counting kernel, before the first spill rather than during it
         # The socket exists only while the service runs, so that `handle` can be used (and
         # tested) without one and a never-started service holds no socket open.
         sock = self._ctx.socket(zmq.PULL)
