@@ -72,21 +72,8 @@ def _suppress_waves(sl: dict[str, np.ndarray], n_ped: int) -> dict[str, np.ndarr
 
 
 def _feature_hits(boards: dict[str, dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """A feature-mode simulator slice as zero-suppressed built-slice arrays.
-
-    A simulator that sends hits is taken as it is; one that sends dense features
-    (amp, tpeak, npulse per channel) is suppressed here: rounded amplitude >= ZS_ADC.
-    """
-    out: dict[str, np.ndarray] = {}
-    for b, d in boards.items():
-        if "amp" in d:
-            amp = np.clip(np.round(d["amp"]), -32768, 32767).astype(np.int16)
-            t = np.clip(np.round(d["tpeak"] / hits.T_UNIT_NS), -32768, 32767).astype(np.int16)
-            nhit, h = hits.sparsify(amp >= ZS_ADC, {"hit_amp": amp, "hit_t": t,
-                                                    "hit_np": d["npulse"]})
-            d = {"nhit": nhit, **h}
-        out.update({f"{b}.{k}": np.array(v) for k, v in d.items()})
-    return out
+    """A feature-mode simulator slice (zero-suppressed hits) as built-slice arrays."""
+    return {f"{b}.{k}": np.array(v) for b, d in boards.items() for k, v in d.items()}
 
 
 def _count(sl: dict[str, np.ndarray]) -> int:

@@ -31,8 +31,9 @@ def zero_suppress(arrays: dict[str, np.ndarray], count: int, zs: float = ZS_ADC
 
     Full waveforms `B.wave` become `B.nhit`/`B.hit_ch`/`B.hit_wave` (the channels whose
     maximum minus the pedestal, the trigger's mean of the first samples, reaches zs). Dense
-    feature arrays `B.amp`/`B.tpeak`/`B.npulse` (the simulator before it sent hits) become
-    feature hits (rounded amplitude >= zs). Anything else is passed on.
+    feature arrays `B.amp`/`B.tpeak`/`B.npulse` become
+    feature hits (rounded amplitude >= zs; what random_slice makes). Anything else is
+    passed on.
     """
     n_ped = max(1, detector()[0].detector.trigger_sample // 2)
     out: dict[str, np.ndarray] = {}
@@ -91,17 +92,11 @@ def random_slice(rng: np.random.Generator, n: int, layout: str, sat_frac: float 
 
 
 def built_arrays(s: Slice) -> dict[str, np.ndarray]:
-    """A simulator slice as the arrays of a built slice (docs/dataflow.md).
-
-    Feature mode is always zero-suppressed; a simulator that still sends dense features is
-    suppressed here.
-    """
+    """A simulator slice as the arrays of a built slice (docs/dataflow.md)."""
     out = {"ts": s.ts, "missing": np.zeros(s.count, np.uint8)}
     for b, d in s.boards.items():
         for k, v in d.items():
             out[f"{b}.{k}"] = v
-    if any(name.endswith(".amp") for name in out):
-        out = zero_suppress(out, s.count)
     return out
 
 
