@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from daq.app import Factory
 from daq.errors import ConfigError
 from daq.metrics import MetricsServer
-from daq.service import Service
+from daq.service import Service, ignore_stop_signals, on_stop_signals
 from daq.stack import StackConfig, load_stack_config
 from daq.transport import close_transport
 
@@ -51,13 +51,13 @@ async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
     svc = _build(name, cfg, index, registry)
     server = MetricsServer(registry, port=cfg.metrics.port(name, index), addr=cfg.metrics.addr)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, svc.stop)
+    on_stop_signals(loop, svc.stop)
     print(f"{name}{index if name == 'trigger' else ''}: metrics at {server.url}", flush=True)
     try:
         async with svc:
             await svc.wait()
     finally:
+        ignore_stop_signals(loop)
         server.close()
         await asyncio.to_thread(close_transport)  # before the interpreter exits
     return 0

@@ -385,9 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    import signal
-
     from daq.metrics import MetricsServer
+    from daq.service import ignore_stop_signals, on_stop_signals
 
     reg = CollectorRegistry()
     svc = RecorderService(args.dir, reg, listen=args.listen, max_bytes=args.max_bytes,
@@ -395,13 +394,13 @@ async def _serve(args: argparse.Namespace) -> int:
     metrics = MetricsServer(reg, port=args.metrics_port) if args.metrics_port is not None \
         else None
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, svc.stop)
+    on_stop_signals(loop, svc.stop)
     print(f"recorder listening on {svc.endpoint}", flush=True)
     try:
         async with svc:
             await svc.wait()
     finally:
+        ignore_stop_signals(loop)
         if metrics is not None:
             metrics.close()
     return 0

@@ -6,6 +6,7 @@ import abc
 import asyncio
 import contextlib
 import enum
+import signal
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self
@@ -13,6 +14,27 @@ from typing import Any, Self
 from daq.errors import ServiceError
 
 Loop = Callable[[], Coroutine[Any, Any, None]]
+
+#: the signals that ask a service process to drain and stop
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def on_stop_signals(loop: asyncio.AbstractEventLoop, stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call `stop` (drain, then end) instead of killing the process."""
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop)
+
+
+def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
+    """Once a service has drained: a late SIGTERM/SIGINT must not kill the exiting process.
+
+    Closing the event loop would put the default handlers back, and a supervisor that asks
+    every service to stop can signal one that already ended its input and is tearing the
+    interpreter down; it would then report death by signal (-15) for a clean exit.
+    """
+    for sig in STOP_SIGNALS:
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class Lifecycle(enum.Enum):
