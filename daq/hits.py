@@ -98,10 +98,17 @@ def densify(nhit: np.ndarray, ch: np.ndarray, values: np.ndarray, nch: int,
 
 def select(nhit: np.ndarray, hits: Mapping[str, np.ndarray], keep: np.ndarray
            ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """The hits of events `keep` (ascending int indices), in the same layout."""
-    off = offsets(nhit)
+    """The hits of events `keep` (ascending, distinct int indices), in the same layout."""
+    keep = np.asarray(keep, np.int64)
     n = nhit[keep]
-    starts = off[keep]
+    if len(keep) == 0:
+        return n.astype(np.uint8), {k: v[:0] for k, v in hits.items()}
+    # where each kept event's hits start: the hits between consecutive kept events, summed
+    # (a trigger keeps few events: this reads nhit once without a cumulative sum over it)
+    bounds = np.concatenate(([0], keep))
+    between = np.add.reduceat(nhit, bounds, dtype=np.int64)[:-1]
+    between[0] = between[0] if keep[0] > 0 else 0  # reduceat of an empty range is not 0
+    starts = np.cumsum(between)
     total = int(n.sum(dtype=np.int64))
     # hit k of the selection: starts[event] + (k - first hit of that event in the selection)
     first = np.zeros(len(keep), np.int64)

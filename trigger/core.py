@@ -7,6 +7,7 @@ flat arrays the kernels take; `compute_features` and `decide` run the kernels of
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import ModuleType
@@ -113,7 +114,7 @@ class Features:
     #: uint8, as beam_amp: pulse counts (0 below the zero threshold)
     beam_npulse: np.ndarray
 
-    @property
+    @functools.cached_property
     def e_ecal(self) -> np.ndarray:
         return self.sums[:, 0] + self.sums[:, 1]
 
@@ -121,13 +122,14 @@ class Features:
     def e_ps(self) -> np.ndarray:
         return self.sums[:, 0]
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self, backend: ModuleType = kernels) -> dict[str, np.ndarray]:
         """The feature arrays of the wire contract (without ts, missing and bits)."""
-        s = self.sums
-        return {"e_ecal": self.e_ecal.astype(np.float32), "e_ps": s[:, 0].astype(np.float32),
-                "e_hcal": np.ascontiguousarray(s[:, 2:6], np.float32),
-                "e_veto": s[:, 6].astype(np.float32), "e_srd": s[:, 7].astype(np.float32),
-                "mult": self.mult, "sat": self.sat}
+        n = self.count
+        out = {"e_ecal": np.empty(n, np.float32), "e_ps": np.empty(n, np.float32),
+               "e_hcal": np.empty((n, 4), np.float32), "e_veto": np.empty(n, np.float32),
+               "e_srd": np.empty(n, np.float32)}
+        backend.feature_columns(self.sums, *out.values())
+        return {**out, "mult": self.mult, "sat": self.sat}
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,8 @@ class BoardAmplitudes:
     npulse: np.ndarray
     nhit: np.ndarray | None = None
     ch: np.ndarray | None = None
+    #: its energy sums were added in the same pass that read its hits (feature mode)
+    summed: bool = False
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
@@ -180,7 +184,7 @@ def _hits(arrays: Mapping[str, np.ndarray], b: BoardParams, count: int,
     h = {k: _ro(arrays[f"{b.name}.{k}"]) for k in ("nhit", *spec)}
     # the sums add in channel order and a repeated channel would count twice: checked here,
     # in a compiled pass, rather than by the builder (numpy would cost it ~0.1 us/event);
-    # feature hits get it from feature_hits_sat's pass
+    # feature hits get it from feature_hits' pass
     if "hit_amp" not in spec:
         _order(b, h, backend.hit_order(h["nhit"], h["hit_ch"]))
     return h
@@ -194,14 +198,19 @@ def _order(b: BoardParams, h: Mapping[str, np.ndarray], bad: int) -> None:
 
 
 def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
-                     p: TriggerParams, backend: ModuleType = kernels
+                     p: TriggerParams, backend: ModuleType = kernels, *,
+                     sums: np.ndarray | None = None
                      ) -> tuple[dict[str, BoardAmplitudes], np.ndarray]:
     """Amplitudes of every board that sent arrays, and the saturation bits, of a built slice.
 
     Each board is taken in its own layout (docs/dataflow.md, "Built slice"): full
     waveforms `B.wave`, zero-suppressed waveforms `B.nhit`/`B.hit_ch`/`B.hit_wave`, or
     feature hits (`B.hit_amp`, `B.hit_np`). A board without arrays read nothing.
+    Feature hits are read once: their energy sums are added to `sums` (float64
+    (count, N_GROUPS), zeros when not given) in that pass, and the board marked `summed`.
     """
+    if sums is None:
+        sums = np.zeros((count, N_GROUPS), np.float64)
     if mode not in MODES:
         raise SliceError("mode", f"mode {mode!r}, expected one of {MODES}")
     present = _present(arrays, p)
@@ -217,9 +226,11 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
             out[b.name] = _waveform_hits(arrays, count, b, p, backend, bsat)
         else:
             h = _hits(arrays, b, count, hits.FEATURE_HITS, p.samples, backend)
-            _order(b, h, backend.feature_hits_sat(h["nhit"], h["hit_ch"], h["hit_amp"],
-                                                  b.sat_limit, bsat))
-            out[b.name] = BoardAmplitudes(h["hit_amp"], h["hit_np"], h["nhit"], h["hit_ch"])
+            _order(b, h, backend.feature_hits(h["nhit"], h["hit_ch"], h["hit_amp"],
+                                              b.sat_limit, b.weight, b.group,
+                                              p.config.zero_threshold_adc, bsat, sums))
+            out[b.name] = BoardAmplitudes(h["hit_amp"], h["hit_np"], h["nhit"], h["hit_ch"],
+                                          summed=True)
         sat |= bsat << np.uint8(i)
     return out, sat
 
@@ -248,23 +259,30 @@ def _waveform_hits(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
 def compute_features(arrays: Mapping[str, np.ndarray], count: int, mode: str, p: TriggerParams,
                      backend: ModuleType = kernels) -> Features:
     """Calibrated energies, multiplicity and saturation of every event of a built slice."""
-    amps, sat = board_amplitudes(arrays, count, mode, p, backend)
-    return sums_from_amplitudes(amps, sat, count, p, backend)
+    sums = np.zeros((count, N_GROUPS), np.float64)
+    amps, sat = board_amplitudes(arrays, count, mode, p, backend, sums=sums)
+    return sums_from_amplitudes(amps, sat, count, p, backend, sums=sums)
 
 
 def sums_from_amplitudes(amps: Mapping[str, BoardAmplitudes], sat: np.ndarray, count: int,
-                         p: TriggerParams, backend: ModuleType = kernels) -> Features:
+                         p: TriggerParams, backend: ModuleType = kernels, *,
+                         sums: np.ndarray | None = None) -> Features:
     """Energy sums and beam multiplicity from per-board amplitudes (config-dependent part).
+
+    `sums` holds what `board_amplitudes` already added (boards marked `summed`); the other
+    boards are added to it here, in board order, so the additions are made in the same order
+    whichever pass makes them.
 
     A channel below `zero_threshold_adc` reads zero everywhere (sums, beam counters), as if
     the board had suppressed it: a full-waveform slice and its zero-suppressed version give
     the same features whenever the zero threshold is at least the suppression threshold.
     """
     zthr = p.config.zero_threshold_adc
-    sums = np.zeros((count, N_GROUPS), np.float64)
+    if sums is None:
+        sums = np.zeros((count, N_GROUPS), np.float64)
     for b in p.boards:
         ba = amps.get(b.name)
-        if ba is None:
+        if ba is None or ba.summed:
             continue
         if ba.nhit is None:
             backend.accumulate(ba.amp, b.weight, b.group, zthr, sums)
@@ -321,7 +339,9 @@ def warm_up(geometry: Geometry, calibration: Calibration) -> None:
                     a.flags.writeable = not readonly
                     arrays[f"{b.name}.{k}"] = a
             mode = "feature" if layout == "feature_hits" else "waveform"
-            decide(compute_features(arrays, 2, mode, p), p, run=0, spill=0, first=0)
+            f = compute_features(arrays, 2, mode, p)
+            decide(f, p, run=0, spill=0, first=0)
+            f.arrays()
 
 
 def _warm_up_board(b: BoardParams, p: TriggerParams, layout: str) -> dict[str, np.ndarray]:

@@ -262,8 +262,9 @@ def hit_order(nhit, ch):
 
 
 @kernel
-def feature_hits_sat(nhit, ch, amp, limit, sat):
-    # saturation bits, and hit_order's check in the same pass: its result
+def feature_hits(nhit, ch, amp, limit, weight, group, zthr, sat, out):
+    # one pass over a feature-mode board's hits: hit_order's check (its result), the
+    # saturation bits, and accumulate_hits' additions in its order
     h = 0
     for e in range(nhit.shape[0]):
         s = 0
@@ -273,8 +274,12 @@ def feature_hits_sat(nhit, ch, amp, limit, sat):
             if c <= prev:
                 return h
             prev = c
-            if np.float64(amp[h]) >= limit[c]:
+            a = np.float64(amp[h])
+            if a >= limit[c]:
                 s = 1
+            g = group[c]
+            if g >= 0 and a >= zthr:
+                out[e, g] += a * weight[c]
             h += 1
         sat[e] = s
     return -1
@@ -306,6 +311,18 @@ def accumulate_hits(nhit, ch, amp, weight, group, zthr, out):
                 if a >= zthr:
                     out[e, g] += a * weight[c]
             h += 1
+
+
+@kernel
+def feature_columns(sums, e_ecal, e_ps, e_hcal, e_veto, e_srd):
+    # the float32 feature arrays of the wire contract from the float64 sums, in one pass
+    for e in range(sums.shape[0]):
+        e_ecal[e] = np.float32(sums[e, 0] + sums[e, 1])
+        e_ps[e] = np.float32(sums[e, 0])
+        for k in range(4):
+            e_hcal[e, k] = np.float32(sums[e, 2 + k])
+        e_veto[e] = np.float32(sums[e, 6])
+        e_srd[e] = np.float32(sums[e, 7])
 
 
 @kernel

@@ -125,7 +125,8 @@ class SliceProcessor:
         cond, bits = decide(f, p, run=msg.run, spill=msg.spill, first=msg.first,
                             backend=self.backend)
         shadow, shadow_hash, shadow_error = self._shadow(msg, mode, p, f)
-        res = SliceResult(self._features(msg, f, cond, bits, shadow, shadow_hash, mode),
+        res = SliceResult(self._features(msg, f, cond, bits, shadow, shadow_hash, mode,
+                                         self.backend),
                           Message(Kind.ACCEPTED), p, _fired(bits),
                           _fired(shadow) if shadow_hash else {},
                           int(np.count_nonzero(bits)), int(np.count_nonzero(shadow)),
@@ -152,10 +153,12 @@ class SliceProcessor:
 
     @staticmethod
     def _features(msg: Message, f: Features, cond: np.ndarray, bits: np.ndarray,
-                  shadow: np.ndarray, shadow_hash: str | None, mode: str) -> Message:
+                  shadow: np.ndarray, shadow_hash: str | None, mode: str,
+                  backend: ModuleType) -> Message:
         ts = msg.arrays.get("ts")
         missing = msg.arrays.get("missing")
-        arrays = {"ts": ts if ts is not None else np.zeros(msg.count, np.int64), **f.arrays(),
+        arrays = {"ts": ts if ts is not None else np.zeros(msg.count, np.int64),
+                  **f.arrays(backend),
                   "missing": missing if missing is not None else np.zeros(msg.count, np.uint8),
                   "cond": cond, "bits": bits, "shadow": shadow}
         meta = {"slice_index": msg.meta.get("slice_index", 0), "cfg": msg.meta.get("cfg"),

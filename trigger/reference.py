@@ -103,11 +103,13 @@ def hit_order(nhit: np.ndarray, ch: np.ndarray) -> int:
     return int(bad[0]) if len(bad) else -1
 
 
-def feature_hits_sat(nhit: np.ndarray, ch: np.ndarray, amp: np.ndarray, limit: np.ndarray,
-                     sat: np.ndarray) -> int:
+def feature_hits(nhit: np.ndarray, ch: np.ndarray, amp: np.ndarray, limit: np.ndarray,
+                 weight: np.ndarray, group: np.ndarray, zthr: float, sat: np.ndarray,
+                 out: np.ndarray) -> int:
     bad = hit_order(nhit, ch)
     if bad < 0:
         sat[:] = _any_per_event(nhit, amp.astype(np.float64) >= limit[ch])
+        accumulate_hits(nhit, ch, amp, weight, group, zthr, out)
     return bad
 
 
@@ -127,6 +129,15 @@ def accumulate_hits(nhit: np.ndarray, ch: np.ndarray, amp: np.ndarray, weight: n
     use = (g >= 0) & (a >= zthr)
     # ufunc.at adds repeated indices one after the other, in hit order, as the kernel does
     np.add.at(out, (_event_of_hit(nhit)[use], g[use]), a[use] * weight[ch[use]])
+
+
+def feature_columns(sums: np.ndarray, e_ecal: np.ndarray, e_ps: np.ndarray,
+                    e_hcal: np.ndarray, e_veto: np.ndarray, e_srd: np.ndarray) -> None:
+    e_ecal[:] = sums[:, 0] + sums[:, 1]
+    e_ps[:] = sums[:, 0]
+    e_hcal[:] = sums[:, 2:6]
+    e_veto[:] = sums[:, 6]
+    e_srd[:] = sums[:, 7]
 
 
 def beam_dense(amp: np.ndarray, npulse: np.ndarray, zthr: float, amp_out: np.ndarray,

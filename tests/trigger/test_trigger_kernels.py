@@ -28,6 +28,12 @@ def assert_same_features(fa: Features, fb: Features) -> None:
     """Two Features identical to the bit."""
     for name in ("sums", "mult", "sat", "beam_amp", "beam_npulse"):
         np.testing.assert_array_equal(getattr(fa, name), getattr(fb, name), err_msg=name)
+    # the float32 wire arrays, packed by each backend's feature_columns
+    wa, wb = fa.arrays(kernels), fb.arrays(reference)
+    assert list(wa) == list(wb)
+    for name in wa:
+        assert wa[name].dtype == wb[name].dtype, name
+        np.testing.assert_array_equal(wa[name], wb[name], err_msg=name)
 
 
 def _compare(arrays: dict[str, np.ndarray], count: int, mode: str, cfg: TriggerConfig,
@@ -289,8 +295,8 @@ def _wire_slice(arrays: dict[str, np.ndarray], count: int, mode: str) -> Message
 def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
     warm_up(GEOM, CAL)
     dispatchers = [getattr(kernels, name) for name in (
-        "wave_board", "wave_hits", "feature_hits_sat", "accumulate", "accumulate_hits",
-        "beam_dense", "beam_dense_hits", "multiplicity", "decide")]
+        "wave_board", "wave_hits", "feature_hits", "accumulate", "accumulate_hits",
+        "beam_dense", "beam_dense_hits", "multiplicity", "decide", "feature_columns")]
     before = [len(cast(Any, d).signatures) for d in dispatchers]
     proc = SliceProcessor(GEOM, CAL)
     rng = np.random.default_rng(2)
