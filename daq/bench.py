@@ -31,7 +31,10 @@ import zmq
 SENDER_HWM = 16
 #: the benchmark's transport between processes (both the pipeline and bare ZeroMQ)
 TRANSPORT = os.environ.get("NA64_BENCH_TRANSPORT", "ipc")
-SLICE_EVENTS = {"feature": 65536, "waveform": 4096}
+#: events per slice in each mode (NA64_BENCH_FEATURE_SLICE / NA64_BENCH_WAVE_SLICE to study
+#: the slice size; docs/performance.md)
+SLICE_EVENTS = {"feature": int(os.environ.get("NA64_BENCH_FEATURE_SLICE", 65536)),
+                "waveform": int(os.environ.get("NA64_BENCH_WAVE_SLICE", 4096))}
 
 
 # --- the data: one simulated spill of every board, re-sent as spills 0..n-1 ---------------
@@ -82,7 +85,7 @@ def sender(endpoint: str, mode: str, events: int, spills: int, bare: bool) -> di
     """Connect one PUSH per board and send; returns when every message is handed to zmq."""
     import msgpack
 
-    from daq.wire import Kind, Message, checksum, encode
+    from daq.wire import Kind, Message, checksums, encode
 
     msgs = spill_messages(mode, events)
     boards = sorted({b for b, _ in msgs})
@@ -95,9 +98,9 @@ def sender(endpoint: str, mode: str, events: int, spills: int, bare: bool) -> di
         s.connect(endpoint)
         socks[b] = s
     time.sleep(0.5)  # let every connection come up before timing starts
-    # a front end checksums a slice once: the CRC (over the arrays, which re-sending as
-    # another spill does not change) is computed once per slice, the header per message
-    crcs = {id(m): checksum(encode(m)[1:]) if not bare else 0 for _, m in msgs}
+    # a front end checksums a slice once: the CRCs (of the arrays, which re-sending as
+    # another spill does not change) are computed once per slice, the header per message
+    crcs = {id(m): checksums(m) if not bare else 0 for _, m in msgs}
     sent = 0
     t0 = time.time()
     for b, m in _respill(msgs, spills):

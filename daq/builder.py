@@ -403,9 +403,11 @@ class EventBuilder:
         stats = self.stats["replay" if st.replay else "live"]
         count = max(m.count for m in p.frags.values())
         missing = np.zeros(count, np.uint8)
-        ts = next(m.arrays["ts"] for b in self.boards
-                  if (m := p.frags.get(b)) is not None and m.count == count)
-        arrays: dict[str, np.ndarray] = {"ts": ts, "missing": missing}
+        ts_from = next(m for b in self.boards
+                       if (m := p.frags.get(b)) is not None and m.count == count)
+        arrays: dict[str, np.ndarray] = {"ts": ts_from.arrays["ts"], "missing": missing}
+        # the fragments' checksums, verified on receipt, go out again with their arrays
+        crcs = {"ts": ts_from.crcs["ts"]} if "ts" in ts_from.crcs else {}
         for b in self.boards:
             m = p.frags.get(b)
             have = 0 if m is None else m.count
@@ -420,6 +422,8 @@ class EventBuilder:
                     continue
                 if have < count and not hits.is_hit_array(name):
                     src = self._pad(b, name, src, count)
+                elif name in m.crcs:
+                    crcs[f"{b}.{name}"] = m.crcs[name]
                 arrays[f"{b}.{name}"] = src
         if self.shedding:
             st.shed += count
@@ -430,8 +434,10 @@ class EventBuilder:
         st.events += count
         stats.slices += 1
         stats.events += count
-        out.append(self._emit(Kind.SLICE, st.run, st.spill, st.replay, first=first,
-                              count=count, arrays=arrays, meta=meta, board="ALL"))
+        built = self._emit(Kind.SLICE, st.run, st.spill, st.replay, first=first,
+                           count=count, arrays=arrays, meta=meta, board="ALL")
+        built.crcs = crcs  # encode reuses a CRC only for the very array it came with
+        out.append(built)
 
     def _emit(self, kind: Kind, run: int, spill: int, replay: bool, *, first: int = 0,
               count: int = 0, arrays: dict[str, np.ndarray] | None = None,

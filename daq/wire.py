@@ -1,4 +1,4 @@
-"""Wire format v1: a msgpack header frame followed by one raw frame per numpy array.
+"""Wire format v2: a msgpack header frame followed by one raw frame per numpy array.
 
 The codec is sans-I/O: `encode` turns a `Message` into a list of buffers for
 `zmq.Socket.send_multipart(copy=False)`, and `decode` turns received buffers back into a
@@ -20,7 +20,11 @@ import numpy as np
 
 from daq.errors import WireError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: versions `decode` reads: 1 had one CRC over all array frames (run files written before
+#: per-array checksums); 2 has one CRC per array, so that a relay (the event builder)
+#: forwards the checksums it verified instead of computing them again
+READ_VERSIONS = (1, 2)
 
 #: dtypes allowed in array frames, as numpy `dtype.str` (explicit little-endian).
 ALLOWED_DTYPES = frozenset(
@@ -81,8 +85,12 @@ class Message:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     replay: bool = False
+    #: not on the wire: CRC32C of arrays as received (name -> (the array, its CRC)), which
+    #: `encode` reuses for the very same array object instead of computing it again
+    crcs: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict, compare=False,
+                                                    repr=False)
 
-    def header(self, crc: int) -> dict[str, Any]:
+    def header(self, crc: int | list[int]) -> dict[str, Any]:
         return {
             "v": FORMAT_VERSION,
             "kind": str(self.kind),
@@ -115,11 +123,24 @@ def _wire_array(name: str, a: np.ndarray) -> np.ndarray:
 
 
 def checksum(buffers: Sequence[Any]) -> int:
-    """CRC32C (Castagnoli) over the array frames, in order, as one byte string."""
+    """CRC32C (Castagnoli) over the array frames, in order, as one byte string (v1)."""
     crc = 0
     for b in buffers:
         crc = crc32c.crc32c(b, crc)
     return crc
+
+
+def checksums(msg: Message) -> list[int]:
+    """CRC32C of each array frame of `msg` (v2), reusing those it was received with."""
+    known = msg.crcs
+    out = []
+    for name, a in msg.arrays.items():
+        k = known.get(name)
+        if k is not None and k[0] is a:
+            out.append(k[1])
+        else:  # the bytes as they go on the wire
+            out.append(crc32c.crc32c(_wire_array(name, a).data))
+    return out
 
 
 def encode(msg: Message, *, with_crc: bool = True) -> list[Any]:
@@ -131,7 +152,7 @@ def encode(msg: Message, *, with_crc: bool = True) -> list[Any]:
     if arrays is not msg.arrays:
         msg.arrays = arrays
     frames = list(arrays.values())
-    crc = checksum(frames) if with_crc else 0
+    crc: int | list[int] = checksums(msg) if with_crc else 0
     try:
         head = msgpack.packb(msg.header(crc), use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:
@@ -172,8 +193,9 @@ def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
     if not isinstance(h, dict):
         raise WireError("header", f"header is a {type(h).__name__}, not a map")
     v = h.get("v")
-    if v != FORMAT_VERSION:
-        raise WireError("version", f"format version {v!r}, this decoder reads {FORMAT_VERSION}")
+    if type(v) is not int or v not in READ_VERSIONS:
+        raise WireError("version", f"format version {v!r}, this decoder reads "
+                                   f"{' and '.join(map(str, READ_VERSIONS))}")
     unknown = set(h) - _HEADER_KEYS
     missing = _HEADER_KEYS - set(h)
     if unknown:
@@ -201,13 +223,7 @@ def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
                                                           and not is_hit_array(name))):
             raise WireError("shape", f"array {name!r} has shape {arr.shape}, count is {count}")
         arrays[name] = arr
-    crc = _need_uint(h, "crc")
-    if verify_crc and crc != 0:
-        got = checksum(frames[1:])
-        if got != crc:
-            raise WireError(
-                "checksum", f"CRC32C of array frames is {got:#010x}, header says {crc:#010x}"
-            )
+    crcs = _verify(h, v, arrays, frames[1:], verify_crc)
     return Message(
         kind=kind,
         run=_need_uint(h, "run"),
@@ -220,7 +236,31 @@ def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
         arrays=arrays,
         meta=meta,
         replay=_need(h, "replay", bool),
+        crcs=crcs,
     )
+
+
+def _verify(h: Mapping[str, Any], v: int, arrays: Mapping[str, np.ndarray],
+            buffers: Sequence[Any], verify: bool) -> dict[str, tuple[np.ndarray, int]]:
+    """Check the header's `crc` against the frames; the per-array CRCs, for re-encoding."""
+    crc = h["crc"]
+    if v == 1 or crc == 0:
+        crc = _need_uint(h, "crc")
+        if verify and crc != 0 and (got := checksum(buffers)) != crc:
+            raise WireError(
+                "checksum", f"CRC32C of array frames is {got:#010x}, header says {crc:#010x}")
+        return {}
+    if not (isinstance(crc, list) and len(crc) == len(arrays)
+            and all(type(c) is int and 0 <= c < 1 << 32 for c in crc)):
+        raise WireError("header", f"crc {str(crc)[:80]} is not 0 or one uint32 per array "
+                                  f"({len(arrays)})")
+    out = {}
+    for (name, a), buf, want in zip(arrays.items(), buffers, crc, strict=True):
+        if verify and (got := crc32c.crc32c(buf)) != want:
+            raise WireError(
+                "checksum", f"CRC32C of array {name!r} is {got:#010x}, header says {want:#010x}")
+        out[name] = (a, want)
+    return out
 
 
 def _decode_array(spec: Any, buf: Any) -> tuple[str, np.ndarray]:

@@ -61,35 +61,39 @@ def check_features(msg: Message) -> Mapping[str, np.ndarray]:
     return a
 
 
+def _nz(a: np.ndarray) -> int:
+    """Non-zero entries: on booleans and bit masks ~10x faster than a sum."""
+    return int(np.count_nonzero(a))
+
+
 def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
                    boards: Sequence[str]) -> tuple[Counts, np.ndarray, np.ndarray]:
     """Counts of one features block, the mask of its complete events and their E_HCAL."""
     c = Counts(events=len(f["e_ecal"]))
-    nz = np.count_nonzero  # on booleans and bit masks: ~10x faster than a sum
     missing = f["missing"]
     ok = missing == 0
-    c.complete = nz(ok)
+    c.complete = _nz(ok)
     c.incomplete = c.events - c.complete
-    c.missing_board = {b: nz(missing & np.uint8(1 << i)) for i, b in enumerate(boards)}
-    c.beam_cond = nz(f["cond"] & BEAM_BIT)
+    c.missing_board = {b: _nz(missing & np.uint8(1 << i)) for i, b in enumerate(boards)}
+    c.beam_cond = _nz(f["cond"] & BEAM_BIT)
     bits = f["bits"]
-    c.accepted = nz(bits)
-    c.triggers = np.array([nz(bits & np.uint8(1 << i)) for i in range(4)], np.int64)
+    c.accepted = _nz(bits)
+    c.triggers = np.array([_nz(bits & np.uint8(1 << i)) for i in range(4)], np.int64)
     shadow = f["shadow"]
-    c.shadow = np.array([nz(shadow & np.uint8(1 << i)) for i in range(4)], np.int64)
+    c.shadow = np.array([_nz(shadow & np.uint8(1 << i)) for i in range(4)], np.int64)
     # Physics figures use complete events only: a missing VETO reads zero and would pass.
     # (no copy when every event is complete, as nearly always)
     g = f if c.incomplete == 0 else {k: v[ok] for k, v in f.items() if k in FEATURE_ARRAYS}
     tag, hcal = srd_tagged(g, cfg), hcal_total(g)  # each used by several figures below
     mult = g["mult"]
-    c.pileup = nz(mult > 1)
+    c.pileup = _nz(mult > 1)
     c.mult_sum = int(mult.sum(dtype=np.int64))
     ele = electron_sample(g, cfg, tag=tag)
-    c.electrons = nz(ele)
-    c.veto_zero = nz(ele & (g["e_veto"] < cfg.veto_zero_gev))
-    c.hcal_zero = nz(ele & (hcal < cfg.hcal_zero_gev))
+    c.electrons = _nz(ele)
+    c.veto_zero = _nz(ele & (g["e_veto"] < cfg.veto_zero_gev))
+    c.hcal_zero = _nz(ele & (hcal < cfg.hcal_zero_gev))
     c.species = np.bincount(classify(g, cfg, tag=tag, hcal=hcal), minlength=4).astype(np.int64)
-    c.signal_box = nz(signal_box(g, cfg, tag=tag, hcal=hcal))
+    c.signal_box = _nz(signal_box(g, cfg, tag=tag, hcal=hcal))
     return c, ok, hcal
 
 

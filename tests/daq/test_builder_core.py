@@ -298,3 +298,32 @@ def test_short_fragment_flags_only_the_events_it_lacks() -> None:
     n = int(short.arrays["nhit"][:20].sum())
     assert np.array_equal(s.arrays["VETO.hit_amp"], short.arrays["hit_amp"][:n])
     assert b.stats["live"].incomplete == {"VETO": 12}
+
+
+def test_built_slices_go_out_with_the_checksums_their_fragments_came_with() -> None:
+    """Wire v2: the builder forwards the CRCs it verified instead of reading the bytes again;
+    each is the right one for its array, and a padded array gets a fresh one."""
+    import crc32c
+
+    from daq.wire import checksums, decode, encode
+
+    boards = _boards()
+    msgs = _interleave(boards, 0, 64)
+    cut = next(i for i, m in enumerate(msgs) if m.kind is Kind.SLICE and m.board == "VETO")
+    short = msgs[cut]  # VETO's first fragment arrives with half its events
+    msgs[cut] = Message(Kind.SLICE, run=short.run, spill=0, seq=short.seq, src="VETO",
+                        board="VETO", first=short.first, count=short.count // 2,
+                        arrays=_first_events(short.arrays, short.count // 2),
+                        meta=short.meta)
+    received = [decode(encode(m)) for m in msgs]  # as the builder's socket gives them
+    built = [m for m in _feed(_builder(), received) if m.kind is Kind.SLICE]
+    assert len(built) == 2
+    for m in built:
+        frames = encode(m)[1:]
+        assert checksums(m) == [crc32c.crc32c(f) for f in frames]
+        assert decode(encode(m)).count == m.count
+    first = built[0]
+    assert "VETO.nhit" not in first.crcs  # padded to the slice: a new array
+    assert "missing" not in first.crcs  # made by the builder
+    assert {"ts", "ECAL.nhit", "ECAL.hit_amp", "VETO.hit_ch"} <= set(first.crcs)
+    assert all(first.crcs[k][0] is first.arrays[k] for k in first.crcs)

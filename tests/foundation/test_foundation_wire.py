@@ -17,6 +17,7 @@ from daq.wire import (
     PER_EVENT_KINDS,
     Kind,
     Message,
+    checksum,
     decode,
     encode,
     pack_frames,
@@ -135,6 +136,51 @@ def test_bad_checksum() -> None:
     wave = bytearray(memoryview(frames[1]).tobytes())
     wave[5] ^= 0x40
     assert _reason([frames[0], bytes(wave), frames[2]]) == "checksum"
+
+
+def test_checksum_error_names_the_array_and_the_crc_list_is_checked() -> None:
+    frames = encode(_slice())
+    names = [spec[0] for spec in _header(frames)["arrays"]]
+    bad = bytearray(memoryview(frames[2]).tobytes())
+    bad[0] ^= 1
+    with pytest.raises(WireError) as e:
+        decode([frames[0], frames[1], bytes(bad)])
+    assert e.value.reason == "checksum" and repr(names[1]) in str(e.value)
+    crc = _header(frames)["crc"]
+    assert isinstance(crc, list) and len(crc) == len(names)
+    assert _reason(_with_header(frames, crc=crc[:-1])) == "header"  # one per array
+    assert _reason(_with_header(frames, crc=[*crc[:-1], 2**32])) == "header"
+    assert _reason(_with_header(frames, crc=[*crc[:-1], True])) == "header"
+    # 0: not computed (a trusted link); the frames are then taken as they are
+    assert decode([*_with_header(frames, crc=0)[:1], frames[1], bytes(bad)]).count == 3
+
+
+def test_version_1_with_one_crc_over_all_frames_is_still_read() -> None:
+    """Run files written before per-array checksums keep replaying."""
+    frames = encode(_slice())
+    whole = checksum(frames[1:])
+    old = _with_header(frames, v=1, crc=whole)
+    msg = decode(old)
+    assert np.array_equal(msg.arrays["wave"], _slice().arrays["wave"])
+    assert msg.crcs == {}  # nothing to reuse: encoding it again computes v2 checksums
+    assert _header(encode(msg))["crc"] == _header(frames)["crc"]
+    bad = bytearray(memoryview(frames[1]).tobytes())
+    bad[3] ^= 2
+    assert _reason([old[0], bytes(bad), frames[2]]) == "checksum"
+    assert _reason(_with_header(frames, v=1)) == "header"  # v1's crc is one uint32
+
+
+def test_a_relay_reuses_the_checksums_it_verified_for_the_same_arrays_only() -> None:
+    frames = encode(_slice())
+    crc = _header(frames)["crc"]
+    msg = decode(frames)
+    first = next(iter(msg.arrays))
+    # forwarded unchanged: the received CRCs, not computed again (a wrong one shows it)
+    msg.crcs[first] = (msg.arrays[first], 12345)
+    assert _header(encode(msg))["crc"] == [12345, crc[1]]
+    # an array replaced under the same name gets its own checksum
+    msg.arrays[first] = msg.arrays[first].copy()
+    assert _header(encode(msg))["crc"] == crc
 
 
 @pytest.mark.parametrize("dt", [">i2", "|O", "<c8", "<f2", "<U4", 5])
