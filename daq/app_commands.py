@@ -60,6 +60,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="events per spill in feature mode (default 1000000)")
     b.add_argument("--waveform-events", type=int, default=200_000,
                    help="events per spill in waveform mode, zero-suppressed (default 200000)")
+    b.add_argument("--repeat", type=int, default=2,
+                   help="runs of each pipeline and bare ZeroMQ, alternating; the best of "
+                        "each is reported (default 2)")
     b.set_defaults(func=_bench)
 
     u = sub.add_parser("up", help="start every service of a topology as separate processes")
@@ -240,9 +243,14 @@ def _bench(a: argparse.Namespace) -> int:
     from daq.bench import run_all
 
     console = Console(stderr=True)
+    if a.repeat < 1 or a.spills < 1:
+        console.print(f"error: --repeat ({a.repeat}) and --spills ({a.spills}) must be at "
+                      "least 1")
+        return 2
     with console.status("benchmark") as status:
         res = run_all(feature_events=a.feature_events, waveform_events=a.waveform_events,
-                      spills=a.spills, progress=lambda n: status.update(f"benchmark: {n}"))
+                      spills=a.spills, repeat=a.repeat,
+                      progress=lambda n: status.update(f"benchmark: {n}"))
     if a.json:
         print(json.dumps(res, indent=1))
         return 0
