@@ -243,8 +243,11 @@ def bare_zmq(mode: str, events: int, spills: int, workers: int = 2,
 
 
 def pipeline(mode: str, events: int, spills: int, workers: int = 2,
-             transport: str = TRANSPORT) -> dict[str, Any]:
-    """The real services as processes (daq.launch.Proc), fed by the bench sender."""
+             transport: str = TRANSPORT, on_sample: Any = None) -> dict[str, Any]:
+    """The real services as processes (daq.launch.Proc), fed by the bench sender.
+
+    `on_sample(procs)` is called every 0.1 s while the run goes (scripts/memory_growth.py).
+    """
     from daq.launch import Proc, scrape
 
     tmp = Path(tempfile.mkdtemp(prefix="na64-bench-"))
@@ -261,6 +264,9 @@ def pipeline(mode: str, events: int, spills: int, workers: int = 2,
         f"monitor = {p[3]}\ncontrol = 0\ntrigger = {p[4]}\n"
         # backpressure only: a benchmark that sheds is not loss-free
         "[builder]\nshed_after_s = 600\nmax_pending_events = 2000000\ntimeout_s = 30\n"
+        # the backlog is held where max_pending_events bounds it, not in ZeroMQ pipes
+        # (10 MB slices: ZeroMQ's default 1000 messages would let memory grow by GBs)
+        "output_hwm = 4\ninput_hwm = 16\n"
     )
     from daq.stack import load_stack_config
 
@@ -277,6 +283,8 @@ def pipeline(mode: str, events: int, spills: int, workers: int = 2,
         while snd.poll() is None:
             for pr in procs:
                 pr.sample()
+            if on_sample is not None:
+                on_sample(procs)
             time.sleep(0.1)
         s = _result(snd)
         mon = next(x for x in procs if x.service == "monitor")

@@ -53,6 +53,10 @@ class BuilderConfig(StrictModel):
                         description="Endpoint the PUSH socket binds; trigger workers connect.")
     output_hwm: int = Field(default=64, ge=1, le=1_000_000,
                             description="Send high-water mark of the output socket, messages.")
+    input_hwm: int = Field(default=1000, ge=1, le=1_000_000, description=(
+        "Receive high-water mark of the input socket, messages per connection (ZeroMQ's "
+        "default 1000). What it holds is outside max_pending_events: with large slices set "
+        "it small (the benchmark uses 16) so that backpressure reaches the front ends."))
     with_crc: bool = Field(default=True, description=(
         "Compute the CRC32C of built slices (off only on trusted inproc links)."))
 

@@ -131,6 +131,7 @@ class BuilderService(Service):
         self.pull.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDHWM, self.cfg.output_hwm)
+        self.pull.setsockopt(zmq.RCVHWM, self.cfg.input_hwm)  # before bind: per connection
         if input_hook is not None:
             input_hook(self.pull)
         self.pull.bind(self.cfg.input)
