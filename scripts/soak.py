@@ -112,7 +112,6 @@ async def soak(a: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
           and chain["spills_closed"] == a.spills and chain["forced"] == 0
           and growth <= a.rss_allowance_mib * 2**20 and end["fds"] <= base["fds"])
     return {"ok": ok, "spills": a.spills, "generated_s": a.generated_s,
-            "simulator_leak_dropped": not a.keep_simulator_leak,
             "wall_s": round(time.monotonic() - t0, 1), "chain": chain,
             "drift": drift[:20], "drifted_spills": len(drift),
             "rss_mib": {"at_baseline": round(base["rss_bytes"] / 2**20, 1),
