@@ -66,15 +66,20 @@ async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
 # --- up: a supervisor of processes -------------------------------------------------------
 
 
-def peak_rss_bytes(pid: int) -> int:
-    """VmHWM of a live process (Linux), in bytes; 0 when it cannot be read."""
+def status_bytes(pid: int, field: str) -> int:
+    """A kB field of /proc/<pid>/status (`VmHWM`, `VmRSS`) in bytes; 0 when unreadable."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def peak_rss_bytes(pid: int) -> int:
+    """VmHWM of a live process (Linux), in bytes; 0 when it cannot be read."""
+    return status_bytes(pid, "VmHWM")
 
 
 def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:

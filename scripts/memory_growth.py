@@ -24,16 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daq.bench import pipeline
-
-
-def vm_rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+from daq.launch import status_bytes
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         now = time.time() - t0
         for p in procs:
             if p.popen.poll() is None:
-                series.setdefault(p.name, []).append((now, vm_rss(p.popen.pid)))
+                series.setdefault(p.name, []).append((now, status_bytes(p.popen.pid, "VmRSS")))
         print(f"\r{now:6.1f} s  " + "  ".join(
             f"{n} {s[-1][1] / 2**20:5.0f} MiB" for n, s in series.items()), end="",
             file=sys.stderr, flush=True)
