@@ -42,11 +42,13 @@ class BuilderConfig(StrictModel):
         "'skip_spill' drops the rest of the spill (counted); 'stop_run' flags the slice, "
         "closes the spill and ends the run."))
     max_pending_events: int = Field(default=100_000, ge=1, le=100_000_000, description=(
-        "Events held (partly built plus queued for downstream) before the builder stops "
-        "reading its input (backpressure)."))
+        "Built events queued for downstream before the builder stops reading its input "
+        "(backpressure). Partly built slices are bounded apart by the same figure: beyond "
+        "it the oldest is completed with its missing boards flagged."))
     shed_after_s: float = Field(default=2.0, ge=0, le=600, description=(
-        "Seconds of continuous backpressure after which the builder reads again and sheds "
-        "built slices, counted as dead time, instead of stalling the front ends."))
+        "Seconds the front ends may be held back (the queue full, the input not caught up) "
+        "before the builder reads again and sheds built slices, counted as dead time, "
+        "until it has caught up with its input."))
     input: str = Field(default="tcp://127.0.0.1:5550", min_length=6, max_length=256,
                        description="Endpoint the PULL socket binds; every board connects.")
     output: str = Field(default="tcp://127.0.0.1:5551", min_length=6, max_length=256,

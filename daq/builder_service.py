@@ -14,7 +14,7 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import zmq
@@ -31,6 +31,9 @@ from daq.wire import Kind, Message, decode, encode
 
 #: called with the input socket before it binds: where CURVE server options go.
 SocketHook = Callable[[zmq.Socket], None]
+
+# messages taken from the input in one event-loop turn (feature slices: ~5 ms of work)
+INPUT_BATCH = 64
 
 _PER_BOARD = {
     "fragments": ("fragments", "Board fragments received"),
@@ -159,13 +162,33 @@ class BuilderService(Service):
         self._finished = True
         self._enqueue(self.builder.finish(self.clock()))
 
+    def _caught_up(self) -> bool:
+        """Nothing waits at the input: the front ends are not being held back."""
+        return not int(self.pull.get(zmq.EVENTS)) & zmq.POLLIN
+
+    def _relieve(self) -> None:
+        """Congestion lasts until the input has caught up: while something waits at the
+        input, the front ends are held back and the beam arrives late, however the queue
+        moves in between (it drains in bursts as the workers' ZeroMQ pipes free up, so
+        "down to half its bound" happened many times during one overload, and each time
+        restarted the clock: the lag grew and spills that came in below capacity, after
+        the overload, met the backlog and were shed). Shedding ends once, as well, the
+        queue is down to half its bound."""
+        if self._congested_since is None and not self.builder.shedding:
+            return
+        if not self._caught_up():
+            return
+        if self.builder.shedding and self.queued_events >= self.cfg.max_pending_events // 2:
+            return
+        self._congested_since = None
+        self.builder.shedding = False
+
     async def _wait_for_space(self) -> None:
-        """Backpressure: stop reading while too much is queued; shed once the queue has not
-        come down to half its bound for shed_after_s (congestion, not one slow moment)."""
+        """Backpressure: stop reading while the queue is full; shed once the front ends
+        have been held back for shed_after_s without the input catching up, until it has
+        caught up (`_relieve`)."""
         limit = self.cfg.max_pending_events
-        if self.queued_events < limit // 2:
-            self._congested_since = None
-            self.builder.shedding = False
+        self._relieve()
         if self.queued_events < limit or self.builder.shedding:
             return
         now = self.clock()
@@ -190,13 +213,29 @@ class BuilderService(Service):
         try:
             while not self.stopping.is_set() and not self._finished:
                 await self._wait_for_space()
-                if not await self.pull.poll(100):
-                    continue
-                frames = [f.buffer for f in await self.pull.recv_multipart(copy=False)]
-                self._handle(frames)
+                if await self.pull.poll(100):
+                    self._take_waiting()
         finally:
             if not self._finished:
                 self._finish()
+
+    def _take_waiting(self) -> None:
+        """Take what waits at the input in one go, until it is empty, the queue is full or
+        INPUT_BATCH messages were taken (then the other loops get a turn). One message per
+        event-loop turn would, in a busy process, find the next one always waiting: the
+        input would never be seen caught up, and congestion never end."""
+        limit = self.cfg.max_pending_events
+        for _ in range(INPUT_BATCH):
+            if self._finished or (self.queued_events >= limit and not self.builder.shedding):
+                return
+            # DONTWAIT: an already resolved future, the frames or zmq.Again
+            ready = self.pull.recv_multipart(zmq.DONTWAIT, copy=False)
+            try:
+                frames = cast("asyncio.Future[list[zmq.Frame]]", ready).result()
+            except zmq.Again:
+                self._relieve()  # caught up
+                return
+            self._handle([f.buffer for f in frames])
 
     def _handle(self, frames: list[Any]) -> None:
         try:
@@ -239,6 +278,9 @@ class BuilderService(Service):
                 self.queued_events -= msg.count
                 if self.queued_events < self.cfg.max_pending_events:
                     self._space.set()
+                # slices completed by a timeout, while the input is idle, must not be shed
+                # after the queue has drained
+                self._relieve()
 
     async def _timeouts(self) -> None:
         while not self._finished:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
@@ -70,8 +71,14 @@ class FrontEnd(Service):
                 s.setsockopt(zmq.LINGER, 5000)  # let queued messages go on close
                 s.connect(self.endpoint)
                 socks[b] = s
-            it = self.fe.run()
-            start = self.clock()
+            it: Iterator[Emission] = self.fe.run()
+            # the first data message pays for loading the generator's kernels (~0.3 s); the
+            # schedule starts once it is ready, or the beam would owe that time and send it
+            # in a burst, faster than its intensity
+            head = await asyncio.to_thread(_head, it)
+            start = self.clock() - (head[-1].t_ns / 1e9 / self.speed
+                                    if head and self.speed else 0.0)
+            it = itertools.chain(head, it)
             last_ns = 0
             while True:
                 if self.stopping.is_set():
@@ -87,9 +94,12 @@ class FrontEnd(Service):
                     if self._stop_at_spill:
                         self.stopping.set()  # not sent: the ends follow on the next turn
                         continue
-                    while self.paused and not self.stopping.is_set() \
-                            and not self._stop_at_spill:
-                        await self.sleep(0.05)
+                    if self.paused:
+                        held = self.clock()
+                        while self.paused and not self.stopping.is_set() \
+                                and not self._stop_at_spill:
+                            await self.sleep(0.05)
+                        start += self.clock() - held  # a pause delays the schedule
                     if self._stop_at_spill:
                         self.stopping.set()
                         continue
@@ -115,3 +125,13 @@ class FrontEnd(Service):
 
 def _next(it: Iterator[Emission]) -> Emission | None:
     return next(it, None)
+
+
+def _head(it: Iterator[Emission]) -> list[Emission]:
+    """The emissions up to and including the first slice (all of them if there is none)."""
+    out: list[Emission] = []
+    for em in it:
+        out.append(em)
+        if em.msg.kind is Kind.SLICE:
+            break
+    return out

@@ -181,3 +181,34 @@ async def test_slow_downstream_backpressure_then_shedding_is_bounded() -> None:
     assert m[("na64_builder_backpressure_seconds_total", ())] >= 0.2
     assert svc.builder.stats["live"].shed + svc.builder.stats["live"].events \
         + svc.queued_events + svc.builder.pending_events >= 32 * 40 - 32 * 4
+
+
+async def test_congestion_and_shedding_last_until_the_input_has_caught_up() -> None:
+    """While fragments wait at the input the front ends are held back: a queue that drained
+    in between does not end congestion, nor shedding; taking what waits does."""
+    # inproc: once sent, every fragment waits in the pipe (no TCP stream still arriving)
+    svc, _ = _service("inproc://relieve-in", "inproc://relieve-out", max_pending_events=64,
+                      shed_after_s=0.2)
+    try:
+        await _send_all(svc.input_endpoint, _streams(1, 32 * 4, eos=False))
+        async with asyncio.timeout(10):
+            while not await svc.pull.poll(10):
+                pass
+        svc._congested_since = 1.0  # held back since t = 1, the queue now empty
+        svc.builder.shedding = True
+        svc._relieve()
+        assert svc._congested_since == 1.0 and svc.builder.shedding  # input not caught up
+        async with asyncio.timeout(10):
+            while not svc._caught_up() or svc.builder.shedding:
+                svc._take_waiting()  # every fragment, shed: the queue stays empty
+                await asyncio.sleep(0.01)
+        assert svc._congested_since is None
+        st = svc.builder.stats["live"]
+        assert st.shed == 32 * 4 and st.events == 0 and svc.queued_events == 0
+        # a queue over half its bound keeps shedding on even when caught up
+        svc.builder.shedding, svc.queued_events = True, 40
+        svc._relieve()
+        assert svc.builder.shedding
+    finally:
+        svc.pull.close()
+        svc.push.close()

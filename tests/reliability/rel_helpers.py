@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import sys
 from typing import Any
 
 from fuzz_targets import mutate
@@ -10,6 +12,7 @@ from prometheus_client import CollectorRegistry
 
 from daq.errors import WireError
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
+from daq.service import Loop, Service
 from daq.wire import Message, decode, encode
 from simulators.config import FaultConfig, SimConfig
 from simulators.frontend import FrontEnds
@@ -85,3 +88,37 @@ def vm_rss() -> int:
 def builder_events(pipe: Any) -> tuple[int, int]:
     st = pipe.builder.builder.stats["live"]
     return st.events, st.shed
+
+
+class ProcessFrontEnds(Service):
+    """The front ends as a process of their own (`na64daq simulate --to ENDPOINT`): a beam
+    that keeps its schedule whatever the services under test do. In-process, the simulator
+    shares the event loop and the GIL with them; under load it fell behind its schedule
+    and then sent the spills it owed in one burst, which no beam does."""
+
+    name = "frontend"
+
+    def __init__(self, endpoint: str, args: list[str]) -> None:
+        super().__init__()
+        self.argv = [sys.executable, "-m", "daq.cli", "simulate", "--to", endpoint,
+                     "--quiet", *args]
+        self.stdout = ""
+
+    def loops(self) -> dict[str, Loop]:
+        return {"process": self._process}
+
+    async def _process(self) -> None:
+        proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        done = asyncio.ensure_future(proc.communicate())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({done, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if proc.returncode is None:
+                proc.kill()
+            out, err = await done
+        self.stdout = out.decode()
+        if proc.returncode != 0 and not self.stopping.is_set():
+            raise RuntimeError(f"front ends exited {proc.returncode}: {err.decode()[-2000:]}")
