@@ -290,9 +290,10 @@ def sums_from_amplitudes(amps: Mapping[str, BoardAmplitudes], sat: np.ndarray, c
             backend.accumulate_hits(ba.nhit, ba.ch, ba.amp, b.weight, b.group, zthr, sums)
     bp = _beam(p)
     nb = bp.nch if bp is not None else 0
-    f = Features(count, sums, np.empty(count, np.uint8), sat,
-                 np.zeros((count, nb), np.float32), np.zeros((count, nb), np.uint8))
     ba = amps.get("BEAM") if bp is not None else None
+    alloc = np.zeros if ba is None else np.empty  # the beam kernels write every element
+    f = Features(count, sums, np.empty(count, np.uint8), sat,
+                 alloc((count, nb), np.float32), alloc((count, nb), np.uint8))
     if ba is not None and ba.nhit is None:
         backend.beam_dense(ba.amp, ba.npulse, zthr, f.beam_amp, f.beam_npulse)
     elif ba is not None:
@@ -342,6 +343,21 @@ def warm_up(geometry: Geometry, calibration: Calibration) -> None:
             f = compute_features(arrays, 2, mode, p)
             decide(f, p, run=0, spill=0, first=0)
             f.arrays()
+            _warm_up_select(arrays)
+
+
+def _warm_up_select(arrays: Mapping[str, np.ndarray]) -> None:
+    """The accepted-hit selection kernels, for every per-hit dtype (trigger.processor)."""
+    keep = np.flatnonzero(np.ones(2, np.uint8))
+    starts = np.empty(2, np.int64)
+    for name, a in arrays.items():
+        if not hits.is_hit_array(name):
+            continue
+        nhit = _ro(arrays[name.rpartition(".")[0] + ".nhit"])
+        total = kernels.hit_starts(nhit, keep, starts)
+        dst = np.empty((total, *a.shape[1:]), a.dtype)
+        kernels.gather_hits(_ro(a).reshape(-1), int(np.prod(a.shape[1:], dtype=np.int64)),
+                            nhit, keep, starts, dst.reshape(-1))
 
 
 def _warm_up_board(b: BoardParams, p: TriggerParams, layout: str) -> dict[str, np.ndarray]:

@@ -409,3 +409,40 @@ def decide(beam_amp, beam_w, s_idx, v_idx, e_ecal, e_ps, run, spill, first,
             fired |= 8
         cond[e] = c_bits
         bits[e] = fired & enabled
+
+
+#: select_hits: kept events ahead whose first hit is prefetched (kept events lie far apart)
+SELECT_AHEAD = 8
+
+
+@kernel
+def hit_starts(nhit, keep, starts):
+    # first hit of each kept event (keep: ascending, distinct); returns their hits' total
+    h = np.int64(0)
+    total = np.int64(0)
+    j = 0
+    k = keep.shape[0]
+    for e in range(nhit.shape[0]):
+        if j == k:
+            break
+        if e == keep[j]:
+            starts[j] = h
+            total += nhit[e]
+            j += 1
+        h += nhit[e]
+    return total
+
+
+@kernel
+def gather_hits(src, per_hit, nhit, keep, starts, dst):
+    # the kept events' hits in order; src and dst flat, `per_hit` elements per hit
+    o = 0
+    k = keep.shape[0]
+    for j in range(k):
+        if j + SELECT_AHEAD < k:
+            prefetch(src, np.uint64(starts[j + SELECT_AHEAD] * per_hit))
+        s = starts[j] * per_hit
+        n = np.int64(nhit[keep[j]]) * per_hit
+        for i in range(n):
+            dst[o + i] = src[s + i]
+        o += n

@@ -23,7 +23,14 @@ from daq.geometry import Calibration, Geometry
 from daq.wire import Kind, Message
 from trigger import kernels
 from trigger.config import TRIGGER_BITS, parse_config
-from trigger.core import Features, TriggerParams, build_params, compute_features, decide
+from trigger.core import (
+    Features,
+    TriggerParams,
+    _ro,
+    build_params,
+    compute_features,
+    decide,
+)
 from trigger.errors import SliceError
 
 #: marker kinds a worker forwards to both of its outputs
@@ -61,17 +68,31 @@ class SliceResult:
     shadow_error: str | None = None
 
 
-def _select(arrays: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
-    """A built slice's arrays restricted to events `idx` (per-hit arrays: daq.hits.select)."""
+def _select(arrays: Mapping[str, np.ndarray], idx: np.ndarray,
+            backend: ModuleType = kernels) -> dict[str, np.ndarray]:
+    """A built slice's arrays restricted to events `idx` (ascending int64), hits included.
+
+    A board's per-hit arrays keep the hits of the kept events, in order (as daq.hits.select
+    does, in two compiled passes: where each kept event's hits start, then the copy).
+    """
     out = {name: a[idx] for name, a in arrays.items() if not hits.is_hit_array(name)}
+    starts = np.empty(len(idx), np.int64)
     for name in arrays:
         board, _, rest = name.rpartition(".")
         if rest != "nhit":
             continue
-        per_hit = {k: a for k, a in arrays.items()
-                   if hits.is_hit_array(k) and k.rpartition(".")[0] == board}
-        out[name], kept = hits.select(arrays[name], per_hit, idx)
-        out.update(kept)
+        nhit = _ro(arrays[name])
+        total = backend.hit_starts(nhit, idx, starts)
+        end = int(starts[-1]) + int(nhit[idx[-1]]) if len(idx) else 0
+        for k, a in arrays.items():
+            if not hits.is_hit_array(k) or k.rpartition(".")[0] != board:
+                continue
+            if len(a) < end:  # the trigger may not have read this board (full waveforms)
+                raise SliceError("shape", f"{k} has {len(a)} hits, {name} counts more")
+            dst = np.empty((total, *a.shape[1:]), a.dtype)
+            backend.gather_hits(_ro(a).reshape(-1), int(np.prod(a.shape[1:], dtype=np.int64)),
+                                nhit, idx, starts, dst.reshape(-1))
+            out[k] = dst
     return out
 
 
@@ -131,7 +152,7 @@ class SliceProcessor:
                           _fired(shadow) if shadow_hash else {},
                           int(np.count_nonzero(bits)), int(np.count_nonzero(shadow)),
                           shadow_error)
-        res.accepted = self._accepted(msg, res.features, bits, mode)
+        res.accepted = self._accepted(msg, res.features, bits, mode, self.backend)
         return res
 
     def _shadow(self, msg: Message, mode: str, p: TriggerParams, f: Features
@@ -168,9 +189,10 @@ class SliceProcessor:
                        replay=msg.replay)
 
     @staticmethod
-    def _accepted(msg: Message, feat: Message, bits: np.ndarray, mode: str) -> Message:
+    def _accepted(msg: Message, feat: Message, bits: np.ndarray, mode: str,
+                  backend: ModuleType) -> Message:
         idx = np.flatnonzero(bits)
-        arrays = _select(msg.arrays, idx)
+        arrays = _select(msg.arrays, idx, backend)
         for name, a in feat.arrays.items():
             if name not in arrays:
                 arrays[name] = a[idx]

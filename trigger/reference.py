@@ -191,3 +191,18 @@ def decide(beam_amp: np.ndarray, beam_w: np.ndarray, s_idx: np.ndarray, v_idx: n
              | (cal & sel_cal) * 8)
     cond[:] = c_bits
     bits[:] = fired & int(ipar[I_ENABLED])
+
+
+def hit_starts(nhit: np.ndarray, keep: np.ndarray, starts: np.ndarray) -> int:
+    off = hits.offsets(nhit)
+    starts[:] = off[keep]
+    return int(nhit[keep].sum(dtype=np.int64))
+
+
+def gather_hits(src: np.ndarray, per_hit: int, nhit: np.ndarray, keep: np.ndarray,
+                starts: np.ndarray, dst: np.ndarray) -> None:
+    n = nhit[keep].astype(np.int64)
+    first = np.zeros(len(keep), np.int64)
+    np.cumsum(n[:-1], out=first[1:])
+    idx = np.repeat(starts - first, n) + np.arange(int(n.sum()), dtype=np.int64)
+    dst[:] = src.reshape(-1, per_hit)[idx].reshape(-1)

@@ -250,3 +250,35 @@ def test_nothing_accepted_gives_empty_hit_arrays() -> None:
     assert acc.count == 0
     assert acc.arrays["ECAL.nhit"].shape == (0,) and acc.arrays["ECAL.hit_amp"].shape == (0,)
     decode([bytes(memoryview(f)) for f in encode(acc)])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), frac=st.floats(0.0, 1.0),
+       per_hit=st.sampled_from([1, 3, 32]), dtype=st.sampled_from([np.uint8, np.int16]))
+def test_hit_selection_kernels_match_the_reference_and_hits_select(
+        seed: int, n: int, frac: float, per_hit: int, dtype: type) -> None:
+    rng = np.random.default_rng(seed)
+    nhit = rng.integers(0, 6, n).astype(np.uint8)
+    total = int(nhit.sum())
+    src = rng.integers(-200, 200, (total, per_hit)).astype(dtype)
+    keep = np.flatnonzero(rng.random(n) < frac)
+    got = {}
+    for backend in (kernels, reference):
+        starts = np.full(len(keep), -1, np.int64)
+        kept = backend.hit_starts(nhit, keep, starts)
+        dst = np.empty((kept, per_hit), dtype)
+        backend.gather_hits(src.reshape(-1), per_hit, nhit, keep, starts, dst.reshape(-1))
+        got[backend.__name__] = (kept, starts, dst)
+    (k1, s1, d1), (k2, s2, d2) = got.values()
+    assert k1 == k2 and np.array_equal(s1, s2) and np.array_equal(d1, d2)
+    n_sel, want = hits.select(nhit, {"hit_x": src}, keep)
+    assert k1 == int(n_sel.sum()) and np.array_equal(d1, want["hit_x"])
+
+
+def test_accepting_from_a_board_with_fewer_hits_than_it_counts_is_a_slice_error() -> None:
+    from trigger.processor import _select
+
+    arrays = random_slice(np.random.default_rng(8), 40, "feature")
+    arrays["ECAL.hit_t"] = arrays["ECAL.hit_t"][:-1]  # one hit short of what nhit counts
+    with pytest.raises(SliceError, match=r"ECAL\.hit_t has"):
+        _select(arrays, np.arange(40), kernels)

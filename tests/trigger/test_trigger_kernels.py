@@ -18,7 +18,7 @@ from trigger import kernels, reference
 from trigger.config import TriggerConfig
 from trigger.core import Features, build_params, compute_features, decide, warm_up
 from trigger.errors import SliceError
-from trigger.processor import SliceProcessor
+from trigger.processor import SliceProcessor, _select
 
 GEOM, CAL = detector()
 SAMPLES = GEOM.detector.samples
@@ -296,7 +296,8 @@ def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
     warm_up(GEOM, CAL)
     dispatchers = [getattr(kernels, name) for name in (
         "wave_board", "wave_hits", "feature_hits", "accumulate", "accumulate_hits",
-        "beam_dense", "beam_dense_hits", "multiplicity", "decide", "feature_columns")]
+        "beam_dense", "beam_dense_hits", "multiplicity", "decide", "feature_columns",
+        "hit_starts", "gather_hits")]
     before = [len(cast(Any, d).signatures) for d in dispatchers]
     proc = SliceProcessor(GEOM, CAL)
     rng = np.random.default_rng(2)
@@ -313,4 +314,7 @@ def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
             res = proc.process(Message(Kind.SLICE, run=1, spill=0, board="ALL", first=0,
                                        count=50, arrays=a, meta=wire.meta))
             assert res.features.count == 50
+            # what an accepting configuration selects (the random default keeps few)
+            kept = _select(a, np.flatnonzero(np.arange(50) % 3 == 0), kernels)
+            assert len(kept["ts"]) == 17
     assert [len(cast(Any, d).signatures) for d in dispatchers] == before
