@@ -9,6 +9,7 @@ normative description; keep the two in step.
 from __future__ import annotations
 
 import enum
+import math
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -263,6 +264,9 @@ def _verify(h: Mapping[str, Any], v: int, arrays: Mapping[str, np.ndarray],
     return out
 
 
+_DTYPES = {dt: np.dtype(dt) for dt in ALLOWED_DTYPES}
+
+
 def _decode_array(spec: Any, buf: Any) -> tuple[str, np.ndarray]:
     if not (isinstance(spec, list) and len(spec) == 3):
         raise WireError("header", f"array spec {spec!r} is not [name, dtype, shape]")
@@ -277,8 +281,8 @@ def _decode_array(spec: Any, buf: Any) -> tuple[str, np.ndarray]:
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 1 << 40
                        for d in shape)):
         raise WireError("shape", f"array {name!r} has shape {shape!r}")
-    dtype = np.dtype(dt)
-    nbytes = dtype.itemsize * int(np.prod(shape, dtype=np.int64))
+    dtype = _DTYPES[dt]
+    nbytes = dtype.itemsize * math.prod(shape)  # Python ints: no overflow, no NumPy call
     mv = memoryview(buf)
     if mv.nbytes != nbytes:
         reason = "truncated" if mv.nbytes < nbytes else "shape"
