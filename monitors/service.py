@@ -29,6 +29,7 @@ from daq.wire import Kind, Message, decode
 from monitors.aggregate import MonitorInputError, RunAnalysis, Source
 from monitors.alarms import Alarms, Transition
 from monitors.config import MonitorConfig
+from monitors.kernels import warm_up
 from monitors.metrics import SOURCES, MonitorMetrics
 from monitors.summary import SpillSummary
 
@@ -156,6 +157,9 @@ class MonitorService(Service):
         sock = self._sock
         assert sock is not None
         try:
+            # compile (or load from the cache) the aggregation kernel before the first slice,
+            # off the loop: what arrives meanwhile waits in the socket
+            await asyncio.to_thread(warm_up, self.cfg)
             while not self.stopping.is_set():
                 if await sock.poll(timeout=int(self.tick_s * 1000)) == 0:
                     continue

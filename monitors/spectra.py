@@ -13,6 +13,11 @@ from monitors.config import MonitorConfig
 SPECTRA = ("ecal", "hcal", "plane")
 
 
+def spectrum_range(cfg: MonitorConfig) -> tuple[float, float]:
+    """Lower and upper edge (GeV) of every spectrum axis."""
+    return 0.0, cfg.spectrum_max_ratio * cfg.beam_energy_gev
+
+
 @dataclass
 class Spectra:
     """The three histograms of one spill (or, summed, of a run). Energies in GeV."""
@@ -25,10 +30,10 @@ class Spectra:
 
     @classmethod
     def empty(cls, cfg: MonitorConfig) -> Spectra:
-        top = cfg.spectrum_max_ratio * cfg.beam_energy_gev
+        lo, hi = spectrum_range(cfg)
 
         def axis(bins: int, name: str) -> hist.axis.Regular:
-            return hist.axis.Regular(bins, 0.0, top, name=name, label=f"{name} [GeV]")
+            return hist.axis.Regular(bins, lo, hi, name=name, label=f"{name} [GeV]")
 
         return cls(
             ecal=hist.Hist(axis(cfg.ecal_bins, "e_ecal"), storage=hist.storage.Int64()),
