@@ -343,21 +343,36 @@ def warm_up(geometry: Geometry, calibration: Calibration) -> None:
             f = compute_features(arrays, 2, mode, p)
             decide(f, p, run=0, spill=0, first=0)
             f.arrays()
-            _warm_up_select(arrays)
+            select_events(arrays, np.arange(2, dtype=np.int64))  # accepted hits
 
 
-def _warm_up_select(arrays: Mapping[str, np.ndarray]) -> None:
-    """The accepted-hit selection kernels, for every per-hit dtype (trigger.processor)."""
-    keep = np.flatnonzero(np.ones(2, np.uint8))
-    starts = np.empty(2, np.int64)
-    for name, a in arrays.items():
-        if not hits.is_hit_array(name):
+def select_events(arrays: Mapping[str, np.ndarray], idx: np.ndarray,
+                  backend: ModuleType = kernels) -> dict[str, np.ndarray]:
+    """A built slice's arrays restricted to events `idx` (ascending int64), hits included.
+
+    A board's per-hit arrays keep the hits of the kept events, in order (what
+    daq.hits.select does, in two compiled passes: where each kept event's hits start, then
+    the copy). Raises SliceError when a per-hit array is shorter than its `nhit` counts.
+    """
+    out = {name: a[idx] for name, a in arrays.items() if not hits.is_hit_array(name)}
+    starts = np.empty(len(idx), np.int64)
+    for name in arrays:
+        board, _, rest = name.rpartition(".")
+        if rest != "nhit":
             continue
-        nhit = _ro(arrays[name.rpartition(".")[0] + ".nhit"])
-        total = kernels.hit_starts(nhit, keep, starts)
-        dst = np.empty((total, *a.shape[1:]), a.dtype)
-        kernels.gather_hits(_ro(a).reshape(-1), int(np.prod(a.shape[1:], dtype=np.int64)),
-                            nhit, keep, starts, dst.reshape(-1))
+        nhit = _ro(arrays[name])
+        total = backend.hit_starts(nhit, idx, starts)
+        end = int(starts[-1]) + int(nhit[idx[-1]]) if len(idx) else 0
+        for k, a in arrays.items():
+            if not hits.is_hit_array(k) or k.rpartition(".")[0] != board:
+                continue
+            if len(a) < end:  # the trigger may not have read this board (full waveforms)
+                raise SliceError("shape", f"{k} has {len(a)} hits, {name} counts more")
+            dst = np.empty((total, *a.shape[1:]), a.dtype)
+            backend.gather_hits(_ro(a).reshape(-1), int(np.prod(a.shape[1:], dtype=np.int64)),
+                                nhit, idx, starts, dst.reshape(-1))
+            out[k] = dst
+    return out
 
 
 def _warm_up_board(b: BoardParams, p: TriggerParams, layout: str) -> dict[str, np.ndarray]:

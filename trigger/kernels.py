@@ -411,7 +411,7 @@ def decide(beam_amp, beam_w, s_idx, v_idx, e_ecal, e_ps, run, spill, first,
         bits[e] = fired & enabled
 
 
-#: select_hits: kept events ahead whose first hit is prefetched (kept events lie far apart)
+#: gather_hits: kept events ahead whose first hit is prefetched (kept events lie far apart)
 SELECT_AHEAD = 8
 
 

@@ -9,14 +9,12 @@ a replay. Messages leave without `seq`: each output stream numbers its own (`Sta
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from daq import hits
 from daq.config import content_hash
 from daq.errors import ConfigError
 from daq.geometry import Calibration, Geometry
@@ -26,10 +24,10 @@ from trigger.config import TRIGGER_BITS, parse_config
 from trigger.core import (
     Features,
     TriggerParams,
-    _ro,
     build_params,
     compute_features,
     decide,
+    select_events,
 )
 from trigger.errors import SliceError
 
@@ -66,34 +64,6 @@ class SliceResult:
     kept: int = 0
     shadow_kept: int = 0
     shadow_error: str | None = None
-
-
-def _select(arrays: Mapping[str, np.ndarray], idx: np.ndarray,
-            backend: ModuleType = kernels) -> dict[str, np.ndarray]:
-    """A built slice's arrays restricted to events `idx` (ascending int64), hits included.
-
-    A board's per-hit arrays keep the hits of the kept events, in order (as daq.hits.select
-    does, in two compiled passes: where each kept event's hits start, then the copy).
-    """
-    out = {name: a[idx] for name, a in arrays.items() if not hits.is_hit_array(name)}
-    starts = np.empty(len(idx), np.int64)
-    for name in arrays:
-        board, _, rest = name.rpartition(".")
-        if rest != "nhit":
-            continue
-        nhit = _ro(arrays[name])
-        total = backend.hit_starts(nhit, idx, starts)
-        end = int(starts[-1]) + int(nhit[idx[-1]]) if len(idx) else 0
-        for k, a in arrays.items():
-            if not hits.is_hit_array(k) or k.rpartition(".")[0] != board:
-                continue
-            if len(a) < end:  # the trigger may not have read this board (full waveforms)
-                raise SliceError("shape", f"{k} has {len(a)} hits, {name} counts more")
-            dst = np.empty((total, *a.shape[1:]), a.dtype)
-            backend.gather_hits(_ro(a).reshape(-1), int(np.prod(a.shape[1:], dtype=np.int64)),
-                                nhit, idx, starts, dst.reshape(-1))
-            out[k] = dst
-    return out
 
 
 def _fired(bits: np.ndarray) -> dict[str, int]:
@@ -192,7 +162,7 @@ class SliceProcessor:
     def _accepted(msg: Message, feat: Message, bits: np.ndarray, mode: str,
                   backend: ModuleType) -> Message:
         idx = np.flatnonzero(bits)
-        arrays = _select(msg.arrays, idx, backend)
+        arrays = select_events(msg.arrays, idx, backend)
         for name, a in feat.arrays.items():
             if name not in arrays:
                 arrays[name] = a[idx]

@@ -201,8 +201,5 @@ def hit_starts(nhit: np.ndarray, keep: np.ndarray, starts: np.ndarray) -> int:
 
 def gather_hits(src: np.ndarray, per_hit: int, nhit: np.ndarray, keep: np.ndarray,
                 starts: np.ndarray, dst: np.ndarray) -> None:
-    n = nhit[keep].astype(np.int64)
-    first = np.zeros(len(keep), np.int64)
-    np.cumsum(n[:-1], out=first[1:])
-    idx = np.repeat(starts - first, n) + np.arange(int(n.sum()), dtype=np.int64)
-    dst[:] = src.reshape(-1, per_hit)[idx].reshape(-1)
+    _, kept = hits.select(nhit, {"hit": src.reshape(-1, per_hit)}, keep)
+    dst[:] = kept["hit"].reshape(-1)

@@ -14,7 +14,7 @@ from daq.config import content_hash
 from daq.wire import Kind, Message, decode, encode
 from trigger import kernels, reference
 from trigger.config import TriggerConfig
-from trigger.core import Features, build_params, compute_features, decide
+from trigger.core import Features, build_params, compute_features, decide, select_events
 from trigger.errors import SliceError
 from trigger.processor import SliceProcessor
 
@@ -255,7 +255,7 @@ def test_nothing_accepted_gives_empty_hit_arrays() -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 300), frac=st.floats(0.0, 1.0),
        per_hit=st.sampled_from([1, 3, 32]), dtype=st.sampled_from([np.uint8, np.int16]))
-def test_hit_selection_kernels_match_the_reference_and_hits_select(
+def test_hit_selection_kernels_match_the_reference_and_hitsselect_events(
         seed: int, n: int, frac: float, per_hit: int, dtype: type) -> None:
     rng = np.random.default_rng(seed)
     nhit = rng.integers(0, 6, n).astype(np.uint8)
@@ -276,9 +276,7 @@ def test_hit_selection_kernels_match_the_reference_and_hits_select(
 
 
 def test_accepting_from_a_board_with_fewer_hits_than_it_counts_is_a_slice_error() -> None:
-    from trigger.processor import _select
-
     arrays = random_slice(np.random.default_rng(8), 40, "feature")
     arrays["ECAL.hit_t"] = arrays["ECAL.hit_t"][:-1]  # one hit short of what nhit counts
     with pytest.raises(SliceError, match=r"ECAL\.hit_t has"):
-        _select(arrays, np.arange(40), kernels)
+        select_events(arrays, np.arange(40), kernels)

@@ -16,9 +16,9 @@ from daq.config import content_hash
 from daq.wire import Kind, Message, decode, encode
 from trigger import kernels, reference
 from trigger.config import TriggerConfig
-from trigger.core import Features, build_params, compute_features, decide, warm_up
+from trigger.core import Features, build_params, compute_features, decide, select_events, warm_up
 from trigger.errors import SliceError
-from trigger.processor import SliceProcessor, _select
+from trigger.processor import SliceProcessor
 
 GEOM, CAL = detector()
 SAMPLES = GEOM.detector.samples
@@ -315,6 +315,6 @@ def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
                                        count=50, arrays=a, meta=wire.meta))
             assert res.features.count == 50
             # what an accepting configuration selects (the random default keeps few)
-            kept = _select(a, np.flatnonzero(np.arange(50) % 3 == 0), kernels)
+            kept = select_events(a, np.flatnonzero(np.arange(50) % 3 == 0), kernels)
             assert len(kept["ts"]) == 17
     assert [len(cast(Any, d).signatures) for d in dispatchers] == before
