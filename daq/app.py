@@ -34,14 +34,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def mqtt_settings(cfg: StackConfig) -> Any:
-    """MqttSettings from the topology's broker URL and the NA64_MQTT_* environment."""
+def mqtt_settings(cfg: StackConfig, service: str | None = None) -> Any:
+    """MqttSettings from the topology's broker URL and the NA64_MQTT_* environment.
+
+    A service's own account, NA64_MQTT_<SERVICE>_USERNAME/_PASSWORD (e.g. _BUILDER_), wins
+    over the shared one: under `na64daq up` every process gets the same environment, and
+    each service publishes its status under its own user name (the ACL's `%u`).
+    """
     if cfg.mqtt is None:
         return None
-    from daq.control.mqtt import ENV_URL, MqttSettings
+    from daq.control.mqtt import ENV_PASSWORD, ENV_URL, ENV_USER, MqttSettings
 
     env = dict(os.environ)
     env[ENV_URL] = cfg.mqtt
+    if service is not None:
+        tag = service.upper()
+        own = {k: os.environ.get(k.replace("NA64_MQTT_", f"NA64_MQTT_{tag}_"))
+               for k in (ENV_USER, ENV_PASSWORD)}
+        if all(own.values()):
+            env.update({k: v for k, v in own.items() if v is not None})
     return MqttSettings.from_mapping(env, source="the environment")
 
 
@@ -144,7 +155,7 @@ class Factory:
         from monitors.service import MonitorService
         from monitors.service import MqttSettings as MonitorMqtt
 
-        ms = mqtt_settings(self.cfg)
+        ms = mqtt_settings(self.cfg, "monitor")
         mqtt = None if ms is None else MonitorMqtt(
             host=ms.host, port=ms.port, username=ms.username,
             password=ms.password.get_secret_value(), client_id=f"na64-monitor-{ms.username}")

@@ -45,17 +45,44 @@ def _build(name: str, cfg: StackConfig, index: int, registry: CollectorRegistry)
     raise ConfigError("service", name, "frontend, builder, trigger, recorder or monitor")
 
 
+def _builder_control(cfg: StackConfig, builder: Service, registry: CollectorRegistry
+                     ) -> Service | None:
+    """With a broker in the topology, trigger configuration over MQTT in the builder's
+    process: run control over BuilderDataPath (the front ends drive the runs here). Its
+    state and audit trail persist in `run_dir/control`; its series join the builder's."""
+    if cfg.mqtt is None:
+        return None
+    from daq.app import mqtt_settings
+    from daq.builder_service import BuilderService
+    from daq.control.datapath import BuilderDataPath
+    from daq.control.service import RunControlService
+    from daq.control.store import StateStore
+
+    assert isinstance(builder, BuilderService)
+    return RunControlService(mqtt_settings(cfg, "builder"),
+                             StateStore(Path(cfg.run_dir) / "control"),
+                             BuilderDataPath(builder.builder), registry=registry)
+
+
 async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
     """Run one service until its input ends or SIGTERM/SIGINT asks it to drain and stop."""
     registry = CollectorRegistry()
     svc = _build(name, cfg, index, registry)
+    control = _builder_control(cfg, svc, registry) if name == "builder" else None
     server = MetricsServer(registry, port=cfg.metrics.port(name, index), addr=cfg.metrics.addr)
     loop = asyncio.get_running_loop()
     on_stop_signals(loop, svc.stop)
     print(f"{name}{index if name == 'trigger' else ''}: metrics at {server.url}", flush=True)
     try:
-        async with svc:
-            await svc.wait()
+        async with contextlib.AsyncExitStack() as stack:
+            if control is not None:
+                await stack.enter_async_context(control)
+            async with svc:
+                await svc.wait()
+            if control is not None:  # leave the broker cleanly: status "offline", no will
+                control.stop()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(control.wait(), 5.0)
     finally:
         ignore_stop_signals(loop)
         server.close()

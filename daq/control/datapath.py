@@ -4,7 +4,9 @@ The real implementation (wired by the builder service) opens and closes runs in 
 stream (`run_start` carries the snapshot, so the recorder writes it into the run file),
 drains in-flight slices before `run_stop`, and stamps a new trigger configuration from
 the next spill boundary on. The twin does the same bookkeeping without a stream; tests
-and the single-process demo drive its spills by hand.
+and the single-process demo drive its spills by hand. `BuilderDataPath` is run control in
+the builder's process under `na64daq up`, where the front ends drive the runs: trigger
+configuration only.
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ import abc
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daq.control.core import Activation
 from daq.errors import StateError
 
+if TYPE_CHECKING:
+    from daq.builder import EventBuilder
+
 
 class DataPath(abc.ABC):
     """The data-path operations run control needs."""
+
+    #: False where the front ends start and stop runs themselves (`na64daq up`): run
+    #: control then refuses run commands and takes trigger configuration only
+    takes_runs: bool = True
 
     @abc.abstractmethod
     async def start_run(self, run: int, snapshot: Mapping[str, Any]) -> None:
@@ -132,3 +141,44 @@ class MemoryDataPath(DataPath):
         self._pending = None
         self.active_config = config
         self._activations.put_nowait(Activation(config, who, self._clock(), self.run, spill))
+
+
+class BuilderDataPath(DataPath):
+    """Run control in the event builder's process (`na64daq up` with a broker): trigger
+    configuration only.
+
+    The builder is where a configuration is stamped on every slice, so a change given to
+    it becomes active at the next spill start, which it reports with the run and spill.
+    Runs are opened and closed by the front ends' own run markers in this deployment, so
+    run commands are refused before they reach here (`takes_runs`).
+    """
+
+    takes_runs = False
+
+    def __init__(self, builder: EventBuilder, *, clock: Callable[[], float] = time.time
+                 ) -> None:
+        self.builder = builder
+        self._clock = clock
+        self._activations: asyncio.Queue[Activation] = asyncio.Queue()
+        builder.on_activate = self._activated  # called by builder.feed, on this loop
+
+    def _activated(self, config: dict[str, Any], who: str, run: int, spill: int) -> None:
+        self._activations.put_nowait(Activation(config, who, self._clock(), run, spill))
+
+    async def set_trigger_config(self, config: Mapping[str, Any], who: str) -> None:
+        self.builder.set_trigger_config(dict(config), who)
+
+    async def activation(self) -> Activation:
+        return await self._activations.get()
+
+    async def start_run(self, run: int, snapshot: Mapping[str, Any]) -> None:
+        raise StateError("driven by the front ends", "start_run")
+
+    async def stop_run(self) -> dict[str, int]:
+        raise StateError("driven by the front ends", "stop_run")
+
+    async def pause(self) -> None:
+        raise StateError("driven by the front ends", "pause")
+
+    async def resume(self) -> None:
+        raise StateError("driven by the front ends", "resume")

@@ -2,9 +2,10 @@
 
     python -m daq.control.service --state-dir DIR [--credentials FILE] [--metrics-port N]
 
-runs it with the in-memory data path: across processes the builder and front ends do not
-yet take runs and trigger changes over MQTT; in one process `na64daq demo --mqtt` runs
-control over the real data path (daq.app.PipelineDataPath). Requests are handled
+runs it with the in-memory data path. In one process `na64daq demo --mqtt` runs control
+over the real data path (daq.app.PipelineDataPath); across processes (`na64daq up` with a
+broker) it runs in the builder's process over daq.control.datapath.BuilderDataPath, taking
+trigger configuration only (the front ends drive the runs there). Requests are handled
 one at a time; state is persisted before a request is answered, so an acknowledged change
 survives a crash.
 """
@@ -129,11 +130,13 @@ class RunControlService(Service):
                 act = self.core.state.trigger_active
                 await self.datapath.set_trigger_config(act["config"], act["who"])
                 self._restored = True
+            # subscribed before "online" is said: a request sent as soon as a client sees
+            # it must not arrive before the subscription (QoS 1 is not kept for nobody)
+            await c.subscribe(P.RUN_CMD_SUB, qos=1)
+            await c.subscribe(P.DESIRED_SUB, qos=1)
             await self._publish_state()
             await self._publish_trigger(history=True)
             await c.publish(self.status_topic, self._status("online"), qos=1, retain=True)
-            await c.subscribe(P.RUN_CMD_SUB, qos=1)
-            await c.subscribe(P.DESIRED_SUB, qos=1)
             self.ready.set()
             tasks = [asyncio.create_task(self._commands(c), name=f"{self.name}.commands"),
                      asyncio.create_task(self._activations(), name=f"{self.name}.activations"),
@@ -180,6 +183,10 @@ class RunControlService(Service):
                 # a retained command would be replayed at every (re)subscription
                 raise P.ProtocolError(P.MALFORMED, "commands must not be retained")
             req = P.parse(topic, payload)
+            if kind == "run" and not self.datapath.takes_runs:
+                raise P.ProtocolError(P.STATE, "runs are started and stopped by the front "
+                                      "ends in this deployment; this control service takes "
+                                      "trigger configuration only", req.id)
             plan = self.core.plan(req)
         except P.ProtocolError as e:
             log.info("refused %s on %s: %s", e.code, topic, e.reason)
@@ -262,7 +269,10 @@ class RunControlService(Service):
         self._run_number.set(st.run.run if st.run else st.last_run)
         self._run_open.set(1 if st.state.value in ("running", "paused") else 0)
         assert self._client is not None
-        await self._client.publish(P.RUN_STATE, P.dumps(self.core.status()), qos=1, retain=True)
+        doc = self.core.status()
+        if not self.datapath.takes_runs:  # say so, rather than offer commands it refuses
+            doc |= {"allowed": [], "runs_by": "front ends"}
+        await self._client.publish(P.RUN_STATE, P.dumps(doc), qos=1, retain=True)
 
     async def _publish_trigger(self, *, history: bool = False) -> None:
         c, st = self._client, self.core.state

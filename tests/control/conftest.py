@@ -19,7 +19,7 @@ import pytest
 from daq.control.broker import DEPLOY_DIR, create_password_file
 from tests.conftest import require_binary, start_mosquitto, stop_pid
 
-USERS = ("shift", "expert", "runcontrol", "monitor")
+USERS = ("shift", "expert", "runcontrol", "builder", "monitor")
 
 
 @dataclass
