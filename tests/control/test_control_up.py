@@ -111,3 +111,20 @@ async def test_trigger_change_over_mqtt_under_up(secure_broker: SecureBroker, tm
     assert all(v == (55 if s >= from_spill else 90) for s, v in cfgs.items()), cfgs
     [config] = [m for m in msgs if m.kind is Kind.CONFIG and m.spill == from_spill]
     assert config.meta["who"] == "expert" and config.meta["trigger_config"]["ecal_max_gev"] == 55
+
+
+def test_each_service_may_log_in_with_its_own_account(monkeypatch: pytest.MonkeyPatch) -> None:
+    from daq.app import mqtt_settings
+    from daq.stack import StackConfig
+
+    cfg = StackConfig.parse({"mqtt": "mqtt://127.0.0.1:1883"})
+    monkeypatch.setenv("NA64_MQTT_USERNAME", "shared")
+    monkeypatch.setenv("NA64_MQTT_PASSWORD", "pw")
+    monkeypatch.setenv("NA64_MQTT_BUILDER_USERNAME", "builder")
+    assert mqtt_settings(cfg, "builder").username == "shared"  # half an account: not used
+    monkeypatch.setenv("NA64_MQTT_BUILDER_PASSWORD", "bpw")
+    own = mqtt_settings(cfg, "builder")
+    assert (own.username, own.password.get_secret_value()) == ("builder", "bpw")
+    assert mqtt_settings(cfg, "monitor").username == "shared"
+    assert mqtt_settings(cfg).username == "shared"
+    assert mqtt_settings(StackConfig.parse({}), "builder") is None
