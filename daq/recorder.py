@@ -4,7 +4,9 @@
 `run_start`, writes what it is given, holds a `spill_end` back until one output of each
 of the `slices` built slices it announces has been written (trigger workers may reorder
 them), so that the fsync at the spill end covers the whole spill, and closes the file at
-`run_stop`. `RecorderService` wraps it with a PULL socket and Prometheus metrics, and
+`run_stop`. A spill_end that died with a worker is written from the builder's repeat of it
+in the next spill_start or the run_stop (`previous_end`, marked `copy_of`).
+`RecorderService` wraps it with a PULL socket and Prometheus metrics, and
 `python -m daq.recorder --listen ENDPOINT --dir DIR` runs it as a process.
 """
 
@@ -50,6 +52,7 @@ class _OpenSpill:
     outputs: int = 0
     end: Message | None = None
     t_end: float = 0.0
+    copy: bool = False  # `end` was made from the builder's repeat of it (`previous_end`)
 
 
 @dataclass
@@ -88,6 +91,12 @@ class Recording:
     closed_runs: set[tuple[int, bool]] = field(default_factory=set)
     _held_stop: Message | None = None
     _t_stop: float = 0.0
+    #: how long a spill end made from `previous_end` waits for the original (which carries
+    #: more: events per board, skipped, cfg) before it is written in its place
+    copy_grace_s: float = 1.0
+    end_copies: int = 0  # spill ends written from the builder's repeat (the original died)
+    _started: set[int] = field(default_factory=set)  # spills whose spill_start is in the file
+    _ended: set[int] = field(default_factory=set)  # spills whose spill_end is in the file
 
     def handle(self, msg: Message, now: float) -> int:
         """Record one message; returns the bytes written (0 if held back or ignored)."""
@@ -121,6 +130,7 @@ class Recording:
         if self.writer is None or not wanted:
             self.ignored += 1
             return 0
+        self._adopt_previous_end(msg, now)
         if msg.kind is Kind.RUN_STOP:
             if self._spills and not self.raw:
                 # several workers: accepted events of the last spills may still be on their
@@ -129,10 +139,15 @@ class Recording:
                 return 0
             return self._stop(msg)
         if msg.kind is Kind.SPILL_END and not self.raw:
+            if msg.spill in self._ended:  # its copy was written in its place: not twice
+                self.ignored += 1
+                return 0
             sp = self._spills.setdefault(msg.spill, _OpenSpill())
-            sp.end, sp.t_end = msg, now
+            sp.end, sp.t_end, sp.copy = msg, now, False  # the original wins over a copy
             return self._settle(msg.spill)
         n = self._write(msg)
+        if msg.kind is Kind.SPILL_START:
+            self._started.add(msg.spill)
         if msg.kind is Kind.ACCEPTED:
             self.counts.events += msg.count
             if not self.raw:
@@ -140,9 +155,33 @@ class Recording:
                 n += self._settle(msg.spill)
         return n
 
-    def _settle(self, spill: int, force: bool = False) -> int:
+    def _adopt_previous_end(self, msg: Message, now: float) -> None:
+        """The builder repeats each spill's end in the next spill_start and in run_stop: the
+        spill_end itself travels through one worker, and dies with it. A spill whose start
+        is in the file and whose end has not come gets its end from the repeat (marked
+        `copy_of`), after `copy_grace_s` unless the original comes first."""
+        prev = msg.meta.get("previous_end")
+        if self.raw or msg.kind not in (Kind.SPILL_START, Kind.RUN_STOP) \
+                or not isinstance(prev, dict) or prev.get("run", msg.run) != msg.run:
+            return
+        spill, slices = prev.get("spill"), prev.get("slices")
+        if not all(type(v) is int and v >= 0 for v in (spill, slices)):
+            return
+        assert isinstance(spill, int)
+        if spill not in self._started or spill in self._ended:
+            return
+        sp = self._spills.setdefault(spill, _OpenSpill())
+        if sp.end is not None:
+            return
+        sp.end = Message(Kind.SPILL_END, run=msg.run, spill=spill, src=msg.src,
+                         meta={**prev, "copy_of": "previous_end"}, replay=msg.replay)
+        sp.t_end, sp.copy = now, True
+
+    def _settle(self, spill: int, force: bool = False, now: float | None = None) -> int:
         sp = self._spills[spill]
         if sp.end is None:
+            return 0
+        if sp.copy and not force and (now is None or now - sp.t_end < self.copy_grace_s):
             return 0
         want = int(sp.end.meta.get("slices", 0) or 0)
         if sp.outputs < want and not force:
@@ -150,6 +189,8 @@ class Recording:
         if sp.outputs < want:
             self.incomplete_spills += 1
         del self._spills[spill]
+        self._ended.add(spill)
+        self.end_copies += sp.copy
         n = self._write(sp.end)
         if self._held_stop is not None and not self._spills:
             n += self._stop(self._held_stop)
@@ -175,6 +216,9 @@ class Recording:
         late = [s for s, sp in self._spills.items()
                 if sp.end is not None and now - sp.t_end >= self.spill_timeout_s]
         n = sum(self._settle(s, force=True) for s in late)
+        copies = [s for s, sp in self._spills.items()
+                  if sp.copy and now - sp.t_end >= self.copy_grace_s]
+        n += sum(self._settle(s, now=now) for s in copies)
         if self._held_stop is not None and now - self._t_stop >= self.spill_timeout_s:
             for s in sorted(self._spills):  # a spill whose end never came: close what we have
                 self.incomplete_spills += 1
@@ -189,6 +233,7 @@ class Recording:
         self.run, self.replay = msg.run, msg.replay
         self.counts = FileCounts()
         self._spills = {}
+        self._started, self._ended = set(), set()
         meta = msg.meta
         name = run_file_name(msg.run)
         if msg.replay:
@@ -276,6 +321,9 @@ class RecorderService(Service):
         self.m_ignored = Counter("na64_recorder_ignored",
                                  "Messages not recorded (no run open for them, or of a kind "
                                  "the recorder does not keep)", registry=registry)
+        self.m_end_copies = Counter(
+            "na64_recorder_spill_end_copies", "Spill ends written from the builder's repeat "
+            "of them (previous_end): the original died with a worker", registry=registry)
         self.m_resumed = Counter("na64_recorder_resumed_files",
                                  "Continuation files opened for a run already under way "
                                  "(the recorder was restarted in the middle of it)",
@@ -334,9 +382,10 @@ class RecorderService(Service):
         r = self.rec
         files, bad, recs, nbytes = len(r.files), r.incomplete_spills, r.total_records, \
             r.total_bytes
-        ignored, resumed = r.ignored, r.resumed
+        ignored, resumed, copies = r.ignored, r.resumed, r.end_copies
         step()
         self.m_ignored.inc(r.ignored - ignored)
+        self.m_end_copies.inc(r.end_copies - copies)
         self.m_resumed.inc(r.resumed - resumed)
         self.m_records.labels(src).inc(r.total_records - recs)
         self.m_bytes.labels(src).inc(r.total_bytes - nbytes)
