@@ -316,7 +316,8 @@ class EventBuilder:
         self.stats["replay" if msg.replay else "live"].spills += 1
         out.append(self._emit(Kind.SPILL_START, msg.run, msg.spill, msg.replay, meta={
             "t0_ns": int(msg.meta.get("t0_ns", 0) or 0), "cfg": h, "trigger_config": cfg,
-            "shadow_config": self._shadow, "previous_end": self._previous_end}))
+            "shadow_config": self._shadow, "previous_end": self._previous_end,
+            "resumed": st.joined}))
         return st
 
     def _slice(self, board: str, msg: Message, stats: Stats, now: float,

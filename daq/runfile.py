@@ -77,12 +77,14 @@ class _SpillTally:
     starts: int = 0
     ends: int = 0
 
-    def note(self, kind: Kind, nbytes: int) -> None:
+    def note(self, msg: Message, nbytes: int) -> None:
         self.records += 1
         self.bytes += nbytes
-        if kind is Kind.SPILL_START:
+        # a restarted builder starts the spill it joined again, flagged `resumed`, and ends
+        # it once: that start continues the spill, it does not open a second one
+        if msg.kind is Kind.SPILL_START and not (self.starts and msg.meta.get("resumed")):
             self.starts += 1
-        elif kind is Kind.SPILL_END:
+        elif msg.kind is Kind.SPILL_END:
             self.ends += 1
 
     @property
@@ -184,7 +186,7 @@ class RunFileWriter:
         n = _REC.size + size
         if msg.kind not in _RUN_KINDS:
             tally = self._spills.setdefault(msg.spill, _SpillTally(self._offset))
-            tally.note(msg.kind, n)
+            tally.note(msg, n)
         self._offset += n
         self._records += 1
         if msg.kind is Kind.SPILL_END:
@@ -352,7 +354,7 @@ class RunFileReader:
             if msg is None:
                 break
             if msg.kind not in _RUN_KINDS:
-                tallies.setdefault(msg.spill, _SpillTally(off)).note(msg.kind, n)
+                tallies.setdefault(msg.spill, _SpillTally(off)).note(msg, n)
             off += n
             rep.records += 1
             rep.bytes_read += n

@@ -146,3 +146,21 @@ def test_rotation_at_spill_boundaries(tmp_path: Path) -> None:
         spills = RunFileReader(f).spill_index
         assert spills is not None and all(i.complete for i in spills.values())
     assert np.array_equal([RunFileReader(f).header["part"] for f in files], range(len(files)))
+
+
+@pytest.mark.parametrize("resumed", [True, False])
+def test_a_restarted_builders_start_continues_its_spill(tmp_path: Path, resumed: bool) -> None:
+    # the old builder started spill 1 and died; the restarted one joined it (`resumed`) and
+    # ended it. Two starts that are both new leave the spill open: one end is missing.
+    m = [Message(kind=Kind.RUN_START, run=1, src="builder", meta={"config": {}}),
+         Message(kind=Kind.SPILL_START, run=1, spill=1, src="builder", meta={"resumed": False}),
+         Message(kind=Kind.SPILL_START, run=1, spill=1, src="builder",
+                 meta={"resumed": resumed}),
+         Message(kind=Kind.SPILL_END, run=1, spill=1, src="builder", meta={"resumed": resumed}),
+         Message(kind=Kind.RUN_STOP, run=1, spill=1, src="builder")]
+    path = tmp_path / "run1.na64"
+    _write(path, m)
+    r = RunFileReader(path)
+    list(r)
+    assert r.report.spills[1].complete is resumed
+    assert r.spill_index[1].complete is resumed  # type: ignore[index]
