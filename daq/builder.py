@@ -186,6 +186,16 @@ class EventBuilder:
         self._next_cfg = (cfg, h, who)
         return h
 
+    def resume_trigger_config(self, cfg: dict[str, Any], who: str) -> str:
+        """Make `cfg` active at once: a restarted builder takes up the configuration run
+        control had made active before, from its first slice (not from the next spill,
+        which would build the rest of this one with the default). Returns its hash."""
+        h = content_hash(cfg)
+        if h != self._active[1]:
+            self._active = (cfg, h, who)
+            self._announced = False  # the next spill_start writes a config marker
+        return h
+
     def set_shadow_config(self, cfg: dict[str, Any] | None) -> None:
         """Evaluate `cfg` alongside from the next spill start (None: no shadow)."""
         self._next_shadow = (cfg,)

@@ -59,9 +59,11 @@ def _builder_control(cfg: StackConfig, builder: Service, registry: CollectorRegi
     from daq.control.store import StateStore
 
     assert isinstance(builder, BuilderService)
-    return RunControlService(mqtt_settings(cfg, "builder"),
-                             StateStore(Path(cfg.run_dir) / "control"),
-                             BuilderDataPath(builder.builder), registry=registry)
+    store = StateStore(Path(cfg.run_dir) / "control")
+    active = store.load().trigger_active  # before the first slice, not at broker connect
+    return RunControlService(mqtt_settings(cfg, "builder"), store,
+                             BuilderDataPath(builder.builder, active=active),
+                             registry=registry)
 
 
 async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:

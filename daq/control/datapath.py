@@ -55,6 +55,11 @@ class DataPath(abc.ABC):
     async def activation(self) -> Activation:
         """Wait for the next configuration to become active and say from which spill."""
 
+    async def resume_trigger_config(self, config: Mapping[str, Any], who: str) -> None:
+        """Run control restarted: give the data path what was active before. A data path
+        that starts empty takes it like any change; one that can apply it at once does."""
+        await self.set_trigger_config(config, who)
+
 
 class MemoryDataPath(DataPath):
     """In-memory twin: counts spills and events it is told about, activates at spill starts."""
@@ -155,18 +160,26 @@ class BuilderDataPath(DataPath):
 
     takes_runs = False
 
-    def __init__(self, builder: EventBuilder, *, clock: Callable[[], float] = time.time
-                 ) -> None:
+    def __init__(self, builder: EventBuilder, *, active: Mapping[str, Any] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        """`active`: run control's persisted active record (`config`, `who`), applied to
+        the builder at once, before it takes its first message (a restarted builder must
+        not build with the default until the broker connection is up)."""
         self.builder = builder
         self._clock = clock
         self._activations: asyncio.Queue[Activation] = asyncio.Queue()
         builder.on_activate = self._activated  # called by builder.feed, on this loop
+        if active is not None:
+            builder.resume_trigger_config(dict(active["config"]), str(active["who"]))
 
     def _activated(self, config: dict[str, Any], who: str, run: int, spill: int) -> None:
         self._activations.put_nowait(Activation(config, who, self._clock(), run, spill))
 
     async def set_trigger_config(self, config: Mapping[str, Any], who: str) -> None:
         self.builder.set_trigger_config(dict(config), who)
+
+    async def resume_trigger_config(self, config: Mapping[str, Any], who: str) -> None:
+        self.builder.resume_trigger_config(dict(config), who)
 
     async def activation(self) -> Activation:
         return await self._activations.get()

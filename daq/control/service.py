@@ -128,7 +128,7 @@ class RunControlService(Service):
             if self.core.state.trigger_active is not None and not self._restored:
                 # the data path starts empty: give it what was active before the restart
                 act = self.core.state.trigger_active
-                await self.datapath.set_trigger_config(act["config"], act["who"])
+                await self.datapath.resume_trigger_config(act["config"], act["who"])
                 self._restored = True
             # subscribed before "online" is said: a request sent as soon as a client sees
             # it must not arrive before the subscription (QoS 1 is not kept for nobody)

@@ -128,3 +128,37 @@ def test_each_service_may_log_in_with_its_own_account(monkeypatch: pytest.Monkey
     assert mqtt_settings(cfg, "monitor").username == "shared"
     assert mqtt_settings(cfg).username == "shared"
     assert mqtt_settings(StackConfig.parse({}), "builder") is None
+
+
+def test_the_builder_starts_with_what_run_control_had_made_active(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `serve builder` under a broker reads run control's persisted state before it takes a
+    # slice: a restarted builder does not build with the default until the broker answers
+    from prometheus_client import CollectorRegistry
+
+    from daq.app import Factory
+    from daq.config import content_hash
+    from daq.control.state import ControlState
+    from daq.control.store import StateStore
+    from daq.launch import _builder_control
+    from daq.stack import StackConfig
+    from trigger.config import TriggerConfig
+
+    new = TriggerConfig.parse({"ecal_max_gev": 55}).model_dump(mode="json")
+    store = StateStore(tmp_path / "runs" / "control")
+    store.save(ControlState(trigger_active={"config": new, "who": "expert", "cfg": "x"}))
+    ep = iter(free_tcp_port() for _ in range(4))
+    cfg = StackConfig.parse({
+        "run_dir": str(tmp_path / "runs"), "mqtt": "mqtt://127.0.0.1:1",
+        "endpoints": {k: f"tcp://127.0.0.1:{next(ep)}"
+                      for k in ("builder_in", "builder_out", "recorder", "monitor")}})
+    monkeypatch.setenv("NA64_MQTT_USERNAME", "builder")  # never connects in this test
+    monkeypatch.setenv("NA64_MQTT_PASSWORD", "unused")
+    svc = Factory(cfg).builder(CollectorRegistry())
+    try:
+        assert svc.builder.active_config[1] != content_hash(new)  # the default, so far
+        assert _builder_control(cfg, svc, CollectorRegistry()) is not None
+        assert svc.builder.active_config == (new, content_hash(new))
+    finally:
+        svc.pull.close(linger=0)
+        svc.push.close(linger=0)
