@@ -75,6 +75,9 @@ async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
     loop = asyncio.get_running_loop()
     on_stop_signals(loop, svc.stop)
     print(f"{name}{index if name == 'trigger' else ''}: metrics at {server.url}", flush=True)
+    if control is not None:
+        print(f"{name}: trigger configuration over MQTT at {cfg.mqtt} (runs are driven by "
+              "the front ends)", flush=True)
     try:
         async with contextlib.AsyncExitStack() as stack:
             if control is not None:
