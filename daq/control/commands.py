@@ -86,8 +86,12 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     run = st.get("run") or {}
     cur = run.get("run") or {}
-    print(f"state {run.get('state', 'unknown')}  run {cur.get('run', '-')}  "
-          f"last run {run.get('last_run', '-')}  allowed: {', '.join(run.get('allowed', []))}")
+    if run.get("runs_by"):  # `na64daq up`: trigger configuration only
+        print(f"runs are driven by the {run['runs_by']}; trigger changes: "
+              "na64daq ctl trigger set KEY=VALUE...")
+    else:
+        print(f"state {run.get('state', 'unknown')}  run {cur.get('run', '-')}  last run "
+              f"{run.get('last_run', '-')}  allowed: {', '.join(run.get('allowed', []))}")
     if run.get("error"):
         print(f"error: {run['error']}")
     for name, s in sorted(st["services"].items()):

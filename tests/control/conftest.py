@@ -7,9 +7,12 @@ deployed ones.
 
 from __future__ import annotations
 
+import asyncio
 import getpass
+import os
 import re
 import secrets
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,3 +68,17 @@ def secure_broker(tmp_path: Path) -> Iterator[SecureBroker]:
         yield SecureBroker("127.0.0.1", port, proc.pid, tmp_path, passwords)
     finally:
         stop_pid(proc)
+
+
+def env_for(b: SecureBroker, user: str) -> dict[str, str]:
+    return {**os.environ, "NA64_MQTT_URL": b.url, "NA64_MQTT_USERNAME": user,
+            "NA64_MQTT_PASSWORD": b.passwords[user]}
+
+
+async def ctl(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "daq.cli", "ctl", "--timeout", "2", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -15,7 +15,7 @@ from daq.control import protocol as P
 from daq.control.client import ControlClient
 from daq.control.mqtt import MqttSettings
 from daq.errors import ConfigError
-from tests.control.conftest import SecureBroker
+from tests.control.conftest import SecureBroker, ctl, env_for
 
 pytestmark = pytest.mark.mosquitto
 
@@ -25,20 +25,6 @@ def creds_file(b: SecureBroker, user: str, path: Path, mode: int = 0o600) -> Pat
                     f"NA64_MQTT_PASSWORD={b.passwords[user]}\n")
     path.chmod(mode)
     return path
-
-
-def env_for(b: SecureBroker, user: str) -> dict[str, str]:
-    return {**os.environ, "NA64_MQTT_URL": b.url, "NA64_MQTT_USERNAME": user,
-            "NA64_MQTT_PASSWORD": b.passwords[user]}
-
-
-async def ctl(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "daq.cli", "ctl", "--timeout", "2", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 def test_credentials_come_from_env_or_a_private_file(secure_broker: SecureBroker,
