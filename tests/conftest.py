@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import socket
@@ -18,11 +19,45 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+_RNG = random.Random()  # its own: hypothesis seeds the global one in its tests
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (and to bind(0))."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_tcp_ports(n: int, *, block: bool = False) -> list[int]:
+    """`n` distinct TCP ports on 127.0.0.1 that were free a moment ago; `block`: consecutive
+    (a service that serves on base + index, like the trigger workers' /metrics).
+
+    They are drawn below the kernel's ephemeral range: a port from bind(0) is one that any
+    outgoing connection (a scrape, a ZeroMQ connect) may take as its source port before the
+    service binds it, which is how a restarted process once found its port in use."""
+    hi = _ephemeral_low() - n
+    for _ in range(10_000):
+        base = _RNG.randrange(10_000, hi)
+        ports = list(range(base, base + n)) if block else _RNG.sample(range(10_000, hi), n)
+        if len(set(ports)) == n and all(_bindable(p) for p in ports):
+            return ports
+    raise RuntimeError(f"no {n} free TCP ports below {hi + n} on 127.0.0.1")
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (see `free_tcp_ports`)."""
+    return free_tcp_ports(1)[0]
 
 
 def wait_for_port(port: int, timeout: float = 10.0) -> None:

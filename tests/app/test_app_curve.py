@@ -19,7 +19,7 @@ from daq.wire import Kind
 from simulators.config import SimConfig
 from simulators.frontend import FrontEnds
 from simulators.generator import Simulator
-from tests.conftest import free_tcp_port
+from tests.conftest import free_tcp_ports
 
 
 def _stream() -> list:
@@ -46,7 +46,7 @@ async def test_builder_admits_only_allowed_producers(tmp_path: Path) -> None:
     allowed = tmp_path / "authorized"
     allowed.mkdir()
     (allowed / pub_p.name).write_bytes(pub_p.read_bytes())
-    ports = [free_tcp_port() for _ in range(4)]
+    ports = free_tcp_ports(4)
     cfg = StackConfig.parse({
         "endpoints": {"builder_in": f"tcp://127.0.0.1:{ports[0]}",
                       "builder_out": f"tcp://127.0.0.1:{ports[1]}",

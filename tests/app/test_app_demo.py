@@ -10,7 +10,7 @@ import pytest
 
 from daq.cli import main
 from daq.runfile import RunFileReader
-from tests.conftest import free_tcp_port
+from tests.conftest import free_tcp_ports
 
 
 def test_demo_runs_spills_and_records_them(tmp_path: Path,
@@ -41,7 +41,7 @@ def test_demo_runs_spills_and_records_them(tmp_path: Path,
 
 
 def _topology(tmp_path: Path, spills: int) -> Path:
-    p = [free_tcp_port() for _ in range(10)]
+    p = free_tcp_ports(10, block=True)  # p[8], p[9]: the two trigger workers' /metrics
     topo = tmp_path / "topology.toml"
     topo.write_text(
         f'run_dir = "{tmp_path / "runs"}"\nworkers = 2\n[endpoints]\n'

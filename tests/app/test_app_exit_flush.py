@@ -18,12 +18,12 @@ import zmq
 from daq.bench import _child, _result
 from daq.errors import WireError
 from daq.wire import Kind, decode
-from tests.conftest import free_tcp_port
+from tests.conftest import free_tcp_ports
 
 
 @pytest.mark.slow
 def test_builder_process_flushes_its_output_before_exit(tmp_path: Path) -> None:
-    p = [free_tcp_port() for _ in range(5)]
+    p = free_tcp_ports(5)
     topo = tmp_path / "topology.toml"
     topo.write_text(
         f'run_dir = "{tmp_path}"\nworkers = 1\n[endpoints]\n'

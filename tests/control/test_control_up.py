@@ -19,8 +19,9 @@ from daq.control.mqtt import MqttSettings
 from daq.launch import up
 from daq.runfile import RunFileReader
 from daq.wire import Kind
-from tests.conftest import free_tcp_port
-from tests.control.conftest import SecureBroker
+from tests.conftest import free_tcp_ports
+from tests.control.conftest import SecureBroker, env_for
+from tests.control.conftest import ctl as cli
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -30,7 +31,7 @@ SIM = {"intensity": 4000.0, "spill_length_s": 0.4, "spill_period_s": 0.4,
 
 
 def _topology(tmp: Path, broker: SecureBroker) -> Path:
-    ports = iter(free_tcp_port() for _ in range(10))
+    ports = iter(free_tcp_ports(11, block=True))  # the last two: trigger-0/1 /metrics
     topo = {
         "run_dir": str(tmp / "runs"), "workers": 2, "mqtt": broker.url,
         "endpoints": {k: f"tcp://127.0.0.1:{next(ports)}"
@@ -81,6 +82,10 @@ async def test_trigger_change_over_mqtt_under_up(secure_broker: SecureBroker, tm
         assert state["runs_by"] == "front ends" and state["allowed"] == []
         r = await ctl.run("start")
         assert not r["ok"] and r["error"] == P.STATE and "front ends" in r["reason"], r
+        # what the shift crew reads from `na64daq ctl status`
+        rc, out, _ = await cli(env_for(b, "shift"), "status")
+        assert rc == 0 and "runs are driven by the front ends" in out, out
+        assert "builder          online" in out, out
         # during the run: once the shift crew has seen a spill of it
         seen = await _until_retained(ctl, "na64/monitor/spill",
                                      lambda d: d.get("run") == SIM["run"])
@@ -147,7 +152,7 @@ def test_the_builder_starts_with_what_run_control_had_made_active(
     new = TriggerConfig.parse({"ecal_max_gev": 55}).model_dump(mode="json")
     store = StateStore(tmp_path / "runs" / "control")
     store.save(ControlState(trigger_active={"config": new, "who": "expert", "cfg": "x"}))
-    ep = iter(free_tcp_port() for _ in range(4))
+    ep = iter(free_tcp_ports(4))
     cfg = StackConfig.parse({
         "run_dir": str(tmp_path / "runs"), "mqtt": "mqtt://127.0.0.1:1",
         "endpoints": {k: f"tcp://127.0.0.1:{next(ep)}"

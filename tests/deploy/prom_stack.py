@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -27,6 +26,7 @@ from daq.stack import StackConfig
 from monitors.dashboards import prometheus, rules
 from monitors.dashboards.files import alarm_config
 from monitors.dashboards.yamltext import dump
+from tests.conftest import free_tcp_ports
 
 SERVICES = ("frontend", "builder", "trigger", "recorder", "monitor")  # what Pipeline runs
 
@@ -41,24 +41,9 @@ def require(name: str) -> str:
     return path
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_ports(n: int) -> int:
     """A base port such that base .. base+n-1 were free a moment ago."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = int(s.getsockname()[1])
-        if base + n < 65535 and all(_free(base + i) for i in range(1, n)):
-            return base
-    raise RuntimeError("no run of free ports")
+    return free_tcp_ports(n, block=True)[0]
 
 
 def stack_config(run_dir: Path, *, spills: int, factor: float, intensity: float,

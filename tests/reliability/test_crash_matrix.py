@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 from crash_harness import KILL_SPILL, SPILLS, run_crash
 
-from tests.conftest import free_tcp_port
+from tests.conftest import free_tcp_ports
 
 pytestmark = pytest.mark.timeout(180)
 
 
 def _ports() -> list[int]:
-    return [free_tcp_port() for _ in range(10)]
+    # ten distinct ports, the last two for the two trigger workers (metrics base + index)
+    return free_tcp_ports(11, block=True)
 
 
 def _check_common(r: object) -> dict:
