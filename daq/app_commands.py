@@ -281,6 +281,9 @@ def _up(a: argparse.Namespace) -> int:
             rss = r["peak_rss_bytes"] / 2**20
             print(f"{name:12s} exit {r['exit']!s:>4}  peak RSS {rss:7.1f} MiB"
                   f"  metrics {r['metrics']}")
+        if report["gave_up"]:
+            print(f"not running at the end (crashed more often than restarted): "
+                  f"{', '.join(report['gave_up'])}")
         files = sorted(Path(report["run_dir"]).glob("*.na64*"), key=lambda f: f.stat().st_mtime)
         if files:
             print(f"newest run file: {files[-1]}  (na64daq inspect {files[-1]})")

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from daq.app import Factory
-from daq.errors import ConfigError
+from daq.errors import ConfigError, ServiceError
 from daq.metrics import MetricsServer
 from daq.service import Service, ignore_stop_signals, on_stop_signals
 from daq.stack import StackConfig, load_stack_config
@@ -69,9 +69,15 @@ def _builder_control(cfg: StackConfig, builder: Service, registry: CollectorRegi
 async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
     """Run one service until its input ends or SIGTERM/SIGINT asks it to drain and stop."""
     registry = CollectorRegistry()
-    svc = _build(name, cfg, index, registry)
-    control = _builder_control(cfg, svc, registry) if name == "builder" else None
-    server = MetricsServer(registry, port=cfg.metrics.port(name, index), addr=cfg.metrics.addr)
+    # first: a port in use ends the process before it binds sockets or compiles kernels
+    server = MetricsServer(registry, port=cfg.metrics.port(name, index), addr=cfg.metrics.addr,
+                           field=f"metrics.{name}" + (f" + {index}" if name == "trigger" else ""))
+    try:
+        svc = _build(name, cfg, index, registry)
+        control = _builder_control(cfg, svc, registry) if name == "builder" else None
+    except BaseException:
+        server.close()
+        raise
     loop = asyncio.get_running_loop()
     on_stop_signals(loop, svc.stop)
     print(f"{name}{index if name == 'trigger' else ''}: metrics at {server.url}", flush=True)
@@ -218,6 +224,12 @@ def start(config: Path) -> tuple[StackConfig, list[Proc]]:
         if p.service == "trigger":
             while p.metric("na64_trigger_ready") not in (1.0,) and p.popen.poll() is None:
                 time.sleep(0.1)
+    dead = [p for p in procs if p.popen.poll() is not None]
+    if dead:  # a run without one of them would look healthy and lose or skew data
+        stop_all(procs)
+        raise ServiceError(", ".join(f"{p.name} exited with code {p.popen.returncode}"
+                                     for p in dead) + " while starting (its error is above); "
+                           "nothing was run")
     procs.append(Proc("frontend", 0, config, cfg))
     return cfg, procs
 
@@ -289,8 +301,10 @@ def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
     except (KeyboardInterrupt, TimeoutError):
         ok = False
     finally:
+        # crashed more often than it may be restarted: the run went on without it
+        gave_up = [p.name for p in procs if p.service != "frontend" and p.crashed()]
         stop_all(procs)
-    return {"ok": ok, "run_dir": cfg.run_dir,
+    return {"ok": ok and not gave_up, "run_dir": cfg.run_dir, "gave_up": gave_up,
             "services": {p.name: p.report() for p in procs}}
 
 

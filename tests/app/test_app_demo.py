@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,36 @@ def test_up_runs_every_service_as_a_process(tmp_path: Path,
     list(reader)
     assert reader.report.closed_cleanly
     assert sorted(reader.report.spills) == [0, 1]
+    assert report["gave_up"] == []
+
+
+def test_a_metrics_port_in_use_is_named() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from daq.errors import ConfigError
+    from daq.metrics import MetricsServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"metrics.trigger \+ 1={port} .*127.0.0.1:{port}"):
+            MetricsServer(CollectorRegistry(), port=port, field="metrics.trigger + 1")
+
+
+@pytest.mark.slow
+def test_up_runs_nothing_when_a_service_cannot_start(tmp_path: Path,
+                                                     capfd: pytest.CaptureFixture[str]) -> None:
+    topo = _topology(tmp_path, spills=2)
+    trigger1 = int(topo.read_text().split("trigger = ")[1].split()[0]) + 1
+    with socket.socket() as taken:  # trigger-1's /metrics port is someone else's
+        taken.bind(("127.0.0.1", trigger1))
+        taken.listen()
+        assert main(["up", "--config", str(topo)]) == 2
+    err = capfd.readouterr().err
+    assert "trigger-1 exited with code 2 while starting" in err, err
+    assert f"metrics.trigger + 1={trigger1} is invalid" in err, err  # the worker's own words
+    assert not list((tmp_path / "runs").glob("run*.na64*"))  # no beam was sent
 
 
 @pytest.mark.slow
