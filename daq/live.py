@@ -5,13 +5,27 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from rich.console import Group
+from rich import box
+from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.2f}%"
+def _pct(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{100 * x:.{digits}f}%"
+
+
+def _si(x: float | None) -> str:
+    """A count in at most 6 characters: 987, 12.3k, 6.12M (a spill's EOT is ~6e6)."""
+    if x is None:
+        return "-"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= scale:
+            v = x / scale
+            return f"{v:.3g}{unit}" if v < 100 else f"{v:.0f}{unit}"
+    return f"{x:.0f}"
 
 
 def _eff(e: dict[str, Any] | None, *, full: bool = False) -> str:
@@ -23,26 +37,62 @@ def _eff(e: dict[str, Any] | None, *, full: bool = False) -> str:
     return f"{e['value']:.3f}±{half:.3f}"
 
 
-def spill_table(summaries: Sequence[dict[str, Any]], *, last: int = 8) -> Table:
-    """One row per recent spill: the figures the shift crew reads first."""
-    t = Table(title="Spills (latest last)", expand=True)
-    for col in ("spill", "events", "EOT", "live", "pileup", "VETO eff", "HCAL eff",
-                "hadron", "muon", "phys", "beam", "incompl", "sig box"):
-        t.add_column(col, justify="right", no_wrap=True)
-    for s in summaries[-last:]:
+#: the spill table's columns, as shown left to right
+_COLUMNS = ("spill", "events", "EOT", "live", "pileup", "VETO eff", "HCAL eff", "hadron",
+            "muon", "phys", "beam", "incompl", "sig box")
+#: on a terminal too narrow for all of them, columns are left out whole, last of this
+#: order first (rather than every figure shortened to an ellipsis)
+_KEEP_FIRST = ("spill", "events", "EOT", "VETO eff", "HCAL eff", "pileup", "incompl",
+               "live", "phys", "beam", "hadron", "muon", "sig box")
+
+
+class SpillTable:
+    """One row per recent spill: the figures the shift crew reads first. Every column
+    fits a 120-column terminal; a narrower one shows the most important columns whole."""
+
+    def __init__(self, summaries: Sequence[dict[str, Any]], *, last: int = 8) -> None:
+        self.rows = [self._row(s) for s in summaries[-last:]]
+
+    @staticmethod
+    def _row(s: dict[str, Any]) -> tuple[str, ...]:
         c = s.get("composition") or {}
         trig = s.get("triggers") or {}
-        box = s.get("signal_box")
-        t.add_row(
-            str(s["spill"]), f"{s['events']:,}",
-            "-" if s.get("eot") is None else f"{s['eot']:.3g}",
-            _pct(s.get("live_time_ratio")), _pct(s.get("pileup_fraction")),
-            _eff(s.get("veto_efficiency")), _eff(s.get("hcal_efficiency")),
-            _pct(c.get("hadron")), _pct(c.get("muon")),
-            str(trig.get("physics", 0)), str(trig.get("beam", 0)),
-            str(s.get("incomplete_events", 0)), "blind" if box is None else str(box),
-        )
-    return t
+        box_ = s.get("signal_box")
+        return (str(s["spill"]), _si(s["events"]), _si(s.get("eot")),
+                _pct(s.get("live_time_ratio"), 1), _pct(s.get("pileup_fraction")),
+                _eff(s.get("veto_efficiency")), _eff(s.get("hcal_efficiency")),
+                _pct(c.get("hadron")), _pct(c.get("muon")),
+                str(trig.get("physics", 0)), str(trig.get("beam", 0)),
+                str(s.get("incomplete_events", 0)), "blind" if box_ is None else str(box_))
+
+    def columns(self, width: int) -> list[int]:
+        """Indices of the columns shown in `width` characters."""
+        need = {i: max([len(col), *(len(r[i]) for r in self.rows)]) + 2
+                for i, col in enumerate(_COLUMNS)}
+        shown: list[int] = []
+        for col in _KEEP_FIRST:
+            i = _COLUMNS.index(col)
+            if sum(need[j] for j in shown) + need[i] <= width or not shown:
+                shown.append(i)
+        return sorted(shown)
+
+    def table(self, width: int) -> Table:
+        shown = self.columns(width)
+        t = Table(title="Spills (latest last)", expand=True, box=box.SIMPLE_HEAD,
+                  show_edge=False, collapse_padding=True)
+        for i in shown:
+            t.add_column(_COLUMNS[i], justify="right", no_wrap=True)
+        for r in self.rows:
+            t.add_row(*(r[i] for i in shown))
+        return t
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        yield self.table(options.max_width)
+
+
+def spill_table(summaries: Sequence[dict[str, Any]], *, last: int = 8) -> SpillTable:
+    """The spill table of the live view (see SpillTable)."""
+    return SpillTable(summaries, last=last)
 
 
 def view(*, run: int | None, sent_events: int, summaries: Sequence[dict[str, Any]],
@@ -50,14 +100,13 @@ def view(*, run: int | None, sent_events: int, summaries: Sequence[dict[str, Any
          run_file: str | None) -> Group:
     """The whole live view: header line, spill table, alarms."""
     eot = sum(s.get("eot") or 0 for s in summaries)
-    head = Table.grid(expand=True)
-    for _ in range(4):
-        head.add_column()
-    head.add_row(f"run [bold]{run if run is not None else '-'}[/]",
-                 f"spills closed [bold]{len(summaries)}[/]",
-                 f"EOT [bold]{eot:,.0f}[/]",
-                 f"generated {sent_events:,} events in {elapsed_s:.1f} s")
-    head.add_row(f"metrics {metrics_url or 'off'}", f"run file {run_file or '-'}", "", "")
+    gap = "   "
+    head = Text.from_markup(
+        gap.join((f"run [bold]{run if run is not None else '-'}[/]",
+                  f"spills closed [bold]{len(summaries)}[/]", f"EOT [bold]{eot:,.0f}[/]",
+                  f"generated {sent_events:,} events in {elapsed_s:.1f} s"))
+        + "\n" + gap.join((f"metrics {escape(metrics_url or 'off')}",
+                           f"run file {escape(run_file or '-')}")))
     alarm_text = ", ".join(alarms) if alarms else "none"
     style = "bold red" if alarms else "green"
     return Group(Panel(head, title="na64-daq demo"), spill_table(summaries),

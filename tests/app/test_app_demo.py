@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import socket
@@ -39,6 +40,43 @@ def test_demo_runs_spills_and_records_them(tmp_path: Path,
     assert all(sp.complete for sp in reader.report.spills.values())
     recorded = sum(m.count for m in RunFileReader(path) if m.kind.value == "accepted")
     assert recorded == sum(s["accepted"] for s in out["spills"])
+    _check_live_view(out["spills"])
+
+
+def _render(renderable: object, width: int) -> str:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def _check_live_view(spills: list[dict]) -> None:
+    """The shift crew's live view of these spills, and of the same at full intensity (a
+    whole 4.8 s spill: 6e6 events), on 120-, 100- and 80-column terminals: every figure
+    shown is whole; a narrow terminal leaves the least important columns out."""
+    from daq.live import view
+
+    full = [{**s, "events": 6_123_456 + s["spill"], "eot": 5_987_654.0} for s in spills]
+    for sums, events, eot in ((spills, None, None), (full, "6.12M", "5.99M")):
+        for width in (120, 100, 80):
+            text = _render(view(run=7, sent_events=12_345_678, summaries=sums, alarms=[],
+                                metrics_url="http://127.0.0.1:9100/metrics",
+                                elapsed_s=12.3, run_file="/runs/run000007.na64"), width)
+            assert "…" not in text, text
+            [header] = [ln.split("  ") for ln in text.splitlines()
+                        if ln.strip().startswith("spill ")]
+            header = [h.strip() for h in header if h.strip()]
+            rows = [dict(zip(header, ln.split(), strict=True)) for ln in text.splitlines()
+                    if ln.split()[:1] in (["0"], ["1"])]
+            assert [r["spill"] for r in rows] == ["0", "1"], text
+            assert all(r["VETO eff"].startswith("0.9") and "±" in r["HCAL eff"]
+                       for r in rows), text
+            if events is not None:
+                assert all(r["events"] == events and r["EOT"] == eot for r in rows), text
+            if width == 120:
+                assert len(header) == 13 and header[-1] == "sig box", header
+            assert "generated 12,345,678 events" in text, text
 
 
 def _topology(tmp_path: Path, spills: int) -> Path:
