@@ -45,6 +45,10 @@ class BuilderConfig(StrictModel):
         "Built events queued for downstream before the builder stops reading its input "
         "(backpressure). Partly built slices are bounded apart by the same figure: beyond "
         "it the oldest is completed with its missing boards flagged."))
+    max_pending_bytes: int = Field(default=512 << 20, ge=1 << 20, le=1 << 40, description=(
+        "The same two bounds in bytes of array data: whichever of max_pending_events and "
+        "this is reached first applies. Events alone are no memory bound: an event is "
+        "~190 B in feature mode, ~2.2 kB zero-suppressed and ~7 kB as full waveforms."))
     shed_after_s: float = Field(default=2.0, ge=0, le=600, description=(
         "Seconds the front ends may be held back (the queue full, the input not caught up) "
         "before the builder reads again and sheds built slices, counted as dead time, "
@@ -97,6 +101,7 @@ class _Pending:
     t0: float
     frags: dict[str, Message] = field(default_factory=dict)
     count: int = 0  # the largest fragment so far
+    nbytes: int = 0  # of all its fragments
 
 
 @dataclass
@@ -172,6 +177,7 @@ class EventBuilder:
         self._announced = False
         self._previous_end: dict[str, Any] | None = None
         self._pending_events = 0
+        self._pending_bytes = 0
         self._last_spill = 0
         self._replay = False
         self._next_cfg: tuple[dict[str, Any], str, str] | None = None
@@ -208,6 +214,11 @@ class EventBuilder:
     def pending_events(self) -> int:
         """Events in partly built slices."""
         return self._pending_events
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of array data in partly built slices (bounded by max_pending_bytes)."""
+        return self._pending_bytes
 
     # -- input -----------------------------------------------------------------------------
 
@@ -360,13 +371,16 @@ class EventBuilder:
             stats.duplicates[board] += 1
             return
         p.frags[board] = msg
+        p.nbytes += msg.nbytes
+        self._pending_bytes += msg.nbytes
         if msg.count > p.count:
             self._pending_events += msg.count - p.count
             p.count = msg.count
         st.t_last = now
         if len(p.frags) == len(self.boards):
             self._complete(st, msg.first, now, out)
-        elif self.pending_events > self.config.max_pending_events:
+        elif self.pending_events > self.config.max_pending_events \
+                or self.pending_bytes > self.config.max_pending_bytes:
             oldest = min(st.pending, key=lambda f: st.pending[f].t0)
             self._complete(st, oldest, now, out)  # memory bound: do not wait longer
         self._maybe_close(st, now, out)
@@ -416,6 +430,7 @@ class EventBuilder:
     def _complete(self, st: _Spill, first: int, now: float, out: list[Message]) -> None:
         p = st.pending.pop(first)
         self._pending_events -= p.count
+        self._pending_bytes -= p.nbytes
         st.done[first] = frozenset(p.frags)
         stats = self.stats["replay" if st.replay else "live"]
         count = max(m.count for m in p.frags.values())
@@ -529,6 +544,7 @@ class EventBuilder:
             st.done[f] = frozenset(p.frags)
             stats.skipped += p.count
             self._pending_events -= p.count
+            self._pending_bytes -= p.nbytes
         st.pending.clear()
 
     def _stop(self, now: float) -> list[Message]:

@@ -83,6 +83,10 @@ class BuilderCollector(Collector):
         gauges = {
             "pending_events": ("Events in partly built slices", b.pending_events),
             "queued_events": ("Built events waiting to be sent", self.svc.queued_events),
+            "pending_bytes": ("Bytes of array data in partly built slices",
+                              b.pending_bytes),
+            "queued_bytes": ("Bytes of array data in built slices waiting to be sent",
+                             self.svc.queued_bytes),
             "backpressure": ("1 while the builder is not reading its input",
                              float(self.svc.backpressured)),
             "shedding": ("1 while built slices are shed", float(b.shedding)),
@@ -121,6 +125,7 @@ class BuilderService(Service):
         self.drain_timeout_s = drain_timeout_s
         self.queue: collections.deque[Message] = collections.deque()
         self.queued_events = 0
+        self.queued_bytes = 0
         self.backpressured = False
         self.backpressure_s = 0.0
         self._congested_since: float | None = None
@@ -152,6 +157,7 @@ class BuilderService(Service):
         for m in msgs:
             self.queue.append(m)
             self.queued_events += m.count if m.kind is Kind.SLICE else 0
+            self.queued_bytes += m.nbytes
         if msgs:
             self._ready.set()
         if self.builder.stopped and not self._finished:
@@ -161,6 +167,11 @@ class BuilderService(Service):
         """End the stream once: flush the core (run_stop, eos); the output loop drains."""
         self._finished = True
         self._enqueue(self.builder.finish(self.clock()))
+
+    def _full(self, fraction: float = 1.0) -> bool:
+        """The queue holds `fraction` of its bound, in events or in bytes."""
+        return self.queued_events >= fraction * self.cfg.max_pending_events \
+            or self.queued_bytes >= fraction * self.cfg.max_pending_bytes
 
     def _caught_up(self) -> bool:
         """Nothing waits at the input: the front ends are not being held back."""
@@ -178,7 +189,7 @@ class BuilderService(Service):
             return
         if not self._caught_up():
             return
-        if self.builder.shedding and self.queued_events >= self.cfg.max_pending_events // 2:
+        if self.builder.shedding and self._full(0.5):
             return
         self._congested_since = None
         self.builder.shedding = False
@@ -187,9 +198,8 @@ class BuilderService(Service):
         """Backpressure: stop reading while the queue is full; shed once the front ends
         have been held back for shed_after_s without the input catching up, until it has
         caught up (`_relieve`)."""
-        limit = self.cfg.max_pending_events
         self._relieve()
-        if self.queued_events < limit or self.builder.shedding:
+        if not self._full() or self.builder.shedding:
             return
         now = self.clock()
         if self._congested_since is None:
@@ -205,8 +215,7 @@ class BuilderService(Service):
         # a wait that ended without space, or congestion that outlasted shed_after_s even
         # though the queue moved in between: dead time, counted, instead of stalling the
         # front ends (their buffers would hold the backlog and the beam cannot wait)
-        if self.queued_events >= limit and \
-                self.clock() - self._congested_since >= self.cfg.shed_after_s:
+        if self._full() and self.clock() - self._congested_since >= self.cfg.shed_after_s:
             self.builder.shedding = True
 
     async def _input(self) -> None:
@@ -224,9 +233,8 @@ class BuilderService(Service):
         INPUT_BATCH messages were taken (then the other loops get a turn). One message per
         event-loop turn would, in a busy process, find the next one always waiting: the
         input would never be seen caught up, and congestion never end."""
-        limit = self.cfg.max_pending_events
         for _ in range(INPUT_BATCH):
-            if self._finished or (self.queued_events >= limit and not self.builder.shedding):
+            if self._finished or (self._full() and not self.builder.shedding):
                 return
             # DONTWAIT: an already resolved future, the frames or zmq.Again
             ready = self.pull.recv_multipart(zmq.DONTWAIT, copy=False)
@@ -272,11 +280,13 @@ class BuilderService(Service):
             except TimeoutError:
                 self.dropped_at_stop = len(self.queue)
                 self.queue.clear()
+                self.queued_events = self.queued_bytes = 0
                 return
             self.queue.popleft()
+            self.queued_bytes -= msg.nbytes
             if msg.kind is Kind.SLICE:
                 self.queued_events -= msg.count
-                if self.queued_events < self.cfg.max_pending_events:
+                if not self._full():
                     self._space.set()
                 # slices completed by a timeout, while the input is idle, must not be shed
                 # after the queue has drained

@@ -94,7 +94,7 @@ def schedule(reader: RunFileReader, *, speed: float = 0.0,
             start_ns = ns if start_ns is None else start_ns
             # markers carry no time of their own: never schedule one before its predecessor
             at = max(at, (ns - start_ns) / 1e9 / speed)
-        yield Planned(at, out, sum(int(a.nbytes) for a in msg.arrays.values()))
+        yield Planned(at, out, msg.nbytes)
 
 
 @dataclass

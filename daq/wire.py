@@ -91,6 +91,11 @@ class Message:
     crcs: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict, compare=False,
                                                     repr=False)
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (what it holds in memory, beside a small header)."""
+        return sum(int(a.nbytes) for a in self.arrays.values())
+
     def header(self, crc: int | list[int]) -> dict[str, Any]:
         return {
             "v": FORMAT_VERSION,

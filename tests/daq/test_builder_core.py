@@ -237,6 +237,28 @@ def test_pending_memory_is_bounded() -> None:
     assert b.stats["live"].incomplete["SRD"] >= 3200 - 132
 
 
+def test_pending_memory_is_bounded_in_bytes() -> None:
+    """Waveform fragments are ~4 kB an event: a bound in events alone would let GBs wait."""
+    bound = 1 << 20
+    b, boards = _builder(max_pending_events=10**7, max_pending_bytes=bound), \
+        _boards("waveform")
+    msgs = _interleave(boards, 0, 3200, skip={"SRD": 0})
+    biggest = max(m.nbytes for m in msgs)
+    peak = 0
+    for m in msgs:
+        b.feed(m, 0.0)
+        peak = max(peak, b.pending_bytes)
+    assert bound - len(NAMES) * biggest < peak <= bound  # reached, never passed after a feed
+    assert b.pending_events < 3200 // 4  # the events bound was nowhere near
+    # every event is either built with SRD flagged missing, or still waiting for it
+    assert b.stats["live"].incomplete["SRD"] + b.pending_events == 3200
+    # what a complete spill leaves pending: nothing, in events and in bytes
+    b2 = _builder(max_pending_bytes=bound)
+    _feed(b2, _interleave(_boards("waveform"), 0, 640))
+    assert b2.pending_bytes == 0 and b2.pending_events == 0
+    assert sum(b2.stats["live"].incomplete.values()) == 0
+
+
 def test_shedding_counts_dead_time() -> None:
     b, boards = _builder(), _boards()
     b.shedding = True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.request
 from pathlib import Path
 
@@ -181,6 +182,32 @@ async def test_slow_downstream_backpressure_then_shedding_is_bounded() -> None:
     assert m[("na64_builder_backpressure_seconds_total", ())] >= 0.2
     assert svc.builder.stats["live"].shed + svc.builder.stats["live"].events \
         + svc.queued_events + svc.builder.pending_events >= 32 * 40 - 32 * 4
+
+
+async def test_backpressure_is_bounded_in_bytes() -> None:
+    """Waveform slices: the queue stops at max_pending_bytes long before max_pending_events
+    (the bench once held 2e6 events, ~4 GB, in its builder this way)."""
+    bound = 1 << 20
+    svc, reg = _service("tcp://127.0.0.1:*", "tcp://127.0.0.1:*", max_pending_events=10**6,
+                        max_pending_bytes=bound, shed_after_s=600, output_hwm=1)
+    streams = {n: Board(GEOM, n, seed=i, mode="waveform").spill(0, 32 * 60, 32)
+               for i, n in enumerate(NAMES)}
+    async with svc:
+        # nobody reads the output, and nothing is shed: the input stops instead
+        sender = asyncio.create_task(_send_all(svc.input_endpoint, streams))
+        await asyncio.sleep(1.5)
+        queued, events = svc.queued_bytes, svc.queued_events
+        m = _scrape(reg)
+        svc.stop()
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+    built = max(m_.nbytes for m_ in streams["ECAL"]) * len(NAMES)  # a generous slice
+    assert bound <= queued <= bound + built
+    assert events < 32 * 60 // 2
+    assert m[("na64_builder_queued_bytes", ())] == queued
+    assert m[("na64_builder_backpressure", ())] == 1.0
+    assert m[("na64_builder_shed_events_total", (("source", "live"),))] == 0
 
 
 async def test_congestion_and_shedding_last_until_the_input_has_caught_up() -> None:
