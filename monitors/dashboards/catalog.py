@@ -150,12 +150,16 @@ DAQ = Dashboard(
             ts("Queues",
                Query("max(na64_builder_pending_events)", "builder pending events"),
                Query("max(na64_builder_queued_events)", "builder queued events"),
-               Query("max(na64_monitor_open_spills)", "monitor open spills")),
+               Query("max(na64_monitor_open_spills)", "monitor open spills"), width=6),
+            ts("Builder buffers (bounded by max_pending_bytes)",
+               Query("max(na64_builder_pending_bytes)", "partly built"),
+               Query("max(na64_builder_queued_bytes)", "queued to the trigger"),
+               unit="bytes", lo=0, width=6),
             ts("Backpressure and shedding",
                Query("max(na64_builder_backpressure)", "backpressure"),
                Query("max(na64_builder_shedding)", "shedding"),
                Query(f"sum(rate(na64_builder_shed_events_total{{{S}}}[{RI}]))",
-                     "shed events/s")),
+                     "shed events/s"), width=6),
             ts("Processing time p99",
                Query("histogram_quantile(0.99, sum by (le) "
                      f"(rate(na64_trigger_processing_seconds_bucket[{RI}])))", "trigger slice"),
@@ -164,7 +168,7 @@ DAQ = Dashboard(
                      "monitor message"),
                Query("histogram_quantile(0.99, sum by (le) "
                      f"(rate(na64_recorder_fsync_seconds_bucket[{RI}])))", "recorder fsync"),
-               unit="s"),
+               unit="s", width=6),
         )),
         Row("Incomplete events and losses", (
             ts("Incomplete events by board",
