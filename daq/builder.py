@@ -371,8 +371,9 @@ class EventBuilder:
             stats.duplicates[board] += 1
             return
         p.frags[board] = msg
-        p.nbytes += msg.nbytes
-        self._pending_bytes += msg.nbytes
+        nbytes = msg.nbytes
+        p.nbytes += nbytes
+        self._pending_bytes += nbytes
         if msg.count > p.count:
             self._pending_events += msg.count - p.count
             p.count = msg.count
