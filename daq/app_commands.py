@@ -271,12 +271,20 @@ def _serve(a: argparse.Namespace) -> int:
 
 
 def _up(a: argparse.Namespace) -> int:
-    from daq.launch import up
+    from rich.console import Console
+    from rich.live import Live
 
-    report = up(Path(a.config))
+    from daq.launch import up
+    from daq.live import run_figures_table, run_status
+
+    console = Console(stderr=True)  # the progress; stdout keeps the report
+    with Live(console=console, refresh_per_second=2, transient=True) as live:
+        report = up(Path(a.config), progress=lambda fig: live.update(run_status(fig)))
     if a.json:
         print(json.dumps(report))
     else:
+        if report["figures"] is not None:
+            Console().print(run_figures_table(report["figures"]))
         for name, r in report["services"].items():
             rss = r["peak_rss_bytes"] / 2**20
             print(f"{name:12s} exit {r['exit']!s:>4}  peak RSS {rss:7.1f} MiB"

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -255,6 +256,46 @@ def wait_run_recorded(procs: list[Proc], *, settle_s: float = 60.0,
     return False
 
 
+def run_figures(samples: dict[str, float], source: str = "live") -> dict[str, Any]:
+    """What the shift crew reads first, from a scrape of the monitor's /metrics (`scrape`):
+    spills closed (and forced), events, EOT, shed and lost events, efficiencies, pileup and
+    the alarms raised. Figures not published yet are None."""
+    src = f'source="{source}"'
+
+    def total(name: str, **labels: str) -> float:
+        want = [src, *(f'{k}="{v}"' for k, v in labels.items())]
+        return sum(v for k, v in samples.items()
+                   if k.split("{")[0] == name and all(w in k for w in want))
+
+    def gauge(name: str, **labels: str) -> float | None:
+        keys = [k for k in samples if k.split("{")[0] == name and src in k
+                and all(f'{a}="{b}"' in k for a, b in labels.items())]
+        return samples[keys[0]] if keys else None
+
+    return {
+        "spills": int(total("na64_spills_total")),
+        "forced_spills": int(total("na64_spills_total", closed="forced")),
+        "last_spill": gauge("na64_spill_number"),
+        "events": int(total("na64_events_total")),
+        "eot": total("na64_eot_total"),
+        "shed": int(total("na64_shed_events_total")),
+        "lost": int(total("na64_monitor_lost_events_total")),
+        "veto_efficiency": gauge("na64_efficiency_ratio", detector="veto", bound="value"),
+        "hcal_efficiency": gauge("na64_efficiency_ratio", detector="hcal", bound="value"),
+        "pileup": gauge("na64_pileup_ratio"),
+        "alarms": sorted(k.split('alarm="')[1].split('"')[0] for k, v in samples.items()
+                         if k.startswith("na64_alarm_active{") and src in k and v == 1.0),
+    }
+
+
+def _monitor_figures(procs: list[Proc]) -> dict[str, Any] | None:
+    mon = next(p for p in procs if p.service == "monitor")
+    try:
+        return run_figures(scrape(mon.metrics))
+    except OSError:
+        return None  # restarting: the next look will do
+
+
 def supervise(procs: list[Proc], *, max_restarts: int) -> list[str]:
     """Restart policy: a service that crashed (signal or error exit) is started again, at
     most `max_restarts` times each; the front ends (a run's beam) are never restarted.
@@ -268,17 +309,23 @@ def supervise(procs: list[Proc], *, max_restarts: int) -> list[str]:
 
 
 def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
-       timeout_s: float | None = None) -> dict[str, Any]:
-    """Run a topology's simulated run to the end across processes; report every process.
+       timeout_s: float | None = None,
+       progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run a topology's simulated run to the end across processes; report every process
+    and, under `figures`, the run's figures as the monitor published them (`run_figures`).
 
     A crashed service is restarted (at most `max_restarts` times); `on_sample(procs)` is
-    called every 0.1 s (fault injection in the tests uses it).
+    called every 0.1 s (fault injection in the tests uses it), `progress(figures)` twice a
+    second with the monitor's figures so far.
     """
     cfg, procs = start(config)
     ok = True
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    figures: dict[str, Any] | None = None
+    next_look = 0.0
 
     def step() -> None:
+        nonlocal figures, next_look
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"the run did not end within {timeout_s} s")
         for p in procs:
@@ -286,6 +333,11 @@ def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
         if on_sample is not None:
             on_sample(procs)
         supervise(procs, max_restarts=max_restarts)
+        if progress is not None and time.monotonic() >= next_look:
+            next_look = time.monotonic() + 0.5
+            figures = _monitor_figures(procs) or figures
+            if figures is not None:
+                progress(figures)
         time.sleep(0.1)
 
     try:
@@ -298,6 +350,7 @@ def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
         ok &= wait_run_recorded(procs, step=step)
         if on_sample is not None:
             on_sample(procs)  # the settled state, before anything is stopped
+        figures = _monitor_figures(procs) or figures
     except (KeyboardInterrupt, TimeoutError):
         ok = False
     finally:
@@ -305,7 +358,7 @@ def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
         gave_up = [p.name for p in procs if p.service != "frontend" and p.crashed()]
         stop_all(procs)
     return {"ok": ok and not gave_up, "run_dir": cfg.run_dir, "gave_up": gave_up,
-            "services": {p.name: p.report() for p in procs}}
+            "figures": figures, "services": {p.name: p.report() for p in procs}}
 
 
 #: shutdown order: upstream first, so that each service drains what its producers sent

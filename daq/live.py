@@ -128,3 +128,36 @@ def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | No
         trig = totals.get("triggers") or {}
         t.add_row("triggers", ", ".join(f"{k} {v}" for k, v in trig.items()))
     return t
+
+
+def _ratio(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def run_status(fig: dict[str, Any]) -> Text:
+    """One line for a run under `na64daq up`, from the monitor's figures (`run_figures`)."""
+    alarms = ", ".join(fig["alarms"]) or "none"
+    line = Text.assemble(
+        ("spills closed ", ""), (str(fig["spills"]), "bold"),
+        ("   events ", ""), (f"{fig['events']:,}", "bold"),
+        ("   EOT ", ""), (f"{fig['eot']:,.0f}", "bold"),
+        ("   lost ", ""), (f"{fig['lost']:,}", "bold red" if fig["lost"] else "bold"),
+        ("   alarms ", ""), (alarms, "bold red" if fig["alarms"] else "green"))
+    return line
+
+
+def run_figures_table(fig: dict[str, Any]) -> Table:
+    """The run's figures at the end of `na64daq up` (from the monitor's /metrics)."""
+    t = Table(title="Run figures (monitor)", show_header=False)
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    forced = f" ({fig['forced_spills']} forced)" if fig["forced_spills"] else ""
+    t.add_row("spills closed", f"{fig['spills']}{forced}")
+    t.add_row("events processed", f"{fig['events']:,}")
+    t.add_row("electrons on target", f"{fig['eot']:,.0f}")
+    t.add_row("events shed / lost", f"{fig['shed']:,} / {fig['lost']:,}")
+    t.add_row("veto efficiency (last spill)", _ratio(fig["veto_efficiency"]))
+    t.add_row("hcal efficiency (last spill)", _ratio(fig["hcal_efficiency"]))
+    t.add_row("pileup fraction (last spill)", _pct(fig["pileup"]))
+    t.add_row("alarms raised", ", ".join(fig["alarms"]) or "none")
+    return t

@@ -109,6 +109,50 @@ def test_up_runs_every_service_as_a_process(tmp_path: Path,
     assert reader.report.closed_cleanly
     assert sorted(reader.report.spills) == [0, 1]
     assert report["gave_up"] == []
+    fig = report["figures"]  # the monitor's own account of the run, before it was stopped
+    assert fig["spills"] == 2 and fig["forced_spills"] == 0 and fig["last_spill"] == 1
+    assert fig["lost"] == 0 and fig["shed"] == 0 and fig["alarms"] == []
+    assert 0 < fig["eot"] <= fig["events"]
+    assert 0.85 < fig["veto_efficiency"] < 1 and 0.85 < fig["hcal_efficiency"] < 1
+
+
+def test_run_figures_read_the_live_source_only() -> None:
+    from daq.launch import run_figures
+
+    live, replay = 'source="live"', 'source="replay"'
+    samples = {
+        f'na64_spills_total{{closed="complete",{live}}}': 3.0,
+        f'na64_spills_total{{closed="forced",{live}}}': 1.0,
+        f'na64_spills_total{{closed="complete",{replay}}}': 50.0,
+        f'na64_spills_created{{closed="complete",{live}}}': 1.7e9,
+        f"na64_events_total{{{live}}}": 1000.0, f"na64_events_total{{{replay}}}": 9.0,
+        f"na64_eot_total{{{live}}}": 950.5, f"na64_shed_events_total{{{live}}}": 7.0,
+        f"na64_monitor_lost_events_total{{{live}}}": 2.0,
+        f"na64_spill_number{{{live}}}": 3.0, f"na64_spill_number{{{replay}}}": 49.0,
+        f'na64_efficiency_ratio{{bound="value",detector="veto",{live}}}': 0.94,
+        f'na64_efficiency_ratio{{bound="low",detector="veto",{live}}}': 0.93,
+        f'na64_efficiency_ratio{{bound="value",detector="hcal",{replay}}}': 0.5,
+        f'na64_alarm_active{{alarm="veto_efficiency_low",{live}}}': 1.0,
+        f'na64_alarm_active{{alarm="pileup_high",{live}}}': 0.0,
+        f'na64_alarm_active{{alarm="no_spill",{replay}}}': 1.0,
+    }
+    assert run_figures(samples) == {
+        "spills": 4, "forced_spills": 1, "last_spill": 3.0, "events": 1000, "eot": 950.5,
+        "shed": 7, "lost": 2, "veto_efficiency": 0.94, "hcal_efficiency": None,
+        "pileup": None, "alarms": ["veto_efficiency_low"]}
+    assert run_figures(samples, "replay")["spills"] == 50
+
+
+@pytest.mark.slow
+def test_up_shows_the_run_as_it_goes(tmp_path: Path) -> None:
+    from daq.launch import up
+
+    seen: list[dict] = []
+    report = up(_topology(tmp_path, spills=3), progress=seen.append)
+    assert report["ok"], report
+    spills = [f["spills"] for f in seen]
+    assert spills == sorted(spills) and spills[-1] >= 1, spills  # it moved, never back
+    assert report["figures"]["spills"] == 3 and report["figures"]["lost"] == 0
 
 
 def test_a_metrics_port_in_use_is_named() -> None:
