@@ -257,9 +257,11 @@ def _bench(a: argparse.Namespace) -> int:
     if a.json:
         print(json.dumps(res, indent=1))
         return 0
-    for key, value in res.items():
-        if isinstance(value, int | float):
-            print(f"{key:45s} {value:>14,}")
+    from daq.live import bench_table
+
+    Console().print(bench_table(res))
+    print(f"(every figure, and each run: na64daq bench --json; repeat {res['repeat']}: the "
+          "best of each side is shown)")
     return 0
 
 

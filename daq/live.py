@@ -1,4 +1,5 @@
-"""The demo's live terminal view and its end-of-run summary (rich renderables, no I/O)."""
+"""Terminal views (rich renderables, no I/O): the demo's live view and run summary, the
+status line and figures of `na64daq up`, the results of `na64daq bench`."""
 
 from __future__ import annotations
 
@@ -160,4 +161,43 @@ def run_figures_table(fig: dict[str, Any]) -> Table:
     t.add_row("hcal efficiency (last spill)", _ratio(fig["hcal_efficiency"]))
     t.add_row("pileup fraction (last spill)", _pct(fig["pileup"]))
     t.add_row("alarms raised", ", ".join(fig["alarms"]) or "none")
+    return t
+
+
+#: NA64's peak event rate during a 4.8 s spill, events/s (docs/performance.md)
+BEAM_PEAK_EVENTS_PER_S = 1.5e6
+#: issue 9's targets: end-to-end events/s and the fraction of bare ZeroMQ, per mode
+BENCH_TARGETS = {"feature": (3e6, 0.5), "waveform": (0.3e6, 0.6)}
+
+
+def _mps(x: float) -> str:
+    return f"{x / 1e6:.2f} M/s"
+
+
+def bench_table(res: dict[str, Any]) -> Table:
+    """`na64daq bench` results beside their targets and the beam's peak rate."""
+    t = Table(title="na64daq bench", show_header=True, box=box.SIMPLE_HEAD)
+    for col, just in (("figure", "left"), ("measured", "right"), ("target / against", "left")):
+        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    k = res["kernel"]
+    t.add_row("trigger kernel, full waveforms, 1 core",
+              _mps(k["waveform_kernel_events_per_s_1core"]),
+              f"{k['speedup_vs_reference_1core']}x the NumPy reference "
+              f"({_mps(k['numpy_reference_events_per_s'])})")
+    t.add_row(f"trigger kernel, all {k['cores']} cores",
+              _mps(k["waveform_kernel_events_per_s_all_cores"]),
+              f"memory bound {_mps(k['bandwidth_bound_events_per_s'])} "
+              f"({k['memory_read_bandwidth_gb_s']} GB/s)")
+    for mode, (rate, ratio) in BENCH_TARGETS.items():
+        p, z = res[f"pipeline_{mode}_events_per_s"], res[f"zmq_{mode}_events_per_s"]
+        r = res[f"pipeline_{mode}_vs_zmq_ratio"]
+        t.add_row(f"end to end, {mode} mode", _mps(p),
+                  f"{'met' if p >= rate else 'MISSED'}: >= {_mps(rate)}; "
+                  f"{p / BEAM_PEAK_EVENTS_PER_S:.2f}x the beam's peak")
+        t.add_row(f"  / bare ZeroMQ ({_mps(z)})", f"{r:.3f}",
+                  f"{'met' if r >= ratio else 'MISSED'}: >= {ratio}")
+    t.add_row("events lost", f"{res['lost_events']:,}",
+              "met: 0" if res["lost_events"] == 0 else "MISSED: 0")
+    for name, b in sorted(res["peak_rss_bytes"].items()):
+        t.add_row(f"peak memory, {name}", f"{b / 2**20:.0f} MiB", "")
     return t

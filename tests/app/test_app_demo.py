@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import socket
 from pathlib import Path
 
@@ -141,6 +142,29 @@ def test_run_figures_read_the_live_source_only() -> None:
         "shed": 7, "lost": 2, "veto_efficiency": 0.94, "hcal_efficiency": None,
         "pileup": None, "alarms": ["veto_efficiency_low"]}
     assert run_figures(samples, "replay")["spills"] == 50
+
+
+def test_bench_results_are_shown_against_their_targets() -> None:
+    from daq.live import bench_table
+
+    mib = 2**20
+    res = {"kernel": {"waveform_kernel_events_per_s_1core": 1.0e6, "cores": 2,
+                      "waveform_kernel_events_per_s_all_cores": 1.8e6,
+                      "speedup_vs_reference_1core": 9.4, "numpy_reference_events_per_s": 1.06e5,
+                      "bandwidth_bound_events_per_s": 4.2e6, "memory_read_bandwidth_gb_s": 29.4},
+           "pipeline_feature_events_per_s": 3.71e6, "zmq_feature_events_per_s": 8.2e6,
+           "pipeline_feature_vs_zmq_ratio": 0.452,
+           "pipeline_waveform_events_per_s": 0.616e6, "zmq_waveform_events_per_s": 0.953e6,
+           "pipeline_waveform_vs_zmq_ratio": 0.646, "lost_events": 0,
+           "peak_rss_bytes": {"feature:builder": 432 * mib, "waveform:builder": 447 * mib}}
+    rows = {re.split(r"\s{2,}", ln.strip())[0]: ln
+            for ln in _render(bench_table(res), 120).splitlines() if ln.strip()}
+    assert "3.71 M/s" in rows["end to end, feature mode"]
+    assert "met: >= 3.00 M/s; 2.47x the beam's peak" in rows["end to end, feature mode"]
+    assert "MISSED: >= 0.5" in rows["/ bare ZeroMQ (8.20 M/s)"]  # 0.452
+    assert "met: >= 0.6" in rows["/ bare ZeroMQ (0.95 M/s)"]
+    assert "9.4x the NumPy reference" in rows["trigger kernel, full waveforms, 1 core"]
+    assert "447 MiB" in rows["peak memory, waveform:builder"]
 
 
 @pytest.mark.slow
