@@ -75,6 +75,13 @@ class FrontEnds:
         return [Emission(s, self._stamp(s, self._msg(s, Kind.RUN_START, meta=meta)), 0)
                 for s in self.streams]
 
+    def withdraw(self, em: Emission) -> None:
+        """`em` was taken from `run()` but will never be sent (the stream was stopped at
+        it): its sequence number goes to the next message of its stream, the end of stream,
+        so that receivers count no lost message where nothing was lost."""
+        if self._seq.get(em.src) == em.msg.seq + 1:
+            self._seq[em.src] = em.msg.seq
+
     def eos(self, t_ns: int) -> list[Emission]:
         return [Emission(s, self._stamp(s, self._msg(s, Kind.END_OF_STREAM)), t_ns)
                 for s in self.streams]

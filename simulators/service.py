@@ -90,9 +90,19 @@ class FrontEnd(Service):
                 em = await asyncio.to_thread(_next, it)
                 if em is None:
                     break
+                if self.speed:
+                    wait = em.t_ns / 1e9 / self.speed - (self.clock() - start)
+                    if wait > 0:
+                        await self.sleep(wait)
+                        if self.stopping.is_set():
+                            self.fe.withdraw(em)  # never sent; the ends follow
+                            continue
+                # the spill boundary is decided once the spill is due: a stop or a pause
+                # that came during the wait between spills applies to this spill
                 if em.msg.kind is Kind.SPILL_START:
                     if self._stop_at_spill:
                         self.stopping.set()  # not sent: the ends follow on the next turn
+                        self.fe.withdraw(em)
                         continue
                     if self.paused:
                         held = self.clock()
@@ -100,16 +110,11 @@ class FrontEnd(Service):
                                 and not self._stop_at_spill:
                             await self.sleep(0.05)
                         start += self.clock() - held  # a pause delays the schedule
-                    if self._stop_at_spill:
+                    if self._stop_at_spill or self.stopping.is_set():
                         self.stopping.set()
+                        self.fe.withdraw(em)
                         continue
                 last_ns = em.t_ns
-                if self.speed:
-                    wait = em.t_ns / 1e9 / self.speed - (self.clock() - start)
-                    if wait > 0:
-                        await self.sleep(wait)
-                        if self.stopping.is_set():
-                            continue  # drop the message that waited; send the ends
                 if em.src == TRUTH:
                     if self.truth_sink is not None:
                         self.truth_sink(em.msg)

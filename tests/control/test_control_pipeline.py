@@ -85,3 +85,8 @@ async def test_full_run_with_a_trigger_change_on_the_real_data_path(
     assert cfgs, "nothing accepted"
     assert all(v == (55 if s >= from_spill else 90) for s, v in cfgs.items()), cfgs
     assert any(m.kind is Kind.CONFIG and m.spill == from_spill for m in msgs)
+    # the stop ended the stream at a spill boundary: no empty spill after the last one, and
+    # nothing the front ends withheld counted as a lost message
+    ends = {m.spill: m.meta.get("events") for m in msgs if m.kind is Kind.SPILL_END}
+    assert ends and all(n and n > 0 for n in ends.values()), ends
+    assert not +pipe.builder.builder.stats["live"].seq_gaps

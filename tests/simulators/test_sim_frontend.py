@@ -164,3 +164,37 @@ async def test_stop_ends_a_realtime_stream_cleanly() -> None:
         assert svc.state.value == "closed"
     finally:
         pull.close(linger=0)
+
+
+@pytest.mark.asyncio
+async def test_stop_after_spill_in_the_gap_sends_nothing_of_the_next_spill() -> None:
+    """Run control's stop arriving between spills: the stream ends at that boundary. The
+    next spill's start, paced to its time, must not go out once the wait is over (it did:
+    the builder then recorded an empty spill after the last one)."""
+    ctx = context()
+    pull = ctx.socket(zmq.PULL)
+    endpoint = f"tcp://127.0.0.1:{free_tcp_port()}"
+    pull.bind(endpoint)
+    sim = simulator(generated_s=0.004, slice_events=1024, seed=2)
+    got: list[Message] = []
+    try:
+        # 16.8 s spill period / 20: spill 1 starts 0.84 s after spill 0
+        async with FrontEnd(FrontEnds(sim, spills=3), endpoint, pace="factor", factor=20.0,
+                            ctx=ctx) as svc:
+            while not (got and got[-1].kind is Kind.SPILL_END and got[-1].src == "BEAM"):
+                got.append(decode([f.buffer for f in await asyncio.wait_for(
+                    pull.recv_multipart(copy=False), 30)]))
+            await asyncio.sleep(0.2)  # every board has ended spill 0; spill 1 is 0.6 s away
+            svc.stop_after_spill()
+            await asyncio.wait_for(svc.wait(), 10)
+            while sum(m.kind is Kind.END_OF_STREAM for m in got) < len(BOARDS):
+                got.append(decode([f.buffer for f in await asyncio.wait_for(
+                    pull.recv_multipart(copy=False), 10)]))
+    finally:
+        pull.close(linger=0)
+    assert {m.spill for m in got if m.kind is Kind.SPILL_START} == {0}
+    assert not [m for m in got if m.kind is Kind.SLICE and m.spill != 0]
+    for b in BOARDS:  # each stream: contiguous sequence numbers, ended by its eos
+        seqs = [m.seq for m in got if m.src == b]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), b
+        assert [m for m in got if m.src == b][-1].kind is Kind.END_OF_STREAM, b
