@@ -85,27 +85,62 @@ def _demo_config(a: argparse.Namespace) -> StackConfig:
     }).inproc()
 
 
+class DemoWatch:
+    """What the demo's live view shows of its current pipeline (one per run): spills,
+    raised alarms, the run file, the monitor's /metrics and the events the beam board sent.
+    The plain demo and the demo under run control both draw their view from it."""
+
+    def __init__(self) -> None:
+        self.pipe: Any = None
+        self.sent = 0
+        self.t0 = time.monotonic()
+
+    def on_pipeline(self, pipe: Any) -> None:
+        """Follow a new pipeline (built, not yet running): its beam counts from zero."""
+        self.pipe, self.sent = pipe, 0
+        pipe.services["frontend"].on_emit = self._on_emit
+
+    def _on_emit(self, em: Any) -> None:
+        if em.src == "BEAM" and em.msg.kind.value == "slice":
+            self.sent += em.msg.count
+
+    def view(self, run: int | None) -> Any:
+        from daq.live import view
+
+        pipe = self.pipe
+        sums = [s.model_dump(mode="json") for s in pipe.monitor.summaries]
+        alarms = sorted(n for src in pipe.monitor.alarms.values()
+                        for n, up in src.raised.items() if up)
+        w = pipe.recorder.rec.writer
+        return view(run=run, sent_events=self.sent, summaries=sums, alarms=alarms,
+                    metrics_url=self.metrics_url, elapsed_s=time.monotonic() - self.t0,
+                    run_file=str(w.path) if w is not None else None)
+
+    @property
+    def metrics_url(self) -> str | None:
+        servers = self.pipe.servers if self.pipe is not None else {}
+        return servers["monitor"].url if "monitor" in servers else None
+
+
 def _demo_mqtt(a: argparse.Namespace, cfg: StackConfig) -> int:
     """The demo under run control: runs start and stop by `na64daq ctl`, over MQTT."""
     from rich.console import Console
     from rich.live import Live
 
-    from daq.app import Pipeline, PipelineDataPath, mqtt_settings
+    from daq.app import PipelineDataPath, mqtt_settings
     from daq.control.service import RunControlService
     from daq.control.store import StateStore
-    from daq.live import view
     from daq.transport import close_transport
 
     console = Console()
-    pipes: list[Pipeline] = []
-    t0 = time.monotonic()
+    watch = DemoWatch()
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
-        dp = PipelineDataPath(cfg, on_pipeline=pipes.append)
+        dp = PipelineDataPath(cfg, on_pipeline=watch.on_pipeline)
         svc = RunControlService(mqtt_settings(cfg), StateStore(Path(a.run_dir) / "control"), dp)
         console.print(f"na64-daq demo under run control at {a.mqtt}: "
                       "start a run with `na64daq ctl start`, Ctrl-C to leave")
@@ -113,14 +148,9 @@ def _demo_mqtt(a: argparse.Namespace, cfg: StackConfig) -> int:
             async with svc:
                 while not stop.is_set():
                     await asyncio.sleep(0.5)
-                    if pipes:
-                        p = pipes[-1]
-                        sums = [x.model_dump(mode="json") for x in p.monitor.summaries]
-                        w = p.recorder.rec.writer
-                        live.update(view(run=svc.core.state.run.run if svc.core.state.run
-                                         else None, sent_events=0, summaries=sums, alarms=[],
-                                         metrics_url=None, elapsed_s=time.monotonic() - t0,
-                                         run_file=str(w.path) if w is not None else None))
+                    if watch.pipe is not None:
+                        run = svc.core.state.run
+                        live.update(watch.view(run.run if run else None))
                 if dp.pipe is not None and dp._task is not None and not dp._task.done():
                     await dp.stop_run()  # leave with the run closed, not cut
 
@@ -164,7 +194,7 @@ def _demo(a: argparse.Namespace) -> int:
     from rich.live import Live
 
     from daq.app import Factory, Pipeline
-    from daq.live import run_summary, view
+    from daq.live import run_summary
     from daq.transport import context
 
     cfg = _demo_config(a)
@@ -174,17 +204,12 @@ def _demo(a: argparse.Namespace) -> int:
     if a.mqtt:
         return _demo_mqtt(a, cfg)
     pipe = Pipeline(cfg)
-    sent = [0]
-    t0 = time.monotonic()
-
-    def on_emit(em: Any) -> None:
-        if em.src == "BEAM" and em.msg.kind.value == "slice":
-            sent[0] += em.msg.count
+    watch = DemoWatch()
 
     async def main() -> None:
         factory = Factory(cfg, ctx=context())
         pipe.build(factory)
-        pipe.services["frontend"].on_emit = on_emit  # type: ignore[attr-defined]
+        watch.on_pipeline(pipe)
         loop = asyncio.get_running_loop()
         presses = [0]
 
@@ -196,22 +221,14 @@ def _demo(a: argparse.Namespace) -> int:
 
         loop.add_signal_handler(signal.SIGINT, interrupt)
         loop.add_signal_handler(signal.SIGTERM, interrupt)
-        url = (pipe.servers["monitor"].url if "monitor" in pipe.servers else None)
         live = None if a.no_live else Live(console=console, refresh_per_second=4)
 
         async def tick() -> None:
-            if live is None:
-                return
-            sums = [s.model_dump(mode="json") for s in pipe.monitor.summaries]
-            alarms = sorted(n for src in pipe.monitor.alarms.values()
-                            for n, up in src.raised.items() if up)
-            w = pipe.recorder.rec.writer
-            live.update(view(run=a.run, sent_events=sent[0], summaries=sums, alarms=alarms,
-                             metrics_url=url, elapsed_s=time.monotonic() - t0,
-                             run_file=str(w.path) if w is not None else None))
+            if live is not None:
+                live.update(watch.view(a.run))
 
         console.print(f"na64-daq demo: run {a.run}, {a.spills} spills, {a.mode} mode, "
-                      f"metrics at {url or 'off'}")
+                      f"metrics at {watch.metrics_url or 'off'}")
         async with contextlib.AsyncExitStack() as stack:
             if live is not None:
                 stack.enter_context(live)
