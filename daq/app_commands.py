@@ -109,12 +109,18 @@ class DemoWatch:
 
         pipe = self.pipe
         sums = [s.model_dump(mode="json") for s in pipe.monitor.summaries]
-        alarms = sorted(n for src in pipe.monitor.alarms.values()
-                        for n, up in src.raised.items() if up)
+        now = sorted(n for src in pipe.monitor.alarms.values()
+                     for n, up in src.raised.items() if up)
         w = pipe.recorder.rec.writer
-        return view(run=run, sent_events=self.sent, summaries=sums, alarms=alarms,
+        return view(run=run, sent_events=self.sent, summaries=sums, alarms=now,
+                    earlier_alarms=[n for n in self.alarms_raised() if n not in now],
                     metrics_url=self.metrics_url, elapsed_s=time.monotonic() - self.t0,
                     run_file=str(w.path) if w is not None else None)
+
+    def alarms_raised(self) -> list[str]:
+        """Every alarm raised while this pipeline ran, cleared since or not."""
+        return sorted({n for src in self.pipe.monitor.alarms.values()
+                       for n, k in src.times_raised.items() if k})
 
     @property
     def metrics_url(self) -> str | None:
@@ -243,9 +249,10 @@ def _demo(a: argparse.Namespace) -> int:
     files = [str(f) for f in pipe.recorder.rec.files]
     totals = _totals(pipe)
     if a.json:
-        print(json.dumps({"run": a.run, "spills": sums, "totals": totals, "files": files}))
+        print(json.dumps({"run": a.run, "spills": sums, "totals": totals, "files": files,
+                          "alarms_raised": watch.alarms_raised()}))
     else:
-        console.print(run_summary(sums, totals))
+        console.print(run_summary(sums, totals, watch.alarms_raised()))
         console.print(f"run file: {', '.join(files) or '-'}")
     return 0
 

@@ -98,8 +98,9 @@ def spill_table(summaries: Sequence[dict[str, Any]], *, last: int = 8) -> SpillT
 
 def view(*, run: int | None, sent_events: int, summaries: Sequence[dict[str, Any]],
          alarms: Sequence[str], metrics_url: str | None, elapsed_s: float,
-         run_file: str | None) -> Group:
-    """The whole live view: header line, spill table, alarms."""
+         run_file: str | None, earlier_alarms: Sequence[str] = ()) -> Group:
+    """The whole live view: header line, spill table, alarms (`alarms` raised now in red,
+    `earlier_alarms` raised earlier in the run and cleared since in yellow)."""
     eot = sum(s.get("eot") or 0 for s in summaries)
     gap = "   "
     head = Text.from_markup(
@@ -108,14 +109,18 @@ def view(*, run: int | None, sent_events: int, summaries: Sequence[dict[str, Any
                   f"generated {sent_events:,} events in {elapsed_s:.1f} s"))
         + "\n" + gap.join((f"metrics {escape(metrics_url or 'off')}",
                            f"run file {escape(run_file or '-')}")))
-    alarm_text = ", ".join(alarms) if alarms else "none"
-    style = "bold red" if alarms else "green"
+    text = f"[bold red]{', '.join(alarms)}[/]" if alarms else "[green]none now[/]"
+    if earlier_alarms:
+        text += f"   [yellow]raised earlier, cleared since: {', '.join(earlier_alarms)}[/]"
+    elif not alarms:
+        text = "[green]none[/]"
     return Group(Panel(head, title="na64-daq demo"), spill_table(summaries),
-                 Panel(f"[{style}]{alarm_text}[/]", title="alarms"))
+                 Panel(text, title="alarms"))
 
 
-def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | None) -> Table:
-    """The table printed when the run ends."""
+def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | None,
+                alarms: Sequence[str] = ()) -> Table:
+    """The table printed when the run ends; `alarms`: those raised during the run."""
     t = Table(title="Run summary", show_header=False)
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -128,6 +133,7 @@ def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | No
         t.add_row("pileup fraction", _pct(totals.get("pileup_fraction")))
         trig = totals.get("triggers") or {}
         t.add_row("triggers", ", ".join(f"{k} {v}" for k, v in trig.items()))
+    t.add_row("alarms raised", ", ".join(alarms) or "none")
     return t
 
 

@@ -67,6 +67,9 @@ class Alarms:
         self.cfg = cfg
         self.source = source
         self.raised: dict[str, bool] = dict.fromkeys(ALARMS, False)
+        #: how often each alarm was raised since this monitor started (a run's end clears
+        #: the alarms, not this record of them)
+        self.times_raised: dict[str, int] = dict.fromkeys(ALARMS, 0)
 
     def band(self, name: str) -> Band:
         field = ALARMS[name][0]
@@ -80,6 +83,7 @@ class Alarms:
         if self.raised[name] == raised:
             return []
         self.raised[name] = raised
+        self.times_raised[name] += raised
         state = AlarmState.RAISED if raised else AlarmState.CLEARED
         return [Transition(name, state, value, self.band(name), run, spill, self.source)]
 

@@ -32,6 +32,7 @@ def test_demo_runs_spills_and_records_them(tmp_path: Path,
         expect = math.exp(-rate * 50e-9)
         half = veto["high"] - veto["low"]
         assert abs(veto["value"] - expect) < 4 * half
+    assert out["alarms_raised"] == []  # nominal beam
     [path] = out["files"]
     reader = RunFileReader(path)
     kinds = [m.kind.value for m in reader]
@@ -42,6 +43,23 @@ def test_demo_runs_spills_and_records_them(tmp_path: Path,
     recorded = sum(m.count for m in RunFileReader(path) if m.kind.value == "accepted")
     assert recorded == sum(s["accepted"] for s in out["spills"])
     _check_live_view(out["spills"])
+
+
+def test_demo_live_view_shows_the_alarms_raised(tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """5x the nominal intensity: pileup pulls the VETO and HCAL efficiencies far below their
+    alarm bounds (exp(-6.25 MHz x 50 ns) = 0.73); the view's alarm panel must say so."""
+    rc = main(["demo", "--spills", "1", "--intensity", "3e7", "--generated-s", "0.005",
+               "--run-dir", str(tmp_path), "--seed", "3"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    raised = ("hcal_efficiency_low", "pileup_high", "veto_efficiency_low")
+    # the last frame: the run has ended, which clears live alarms, not the record of them
+    panel = " ".join(out[out.rindex("─ alarms ─"):].split("╰")[0].replace("│", " ").split())
+    assert "raised earlier, cleared since: " + ", ".join(raised) in panel, out
+    [row] = [ln for ln in out.splitlines() if "alarms raised" in ln]  # the run summary
+    assert all(a in row for a in raised), row
+    assert "generated 0 events" not in out, out
 
 
 def _render(renderable: object, width: int) -> str:
