@@ -258,8 +258,8 @@ def wait_run_recorded(procs: list[Proc], *, settle_s: float = 60.0,
 
 def run_figures(samples: dict[str, float], source: str = "live") -> dict[str, Any]:
     """What the shift crew reads first, from a scrape of the monitor's /metrics (`scrape`):
-    spills closed (and forced), events, EOT, shed and lost events, efficiencies, pileup and
-    the alarms raised. Figures not published yet are None."""
+    spills closed (and forced), events, EOT, shed and lost events, efficiencies, pileup,
+    the alarms raised now and every alarm raised so far. Figures not published yet are None."""
     src = f'source="{source}"'
 
     def total(name: str, **labels: str) -> float:
@@ -283,9 +283,15 @@ def run_figures(samples: dict[str, float], source: str = "live") -> dict[str, An
         "veto_efficiency": gauge("na64_efficiency_ratio", detector="veto", bound="value"),
         "hcal_efficiency": gauge("na64_efficiency_ratio", detector="hcal", bound="value"),
         "pileup": gauge("na64_pileup_ratio"),
-        "alarms": sorted(k.split('alarm="')[1].split('"')[0] for k, v in samples.items()
-                         if k.startswith("na64_alarm_active{") and src in k and v == 1.0),
+        "alarms": _alarm_names(samples, "na64_alarm_active", src),
+        "alarms_raised": _alarm_names(samples, "na64_alarms_raised_total", src),
     }
+
+
+def _alarm_names(samples: dict[str, float], name: str, src: str) -> list[str]:
+    """Alarms whose series `name` is non-zero."""
+    return sorted(k.split('alarm="')[1].split('"')[0] for k, v in samples.items()
+                  if k.startswith(name + "{") and src in k and v > 0)
 
 
 def _monitor_figures(procs: list[Proc]) -> dict[str, Any] | None:

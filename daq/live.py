@@ -166,7 +166,7 @@ def run_figures_table(fig: dict[str, Any]) -> Table:
     t.add_row("veto efficiency (last spill)", _ratio(fig["veto_efficiency"]))
     t.add_row("hcal efficiency (last spill)", _ratio(fig["hcal_efficiency"]))
     t.add_row("pileup fraction (last spill)", _pct(fig["pileup"]))
-    t.add_row("alarms raised", ", ".join(fig["alarms"]) or "none")
+    t.add_row("alarms raised during the run", ", ".join(fig["alarms_raised"]) or "none")
     return t
 
 

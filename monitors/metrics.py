@@ -58,6 +58,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "na64_signal_box_events": ("gauge", ("source",),
                                "Signal-box events of the last spill (absent when blind)."),
     "na64_alarm_active": ("gauge", ("source", "alarm"), "1 while the alarm is raised."),
+    "na64_alarms_raised_total": ("counter", ("source", "alarm"),
+                                 "Times the alarm was raised (a run's end clears alarms)."),
     "na64_monitor_messages_total": ("counter", ("kind",), "Messages received by the monitor."),
     "na64_monitor_refused_total": ("counter", ("reason",), "Messages refused, by reason."),
     "na64_monitor_open_spills": ("gauge", (), "Spills waiting for messages (queue depth)."),
@@ -150,7 +152,9 @@ class MonitorMetrics:
         self.gauge("na64_monitor_mqtt_outbox_messages").set(n)
 
     def set_alarm(self, source: str, name: str, raised: bool) -> None:
+        """An alarm's transition (or its initial state: not raised)."""
         self.gauge("na64_alarm_active").labels(source, name).set(1 if raised else 0)
+        self.counter("na64_alarms_raised_total").labels(source, name).inc(raised)
 
     def init_alarms(self, source: str) -> None:
         for name in ALARMS:

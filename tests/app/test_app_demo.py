@@ -130,7 +130,8 @@ def test_up_runs_every_service_as_a_process(tmp_path: Path,
     assert report["gave_up"] == []
     fig = report["figures"]  # the monitor's own account of the run, before it was stopped
     assert fig["spills"] == 2 and fig["forced_spills"] == 0 and fig["last_spill"] == 1
-    assert fig["lost"] == 0 and fig["shed"] == 0 and fig["alarms"] == []
+    assert fig["lost"] == 0 and fig["shed"] == 0
+    assert fig["alarms"] == fig["alarms_raised"] == []  # nominal beam
     assert 0 < fig["eot"] <= fig["events"]
     assert 0.85 < fig["veto_efficiency"] < 1 and 0.85 < fig["hcal_efficiency"] < 1
 
@@ -154,11 +155,15 @@ def test_run_figures_read_the_live_source_only() -> None:
         f'na64_alarm_active{{alarm="veto_efficiency_low",{live}}}': 1.0,
         f'na64_alarm_active{{alarm="pileup_high",{live}}}': 0.0,
         f'na64_alarm_active{{alarm="no_spill",{replay}}}': 1.0,
+        f'na64_alarms_raised_total{{alarm="veto_efficiency_low",{live}}}': 2.0,
+        f'na64_alarms_raised_total{{alarm="pileup_high",{live}}}': 1.0,
+        f'na64_alarms_raised_total{{alarm="no_spill",{live}}}': 0.0,
     }
     assert run_figures(samples) == {
         "spills": 4, "forced_spills": 1, "last_spill": 3.0, "events": 1000, "eot": 950.5,
         "shed": 7, "lost": 2, "veto_efficiency": 0.94, "hcal_efficiency": None,
-        "pileup": None, "alarms": ["veto_efficiency_low"]}
+        "pileup": None, "alarms": ["veto_efficiency_low"],
+        "alarms_raised": ["pileup_high", "veto_efficiency_low"]}
     assert run_figures(samples, "replay")["spills"] == 50
 
 
