@@ -23,9 +23,9 @@ def _si(x: float | None) -> str:
     if x is None:
         return "-"
     for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
+        if abs(x) >= scale * 0.9995:  # what rounds up to 1.00 of a unit takes that unit
             v = x / scale
-            return f"{v:.3g}{unit}" if v < 100 else f"{v:.0f}{unit}"
+            return f"{v:#.3g}{unit}" if abs(v) < 99.95 else f"{v:.0f}{unit}"  # 6.00M, not 6M
     return f"{x:.0f}"
 
 
@@ -119,8 +119,9 @@ def view(*, run: int | None, sent_events: int, summaries: Sequence[dict[str, Any
 
 
 def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | None,
-                alarms: Sequence[str] = ()) -> Table:
-    """The table printed when the run ends; `alarms`: those raised during the run."""
+                alarms: Sequence[str] | None = None) -> Table:
+    """The table printed when the run ends; `alarms`: those raised during the run (None:
+    alarms were not judged, as in an offline analysis)."""
     t = Table(title="Run summary", show_header=False)
     t.add_column("figure")
     t.add_column("value", justify="right")
@@ -133,7 +134,8 @@ def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | No
         t.add_row("pileup fraction", _pct(totals.get("pileup_fraction")))
         trig = totals.get("triggers") or {}
         t.add_row("triggers", ", ".join(f"{k} {v}" for k, v in trig.items()))
-    t.add_row("alarms raised", ", ".join(alarms) or "none")
+    if alarms is not None:
+        t.add_row("alarms raised", ", ".join(alarms) or "none")
     return t
 
 

@@ -167,6 +167,16 @@ def test_run_figures_read_the_live_source_only() -> None:
     assert run_figures(samples, "replay")["spills"] == 50
 
 
+@pytest.mark.parametrize(("count", "shown"), [
+    (0, "0"), (987, "987"), (999.4, "999"), (999.6, "1.00k"), (25_150, "25.1k"),
+    (99_960, "100k"), (999_600, "1.00M"), (6_000_123, "6.00M"), (6_012_000, "6.01M"),
+    (123_456_789, "123M"), (1.2e9, "1.20G"), (None, "-")])
+def test_counts_are_compact_and_keep_their_precision(count: float | None, shown: str) -> None:
+    from daq.live import _si
+
+    assert _si(count) == shown
+
+
 def test_bench_results_are_shown_against_their_targets() -> None:
     from daq.live import bench_table
 
