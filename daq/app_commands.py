@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--workers", type=int, default=2, help="trigger workers (default 2)")
     p.add_argument("--metrics-port", type=int, default=0, help=(
         "/metrics port of the monitor; the other services use the next ports "
-        "(default 0: free ports, printed)"))
+        "(default 0: free ports, printed; with --mqtt chosen once, the same for every run)"))
     p.add_argument("--mqtt", metavar="URL", default=None, help=(
         "run under run control on this broker: runs start and stop with `na64daq ctl`, "
         "trigger changes apply at the next spill; spill summaries, alarms and status are "
@@ -72,7 +72,13 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _demo_config(a: argparse.Namespace) -> StackConfig:
+    from daq.metrics import free_port_block
+
     port = a.metrics_port
+    if port == 0 and a.mqtt:
+        # under run control each run is a new pipeline: fixed ports, so that a Prometheus
+        # (and the shift crew's bookmark) follows the demo from one run to the next
+        port = free_port_block(10 + a.workers)
     ports = ({"frontend": 0, "builder": 0, "recorder": 0, "monitor": 0, "control": 0,
               "trigger": 0} if port == 0 else
              {"monitor": port, "builder": port + 1, "recorder": port + 2, "frontend": port + 3,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from wsgiref.simple_server import WSGIServer
 
@@ -10,6 +11,26 @@ from prometheus_client import CollectorRegistry, start_http_server
 from daq.errors import ConfigError
 
 PREFIX = "na64_"
+
+
+def free_port_block(n: int, addr: str = "127.0.0.1", tries: int = 100) -> int:
+    """A base port such that base .. base + n - 1 on `addr` were free a moment ago."""
+    for _ in range(tries):
+        with socket.socket() as s:
+            s.bind((addr, 0))
+            base = int(s.getsockname()[1])
+        if base + n <= 65536 and all(_bindable(addr, base + i) for i in range(1, n)):
+            return base
+    raise ConfigError("metrics port", 0, f"no {n} consecutive free ports on {addr}")
+
+
+def _bindable(addr: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((addr, port))
+        except OSError:
+            return False
+    return True
 
 
 class MetricsServer:

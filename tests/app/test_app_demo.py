@@ -228,6 +228,24 @@ def test_a_metrics_port_in_use_is_named() -> None:
             MetricsServer(CollectorRegistry(), port=port, field="metrics.trigger + 1")
 
 
+def test_demo_under_run_control_keeps_its_metrics_ports_from_run_to_run() -> None:
+    """Each run under --mqtt is a new pipeline: with port 0 its /metrics would move at every
+    run. The ports are chosen once, in the --metrics-port layout, and were free."""
+    from daq.app_commands import _demo_config
+    from daq.cli import build_parser
+
+    args = build_parser().parse_args(["demo", "--mqtt", "mqtt://127.0.0.1:1", "--workers", "3"])
+    m = _demo_config(args).metrics
+    ports = [m.port(s) for s in ("monitor", "builder", "recorder", "frontend", "control")]
+    ports += [m.port("trigger", i) for i in range(3)]
+    assert ports == [m.monitor + k for k in (0, 1, 2, 3, 4, 10, 11, 12)] and m.monitor > 0
+    for port in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free a moment ago: bindable now
+    plain = _demo_config(build_parser().parse_args(["demo"])).metrics
+    assert plain.monitor == 0  # without run control: one pipeline, free ports as it starts
+
+
 @pytest.mark.slow
 def test_up_runs_nothing_when_a_service_cannot_start(tmp_path: Path,
                                                      capfd: pytest.CaptureFixture[str]) -> None:
