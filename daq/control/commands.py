@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,5 +122,6 @@ def _history(args: argparse.Namespace) -> int:
             f"version {e.get('version')} cfg {e.get('cfg')}"
         spill = f" from run {e.get('run')} spill {e.get('spill')}" \
             if e["event"] == "activated" else ""
-        print(f"{e.get('when', 0):.0f} {e['event']:<9} {e.get('who')}: {what}{spill}")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.get("when", 0)))
+        print(f"{when}Z {e['event']:<9} {e.get('who')}: {what}{spill}")
     return 0

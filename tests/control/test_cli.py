@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -69,6 +70,9 @@ async def test_cli_drives_the_service_process(secure_broker: SecureBroker,
         assert rc == 0 and "pending=True" in out, err
         rc, out, _ = await ctl(expert, "trigger", "history")
         assert rc == 0 and "requested" in out and "expert" in out
+        # when, readable: an ISO date and time in UTC, not seconds since 1970
+        assert re.search(r"^20\d\d-\d\d-\d\d \d\d:\d\d:\d\dZ requested +expert: version",
+                         out, re.M), out
         rc, out, _ = await ctl(shift, "status")
         assert rc == 0 and "state running" in out and "runcontrol" in out
         bad = {**shift, "NA64_MQTT_PASSWORD": "wrong"}
