@@ -40,10 +40,10 @@ def _eff(e: dict[str, Any] | None, *, full: bool = False) -> str:
 
 #: the spill table's columns, as shown left to right
 _COLUMNS = ("spill", "events", "EOT", "live", "pileup", "VETO eff", "HCAL eff", "hadron",
-            "muon", "phys", "beam", "incompl", "sig box")
+            "muon", "phys", "beam", "incompl", "sig box", "cfg")
 #: on a terminal too narrow for all of them, columns are left out whole, last of this
 #: order first (rather than every figure shortened to an ellipsis)
-_KEEP_FIRST = ("spill", "events", "EOT", "VETO eff", "HCAL eff", "pileup", "incompl",
+_KEEP_FIRST = ("spill", "events", "EOT", "VETO eff", "HCAL eff", "pileup", "incompl", "cfg",
                "live", "phys", "beam", "hadron", "muon", "sig box")
 
 
@@ -64,7 +64,8 @@ class SpillTable:
                 _eff(s.get("veto_efficiency")), _eff(s.get("hcal_efficiency")),
                 _pct(c.get("hadron")), _pct(c.get("muon")),
                 str(trig.get("physics", 0)), str(trig.get("beam", 0)),
-                str(s.get("incomplete_events", 0)), "blind" if box_ is None else str(box_))
+                str(s.get("incomplete_events", 0)), "blind" if box_ is None else str(box_),
+                (s.get("trigger_cfg") or "-")[:6])  # the hash's head, as git shows one
 
     def columns(self, width: int) -> list[int]:
         """Indices of the columns shown in `width` characters."""

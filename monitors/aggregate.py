@@ -63,6 +63,7 @@ class _Open:
     slices: int | None = None
     scalers: dict[str, int] = field(default_factory=dict)
     shadow_ran: bool = False
+    cfgs: set[str] = field(default_factory=set)  # trigger configuration hashes seen
     resumed: bool = False  # a restarted builder joined the spill: its `slices` is a part
 
 
@@ -163,6 +164,9 @@ class RunAnalysis:
         sp.counts.add(aggregate(f, self.cfg, self.boards, sp.spectra))
         sp.slices_seen += 1
         sp.shadow_ran |= msg.meta.get("shadow_cfg") is not None
+        cfg = msg.meta.get("cfg")
+        if isinstance(cfg, str):
+            sp.cfgs.add(cfg)
 
     def _spill_end(self, msg: Message) -> None:
         if msg.spill in self._backup_ends:  # its copy came first and was used
@@ -241,6 +245,7 @@ class RunAnalysis:
         s = SpillSummary(
             run=self.run or 0, spill=spill, source=self.source, closed=how,
             slices=sp.slices, slices_seen=sp.slices_seen, scalers=sp.scalers,
+            trigger_cfg=",".join(sorted(sp.cfgs)) or None,
             **figures(sp.counts, self.cfg, shadow_ran=sp.shadow_ran))
         self.summaries.append(s)
         self.closed_spills += 1

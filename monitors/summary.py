@@ -101,6 +101,10 @@ class SpillSummary(Figures):
                            "forced: closed without them (lost messages, end of run).")
     slices: int | None = Field(description="Built slices the builder announced.")
     slices_seen: int = Field(description="Features messages received for the spill.")
+    trigger_cfg: str | None = Field(default=None, description=(
+        "Content hash of the trigger configuration the spill was processed with, from its "
+        "features messages (several, comma-separated, would mean a change inside the "
+        "spill); None when none said."))
     scalers: dict[str, int] = Field(description="Builder's scalers (S1 S2 S3 V1 beam).")
 
 

@@ -94,7 +94,8 @@ def _check_live_view(spills: list[dict]) -> None:
             if events is not None:
                 assert all(r["events"] == events and r["EOT"] == eot for r in rows), text
             if width == 120:
-                assert len(header) == 13 and header[-1] == "sig box", header
+                assert len(header) == 14 and header[-1] == "cfg", header
+                assert all(len(r["cfg"]) == 6 for r in rows), text  # the trigger config's hash
             assert "generated 12,345,678 events" in text, text
 
 

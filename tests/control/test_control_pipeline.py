@@ -67,6 +67,11 @@ async def test_full_run_with_a_trigger_change_on_the_real_data_path(
             assert active["who"] == "expert" and active["spill"] >= before
             from_spill = active["spill"]
             await _until(lambda: len(pipes[0].monitor.summaries) >= from_spill + 2)
+            # each spill says which configuration it ran with: the new one from from_spill
+            cfg_of = {s.spill: s.trigger_cfg for s in pipes[0].monitor.summaries}
+            assert all(cfg_of[s] == active["cfg"] for s in cfg_of if s >= from_spill), cfg_of
+            assert all(cfg_of[s] not in (None, active["cfg"]) for s in cfg_of
+                       if s < from_spill), cfg_of
             spill = await ctl.retained("na64/monitor/spill", wait=2.0)
             assert spill["na64/monitor/spill"]["run"] == run  # the shift crew sees the spills
             r = await ctl.run("stop")
