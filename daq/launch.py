@@ -322,7 +322,7 @@ def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
 
     A crashed service is restarted (at most `max_restarts` times); `on_sample(procs)` is
     called every 0.1 s (fault injection in the tests uses it), `progress(figures)` twice a
-    second with the monitor's figures so far.
+    second with the monitor's figures so far and `restarts` (service: times restarted).
     """
     cfg, procs = start(config)
     ok = True
@@ -343,7 +343,8 @@ def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
             next_look = time.monotonic() + 0.5
             figures = _monitor_figures(procs) or figures
             if figures is not None:
-                progress(figures)
+                progress({**figures, "restarts": {p.name: p.restarts for p in procs
+                                                  if p.restarts}})
         time.sleep(0.1)
 
     try:

@@ -153,6 +153,10 @@ def run_status(fig: dict[str, Any]) -> Text:
         ("   EOT ", ""), (f"{fig['eot']:,.0f}", "bold"),
         ("   lost ", ""), (f"{fig['lost']:,}", "bold red" if fig["lost"] else "bold"),
         ("   alarms ", ""), (alarms, "bold red" if fig["alarms"] else "green"))
+    restarts = fig.get("restarts") or {}
+    if restarts:
+        line.append("   restarted ", "")
+        line.append(", ".join(f"{n} x{k}" for n, k in sorted(restarts.items())), "bold yellow")
     return line
 
 

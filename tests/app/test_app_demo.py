@@ -201,6 +201,17 @@ def test_bench_results_are_shown_against_their_targets() -> None:
     assert "447 MiB" in rows["peak memory, waveform:builder"]
 
 
+def test_up_status_line_names_alarms_losses_and_restarts() -> None:
+    from daq.live import run_status
+
+    fig = {"spills": 3, "events": 1_234_567, "eot": 1_200_000.4, "lost": 12,
+           "alarms": ["veto_efficiency_low"], "restarts": {"trigger-1": 1, "monitor": 2}}
+    line = run_status(fig).plain
+    assert line == ("spills closed 3   events 1,234,567   EOT 1,200,000   lost 12   alarms "
+                    "veto_efficiency_low   restarted monitor x2, trigger-1 x1"), line
+    assert "restarted" not in run_status({**fig, "restarts": {}}).plain
+
+
 @pytest.mark.slow
 def test_up_shows_the_run_as_it_goes(tmp_path: Path) -> None:
     from daq.launch import up
@@ -212,6 +223,7 @@ def test_up_shows_the_run_as_it_goes(tmp_path: Path) -> None:
     assert report["ok"], report
     spills = [f["spills"] for f in seen]
     assert spills == sorted(spills) and spills[0] < spills[-1], spills  # it moved, never back
+    assert all(f["restarts"] == {} for f in seen)  # nothing crashed
     assert report["figures"]["spills"] == 3 and report["figures"]["lost"] == 0
 
 

@@ -110,6 +110,7 @@ class CrashResult:
     report: dict[str, Any] = field(default_factory=dict)
     truth: list[int] = field(default_factory=list)
     figures: dict[str, Any] = field(default_factory=dict)
+    progress: list[dict[str, Any]] = field(default_factory=list)  # what `up` showed
 
 
 def run_crash(tmp: Path, ports: list[int], victim: str | None) -> CrashResult:
@@ -133,7 +134,7 @@ def run_crash(tmp: Path, ports: list[int], victim: str | None) -> CrashResult:
             res.killed_at_event = int(sent)
 
     res.report = up(write_topology(tmp, ports), on_sample=on_sample, max_restarts=2,
-                    timeout_s=40)
+                    timeout_s=40, progress=res.progress.append)
     res.figures = account(scr, tmp / "runs", truth)
     return res
 

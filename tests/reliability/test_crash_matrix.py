@@ -52,6 +52,8 @@ def test_sigkill_mid_spill_every_loss_reported(tmp_path: Path, victim: str) -> N
     assert r.killed_at_event > 0
     f = _check_common(r)
     assert r.report["services"][victim]["restarts"] == 1
+    # the status line of `na64daq up` told the shift crew
+    assert any(p["restarts"] == {victim: 1} for p in r.progress), r.progress[-1:]
     assert r.report["ok"]
     if victim in ("recorder", "trigger-1"):
         # accepted events: the monitors' count against what `inspect` finds in the files
