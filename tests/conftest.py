@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pytest_asyncio import is_async_test
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -147,17 +148,35 @@ def mosquitto(tmp_path: Path) -> Iterator[Broker]:
         stop_pid(proc)
 
 
+def _leaked(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """The tasks still pending on `loop`, each as its name and the coroutine it runs."""
+    return sorted(f"{t.get_name()} ({getattr(t.get_coro(), '__qualname__', '?')})"
+                  for t in asyncio.all_tasks(loop) if not t.done())
+
+
 @pytest.fixture(autouse=True)
 def _no_leaked_tasks(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Fail an async test that leaves asyncio tasks running behind it."""
+    """Fail an async test that leaves asyncio tasks running behind it.
+
+    pytest-asyncio (1.x) runs an async test in the loop of an asyncio.Runner held by its
+    `_function_scoped_runner` fixture, and that fixture's teardown cancels whatever is left
+    before closing the loop: a check after it (or on get_event_loop(), another loop) sees
+    nothing. Requesting the runner here makes this teardown run before the runner's; the
+    test's own fixtures were set up after this autouse one, so they have stopped by then.
+    The failure is an error at the test's teardown, naming each task and its coroutine.
+    """
+    if not is_async_test(request.node):
+        yield
+        return
+    marker = request.node.get_closest_marker("asyncio")
+    scope = (marker.kwargs.get("loop_scope") if marker else None) or request.config.getini(
+        "asyncio_default_test_loop_scope")
+    if scope != "function":  # a wider loop outlives the test, and may keep tasks on purpose
+        yield
+        return
+    runner = request.getfixturevalue("_function_scoped_runner")
     yield
-    if "asyncio" not in request.keywords:
-        return
-    try:
-        loop = asyncio.get_event_loop_policy().get_event_loop()
-    except RuntimeError:
-        return
-    if loop.is_closed():
-        return
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    assert not pending, f"test left tasks running: {[t.get_name() for t in pending]}"
+    pending = _leaked(runner.get_loop())
+    if pending:
+        pytest.fail(f"test left {len(pending)} asyncio task(s) running: {', '.join(pending)}",
+                    pytrace=False)
