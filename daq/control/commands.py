@@ -2,6 +2,9 @@
 
 The broker and credentials come from NA64_MQTT_URL, NA64_MQTT_USERNAME, NA64_MQTT_PASSWORD
 or from `--credentials FILE` (same keys, mode 600); there is deliberately no password option.
+With `--config TOPOLOGY`: the broker `na64daq up` started for that topology (its files in
+RUN_DIR/mqtt; account `--as USER`, default expert for `trigger set`, shift otherwise), or,
+when the topology names one (`mqtt = URL`), that broker with credentials from the environment.
 """
 
 from __future__ import annotations
@@ -9,13 +12,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from daq.control.client import ControlClient
-from daq.control.mqtt import MqttSettings
+from daq.control.localbroker import require_credentials
+from daq.control.mqtt import ENV_URL, MqttSettings
+from daq.errors import ConfigError
+from daq.stack import load_stack_config
 
 RUN_VERBS = ("start", "stop", "pause", "resume", "configure", "reset")
 
@@ -24,8 +31,15 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands to the na64daq parser."""
     p = sub.add_parser("ctl", help="run control and trigger configuration over MQTT",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--credentials", type=Path, metavar="FILE",
-                   help="file of NA64_MQTT_URL/USERNAME/PASSWORD lines (mode 600)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--credentials", type=Path, metavar="FILE",
+                       help="file of NA64_MQTT_URL/USERNAME/PASSWORD lines (mode 600)")
+    where.add_argument("--config", type=Path, metavar="FILE",
+                       help="topology TOML of `na64daq up`: its broker (and, when up started "
+                       "it, its credentials)")
+    p.add_argument("--as", dest="as_user", metavar="USER",
+                   help="with --config: the account of up's broker (default: expert for "
+                   "`trigger set`, shift otherwise)")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for a reply")
     p.add_argument("--json", action="store_true", help="print replies as JSON")
     verbs = p.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -49,9 +63,29 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _settings(args: argparse.Namespace) -> MqttSettings:
-    s = (MqttSettings.from_file(args.credentials) if args.credentials
-         else MqttSettings.from_env())
+    if args.as_user and not args.config:
+        raise ConfigError("--as", args.as_user, "used with --config (the broker of na64daq up)")
+    if args.config:
+        s = _topology_settings(args)
+    elif args.credentials:
+        s = MqttSettings.from_file(args.credentials)
+    else:
+        s = MqttSettings.from_env()
     return s.model_copy(update={"timeout": args.timeout})
+
+
+def _topology_settings(args: argparse.Namespace) -> MqttSettings:
+    cfg = load_stack_config(args.config)
+    if cfg.mqtt is not None:
+        if args.as_user:
+            raise ConfigError("--as", args.as_user, f"no option with mqtt = {cfg.mqtt!r} in "
+                              f"{args.config}: credentials come from NA64_MQTT_USERNAME/PASSWORD")
+        return MqttSettings.from_mapping({**os.environ, ENV_URL: cfg.mqtt},
+                                         source="the environment")
+    user = args.as_user or ("expert" if (args.verb, getattr(args, "action", None))
+                            == ("trigger", "set") else "shift")
+    return MqttSettings.from_file(require_credentials(Path(cfg.run_dir), user,
+                                                      config=args.config))
 
 
 def _with_client(args: argparse.Namespace, fn: Any) -> Any:
