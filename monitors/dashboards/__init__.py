@@ -1,0 +1,1 @@
+"""deploy/ as code: Grafana dashboards, Prometheus scrape and rule files, the compose file."""
