@@ -44,6 +44,8 @@ def test_credentials_come_from_env_or_a_private_file(secure_broker: SecureBroker
 
 
 @pytest.mark.asyncio
+@pytest.mark.slow
+@pytest.mark.multiprocess
 async def test_cli_drives_the_service_process(secure_broker: SecureBroker,
                                               tmp_path: Path) -> None:
     b = secure_broker

@@ -129,6 +129,7 @@ async def test_service_records_two_workers_over_tcp(tmp_path: Path) -> None:
     assert m[("na64_recorder_fsync_seconds_count", ())] == 3
 
 
+@pytest.mark.multiprocess
 def test_sigkill_mid_spill_keeps_every_ended_spill(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "daq.recorder", "--listen", "tcp://127.0.0.1:*",

@@ -277,6 +277,7 @@ def _slices(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], MonitorConfig, tupl
     return f, cfg, boards
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=_slices())
 def test_generated_slices_match(case: tuple[dict[str, np.ndarray], MonitorConfig,

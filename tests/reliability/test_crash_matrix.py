@@ -13,7 +13,7 @@ from crash_harness import KILL_SPILL, SPILLS, run_crash
 
 from tests.conftest import free_tcp_ports
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow, pytest.mark.multiprocess]
 
 
 def _ports() -> list[int]:
@@ -38,7 +38,6 @@ def _check_common(r: object) -> dict:
     return f
 
 
-@pytest.mark.slow
 def test_no_fault_loses_nothing(tmp_path: Path) -> None:
     r = run_crash(tmp_path, _ports(), None)
     f = _check_common(r)

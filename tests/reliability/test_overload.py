@@ -17,7 +17,7 @@ from daq.app import Factory, Pipeline
 from daq.transport import context
 from trigger.processor import SliceProcessor
 
-pytestmark = pytest.mark.asyncio
+pytestmark = [pytest.mark.asyncio, pytest.mark.slow, pytest.mark.multiprocess]
 
 WORKER_S_PER_EVENT = 50e-6  # the system's capacity: 2 workers x 20 kHz = 40 kHz
 SPILL_EVENTS = 24_000  # per 0.2 s spill at pace 1: 120 kHz = 3 x capacity at ramp 0

@@ -69,6 +69,7 @@ async def test_stop_mid_spill_leaves_nothing_in_flight(tmp_path: Path) -> None:
     assert sum(s.events for s in mon.summaries) == sent["events"]
 
 
+@pytest.mark.slow
 async def test_every_service_drains_when_stopped_together(tmp_path: Path) -> None:
     """SIGTERM to everything at once (what `up` does at the end): queues empty too."""
     cfg = stack_config(tmp_path, "drainall", spills=8, workers=2,

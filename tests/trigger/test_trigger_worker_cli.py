@@ -6,6 +6,7 @@ import subprocess
 import sys
 import urllib.request
 
+import pytest
 import zmq
 from trigger_data import built_stream
 
@@ -14,6 +15,7 @@ from daq.wire import Kind, Message
 from tests.conftest import free_tcp_port, wait_for_port
 
 
+@pytest.mark.multiprocess
 def test_worker_process_runs_the_trigger_and_ends_with_the_stream() -> None:
     stream = built_stream(spills=1)
     body, eos = stream[:-1], stream[-1]
