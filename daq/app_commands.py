@@ -40,7 +40,6 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "published there (credentials from NA64_MQTT_USERNAME / NA64_MQTT_PASSWORD)"))
     p.add_argument("--run-dir", default="runs", help="where run files go (default ./runs)")
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--run", type=int, default=1, help="run number (default 1)")
     p.add_argument("--pace", choices=("max", "realtime", "factor"), default="max")
     p.add_argument("--factor", type=float, default=1.0)
     p.add_argument("--no-live", action="store_true", help="no live view (logs and summary only)")
@@ -48,7 +47,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.set_defaults(func=_demo)
 
     s = sub.add_parser("serve", help="run one service of a topology (one process per service)")
-    s.add_argument("service", choices=[x for x in SERVICES if x != "control"])
+    s.add_argument("service", choices=list(SERVICES))
     s.add_argument("--config", required=True, help="topology TOML (see deploy/topology.toml)")
     s.add_argument("--index", type=int, default=0, help="trigger worker number")
     s.set_defaults(func=_serve)
@@ -65,8 +64,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                         "each is reported (default 2)")
     b.set_defaults(func=_bench)
 
-    u = sub.add_parser("up", help="start every service of a topology as separate processes")
+    u = sub.add_parser("up", help="every service of a topology as its own process, under run "
+                       "control, until Ctrl-C", description=(
+                           "Start run control and every service of a topology as separate "
+                           "processes and keep them up: runs are started and stopped with "
+                           "`na64daq ctl --config FILE start|stop` (or --autopilot). Without "
+                           "`mqtt` in the topology, up starts its own Mosquitto on loopback "
+                           "(accounts under RUN_DIR/mqtt). Ctrl-C or SIGTERM stops everything."))
     u.add_argument("--config", required=True, help="topology TOML (see deploy/topology.toml)")
+    u.add_argument("--autopilot", metavar="RUNS:SPILLS", help=(
+        "take RUNS runs of SPILLS spills each, unattended, then shut down (benchmarks, soak)"))
     u.add_argument("--json", action="store_true", help="print the final report as JSON")
     u.set_defaults(func=_up)
 
@@ -87,90 +94,49 @@ def _demo_config(a: argparse.Namespace) -> StackConfig:
         "run_dir": a.run_dir, "workers": a.workers, "metrics": ports, "mqtt": a.mqtt,
         "simulator": {"spills": a.spills, "pace": a.pace, "factor": a.factor,
                       "sim": {"intensity": a.intensity, "mode": a.mode, "seed": a.seed,
-                              "generated_s": a.generated_s, "run": a.run}},
+                              "generated_s": a.generated_s}},
     }).inproc()
 
 
 class DemoWatch:
-    """What the demo's live view shows of its current pipeline (one per run): spills,
-    raised alarms, the run file, the monitor's /metrics and the events the beam board sent.
-    The plain demo and the demo under run control both draw their view from it."""
+    """What the demo's live view shows of its stack: spills, raised alarms, the run file,
+    the monitor's /metrics and the events the beam board sent in the current run."""
 
     def __init__(self) -> None:
-        self.pipe: Any = None
-        self.sent = 0
+        self.stack: Any = None
         self.t0 = time.monotonic()
 
-    def on_pipeline(self, pipe: Any) -> None:
-        """Follow a new pipeline (built, not yet running): its beam counts from zero."""
-        self.pipe, self.sent = pipe, 0
-        pipe.services["frontend"].on_emit = self._on_emit
+    def on_stack(self, stack: Any) -> None:
+        self.stack = stack
 
-    def _on_emit(self, em: Any) -> None:
-        if em.src == "BEAM" and em.msg.kind.value == "slice":
-            self.sent += em.msg.count
+    @property
+    def sent(self) -> int:
+        return int(self.stack.frontend.run_events) if self.stack is not None else 0
 
-    def view(self, run: int | None) -> Any:
+    def view(self) -> Any:
         from daq.live import view
 
-        pipe = self.pipe
-        sums = [s.model_dump(mode="json") for s in pipe.monitor.summaries]
-        now = sorted(n for src in pipe.monitor.alarms.values()
+        st = self.stack
+        run = st.run
+        sums = [s.model_dump(mode="json") for s in st.monitor.summaries if s.run == run]
+        now = sorted(n for src in st.monitor.alarms.values()
                      for n, up in src.raised.items() if up)
-        w = pipe.recorder.rec.writer
+        w = st.recorder.rec.writer
         return view(run=run, sent_events=self.sent, summaries=sums, alarms=now,
                     earlier_alarms=[n for n in self.alarms_raised() if n not in now],
                     metrics_url=self.metrics_url, elapsed_s=time.monotonic() - self.t0,
-                    run_file=str(w.path) if w is not None else None)
+                    run_file=str(w.path) if w is not None else None,
+                    run_state=st.run_state)
 
     def alarms_raised(self) -> list[str]:
-        """Every alarm raised while this pipeline ran, cleared since or not."""
-        return sorted({n for src in self.pipe.monitor.alarms.values()
+        """Every alarm raised while this demo ran, cleared since or not."""
+        return sorted({n for src in self.stack.monitor.alarms.values()
                        for n, k in src.times_raised.items() if k})
 
     @property
     def metrics_url(self) -> str | None:
-        servers = self.pipe.servers if self.pipe is not None else {}
+        servers = self.stack.servers if self.stack is not None else {}
         return servers["monitor"].url if "monitor" in servers else None
-
-
-def _demo_mqtt(a: argparse.Namespace, cfg: StackConfig) -> int:
-    """The demo under run control: runs start and stop by `na64daq ctl`, over MQTT."""
-    from rich.console import Console
-    from rich.live import Live
-
-    from daq.app import PipelineDataPath, mqtt_settings
-    from daq.control.service import RunControlService
-    from daq.control.store import StateStore
-    from daq.transport import close_transport
-
-    console = Console()
-    watch = DemoWatch()
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGINT, stop.set)
-        loop.add_signal_handler(signal.SIGTERM, stop.set)
-        dp = PipelineDataPath(cfg, on_pipeline=watch.on_pipeline)
-        svc = RunControlService(mqtt_settings(cfg), StateStore(Path(a.run_dir) / "control"), dp)
-        console.print(f"na64-daq demo under run control at {a.mqtt}: "
-                      "start a run with `na64daq ctl start`, Ctrl-C to leave")
-        with Live(console=console, refresh_per_second=2) as live:
-            async with svc:
-                while not stop.is_set():
-                    await asyncio.sleep(0.5)
-                    if watch.pipe is not None:
-                        run = svc.core.state.run
-                        live.update(watch.view(run.run if run else None))
-                if dp.pipe is not None and dp._task is not None and not dp._task.done():
-                    await dp.stop_run()  # leave with the run closed, not cut
-
-    try:
-        asyncio.run(main())
-    finally:
-        close_transport()
-    return 0
 
 
 _WARM_SERVICES = ("from daq.geometry import load_calibration, load_geometry\n"
@@ -202,32 +168,34 @@ def warm_kernels(mode: str) -> None:
 
 
 def _demo(a: argparse.Namespace) -> int:
+    """The whole system in one process: the same services and run control as `up`. Without
+    --mqtt the demo takes one run of --spills spills (a new run number each time) and ends;
+    with --mqtt it stays up and takes the runs `na64daq ctl` starts, until Ctrl-C."""
     from rich.console import Console
     from rich.live import Live
 
-    from daq.app import Factory, Pipeline
+    from daq.app import LocalStack
     from daq.live import run_summary
-    from daq.transport import context
+    from daq.transport import close_transport
 
     cfg = _demo_config(a)
     console = Console(stderr=a.json)  # keep stdout pure JSON with --json
     with console.status("compiling kernels (first run only; cached afterwards)"):
         warm_kernels(a.mode)
-    if a.mqtt:
-        return _demo_mqtt(a, cfg)
-    pipe = Pipeline(cfg)
+    stack = LocalStack(cfg)
     watch = DemoWatch()
+    result: dict[str, Any] = {}
 
     async def main() -> None:
-        factory = Factory(cfg, ctx=context())
-        pipe.build(factory)
-        watch.on_pipeline(pipe)
+        stack.build()
+        watch.on_stack(stack)
         loop = asyncio.get_running_loop()
         presses = [0]
+        leave = asyncio.Event()
 
         def interrupt() -> None:  # first Ctrl-C: end the run cleanly; second: abort
             presses[0] += 1
-            pipe.services["frontend"].stop()
+            leave.set()
             if presses[0] > 1:
                 raise KeyboardInterrupt
 
@@ -237,34 +205,53 @@ def _demo(a: argparse.Namespace) -> int:
 
         async def tick() -> None:
             if live is not None:
-                live.update(watch.view(a.run))
+                live.update(watch.view())
+            if leave.is_set() and stack.run_state == "running" and not result.get("asked"):
+                result["asked"] = True  # the spill under way ends, the run is drained
+                await stack.stop_run("Ctrl-C")
 
-        console.print(f"na64-daq demo: run {a.run}, {a.spills} spills, {a.mode} mode, "
-                      f"metrics at {watch.metrics_url or 'off'}")
-        async with contextlib.AsyncExitStack() as stack:
+        async with contextlib.AsyncExitStack() as es:
+            await es.enter_async_context(stack)
+            console.print(f"na64-daq demo: {a.mode} mode, metrics at "
+                          f"{watch.metrics_url or 'off'}, run control "
+                          + (f"on {a.mqtt} (`na64daq ctl start`; Ctrl-C leaves)" if a.mqtt
+                             else f"in this process ({a.spills} spills)"))
             if live is not None:
-                stack.enter_context(live)
-            await pipe.run(stack, on_tick=tick)
+                es.enter_context(live)
+            if a.mqtt:
+                while not leave.is_set():
+                    await asyncio.sleep(0.25)
+                    await tick()
+            else:
+                await stack.start_run(spills=a.spills)
+                result["run"] = stack.run
+                await stack.wait_run_closed(on_tick=tick)
+            result["run"] = stack.run
             await tick()
 
     try:
         asyncio.run(main())
     finally:
-        pipe.close()
-    sums = [s.model_dump(mode="json") for s in pipe.monitor.summaries]
-    files = [str(f) for f in pipe.recorder.rec.files]
-    totals = _totals(pipe)
+        stack.close()
+        close_transport()
+    run = result.get("run")
+    sums = [s.model_dump(mode="json") for s in stack.monitor.summaries if s.run == run]
+    files = [str(f) for f in stack.recorder.rec.files]
+    totals = _totals(stack)
+    if not sums and not a.mqtt:
+        print(f"error: run {run} closed no spill (nothing reached the monitors)",
+              file=sys.stderr)
     if a.json:
-        print(json.dumps({"run": a.run, "spills": sums, "totals": totals, "files": files,
+        print(json.dumps({"run": run, "spills": sums, "totals": totals, "files": files,
                           "alarms_raised": watch.alarms_raised()}))
     else:
         console.print(run_summary(sums, totals, watch.alarms_raised()))
-        console.print(f"run file: {', '.join(files) or '-'}")
-    return 0
+        console.print(f"run {run}, run file: {', '.join(files) or '-'}")
+    return 0 if sums or a.mqtt else 1
 
 
-def _totals(pipe: Any) -> dict[str, Any] | None:
-    for ra in pipe.monitor.analyses.values():
+def _totals(stack: Any) -> dict[str, Any] | None:
+    for ra in stack.monitor.analyses.values():
         with contextlib.suppress(Exception):
             return dict(ra.totals().model_dump(mode="json"))
     return None
@@ -306,21 +293,40 @@ def _up(a: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.live import Live
 
-    from daq.launch import up
-    from daq.live import run_figures_table, run_status
+    from daq.errors import DaqError
+    from daq.launch import parse_autopilot, up
+    from daq.live import run_figures_table, up_status
 
     console = Console(stderr=True)  # the progress; stdout keeps the report
-    with Live(console=console, refresh_per_second=2, transient=True) as live:
-        report = up(Path(a.config), progress=lambda fig: live.update(run_status(fig)))
+    try:
+        autopilot = parse_autopilot(a.autopilot) if a.autopilot else None
+        cfg = load_stack_config(a.config)
+    except DaqError as e:
+        console.print(f"error: {e}")
+        return 2
+    console.print(f"na64daq up: {cfg.workers + 5} processes from {a.config}; "
+                  + (f"autopilot {autopilot[0]} run(s) of {autopilot[1]} spills"
+                     if autopilot else f"drive runs with `na64daq ctl --config {a.config} "
+                     "start|stop|status`; Ctrl-C stops everything"))
+    try:
+        with Live(console=console, refresh_per_second=2, transient=True) as live:
+            report = up(Path(a.config), autopilot=autopilot,
+                        progress=lambda fig: live.update(up_status(fig)))
+    except DaqError as e:
+        console.print(f"error: {e}")
+        return 1
     if a.json:
         print(json.dumps(report))
     else:
         if report["figures"] is not None:
             Console().print(run_figures_table(report["figures"]))
+        for r in report["runs"]:
+            print(f"run {r.get('run')}: {r.get('spills')} spills, {r.get('events')} events, "
+                  f"{r.get('stop_reason') or r.get('error')}")
         for name, r in report["services"].items():
             rss = r["peak_rss_bytes"] / 2**20
-            print(f"{name:12s} exit {r['exit']!s:>4}  peak RSS {rss:7.1f} MiB"
-                  f"  metrics {r['metrics']}")
+            print(f"{name:12s} pid {r['pid']:>7} exit {r['exit']!s:>4}  restarts "
+                  f"{r['restarts']}  peak RSS {rss:7.1f} MiB  metrics {r['metrics']}")
         if report["gave_up"]:
             print(f"not running at the end (crashed more often than restarted): "
                   f"{', '.join(report['gave_up'])}")

@@ -24,6 +24,9 @@ from daq.geometry import Geometry
 from daq.wire import Kind, Message
 
 Policy = Literal["flag", "skip_spill", "stop_run"]
+#: why a record was refused under run control: of a run other than the open one, or while
+#: no run is open (between runs)
+REFUSALS = ("other_run", "no_run")
 SRC = "builder"
 _REORDER_WINDOW = 256  # a seq hole older than this many messages of its stream is lost
 _MAX_HOLES = 4096
@@ -89,6 +92,8 @@ class Stats:
     incomplete: collections.Counter[str] = field(default_factory=_board_counter)
     empty: collections.Counter[str] = field(default_factory=_board_counter)
     decode_errors: collections.Counter[str] = field(default_factory=_board_counter)
+    #: records refused under run control, by reason (REFUSALS): never built, counted
+    refused: collections.Counter[str] = field(default_factory=_board_counter)
     events: int = 0
     slices: int = 0
     shed: int = 0
@@ -183,6 +188,47 @@ class EventBuilder:
         self._next_cfg: tuple[dict[str, Any], str, str] | None = None
         self._shadow: dict[str, Any] | None = None
         self._next_shadow: tuple[dict[str, Any] | None] | None = None
+        #: under run control: the run (number, replay) that is open; records of any other
+        #: are refused and counted (None with `gated`: between runs, everything is refused)
+        self.gated = False
+        self.current: tuple[int, bool] | None = None
+        self._open_run: tuple[int, bool] | None = None  # announced downstream, not stopped
+        self._board_stops: set[str] = set()
+        self._end_requested: float | None = None
+        self.runs_closed = 0
+        self._run_base = (0, 0)  # (events, spills) of the stats when the open run started
+
+    # -- runs under run control --------------------------------------------------------------
+
+    def begin_run(self, run: int, *, replay: bool = False,
+                  snapshot: dict[str, Any] | None = None) -> None:
+        """Run control opened `run`: take its records (and only those) from now on."""
+        self.gated = True
+        self.current = (run, replay)
+        self.run_config = dict(snapshot) if snapshot else None
+        self._board_stops = set()
+        self._end_requested = None
+        self._previous_end = None
+
+    def end_run(self, now: float) -> list[Message]:
+        """Run control stops the run: it closes when every board's run_stop is in, or
+        `timeout_s` from now (boards that never sent theirs count as missing)."""
+        if self._end_requested is None:
+            self._end_requested = now
+        return self._maybe_end_run(now)
+
+    def _maybe_end_run(self, now: float) -> list[Message]:
+        if self._open_run is None and self.current is None:
+            return []
+        everyone = len(self._board_stops) == len(self.boards)
+        late = self._end_requested is not None \
+            and now - self._end_requested >= self.config.timeout_s
+        if not (everyone or late):
+            return []
+        out = self._close_run(now, "stopped by run control" if self._end_requested
+                              is not None else "every board ended the run")
+        self.current = None
+        return out
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -240,6 +286,10 @@ class EventBuilder:
             return out
         if self.stopped:
             return out
+        if self.gated and msg.kind is not Kind.END_OF_STREAM \
+                and (msg.run, msg.replay) != self.current:
+            stats.refused["no_run" if self.current is None else "other_run"] += 1
+            return out
         if msg.kind is Kind.SLICE:
             self._slice(board, msg, stats, now, out)
         elif msg.kind is Kind.SPILL_START:
@@ -257,8 +307,14 @@ class EventBuilder:
                 self._maybe_close(st, now, out)
         elif msg.kind is Kind.RUN_START:
             self._run_start(msg, out)
-        elif msg.kind in (Kind.RUN_STOP, Kind.END_OF_STREAM, Kind.CONFIG):
-            pass  # a run ends by run control or finish(); boards' own markers add nothing
+        elif msg.kind is Kind.RUN_STOP:
+            # a board ended the run (after its last spill_end): the run closes once every
+            # board has, or at run control's stop plus the timeout
+            if (msg.run, msg.replay) == self._open_run:
+                self._board_stops.add(board)
+                out += self._maybe_end_run(now)
+        elif msg.kind in (Kind.END_OF_STREAM, Kind.CONFIG):
+            pass  # the stream ends at finish(); a board's config marker adds nothing
         else:
             stats.decode_errors[board] += 1
         return out
@@ -302,6 +358,10 @@ class EventBuilder:
             return
         self._runs_started.add(msg.run)
         self.run = msg.run
+        self._open_run = (msg.run, msg.replay)
+        self._board_stops = set()
+        st = self.stats["replay" if msg.replay else "live"]
+        self._run_base = (st.events, st.spills)
         meta = dict(msg.meta)
         if self.run_config is not None:  # run control's snapshot goes into the run file
             meta["config"] = self.run_config
@@ -518,6 +578,8 @@ class EventBuilder:
         out: list[Message] = []
         if self.stopped:
             return out
+        if self._end_requested is not None:
+            out += self._maybe_end_run(now)
         for st in list(self._spills.values()):
             late = sorted(f for f, p in st.pending.items()
                           if now - p.t0 >= self.config.timeout_s)
@@ -548,20 +610,39 @@ class EventBuilder:
             self._pending_bytes -= p.nbytes
         st.pending.clear()
 
-    def _stop(self, now: float) -> list[Message]:
+    def _close_run(self, now: float, reason: str) -> list[Message]:
+        """Close every open spill (flagging what is missing) and emit the run's run_stop."""
         out: list[Message] = []
         for st in list(self._spills.values()):
             self._maybe_close(st, now, out, force=True)
-        self.stopped = True
-        replay = self._replay
+        run, replay = self._open_run or (self.run, self._replay)
         stats = self.stats["replay" if replay else "live"]
-        out.append(self._emit(Kind.RUN_STOP, self.run, self._last_spill, replay, meta={
-            "reason": self.stop_reason or "end of input", "events": stats.events,
-            "spills": stats.spills, "previous_end": self._previous_end}))
+        events0, spills0 = self._run_base
+        out.append(self._emit(Kind.RUN_STOP, run, self._last_spill, replay, meta={
+            "reason": self.stop_reason or reason, "events": stats.events - events0,
+            "spills": stats.spills - spills0, "previous_end": self._previous_end,
+            "boards_stopped": sorted(self._board_stops)}))
+        self._open_run = None
+        self._board_stops = set()
+        self._end_requested = None
+        self.runs_closed += 1
+        return out
+
+    def _stop(self, now: float) -> list[Message]:
+        out = self._close_run(now, "end of input")
+        self.stopped = True
         return out
 
     def finish(self, now: float) -> list[Message]:
-        """Flush every open spill (flagging what is missing) and end the stream."""
-        out = [] if self.stopped else self._stop(now)
+        """Flush every open spill (flagging what is missing) and end the stream. A run
+        already closed by its run_stop is not closed again."""
+        out: list[Message]
+        if self.stopped:
+            out = []
+        elif self._open_run is None and self.runs_closed:
+            self.stopped = True
+            out = []
+        else:
+            out = self._stop(now)
         out.append(self._emit(Kind.END_OF_STREAM, self.run, self._last_spill, self._replay))
         return out

@@ -23,8 +23,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from daq.builder import EventBuilder, Stats
+from daq.builder import REFUSALS, EventBuilder, Stats
 from daq.errors import WireError
+from daq.lifecycle import RunContext, Transition
 from daq.service import Loop, Service
 from daq.transport import context
 from daq.wire import Kind, Message, decode, encode
@@ -77,6 +78,13 @@ class BuilderCollector(Collector):
             for source, st in stats.items():
                 fam.add_metric([source], getattr(st, attr))
             yield fam
+        fam = CounterMetricFamily("na64_builder_refused", "Records refused under run "
+                                  "control, by reason (other_run, no_run)",
+                                  labels=["reason", "source"])
+        for source, st in stats.items():
+            for reason in REFUSALS:
+                fam.add_metric([reason, source], st.refused.get(reason, 0))
+        yield fam
         yield CounterMetricFamily("na64_builder_backpressure_seconds",
                                   "Seconds the builder stopped reading its input",
                                   value=self.svc.backpressure_s)
@@ -147,6 +155,42 @@ class BuilderService(Service):
         self.input_endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         self.output_endpoint = self.push.getsockopt_string(zmq.LAST_ENDPOINT)
         registry.register(BuilderCollector(self))
+        builder.on_activate = self._activated
+
+    # -- run lifecycle (daq.lifecycle), driven by run control -----------------------------
+
+    async def on_transition(self, transition: Transition, context: RunContext | None,
+                            args: dict[str, Any]) -> dict[str, Any]:
+        if transition is Transition.START:
+            assert context is not None
+            self.builder.begin_run(context.run, replay=context.replay,
+                                   snapshot=context.snapshot)
+        elif transition is Transition.STOP:
+            self._enqueue(self.builder.end_run(self.clock()))
+        return {}
+
+    async def on_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A trigger configuration from run control: from the next spill start, or at once
+        (`at_once`: a restarted builder takes up what was active)."""
+        cfg, who = args.get("trigger"), args.get("who", "")
+        if not isinstance(cfg, dict) or not isinstance(who, str):
+            raise ValueError("set needs 'trigger' (an object) and 'who' (a string)")
+        if args.get("at_once"):
+            h = self.builder.resume_trigger_config(cfg, who)
+        else:
+            h = self.builder.set_trigger_config(cfg, who)
+        return {"cfg": h}
+
+    def _activated(self, config: dict[str, Any], who: str, run: int, spill: int) -> None:
+        if self.agent is not None:
+            self.agent.notify("activated", config=config, who=who, run=run, spill=spill)
+
+    def status(self) -> dict[str, Any]:
+        b = self.builder
+        live = b.stats["live"]
+        return {"events": live.events, "spills": live.spills,
+                "refused": dict(live.refused), "cfg": b.active_config[1],
+                "pending_events": b.pending_events, "queued_events": self.queued_events}
 
     def loops(self) -> dict[str, Loop]:
         return {"input": self._input, "output": self._output, "timeouts": self._timeouts}

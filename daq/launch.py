@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,28 +44,70 @@ def _build(name: str, cfg: StackConfig, index: int, registry: CollectorRegistry)
         state.parent.mkdir(parents=True, exist_ok=True)
         mon.state_file = state
         return mon
-    raise ConfigError("service", name, "frontend, builder, trigger, recorder or monitor")
+    raise ConfigError("service", name, "frontend, builder, trigger, recorder, monitor or "
+                      "control")
 
 
-def _builder_control(cfg: StackConfig, builder: Service, registry: CollectorRegistry
-                     ) -> Service | None:
-    """With a broker in the topology, trigger configuration over MQTT in the builder's
-    process: run control over BuilderDataPath (the front ends drive the runs here). Its
-    state and audit trail persist in `run_dir/control`; its series join the builder's."""
-    if cfg.mqtt is None:
-        return None
-    from daq.app import mqtt_settings
-    from daq.builder_service import BuilderService
-    from daq.control.datapath import BuilderDataPath
+class _ConductorCollector:
+    """Run control's view of every service at scrape time: online, and in which phase."""
+
+    def __init__(self, conductor: Any) -> None:
+        self.conductor = conductor
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        from daq.lifecycle import Phase
+
+        up = GaugeMetricFamily("na64_control_service_up", "1 while a service of the "
+                               "topology talks to run control", labels=["service"])
+        phase = GaugeMetricFamily("na64_control_service_phase", "1 for the lifecycle phase "
+                                  "each service reports", labels=["service", "phase"])
+        for name, m in self.conductor.members.items():
+            up.add_metric([name], float(m.online))
+            for p in Phase:
+                phase.add_metric([name, p.value], float(m.online and m.phase is p))
+        yield up
+        yield phase
+
+
+async def _serve_control(cfg: StackConfig, registry: CollectorRegistry) -> None:
+    """Run control in its own process: the conductor (every service's command channel)
+    and run control over MQTT. SIGTERM stops a run still open (drained, recorded), then
+    leaves the broker with status "offline"."""
+    from daq.app import member_names, mqtt_settings
+    from daq.control.conductor import Conductor
     from daq.control.service import RunControlService
     from daq.control.store import StateStore
 
-    assert isinstance(builder, BuilderService)
-    store = StateStore(Path(cfg.run_dir) / "control")
-    active = store.load().trigger_active  # before the first slice, not at broker connect
-    return RunControlService(mqtt_settings(cfg, "builder"), store,
-                             BuilderDataPath(builder.builder, active=active),
-                             registry=registry)
+    settings = mqtt_settings(cfg, "runcontrol")
+    if settings is None:
+        raise ConfigError("mqtt", None, "run control needs a broker: set mqtt in the "
+                          "topology, or let `na64daq up` start its own")
+    conductor = Conductor(cfg.endpoints.control, member_names(cfg))
+    registry.register(_ConductorCollector(conductor))
+    svc = RunControlService(settings, StateStore(Path(cfg.run_dir) / "control"), conductor,
+                            registry=registry)
+    stop, channel_done = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+    on_stop_signals(loop, stop.set)
+    channel = asyncio.create_task(conductor.serve(channel_done), name="conductor")
+    try:
+        async with svc:
+            waiter = asyncio.ensure_future(stop.wait())
+            await asyncio.wait({waiter, asyncio.ensure_future(svc.wait())},
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if svc.core.state.state.value in ("running", "paused"):
+                with contextlib.suppress(Exception):
+                    await svc.ctl.request("stop", user="runcontrol",
+                                          reason="run control was shut down")
+            svc.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(svc.wait(), 10.0)
+    finally:
+        channel_done.set()
+        await asyncio.gather(channel, return_exceptions=True)
 
 
 async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
@@ -73,28 +116,27 @@ async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
     # first: a port in use ends the process before it binds sockets or compiles kernels
     server = MetricsServer(registry, port=cfg.metrics.port(name, index), addr=cfg.metrics.addr,
                            field=f"metrics.{name}" + (f" + {index}" if name == "trigger" else ""))
+    loop = asyncio.get_running_loop()
+    if name == "control":
+        print(f"control: metrics at {server.url}, command channel {cfg.endpoints.control}",
+              flush=True)
+        try:
+            await _serve_control(cfg, registry)
+        finally:
+            ignore_stop_signals(loop)
+            server.close()
+            await asyncio.to_thread(close_transport)
+        return 0
     try:
         svc = _build(name, cfg, index, registry)
-        control = _builder_control(cfg, svc, registry) if name == "builder" else None
     except BaseException:
         server.close()
         raise
-    loop = asyncio.get_running_loop()
     on_stop_signals(loop, svc.stop)
     print(f"{name}{index if name == 'trigger' else ''}: metrics at {server.url}", flush=True)
-    if control is not None:
-        print(f"{name}: trigger configuration over MQTT at {cfg.mqtt} (runs are driven by "
-              "the front ends)", flush=True)
     try:
-        async with contextlib.AsyncExitStack() as stack:
-            if control is not None:
-                await stack.enter_async_context(control)
-            async with svc:
-                await svc.wait()
-            if control is not None:  # leave the broker cleanly: status "offline", no will
-                control.stop()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(control.wait(), 5.0)
+        async with svc:
+            await svc.wait()
     finally:
         ignore_stop_signals(loop)
         server.close()
@@ -135,22 +177,41 @@ def scrape(url: str, timeout: float = 2.0) -> dict[str, float]:
 
 
 class Proc:
-    """One service process of `up`; `restart()` starts it again with the same command."""
+    """One service process of `up`; `restart()` starts it again with the same command.
 
-    def __init__(self, name: str, index: int, config: Path, cfg: StackConfig) -> None:
+    Its standard error goes to `run_dir/logs/<name>.log`, so that a service that cannot
+    start is reported with its last error line."""
+
+    def __init__(self, name: str, index: int, config: Path, cfg: StackConfig, *,
+                 env: dict[str, str] | None = None) -> None:
         self.name = name if name != "trigger" else f"trigger-{index}"
         self.service, self.index = name, index
         self.metrics = f"http://{cfg.metrics.addr}:{cfg.metrics.port(name, index)}/metrics"
         self.cmd = [sys.executable, "-m", "daq.cli", "serve", name, "--config", str(config)]
         if name == "trigger":
             self.cmd += ["--index", str(index)]
+        self.env = env
+        logs = Path(cfg.run_dir) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.log = logs / f"{self.name}.log"
         self.peak_rss = 0
         self.restarts = 0
         self.exits: list[int] = []  # return codes of earlier incarnations (-9: SIGKILL)
         self.popen = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, start_new_session=True)
+        with self.log.open("ab") as err:
+            return subprocess.Popen(self.cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                    start_new_session=True, env=self.env)
+
+    def last_error(self) -> str:
+        """The last non-empty line of the service's log ('' when there is none)."""
+        try:
+            lines = [ln for ln in self.log.read_text(errors="replace").splitlines()
+                     if ln.strip()]
+        except OSError:
+            return ""
+        return lines[-1].strip() if lines else ""
 
     def crashed(self) -> bool:
         """Ended by a signal or with an error (a clean end of input exits 0)."""
@@ -195,65 +256,19 @@ class Proc:
     def report(self) -> dict[str, Any]:
         return {"exit": self.popen.returncode, "peak_rss_bytes": self.peak_rss,
                 "metrics": self.metrics, "pid": self.popen.pid, "restarts": self.restarts,
-                "earlier_exits": list(self.exits)}
+                "earlier_exits": list(self.exits), "log": str(self.log)}
 
 
-def _wait_metrics(procs: list[Proc], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        while not _serving(p) and p.popen.poll() is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{p.name} did not serve {p.metrics}")
-            time.sleep(0.1)
+#: start order: run control and the binders first, then the workers, then the front ends
+START_ORDER = ("control", "builder", "recorder", "monitor", "trigger", "frontend")
 
 
-def _serving(p: Proc) -> bool:
-    try:
-        scrape(p.metrics)
-        return True
-    except OSError:
-        return False
-
-
-def start(config: Path) -> tuple[StackConfig, list[Proc]]:
-    """Start binders, then workers (compiled and ready), then the front ends."""
-    cfg = load_stack_config(config)
-    procs = [Proc(n, 0, config, cfg) for n in ("builder", "recorder", "monitor")]
-    procs += [Proc("trigger", i, config, cfg) for i in range(cfg.workers)]
-    _wait_metrics(procs)
-    for p in procs:  # the workers report ready once their kernels are compiled
-        if p.service == "trigger":
-            while p.metric("na64_trigger_ready") not in (1.0,) and p.popen.poll() is None:
-                time.sleep(0.1)
-    dead = [p for p in procs if p.popen.poll() is not None]
-    if dead:  # a run without one of them would look healthy and lose or skew data
-        stop_all(procs)
-        raise ServiceError(", ".join(f"{p.name} exited with code {p.popen.returncode}"
-                                     for p in dead) + " while starting (its error is above); "
-                           "nothing was run")
-    procs.append(Proc("frontend", 0, config, cfg))
-    return cfg, procs
-
-
-def wait_run_recorded(procs: list[Proc], *, settle_s: float = 60.0,
-                      step: Any = None) -> bool:
-    """After the builder ended its stream: wait until the recorder has closed the run."""
-    rec = next(p for p in procs if p.service == "recorder")
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline:
-        for p in procs:
-            p.sample()
-        if step is not None:
-            step()
-        files = rec.metric('na64_recorder_files_total{source="live"}') or 0.0
-        files += rec.metric('na64_recorder_files_total{source="replay"}') or 0.0
-        # and the monitors have closed every spill (forced ones after their grace time)
-        mon = [p.metric("na64_monitor_open_spills") for p in procs if p.service == "monitor"]
-        if files >= 1 and (rec.metric("na64_recorder_run") or 0.0) == 0.0 \
-                and all(not n for n in mon):
-            return True
-        time.sleep(0.2)
-    return False
+def spawn_all(config: Path, cfg: StackConfig, env: dict[str, str]) -> list[Proc]:
+    procs: list[Proc] = []
+    for name in START_ORDER:
+        n = cfg.workers if name == "trigger" else 1
+        procs += [Proc(name, i, config, cfg, env=env) for i in range(n)]
+    return procs
 
 
 def run_figures(samples: dict[str, float], source: str = "live") -> dict[str, Any]:
@@ -295,6 +310,7 @@ def _alarm_names(samples: dict[str, float], name: str, src: str) -> list[str]:
 
 
 def _monitor_figures(procs: list[Proc]) -> dict[str, Any] | None:
+    """For the shift crew's display only (never to decide what to do next)."""
     mon = next(p for p in procs if p.service == "monitor")
     try:
         return run_figures(scrape(mon.metrics))
@@ -314,68 +330,184 @@ def supervise(procs: list[Proc], *, max_restarts: int) -> list[str]:
     return out
 
 
-def up(config: Path, *, on_sample: Any = None, max_restarts: int = 3,
-       timeout_s: float | None = None,
-       progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run a topology's simulated run to the end across processes; report every process
-    and, under `figures`, the run's figures as the monitor published them (`run_figures`).
-
-    A crashed service is restarted (at most `max_restarts` times); `on_sample(procs)` is
-    called every 0.1 s (fault injection in the tests uses it), `progress(figures)` twice a
-    second with the monitor's figures so far and `restarts` (service: times restarted).
-    """
-    cfg, procs = start(config)
-    ok = True
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    figures: dict[str, Any] | None = None
-    next_look = 0.0
-
-    def step() -> None:
-        nonlocal figures, next_look
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError(f"the run did not end within {timeout_s} s")
-        for p in procs:
-            p.sample()
-        if on_sample is not None:
-            on_sample(procs)
-        supervise(procs, max_restarts=max_restarts)
-        if progress is not None and time.monotonic() >= next_look:
-            next_look = time.monotonic() + 0.5
-            figures = _monitor_figures(procs) or figures
-            if figures is not None:
-                progress({**figures, "restarts": {p.name: p.restarts for p in procs
-                                                  if p.restarts}})
-        time.sleep(0.1)
-
-    try:
-        by = {p.name: p for p in procs}
-        for name in ("frontend", "builder"):
-            while by[name].popen.poll() is None or (by[name].crashed() and \
-                    by[name].restarts < max_restarts and name != "frontend"):
-                step()
-            ok &= by[name].popen.returncode == 0
-        ok &= wait_run_recorded(procs, step=step)
-        if on_sample is not None:
-            on_sample(procs)  # the settled state, before anything is stopped
-        figures = _monitor_figures(procs) or figures
-    except (KeyboardInterrupt, TimeoutError):
-        ok = False
-    finally:
-        # crashed more often than it may be restarted: the run went on without it
-        gave_up = [p.name for p in procs if p.service != "frontend" and p.crashed()]
-        stop_all(procs)
-    return {"ok": ok and not gave_up, "run_dir": cfg.run_dir, "gave_up": gave_up,
-            "figures": figures, "services": {p.name: p.report() for p in procs}}
-
-
-#: shutdown order: upstream first, so that each service drains what its producers sent
-STOP_ORDER = ("frontend", "builder", "trigger", "recorder", "monitor")
+#: shutdown order: run control first (it stops a run still open, drained and recorded),
+#: then upstream first, so that each service drains what its producers sent
+STOP_ORDER = ("control", "frontend", "builder", "trigger", "recorder", "monitor")
 
 
 def stop_all(procs: list[Proc]) -> None:
-    """SIGTERM every service in data-flow order, each stage after the one before exited."""
+    """SIGTERM every service in STOP_ORDER, each stage after the one before exited."""
     for stage in STOP_ORDER:
         for p in procs:
             if p.service == stage:
                 with contextlib.suppress(Exception):
                     p.terminate()
+
+
+def parse_autopilot(text: str) -> tuple[int, int]:
+    """`RUNS:SPILLS` -> (runs, spills); ConfigError naming the value otherwise."""
+    runs, sep, spills = text.partition(":")
+    try:
+        r, sp = int(runs), int(spills)
+    except ValueError:
+        r = sp = 0
+    if not sep or r < 1 or sp < 1:
+        raise ConfigError("autopilot", text, "RUNS:SPILLS, two integers >= 1 (e.g. 3:10)")
+    return r, sp
+
+
+def up(config: Path, *, autopilot: tuple[int, int] | None = None, on_sample: Any = None,
+       max_restarts: int = 3, timeout_s: float | None = None,
+       progress: Callable[[dict[str, Any]], None] | None = None,
+       stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+    """Start every service of a topology as its own process under run control and keep
+    them up: until `stop()` is true, SIGTERM/SIGINT/SIGHUP, or, with `autopilot=(RUNS,
+    SPILLS)`, until that many runs of that many spills were taken (each started and
+    stopped through run control over MQTT, as the shift crew would). Without a broker in
+    the topology, `up` starts its own Mosquitto (daq.control.localbroker). Every process
+    is stopped on the way out (run control first: it closes a run still open).
+
+    A crashed service is restarted (at most `max_restarts` times) and rejoins the run;
+    `on_sample(procs)` is called every 0.1 s (fault injection in the tests), `progress(d)`
+    twice a second with the run state, the monitor's figures and `restarts`.
+    """
+    from daq.control.localbroker import LocalBroker  # late: the system layer's own tool
+
+    cfg = load_stack_config(config)
+    env = dict(os.environ)
+    broker = None
+    procs: list[Proc] = []
+    try:
+        if cfg.mqtt is None:
+            broker = LocalBroker(run_dir=Path(cfg.run_dir)).start()
+            from daq.app import UP_BROKER_ENV
+
+            env |= broker.env()
+            env[UP_BROKER_ENV] = broker.url
+        procs = spawn_all(config, cfg, env)
+        report = asyncio.run(_supervise(cfg, procs, broker, autopilot=autopilot,
+                                        on_sample=on_sample, max_restarts=max_restarts,
+                                        timeout_s=timeout_s, progress=progress, stop=stop))
+    finally:
+        stop_all(procs)
+        if broker is not None:
+            broker.stop()
+    # after the stop: each process's exit code (0: a clean, drained exit)
+    report["services"] = {p.name: p.report() for p in procs}
+    report["ok"] = report["ok"] and all(p.popen.returncode == 0 for p in procs)
+    return report
+
+
+def _shift_settings(cfg: StackConfig, broker: Any) -> Any:
+    """The account `up` itself uses on the broker: the shift crew's (start, stop, read)."""
+    from daq.control.mqtt import MqttSettings
+
+    if broker is not None:
+        return MqttSettings.from_file(broker.credentials_file("shift"))
+    return MqttSettings.from_env()
+
+
+async def _supervise(cfg: StackConfig, procs: list[Proc], broker: Any, *,
+                     autopilot: tuple[int, int] | None, on_sample: Any, max_restarts: int,
+                     timeout_s: float | None,
+                     progress: Callable[[dict[str, Any]], None] | None,
+                     stop: Callable[[], bool] | None) -> dict[str, Any]:
+    from daq.control import protocol as P
+    from daq.control.client import ControlClient
+
+    loop = asyncio.get_running_loop()
+    leave = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, leave.set)
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    figures: dict[str, Any] | None = None
+    runs: list[dict[str, Any]] = []
+    next_look = 0.0
+    ok = True
+
+    async with ControlClient(_shift_settings(cfg, broker), timeout=60.0) as ctl:
+        await ctl.follow(f"{P.SERVICES}/+", P.RUN_STATE, P.ACTIVE)
+
+        def state() -> dict[str, Any]:
+            return dict(ctl.seen(P.RUN_STATE).get(P.RUN_STATE) or {})
+
+        def services() -> dict[str, Any]:
+            return {t.rsplit("/", 1)[-1]: d for t, d in ctl.seen(f"{P.SERVICES}/+").items()}
+
+        async def step() -> None:
+            nonlocal figures, next_look
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"not done within {timeout_s} s")
+            for p in procs:
+                p.sample()
+            if on_sample is not None:
+                on_sample(procs)
+            supervise(procs, max_restarts=max_restarts)
+            if progress is not None and time.monotonic() >= next_look:
+                next_look = time.monotonic() + 0.5
+                figures = _monitor_figures(procs) or figures
+                progress({**(figures or {}), "run_state": state(),
+                          "trigger": ctl.seen(P.ACTIVE).get(P.ACTIVE),
+                          "restarts": {p.name: p.restarts for p in procs if p.restarts},
+                          "services": services()})
+            await asyncio.sleep(0.1)
+
+        try:
+            await _until_ready(procs, services, step)
+            if autopilot is not None:
+                n_runs, spills = autopilot
+                for _ in range(n_runs):
+                    if leave.is_set() or (stop is not None and stop()):
+                        break
+                    reply = await ctl.run("start", params={"max_spills": spills,
+                                                           "comment": "autopilot"})
+                    if not reply.get("ok"):
+                        raise ServiceError(f"run control refused the start: {reply}")
+                    run = reply["run"]
+                    while not leave.is_set() and not (stop is not None and stop()):
+                        st = state()
+                        if st.get("state") in ("stopped", "error") and \
+                                (st.get("run") or {}).get("run") == run:
+                            break
+                        await step()
+                    runs.append(dict(state().get("run") or {}))
+                    if state().get("state") == "error":
+                        ok = False
+                        break
+            else:
+                while not leave.is_set() and not (stop is not None and stop()):
+                    await step()
+            if on_sample is not None:
+                on_sample(procs)  # the settled state, before anything is stopped
+            figures = _monitor_figures(procs) or figures
+        except (TimeoutError, ServiceError) as e:
+            ok = False
+            runs.append({"error": str(e)})
+    gave_up = [p.name for p in procs if p.service != "frontend" and p.crashed()]
+    return {"ok": ok and not gave_up, "run_dir": cfg.run_dir, "gave_up": gave_up,
+            "figures": figures, "runs": runs, "broker": broker.url if broker else cfg.mqtt}
+
+
+async def _until_ready(procs: list[Proc], services: Callable[[], dict[str, Any]],
+                       step: Callable[[], Awaitable[None]], timeout_s: float = 120.0) -> None:
+    """Until run control sees every service online and the workers' kernels compiled. A
+    service that dies while starting stops the launch with its name, exit code and last
+    error line (never a hang)."""
+    deadline = time.monotonic() + timeout_s
+    expected = {p.name for p in procs if p.service != "control"}
+    while True:
+        dead = [p for p in procs if p.popen.poll() is not None]
+        if dead:
+            raise ServiceError("; ".join(
+                f"{p.name} exited with code {p.popen.returncode} while starting: "
+                f"{p.last_error() or '(no error line)'} (log: {p.log})" for p in dead))
+        docs = services()
+        pids = {p.name: p.popen.pid for p in procs}
+        # the documents of these very processes (a broker keeps those of earlier ones)
+        if all(docs.get(n, {}).get("status") == "online" and docs[n].get("pid") == pids[n]
+               and (not n.startswith("trigger-") or docs[n].get("ready")) for n in expected):
+            return
+        if time.monotonic() > deadline:
+            missing = sorted(n for n in expected if docs.get(n, {}).get("status") != "online")
+            raise ServiceError(f"not ready within {timeout_s} s: {', '.join(missing)}")
+        await step()

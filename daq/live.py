@@ -99,13 +99,15 @@ def spill_table(summaries: Sequence[dict[str, Any]], *, last: int = 8) -> SpillT
 
 def view(*, run: int | None, sent_events: int, summaries: Sequence[dict[str, Any]],
          alarms: Sequence[str], metrics_url: str | None, elapsed_s: float,
-         run_file: str | None, earlier_alarms: Sequence[str] = ()) -> Group:
+         run_file: str | None, earlier_alarms: Sequence[str] = (),
+         run_state: str | None = None) -> Group:
     """The whole live view: header line, spill table, alarms (`alarms` raised now in red,
     `earlier_alarms` raised earlier in the run and cleared since in yellow)."""
     eot = sum(s.get("eot") or 0 for s in summaries)
     gap = "   "
     head = Text.from_markup(
-        gap.join((f"run [bold]{run if run is not None else '-'}[/]",
+        gap.join((f"run [bold]{run if run is not None else '-'}[/]"
+                  + (f" ({run_state})" if run_state else ""),
                   f"spills closed [bold]{len(summaries)}[/]", f"EOT [bold]{eot:,.0f}[/]",
                   f"generated {sent_events:,} events in {elapsed_s:.1f} s"))
         + "\n" + gap.join((f"metrics {escape(metrics_url or 'off')}",
@@ -157,6 +159,26 @@ def run_status(fig: dict[str, Any]) -> Text:
     if restarts:
         line.append("   restarted ", "")
         line.append(", ".join(f"{n} x{k}" for n, k in sorted(restarts.items())), "bold yellow")
+    return line
+
+
+def up_status(d: dict[str, Any]) -> Text:
+    """`na64daq up`'s live line: the run state, run number and active trigger configuration
+    (from run control's retained state), the services online, then the monitor's figures."""
+    st = d.get("run_state") or {}
+    run = st.get("run") or {}
+    state = st.get("state", "?")
+    style = {"running": "bold green", "paused": "bold yellow", "error": "bold red"}.get(
+        state, "bold")
+    svcs = d.get("services") or {}
+    online = sum(1 for x in svcs.values() if x.get("status") == "online")
+    line = Text.assemble(("run ", ""), (f"{run.get('run', '-')} ", "bold"), (state, style))
+    cfg = (d.get("trigger") or {}).get("cfg") or (run.get("snapshot") or {}).get("cfg")
+    if cfg:
+        line.append(f"   trigger {cfg[:8]}", "")
+    line.append(f"   services {online}/{len(svcs)} online   ", "")
+    if "spills" in d:
+        line.append_text(run_status(d))
     return line
 
 

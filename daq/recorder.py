@@ -89,6 +89,8 @@ class Recording:
     _early: list[Message] = field(default_factory=list)  # data before its run_start
     _t_early: float = 0.0
     closed_runs: set[tuple[int, bool]] = field(default_factory=set)
+    #: what each closed run left (run, replay, files, events, spills), taken by the service
+    closed_log: list[dict[str, Any]] = field(default_factory=list)
     _held_stop: Message | None = None
     _t_stop: float = 0.0
     #: how long a spill end made from `previous_end` waits for the original (which carries
@@ -283,10 +285,14 @@ class Recording:
         self._spills.clear()
         if held is not None:
             self._write(held)
+        counts = self.counts
         closed = self.writer.close()
         self.files += closed
         self.writer = None
         self.closed_runs.add((self.run, self.replay))
+        self.closed_log.append({"run": self.run, "replay": self.replay,
+                                "files": [str(p) for p in closed], "events": counts.events,
+                                "spills": counts.spills, "bytes": counts.bytes})
         return closed
 
 
@@ -392,6 +398,19 @@ class RecorderService(Service):
         self.m_files.labels(src).inc(len(self.rec.files) - files)
         self.m_incomplete.inc(self.rec.incomplete_spills - bad)
         self._gauges()
+        while r.closed_log:  # run control answers a stop once the run's file is closed
+            closed = r.closed_log.pop(0)
+            if self.agent is not None:
+                self.agent.notify("run_closed", **closed)
+
+    def status(self) -> dict[str, Any]:
+        r = self.rec
+        w = r.writer
+        return {"recording": None if w is None else {"run": r.run, "replay": r.replay,
+                                                     "file": str(w.path),
+                                                     "events": r.counts.events,
+                                                     "spills": r.counts.spills},
+                "files_closed": len(r.files)}
 
     def _gauges(self) -> None:
         c = self.rec.counts

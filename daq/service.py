@@ -9,9 +9,14 @@ import enum
 import signal
 from collections.abc import Callable, Coroutine
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from daq.errors import ServiceError
+from daq.lifecycle import Lifecycle as RunLifecycle
+from daq.lifecycle import RunContext, Transition
+
+if TYPE_CHECKING:
+    from daq.agent import Agent
 
 Loop = Callable[[], Coroutine[Any, Any, None]]
 
@@ -62,6 +67,24 @@ class Service(abc.ABC):
         self.stopping = asyncio.Event()
         self.state = Lifecycle.NEW
         self._runner: asyncio.Task[None] | None = None
+        #: the run lifecycle (daq.lifecycle) that run control drives through `agent`
+        self.lifecycle = RunLifecycle()
+        #: this service's end of the command channel (None: not under run control)
+        self.agent: Agent | None = None
+
+    # --- run lifecycle: services override what a transition means for them ---------------
+
+    async def on_transition(self, transition: Transition, context: RunContext | None,
+                            args: dict[str, Any]) -> dict[str, Any]:
+        """Carry out a transition the table allowed; returns fields for the reply."""
+        return {}
+
+    async def on_set(self, args: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError(f"{self.name} takes no settings")
+
+    def status(self) -> dict[str, Any]:
+        """The status document's service-specific fields (JSON-able)."""
+        return {}
 
     @abc.abstractmethod
     def loops(self) -> dict[str, Loop]:
@@ -69,8 +92,17 @@ class Service(abc.ABC):
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
-            for loop_name, fn in self.loops().items():
-                tg.create_task(fn(), name=f"{self.name}.{loop_name}")
+            main = [tg.create_task(fn(), name=f"{self.name}.{loop_name}")
+                    for loop_name, fn in self.loops().items()]
+            if self.agent is not None:
+                # the command channel lives as long as the service's own loops: once they
+                # have ended (end of stream, or drained after stop) it says goodbye
+                tg.create_task(self._stop_after(main), name=f"{self.name}.ended")
+                tg.create_task(self.agent.run(self.stopping), name=f"{self.name}.agent")
+
+    async def _stop_after(self, tasks: list[asyncio.Task[None]]) -> None:
+        await asyncio.wait(tasks)
+        self.stopping.set()
 
     async def __aenter__(self) -> Self:
         if self.state is not Lifecycle.NEW:

@@ -18,7 +18,8 @@ _EP = r"^(tcp|ipc|inproc)://.+$"
 
 
 class Endpoints(StrictModel):
-    """Where each stream is bound (builder, recorder, monitor bind; the others connect)."""
+    """Where each stream is bound (builder, recorder, monitor and run control bind; the
+    others connect)."""
 
     builder_in: Endpoint = Field(default="tcp://127.0.0.1:5550", pattern=_EP, max_length=256,
                                  description="Builder's PULL: every front end connects here.")
@@ -28,6 +29,9 @@ class Endpoints(StrictModel):
                                description="Recorder's PULL: workers send ACCEPTED here.")
     monitor: Endpoint = Field(default="tcp://127.0.0.1:5553", pattern=_EP, max_length=256,
                               description="Monitor's PULL: workers send FEATURES here.")
+    control: Endpoint = Field(default="tcp://127.0.0.1:5554", pattern=_EP, max_length=256,
+                              description="Run control's ROUTER: every service's command "
+                              "channel (daq.agent) connects here.")
 
 
 class MetricsPorts(StrictModel):
@@ -91,7 +95,8 @@ class StackConfig(StrictModel):
         """The same topology on in-process transports (one process, one zmq context)."""
         eps = Endpoints(builder_in=f"inproc://{tag}-builder-in",
                         builder_out=f"inproc://{tag}-builder-out",
-                        recorder=f"inproc://{tag}-recorder", monitor=f"inproc://{tag}-monitor")
+                        recorder=f"inproc://{tag}-recorder", monitor=f"inproc://{tag}-monitor",
+                        control=f"inproc://{tag}-control")
         return self.model_copy(update={"endpoints": eps})
 
 

@@ -34,6 +34,7 @@ from monitors.metrics import SOURCES, MonitorMetrics
 from monitors.summary import SpillSummary
 
 SPILL_TOPIC = "na64/monitor/spill"
+RUN_TOPIC = "na64/monitor/run"  # retained: the last closed run's totals
 ALARM_TOPIC = "na64/alarms"
 STATUS_TOPIC = "na64/status/monitor"
 RUN_STOP_GRACE_S = 2.0  # after run_stop: how long open spills may still get features
@@ -113,6 +114,9 @@ class MonitorService(Service):
         self._ctx = ctx or context()
         self._sock: zmq.asyncio.Socket | None = None
         self.bound = endpoint
+        self._runs_closed: set[tuple[Source, int]] = set()
+        #: the last closed runs' totals, newest last (bounded)
+        self.run_summaries: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> Self:
         # The socket exists only while the service runs, so that `handle` can be used (and
@@ -206,6 +210,7 @@ class MonitorService(Service):
                 msg.run > ra.run or (msg.kind is Kind.RUN_START and msg.run != ra.run))):
             if ra is not None:
                 self._closed(ra, ra.finish())  # a new run: the old one is over
+                self._run_closed(ra)
             ra = self.analyses[source] = RunAnalysis(
                 self.cfg, boards=self.boards, source=source, run=msg.run, keep_spectra=True,
                 keep_last=self.keep_summaries)
@@ -231,7 +236,37 @@ class MonitorService(Service):
             self._alarm_transitions(self.alarms[source].clear_all(run=msg.run))
         self._closed(ra, closed)
         self.metrics.set_open_spills(sum(a.open_spills for a in self.analyses.values()))
+        stopped = self._stopped_at.get(source)
+        if stopped is not None and stopped[1] == ra.run and not ra.open_spills:
+            self._run_closed(ra)  # the last spill closed after the run_stop came
         return closed
+
+    def _run_closed(self, ra: RunAnalysis) -> None:
+        """Every spill of the run is closed after its run_stop: publish the run's totals
+        and tell run control (which answers a stop only then). Once per run."""
+        if ra.run is None or (ra.source, ra.run) in self._runs_closed:
+            return
+        self._runs_closed.add((ra.source, ra.run))
+        t = self._totals.get(ra.source, {})
+        same = t.get("run") == ra.run
+        doc = {"run": ra.run, "replay": ra.source == "replay", "source": ra.source,
+               "spills": ra.closed_spills, "forced_spills": ra.forced_spills,
+               **{k: int(t.get(k, 0)) if same else 0
+                  for k in ("events", "shed", "accepted", "announced", "lost")},
+               "when": self.clock()}
+        self.run_summaries = [*self.run_summaries[-63:], doc]
+        self._enqueue(RUN_TOPIC if ra.source == "live" else f"{RUN_TOPIC}/replay", doc)
+        if self.agent is not None:
+            self.agent.notify("run_closed", **doc)
+
+    def status(self) -> dict[str, Any]:
+        ra = self.analyses.get("live")
+        return {"open_spills": sum(a.open_spills for a in self.analyses.values()),
+                "run_open": self.run_open.get("live", False),
+                "spills_closed": ra.closed_spills if ra is not None else 0,
+                "alarms": sorted(n for src in self.alarms.values()
+                                 for n, up in src.raised.items() if up),
+                "last_run": self.run_summaries[-1] if self.run_summaries else None}
 
     def _restore(self, ra: RunAnalysis, source: Source, run: int) -> None:
         """A previous incarnation of this monitor closed (and published) spills of `run`:
@@ -342,6 +377,8 @@ class MonitorService(Service):
                     self._closed(ra, ra.finish())
                     self.metrics.set_open_spills(sum(a.open_spills
                                                      for a in self.analyses.values()))
+                if ra.run == run:
+                    self._run_closed(ra)
         for source, open_ in self.run_open.items():
             if open_:
                 ra = self.analyses.get(source)

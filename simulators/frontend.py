@@ -82,19 +82,29 @@ class FrontEnds:
         if self._seq.get(em.src) == em.msg.seq + 1:
             self._seq[em.src] = em.msg.seq
 
+    def run_stop(self, t_ns: int, reason: str) -> list[Emission]:
+        """Every board ends the run (run control's stop, or its max_spills): the builder
+        closes the run once every board's run_stop is in."""
+        return [Emission(s, self._stamp(s, self._msg(s, Kind.RUN_STOP, meta={"reason": reason})),
+                         t_ns) for s in self.streams]
+
     def eos(self, t_ns: int) -> list[Emission]:
         return [Emission(s, self._stamp(s, self._msg(s, Kind.END_OF_STREAM)), t_ns)
                 for s in self.streams]
 
-    def run(self) -> Iterator[Emission]:
-        """Every emission of the run, in sending order."""
+    def run(self, *, end: str = "eos") -> Iterator[Emission]:
+        """Every emission of the run, in sending order; the streams end with `end`: "eos"
+        (a one-run stream) or "run_stop" (front ends that stay up for the next run)."""
         yield from self.run_start()
         t_end = 0
         for spill in range(self.spills):
             plan = self.sim.plan(spill)
             yield from self.spill(plan, self.sim.slices(plan))
             t_end = plan.t0_ns + round(self.sim.cfg.gen_s * 1e9)
-        yield from self.eos(t_end)
+        if end == "run_stop":
+            yield from self.run_stop(t_end, f"{self.spills} spills taken")
+        else:
+            yield from self.eos(t_end)
 
     def spill(self, plan: SpillPlan, slices: Iterable[Slice]) -> Iterator[Emission]:
         """The emissions of one spill: board behaviour, sequence numbers, transport faults."""

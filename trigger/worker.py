@@ -143,11 +143,17 @@ class TriggerWorker(Service):
     def loops(self) -> dict[str, Loop]:
         return {"main": self._main}
 
+    def status(self) -> dict[str, Any]:
+        """For run control: a worker is ready once its kernels are compiled."""
+        return {"ready": self.ready.is_set()}
+
     async def _main(self) -> None:
         # compile before the first slice, off the loop: the first spill must not be slow
         await asyncio.to_thread(warm_up, self.geometry, self.calibration)
         self.metrics.ready.set(1)
         self.ready.set()
+        if self.agent is not None:  # say so now, not at the next heartbeat
+            self.agent.notify("ready")
         while True:
             if self.stopping.is_set():
                 # drain: the builder may still be sending its queue; go on until the input

@@ -139,11 +139,23 @@ class ControlClient:
         await self._mqtt.unsubscribe(topic_filter)
         return matches
 
+    async def follow(self, *topic_filters: str) -> None:
+        """Subscribe for good: `seen(filter)` then returns what arrived so far, newest."""
+        for f in topic_filters:
+            await self._mqtt.subscribe(f, qos=1)
+
+    def seen(self, topic_filter: str) -> dict[str, Any]:
+        """{topic: document} of what arrived on `topic_filter` (after `follow`)."""
+        return {t: b for t, b in self._retained.items()
+                if aiomqtt.Topic(t).matches(topic_filter)}
+
     async def status(self) -> dict[str, Any]:
         state = await self.retained(P.RUN_STATE)
         services = await self.retained(f"{P.STATUS}/+", wait=0.3)
+        daq = await self.retained(f"{P.SERVICES}/+", wait=0.3)
         return {"run": state.get(P.RUN_STATE),
-                "services": {t.rsplit("/", 1)[-1]: b for t, b in services.items()}}
+                "services": {t.rsplit("/", 1)[-1]: b for t, b in services.items()},
+                "daq": {t.rsplit("/", 1)[-1]: b for t, b in daq.items()}}
 
     async def trigger(self) -> dict[str, Any]:
         active = await self.retained(P.ACTIVE)

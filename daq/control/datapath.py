@@ -55,6 +55,12 @@ class DataPath(abc.ABC):
     async def activation(self) -> Activation:
         """Wait for the next configuration to become active and say from which spill."""
 
+    async def run_ended(self) -> int:
+        """Wait until the data path ends a run by itself (front ends after `max_spills`);
+        returns its number. Data paths that never do wait forever."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
     async def resume_trigger_config(self, config: Mapping[str, Any], who: str) -> None:
         """Run control restarted: give the data path what was active before. A data path
         that starts empty takes it like any change; one that can apply it at once does."""

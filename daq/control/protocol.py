@@ -7,6 +7,8 @@ Topics (docs/control.md is the reference for operators):
     na64/reply/<user>/<client>      replies, via MQTT v5 response topic   (read: that user)
     na64/run/state                  retained run state                    (service)
     na64/status/<service>           retained "online"/"offline" (will)    (service)
+    na64/services/<name>            retained status document of every     (run control)
+                                    data-path service (phase, run, pid)
     na64/trigger/desired            retained: the last accepted request   (service)
     na64/trigger/active             retained: what the data path applies  (service)
     na64/trigger/history            retained: the last audit entries      (service)
@@ -39,6 +41,7 @@ HISTORY = f"{PREFIX}/trigger/history"
 AUDIT = f"{PREFIX}/trigger/audit"
 RUN_STATE = f"{PREFIX}/run/state"
 STATUS = f"{PREFIX}/status"
+SERVICES = f"{PREFIX}/services"
 REPLY = f"{PREFIX}/reply"
 
 MAX_PAYLOAD = 64 * 1024
@@ -72,6 +75,9 @@ class RunParams(StrictModel):
     beam_energy_gev: float = Field(default=100.0, gt=0.0, le=450.0,
                                    description="Nominal beam energy, GeV (SPS: at most 450).")
     comment: str = Field(default="", max_length=500, description="Free text for the logbook.")
+    max_spills: int | None = Field(default=None, ge=1, le=10_000_000, description=(
+        "End the run by itself after this many spills (unattended runs, benchmarks); "
+        "None: until stopped."))
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ import aiomqtt
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from daq.control import protocol as P
-from daq.control.core import Plan, RunControl, recover
+from daq.control.controller import Controller
+from daq.control.core import Plan
 from daq.control.datapath import DataPath, MemoryDataPath
 from daq.control.mqtt import (
     MqttSettings,
@@ -61,10 +62,11 @@ class RunControlService(Service):
         self.store = store
         self.datapath = datapath
         self._clock = clock
-        self.core = RunControl(recover(store.load(), clock()), clock=clock)
-        store.save(self.core.state)
+        self.ctl = Controller(store, datapath, clock=clock)
+        self.ctl.after.append(self._executed)
+        self.core = self.ctl.core
         self.ready = asyncio.Event()
-        self._lock = asyncio.Lock()
+        self._lock = self.ctl.lock
         reg = registry if registry is not None else CollectorRegistry()
         self.registry = reg
         self._requests = Counter(f"{PREFIX}control_requests", "Control requests by outcome.",
@@ -96,7 +98,47 @@ class RunControlService(Service):
         return int(v or 0)
 
     def loops(self) -> dict[str, Loop]:
-        return {"mqtt": self._mqtt}
+        return {"mqtt": self._mqtt, "ends": self._follow_ends}
+
+    async def _follow_ends(self) -> None:
+        """Runs the data path ends by itself (max_spills) get run control's stop."""
+        follow = asyncio.ensure_future(self.ctl.follow_run_ends())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait({follow, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (follow, stop):
+                t.cancel()
+            await asyncio.gather(follow, stop, return_exceptions=True)
+        exc = follow.exception() if follow.done() and not follow.cancelled() else None
+        if exc is not None:
+            raise exc
+
+    async def _members_offline(self, c: aiomqtt.Client) -> None:
+        """Leaving cleanly: nobody supervises the services any more, say so."""
+        documents = getattr(self.datapath, "documents", None)
+        for name, doc in (documents() if documents else {}).items():
+            doc = {**doc, "status": "offline", "reason": "run control stopped"}
+            await c.publish(f"{P.SERVICES}/{name}", P.dumps(doc), qos=1, retain=True)
+
+    async def _members(self, c: aiomqtt.Client) -> None:
+        """Every data-path service's status document, retained under na64/services/<name>
+        (run control's view of them: phase, run, pid, their own figures, online/offline)."""
+        documents = getattr(self.datapath, "documents", None)
+        if documents is None:
+            await asyncio.Event().wait()
+            return
+        sent: dict[str, bytes] = {}
+        while True:
+            for name, doc in documents().items():
+                # the clock moves every heartbeat: publish what changed besides it
+                key = P.dumps({k: v for k, v in doc.items() if k != "when"})
+                if sent.get(name) != key:
+                    await c.publish(f"{P.SERVICES}/{name}", P.dumps(doc), qos=1, retain=True)
+                    sent[name] = key
+            changed = getattr(self.datapath, "changed", None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed() if changed else asyncio.sleep(1.0), 1.0)
 
     def _status(self, status: str) -> bytes:
         return status_payload(self.settings.username, status, self._clock())
@@ -140,6 +182,7 @@ class RunControlService(Service):
             self.ready.set()
             tasks = [asyncio.create_task(self._commands(c), name=f"{self.name}.commands"),
                      asyncio.create_task(self._activations(), name=f"{self.name}.activations"),
+                     asyncio.create_task(self._members(c), name=f"{self.name}.members"),
                      asyncio.create_task(self.stopping.wait(), name=f"{self.name}.stopping")]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
@@ -152,6 +195,7 @@ class RunControlService(Service):
                 exc = None if t.cancelled() else t.exception()
                 if exc is not None:
                     raise exc
+            await self._members_offline(c)
             await c.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
             self._client = None
         return True
@@ -207,33 +251,16 @@ class RunControlService(Service):
         await self._reply(user, response, correlation, reply)
 
     async def _execute(self, plan: Plan) -> dict[str, Any]:
-        self.core.reserve(plan)
-        self.store.save(self.core.state)
-        eff, result = plan.effect, None
-        try:
-            if eff is not None:
-                if eff.kind == "start":
-                    await self.datapath.start_run(eff.run, eff.snapshot)
-                elif eff.kind == "stop":
-                    result = await self.datapath.stop_run()
-                elif eff.kind == "pause":
-                    await self.datapath.pause()
-                elif eff.kind == "resume":
-                    await self.datapath.resume()
-                else:
-                    await self.datapath.set_trigger_config(eff.config, eff.who)
-        except Exception as e:  # the data path is another component: any failure is an error state
-            log.exception("data path failed on %s", plan.request.verb)
-            reply = self.core.fail(plan, f"{type(e).__name__}: {e}")
-        else:
-            reply = self.core.commit(plan, result)
-            if plan.request.kind == "trigger":
-                d = self.core.state.trigger_desired or {}
-                self._audit({"event": "requested", **d})
-        self.store.save(self.core.state)
-        await self._publish_state()
-        await self._publish_trigger()
-        return reply
+        return await self.ctl.execute(plan)
+
+    async def _executed(self, plan: Plan, reply: dict[str, Any]) -> None:
+        """After every request (from a client or run control's own): audit and publish."""
+        if plan.request.kind == "trigger" and reply.get("ok"):
+            d = self.core.state.trigger_desired or {}
+            self._audit({"event": "requested", **d})
+        if self._client is not None:
+            await self._publish_state()
+            await self._publish_trigger()
 
     async def _reply(self, user: str, response: str | None, correlation: bytes | None,
                      body: dict[str, Any]) -> None:

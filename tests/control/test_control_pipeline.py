@@ -7,11 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from daq.app import Pipeline, PipelineDataPath
+from daq.app import LocalStack
 from daq.control.client import ControlClient
 from daq.control.mqtt import MqttSettings
-from daq.control.service import RunControlService
-from daq.control.store import StateStore
 from daq.runfile import RunFileReader
 from daq.stack import StackConfig
 from daq.wire import Kind
@@ -35,9 +33,10 @@ async def _until(cond, timeout: float = 30.0) -> None:  # type: ignore[no-untype
 async def test_full_run_with_a_trigger_change_on_the_real_data_path(
         secure_broker: SecureBroker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     b = secure_broker
-    # the monitor publishes its spill summaries as the deployed `monitor` account
-    monkeypatch.setenv("NA64_MQTT_USERNAME", "monitor")
-    monkeypatch.setenv("NA64_MQTT_PASSWORD", b.passwords["monitor"])
+    # run control and the monitor on the broker with the deployed accounts
+    for user in ("runcontrol", "monitor"):
+        monkeypatch.setenv(f"NA64_MQTT_{user.upper()}_USERNAME", user)
+        monkeypatch.setenv(f"NA64_MQTT_{user.upper()}_PASSWORD", b.passwords[user])
     # spills every ~0.2 s (16.8 s period compressed 84x), each 2 ms of beam at 6e6/spill
     cfg = StackConfig.parse({
         "run_dir": str(tmp_path / "runs"), "workers": 2, "mqtt": b.url,
@@ -46,18 +45,16 @@ async def test_full_run_with_a_trigger_change_on_the_real_data_path(
         "simulator": {"spills": 1000, "pace": "factor", "factor": 84.0,
                       "sim": {"generated_s": 0.002, "seed": 9}},
     }).inproc("rc")
-    pipes: list[Pipeline] = []
-    dp = PipelineDataPath(cfg, on_pipeline=pipes.append)
-    svc = RunControlService(_settings(b, "runcontrol"), StateStore(tmp_path / "state"), dp)
-    async with svc:
+    async with LocalStack(cfg, metrics=False) as pipe:
+        svc = pipe.control
         await asyncio.wait_for(svc.ready.wait(), 10)
         async with ControlClient(_settings(b, "expert")) as ctl:
             r = await ctl.run("start")
             assert r["ok"], r
             assert svc.core.state.run is not None
             run = svc.core.state.run.run
-            await _until(lambda: bool(pipes) and len(pipes[0].monitor.summaries) >= 1)
-            before = len(pipes[0].monitor.summaries)
+            await _until(lambda: len(pipe.monitor.summaries) >= 1)
+            before = len(pipe.monitor.summaries)
             r = await ctl.trigger_set(["ecal_max_gev=55"], comment="test")
             assert r["ok"], r
             # active from the next spill boundary, reported back by the real builder
@@ -66,9 +63,9 @@ async def test_full_run_with_a_trigger_change_on_the_real_data_path(
             active = svc.core.state.trigger_active
             assert active["who"] == "expert" and active["spill"] >= before
             from_spill = active["spill"]
-            await _until(lambda: len(pipes[0].monitor.summaries) >= from_spill + 2)
+            await _until(lambda: len(pipe.monitor.summaries) >= from_spill + 2)
             # each spill says which configuration it ran with: the new one from from_spill
-            cfg_of = {s.spill: s.trigger_cfg for s in pipes[0].monitor.summaries}
+            cfg_of = {s.spill: s.trigger_cfg for s in pipe.monitor.summaries}
             assert all(cfg_of[s] == active["cfg"] for s in cfg_of if s >= from_spill), cfg_of
             assert all(cfg_of[s] not in (None, active["cfg"]) for s in cfg_of
                        if s < from_spill), cfg_of
@@ -76,8 +73,25 @@ async def test_full_run_with_a_trigger_change_on_the_real_data_path(
             assert spill["na64/monitor/spill"]["run"] == run  # the shift crew sees the spills
             r = await ctl.run("stop")
             assert r["ok"], r
-    pipe = pipes[0]
-    [path] = pipe.recorder.rec.files
+            # answered once the run is closed: the file is closed, the summary published
+            assert not pipe.recorder.rec.writer and len(pipe.recorder.rec.files) == 1
+            assert pipe.monitor.run_summaries[-1]["run"] == run
+            assert r["spills"] == pipe.monitor.run_summaries[-1]["spills"] >= from_spill + 2
+            state = await ctl.status()
+            assert state["run"]["state"] == "stopped", state
+            # every service's status document, as run control saw it, same process throughout
+            assert {d["phase"] for d in state["daq"].values()} == {"configured"}, state["daq"]
+            assert set(state["daq"]) == {"frontend", "builder", "trigger-0", "trigger-1",
+                                         "recorder", "monitor"}
+            # the next run: same services, the next run number
+            r = await ctl.run("start")
+            assert r["ok"] and r["run"] == run + 1, r
+            await _until(lambda: any(s.run == run + 1 for s in pipe.monitor.summaries))
+            r = await ctl.run("stop")
+            assert r["ok"] and r["spills"] >= 1, r
+    assert [p.name for p in pipe.recorder.rec.files] == [f"run{run:06d}.na64",
+                                                         f"run{run + 1:06d}.na64"]
+    path = pipe.recorder.rec.files[0]
     reader = RunFileReader(path)
     msgs = list(reader)
     assert reader.report.closed_cleanly
