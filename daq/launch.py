@@ -389,9 +389,16 @@ def up(config: Path, *, autopilot: tuple[int, int] | None = None, on_sample: Any
                                         on_sample=on_sample, max_restarts=max_restarts,
                                         timeout_s=timeout_s, progress=progress, stop=stop))
     finally:
-        stop_all(procs)
-        if broker is not None:
-            broker.stop()
+        # a second Ctrl-C or SIGTERM must not cut the shutdown short and leave orphans
+        held = {sig: signal.signal(sig, signal.SIG_IGN)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        try:
+            stop_all(procs)
+            if broker is not None:
+                broker.stop()
+        finally:
+            for sig, handler in held.items():
+                signal.signal(sig, handler)
     # after the stop: each process's exit code (0: a clean, drained exit)
     report["services"] = {p.name: p.report() for p in procs}
     report["ok"] = report["ok"] and all(p.popen.returncode == 0 for p in procs)
@@ -438,6 +445,9 @@ async def _supervise(cfg: StackConfig, procs: list[Proc], broker: Any, *,
             nonlocal figures, next_look
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"not done within {timeout_s} s")
+            if broker is not None and not broker.running:
+                raise ServiceError(f"the broker of this `up` ({broker.url}) died: see "
+                                   f"{broker.directory / 'mosquitto.log'}")
             for p in procs:
                 p.sample()
             if on_sample is not None:

@@ -212,7 +212,7 @@ class FrontEnd(Service):
                     held = self.clock()
                     while self.paused and not self.stopping.is_set() \
                             and not self._stop_at_spill:
-                        await self.sleep(0.05) if self.speed else asyncio.sleep(0.05)
+                        await (self.sleep(0.05) if self.speed else asyncio.sleep(0.05))
                     start += self.clock() - held  # a pause delays the schedule
                 if self._stop_at_spill or self.stopping.is_set():
                     fe.withdraw(em)

@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         if verb in ("start", "configure"):
             v.add_argument("--run-type", choices=("physics", "calibration", "test"))
             v.add_argument("--comment")
+            v.add_argument("--spills", type=int, metavar="N", dest="max_spills",
+                           help="end the run by itself after N spills (default: until stop)")
         if verb == "stop":
             v.add_argument("--reason")
         v.set_defaults(func=_run)
@@ -108,7 +110,9 @@ def _print_reply(args: argparse.Namespace, reply: dict[str, Any]) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     params = {k: v for k, v in (("run_type", getattr(args, "run_type", None)),
-                                ("comment", getattr(args, "comment", None))) if v is not None}
+                                ("comment", getattr(args, "comment", None)),
+                                ("max_spills", getattr(args, "max_spills", None)))
+              if v is not None}
     reply = _with_client(args, lambda c: c.run(args.verb, params=params or None,
                                                 reason=getattr(args, "reason", None)))
     return _print_reply(args, reply)
@@ -121,17 +125,46 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     run = st.get("run") or {}
     cur = run.get("run") or {}
-    if run.get("runs_by"):  # `na64daq up`: trigger configuration only
-        print(f"runs are driven by the {run['runs_by']}; trigger changes: "
-              "na64daq ctl trigger set KEY=VALUE...")
-    else:
-        print(f"state {run.get('state', 'unknown')}  run {cur.get('run', '-')}  last run "
-              f"{run.get('last_run', '-')}  allowed: {', '.join(run.get('allowed', []))}")
+    print(f"state {run.get('state', 'unknown')}  run {cur.get('run', '-')}  last run "
+          f"{run.get('last_run', '-')}  allowed: {', '.join(run.get('allowed', []))}")
+    if cur.get("stop_reason"):
+        print(f"  run {cur.get('run')}: {cur.get('spills')} spills, {cur.get('events')} "
+              f"events; {cur['stop_reason']}")
     if run.get("error"):
         print(f"error: {run['error']}")
     for name, s in sorted(st["services"].items()):
-        print(f"  {name:<16} {(s or {}).get('status', 'unknown')}")
+        print(f"  {name:<16} {(s or {}).get('status', 'unknown')}  (MQTT)")
+    for name, d in sorted((st.get("daq") or {}).items(), key=lambda kv: _order(kv[0])):
+        print(f"  {name:<16} {d.get('status', '?'):<8} {d.get('phase', '?'):<11} run "
+              f"{d.get('run') if d.get('run') is not None else '-':<6} pid {d.get('pid', '-')}"
+              + _detail(d))
     return 0
+
+
+def _order(name: str) -> int:
+    """Data-flow order for the service table."""
+    for i, head in enumerate(("frontend", "builder", "trigger", "recorder", "monitor")):
+        if name.startswith(head):
+            return i
+    return 9
+
+
+def _detail(d: dict[str, Any]) -> str:
+    """The one figure each kind of service is best judged by."""
+    if "run_events" in d:
+        return f"  spill {d.get('spill')}  events sent {d.get('run_events'):,}" \
+            + ("  PAUSED" if d.get("paused") else "")
+    if "refused" in d:
+        refused = sum((d.get("refused") or {}).values())
+        return f"  built {d.get('events', 0):,}  refused {refused:,}  cfg {d.get('cfg', '')[:8]}"
+    if "ready" in d:
+        return "  kernels ready" if d.get("ready") else "  compiling"
+    if "recording" in d:
+        rec = d.get("recording")
+        return f"  writing {rec['file']}" if rec else f"  files closed {d.get('files_closed')}"
+    if "open_spills" in d:
+        return f"  open spills {d.get('open_spills')}  alarms {d.get('alarms') or 'none'}"
+    return ""
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -117,8 +117,10 @@ class RunControl:
                                      who=req.user))
 
     def _snapshot(self, req: Request, run: int) -> dict[str, Any]:
-        params = req.args.get("params") or self.state.run_params or RunParams().model_dump(
-            mode="json")
+        # what `configure` set stays for the next runs, but not max_spills: a run that
+        # ended by itself (autopilot) must not make the next `start` end by itself too
+        sticky = {k: v for k, v in (self.state.run_params or {}).items() if k != "max_spills"}
+        params = req.args.get("params") or sticky or RunParams().model_dump(mode="json")
         trig = self.current_trigger()
         return {"run": run, "params": params, "trigger_config": trig.model_dump(mode="json"),
                 "cfg": trig.content_hash(), "started_by": req.user, "when": self._clock()}
