@@ -183,12 +183,15 @@ class Proc:
     start is reported with its last error line."""
 
     def __init__(self, name: str, index: int, config: Path, cfg: StackConfig, *,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, cmd: list[str] | None = None) -> None:
+        """`cmd`: another program in this service's place (it must speak the same command
+        channel under the same name, e.g. the benchmark's front end)."""
         self.name = name if name != "trigger" else f"trigger-{index}"
         self.service, self.index = name, index
         self.metrics = f"http://{cfg.metrics.addr}:{cfg.metrics.port(name, index)}/metrics"
-        self.cmd = [sys.executable, "-m", "daq.cli", "serve", name, "--config", str(config)]
-        if name == "trigger":
+        self.cmd = cmd or [sys.executable, "-m", "daq.cli", "serve", name, "--config",
+                           str(config)]
+        if name == "trigger" and cmd is None:
             self.cmd += ["--index", str(index)]
         self.env = env
         logs = Path(cfg.run_dir) / "logs"
@@ -263,11 +266,14 @@ class Proc:
 START_ORDER = ("control", "builder", "recorder", "monitor", "trigger", "frontend")
 
 
-def spawn_all(config: Path, cfg: StackConfig, env: dict[str, str]) -> list[Proc]:
+def spawn_all(config: Path, cfg: StackConfig, env: dict[str, str],
+              commands: dict[str, list[str]] | None = None) -> list[Proc]:
+    """Every process of the topology; `commands` replaces a service's program by name."""
     procs: list[Proc] = []
     for name in START_ORDER:
         n = cfg.workers if name == "trigger" else 1
-        procs += [Proc(name, i, config, cfg, env=env) for i in range(n)]
+        procs += [Proc(name, i, config, cfg, env=env, cmd=(commands or {}).get(name))
+                  for i in range(n)]
     return procs
 
 
@@ -359,7 +365,8 @@ def parse_autopilot(text: str) -> tuple[int, int]:
 def up(config: Path, *, autopilot: tuple[int, int] | None = None, on_sample: Any = None,
        max_restarts: int = 3, timeout_s: float | None = None,
        progress: Callable[[dict[str, Any]], None] | None = None,
-       stop: Callable[[], bool] | None = None) -> dict[str, Any]:
+       stop: Callable[[], bool] | None = None,
+       commands: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Start every service of a topology as its own process under run control and keep
     them up: until `stop()` is true, SIGTERM/SIGINT/SIGHUP, or, with `autopilot=(RUNS,
     SPILLS)`, until that many runs of that many spills were taken (each started and
@@ -367,6 +374,7 @@ def up(config: Path, *, autopilot: tuple[int, int] | None = None, on_sample: Any
     the topology, `up` starts its own Mosquitto (daq.control.localbroker). Every process
     is stopped on the way out (run control first: it closes a run still open).
 
+    `commands` puts another program in a service's place (the benchmark's front end).
     A crashed service is restarted (at most `max_restarts` times) and rejoins the run;
     `on_sample(procs)` is called every 0.1 s (fault injection in the tests), `progress(d)`
     twice a second with the run state, the monitor's figures and `restarts`.
@@ -384,7 +392,7 @@ def up(config: Path, *, autopilot: tuple[int, int] | None = None, on_sample: Any
 
             env |= broker.env()
             env[UP_BROKER_ENV] = broker.url
-        procs = spawn_all(config, cfg, env)
+        procs = spawn_all(config, cfg, env, commands)
         report = asyncio.run(_supervise(cfg, procs, broker, autopilot=autopilot,
                                         on_sample=on_sample, max_restarts=max_restarts,
                                         timeout_s=timeout_s, progress=progress, stop=stop))
