@@ -122,7 +122,8 @@ async def test_ctl_config_finds_the_broker(broker: LocalBroker, tmp_path: Path) 
         await asyncio.wait_for(svc.ready.wait(), 10)
         rc, out, err = await ctl(env, "--config", str(topo), "status")
         assert rc == 0 and "state idle" in out, err
-        assert any(line.split() == ["runcontrol", "online"] for line in out.splitlines()), out
+        assert any(line.split() == ["runcontrol", "online", "(MQTT)"]
+                   for line in out.splitlines()), out
         rc, out, err = await ctl(env, "--config", str(topo), "start")
         assert rc == 0 and "state=running" in out, err
         rc, out, err = await ctl(env, "--config", str(topo), "trigger", "set",
