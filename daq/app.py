@@ -63,23 +63,24 @@ def mqtt_settings(cfg: StackConfig, service: str | None = None) -> Any:
     return MqttSettings.from_mapping(env, source="the environment")
 
 
-def _curve_server(cfg: StackConfig, ctx: Any, registry: CollectorRegistry) -> Any:
+def _curve_server(cfg: StackConfig, ctx: Any, registry: CollectorRegistry
+                  ) -> tuple[Any, Any]:
     """The builder input's CURVE hook when configured: only listed client keys get in.
 
     The context's ZAP authenticator starts here (it needs the running event loop); its
     counts are exported on the builder's registry as na64_builder_curve_*_total.
     """
     if not cfg.curve:
-        return None
+        return None, None
     from daq.curve import CurveAuthenticator, CurveConfig, make_server
 
     cc = CurveConfig.parse(cfg.curve)
     if not cc.enabled:
-        return None
+        return None, None
     auth = CurveAuthenticator(ctx, cc.authorized_dir)
     auth.start()
     registry.register(_CurveCollector(auth))
-    return lambda sock: make_server(sock, cc)
+    return (lambda sock: make_server(sock, cc)), auth
 
 
 class _CurveCollector:
@@ -158,8 +159,9 @@ class Factory:
         from daq.transport import context
 
         ctx = self.ctx or context()
-        hook = _curve_server(self.cfg, ctx, registry)
+        hook, auth = _curve_server(self.cfg, ctx, registry)
         svc = BuilderService(core, registry, ctx=ctx, input_hook=hook)
+        svc.authenticator = auth  # the builder stops it when it ends
         self._agent(svc, "builder")
         return svc
 

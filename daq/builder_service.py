@@ -156,6 +156,8 @@ class BuilderService(Service):
         self.output_endpoint = self.push.getsockopt_string(zmq.LAST_ENDPOINT)
         registry.register(BuilderCollector(self))
         builder.on_activate = self._activated
+        #: the CURVE authenticator of the input, when configured (daq.curve): stopped here
+        self.authenticator: Any = None
 
     # -- run lifecycle (daq.lifecycle), driven by run control -----------------------------
 
@@ -346,6 +348,8 @@ class BuilderService(Service):
     async def __aexit__(self, *exc: Any) -> None:
         try:
             await super().__aexit__(*exc)
+            if self.authenticator is not None:
+                await self.authenticator.aclose()
         finally:
             self.pull.close()
             # a sent message is only queued in zmq: linger so that the end of the stream

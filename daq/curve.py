@@ -132,5 +132,7 @@ class CurveAuthenticator:
 
     async def aclose(self) -> None:
         """Stop handling ZAP requests and let the handler task finish."""
+        task = getattr(self._auth, "_AsyncioAuthenticator__task", None)  # pyzmq's own
         self._auth.stop()
-        await asyncio.sleep(0)  # the handler task was cancelled; give it a turn to end
+        if task is not None:  # cancelled: wait until it has ended, leave no task behind
+            await asyncio.gather(task, return_exceptions=True)
