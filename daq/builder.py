@@ -218,7 +218,9 @@ class EventBuilder:
         return self._maybe_end_run(now)
 
     def _maybe_end_run(self, now: float) -> list[Message]:
-        if self._open_run is None and self.current is None:
+        if self._open_run is None:
+            if self._end_requested is not None:  # closed already (every board ended it)
+                self.current, self._end_requested = None, None
             return []
         everyone = len(self._board_stops) == len(self.boards)
         late = self._end_requested is not None \

@@ -87,13 +87,17 @@ async def _serve_control(cfg: StackConfig, registry: CollectorRegistry) -> None:
     conductor = Conductor(cfg.endpoints.control, member_names(cfg))
     registry.register(_ConductorCollector(conductor))
     svc = RunControlService(settings, StateStore(Path(cfg.run_dir) / "control"), conductor,
-                            registry=registry)
+                            registry=registry, adopt=True)
     stop, channel_done = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     on_stop_signals(loop, stop.set)
     channel = asyncio.create_task(conductor.serve(channel_done), name="conductor")
     try:
         async with svc:
+            adopted = await svc.adopt()  # restarted during a run: the data never stopped
+            if adopted is not None:
+                print(f"control: the run left open was {'taken up' if adopted else 'closed'}",
+                      flush=True)
             waiter = asyncio.ensure_future(stop.wait())
             await asyncio.wait({waiter, asyncio.ensure_future(svc.wait())},
                                return_when=asyncio.FIRST_COMPLETED)

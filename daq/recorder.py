@@ -355,6 +355,7 @@ class RecorderService(Service):
             input_hook(self.pull)
         self.pull.bind(listen)
         self.endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.last_closed: dict[str, Any] | None = None
 
     def loops(self) -> dict[str, Loop]:
         return {"input": self._input}
@@ -400,6 +401,7 @@ class RecorderService(Service):
         self._gauges()
         while r.closed_log:  # run control answers a stop once the run's file is closed
             closed = r.closed_log.pop(0)
+            self.last_closed = closed
             if self.agent is not None:
                 self.agent.notify("run_closed", **closed)
 
@@ -410,7 +412,7 @@ class RecorderService(Service):
                                                      "file": str(w.path),
                                                      "events": r.counts.events,
                                                      "spills": r.counts.spills},
-                "files_closed": len(r.files)}
+                "files_closed": len(r.files), "last_closed": self.last_closed}
 
     def _gauges(self) -> None:
         c = self.rec.counts

@@ -110,7 +110,7 @@ class FrontEnd(Service):
 
     def status(self) -> dict[str, Any]:
         return {"spill": self.spill, "run_events": self.run_events, "paused": self.paused,
-                "messages_sent": self.sent}
+                "messages_sent": self.sent, "streaming": self._streaming is not None}
 
     # --- streaming ------------------------------------------------------------------------
 

@@ -168,6 +168,8 @@ class Conductor(DataPath):
             m.doc = {k: v for k, v in doc.items() if k not in ("t", "id", "ok")}
             m.online = t != "bye"
             self._changed.set()
+        if t in ("status", "hello", "reply"):
+            self._closed_by_document(m)
         if t == "hello" or back:
             m.hellos += 1
             self._maybe_rejoin(m)
@@ -201,6 +203,43 @@ class Conductor(DataPath):
             self._activations.put_nowait(Activation(
                 dict(doc.get("config") or {}), str(doc.get("who", "")), self.clock(),
                 doc.get("run"), doc.get("spill")))
+
+    def _closed_by_document(self, m: Member) -> None:
+        """A sink's status names the last run it closed: the event that said so may have
+        been lost (run control was being restarted)."""
+        run = self.open
+        if run is None or role(m.name) not in SINKS:
+            return
+        last = m.doc.get("last_closed") or m.doc.get("last_run")
+        if isinstance(last, dict) and last.get("run") == run.run \
+                and bool(last.get("replay")) == run.replay:
+            self._event(m, {**last, "event": "run_closed"})
+
+    async def adopt_run(self, run: int, *, replay: bool, snapshot: Mapping[str, Any],
+                        max_spills: int | None, timeout_s: float = 30.0) -> bool:
+        """Run control was restarted while run `run` was open: take it up again if the
+        builder is still in it (the data never stopped). A run whose front ends ended it
+        meanwhile is stopped at once (`run_ended`). False: the run is gone."""
+        deadline = self.monotonic() + timeout_s
+        names = self.names("builder") + ([] if replay else self.names("frontend"))
+        while not all(self.members[n].online for n in names):
+            if self.monotonic() > deadline:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), 0.2)
+        builder = self.members[names[0]]
+        if builder.phase not in RUN_OPEN or builder.doc.get("run") != run:
+            return False
+        self.open = OpenRun(run, replay, dict(snapshot), max_spills)
+        for m in self.members.values():
+            self._closed_by_document(m)
+        fe = [self.members[n] for n in self.names("frontend")]
+        if not replay and fe and not any(m.doc.get("streaming") for m in fe):
+            self.open.ended_by_frontends = True
+            self._ended.put_nowait(run)
+        log.warning("run control restarted: took up run %d, still open in the data path", run)
+        return True
 
     def _roles(self) -> set[str]:
         return {role(n) for n in self.expected}

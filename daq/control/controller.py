@@ -29,10 +29,15 @@ class Controller:
     """The run-control core, its persisted state and the data path it acts on."""
 
     def __init__(self, store: StateStore, datapath: DataPath, *,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, adopt: bool = False) -> None:
+        """`adopt`: a run open when run control last stopped is kept until `adopt_run`
+        has asked the data path whether it is still open (else it is closed as an error
+        at once, as `recover` says)."""
         self.store = store
         self.datapath = datapath
-        self.core = RunControl(recover(store.load(), clock()), clock=clock)
+        self._clock = clock
+        state = store.load()
+        self.core = RunControl(state if adopt else recover(state, clock()), clock=clock)
         store.save(self.core.state)
         self.lock = asyncio.Lock()
         self._ids = itertools.count(1)
@@ -67,6 +72,26 @@ class Controller:
             if asyncio.iscoroutine(r):
                 await r
         return reply
+
+    async def adopt_run(self, timeout_s: float = 30.0) -> bool | None:
+        """Take up a run left open by the previous run control, if the data path is still
+        in it; otherwise close it as `recover` does (error, reset needed). None: no run was
+        open."""
+        st = self.core.state
+        if st.state.value not in ("running", "paused") or st.run is None:
+            return None
+        snap = st.run.snapshot
+        params = dict(snap.get("params") or {})
+        adopt = getattr(self.datapath, "adopt_run", None)
+        ok = False
+        if adopt is not None:
+            ok = await adopt(st.run.run, replay=bool(params.get("replay")), snapshot=snap,
+                             max_spills=params.get("max_spills"), timeout_s=timeout_s)
+        if not ok:
+            async with self.lock:
+                self.core.state = recover(st, self._clock())
+                self.store.save(self.core.state)
+        return ok
 
     async def request(self, verb: str, *, user: str = "demo", **args: Any) -> dict[str, Any]:
         """A run command from inside the process (demo, autopilot); ProtocolError if refused."""

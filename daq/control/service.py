@@ -56,13 +56,15 @@ class RunControlService(Service):
 
     def __init__(self, settings: MqttSettings, store: StateStore, datapath: DataPath, *,
                  registry: CollectorRegistry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, adopt: bool = False) -> None:
+        """`adopt`: a run left open by a previous run control is taken up by `adopt()` if
+        the data path is still in it (daq.control.controller.Controller.adopt_run)."""
         super().__init__()
         self.settings = settings
         self.store = store
         self.datapath = datapath
         self._clock = clock
-        self.ctl = Controller(store, datapath, clock=clock)
+        self.ctl = Controller(store, datapath, clock=clock, adopt=adopt)
         self.ctl.after.append(self._executed)
         self.core = self.ctl.core
         self.ready = asyncio.Event()
@@ -99,6 +101,14 @@ class RunControlService(Service):
 
     def loops(self) -> dict[str, Loop]:
         return {"mqtt": self._mqtt, "ends": self._follow_ends}
+
+    async def adopt(self) -> bool | None:
+        """Take up (or close as an error) a run the previous run control left open."""
+        result = await self.ctl.adopt_run()
+        if result is not None and self._client is not None:
+            async with self._lock:
+                await self._publish_state()
+        return result
 
     async def _follow_ends(self) -> None:
         """Runs the data path ends by itself (max_spills) get run control's stop."""
