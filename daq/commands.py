@@ -15,9 +15,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("replay", help="re-send a recorded raw run into a running system")
+    p = sub.add_parser("replay", help="re-send a recorded raw run into a running system",
+                       description=(
+                           "With --config: a replay run of its own in the standing system of "
+                           "that topology (run control gives it a run number, marks it replay, "
+                           "refuses it while a live run is open). With --to: send the file to "
+                           "a builder's input as it is (no run control)."))
     p.add_argument("file", help="raw run file")
-    p.add_argument("--to", required=True, metavar="ENDPOINT", help="the builder's input")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", metavar="FILE", help="topology of a running `na64daq up`")
+    where.add_argument("--to", metavar="ENDPOINT", help="a builder's input (no run control)")
+    p.add_argument("--as", dest="user", default="shift", help="broker account (default shift)")
     p.add_argument("--speed", default="max", help="realtime, max or a factor (default max)")
     p.add_argument("--spills", default=None, metavar="A:B", help="spills A to B inclusive")
     p.add_argument("--eos", action="store_true", help="also send the recorded end of stream")
@@ -39,6 +47,8 @@ def _replay(args: argparse.Namespace) -> int:
     from daq.replay import parse_speed, parse_spills, replay
 
     speed, spills = parse_speed(args.speed), parse_spills(args.spills)
+    if args.config:
+        return _replay_run(args, speed, spills)
     with Progress("[bold magenta]REPLAY", BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), disable=args.no_progress) as bar:
         task = bar.add_task("replay", total=None)
@@ -51,3 +61,46 @@ def _replay(args: argparse.Namespace) -> int:
     print(f"replayed {res.messages} messages, {res.events} events, {res.bytes} bytes "
           f"in {res.seconds:.2f} s (marked replay)")
     return 0
+
+
+def _replay_run(args: argparse.Namespace, speed: float, spills: Any) -> int:
+    """A replay run in the standing system of a topology (run control over MQTT)."""
+    import sys
+    from pathlib import Path
+
+    from daq.control.localbroker import require_credentials
+    from daq.control.mqtt import MqttSettings
+    from daq.errors import DaqError
+    from daq.replay import replay_run
+    from daq.stack import load_stack_config
+
+    try:
+        cfg = load_stack_config(args.config)
+        settings = (MqttSettings.from_env().model_copy(update={"host": _host(cfg.mqtt),
+                                                               "port": _port(cfg.mqtt)})
+                    if cfg.mqtt else MqttSettings.from_file(require_credentials(
+                        Path(cfg.run_dir), args.user, config=Path(args.config))))
+        res, stop = asyncio.run(replay_run(args.file, cfg.endpoints.builder_in, settings,
+                                           speed=speed, spills=spills))
+    except DaqError as e:
+        print(f"na64daq replay: error: {e}", file=sys.stderr)
+        return 1
+    print(f"replay run {stop['run']}: sent {res.messages} messages, {res.events} events in "
+          f"{res.seconds:.2f} s; run control closed it with {stop.get('spills')} spills, "
+          f"{stop.get('events')} events ({'ok' if stop.get('ok') else stop.get('reason')})")
+    if not stop.get("ok") or not stop.get("events"):
+        print("na64daq replay: error: the replay run recorded no event", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _host(url: str | None) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url or "").hostname or "127.0.0.1"
+
+
+def _port(url: str | None) -> int:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url or "").port or 1883

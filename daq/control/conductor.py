@@ -307,6 +307,7 @@ class Conductor(DataPath):
             raise StateError(f"running run {self.open.run}", "start_run")
         params = dict(snapshot.get("params") or {})
         max_spills = max_spills if max_spills is not None else params.get("max_spills")
+        replay = replay or bool(params.get("replay"))
         self.open = OpenRun(run, replay, dict(snapshot), max_spills)
         self.paused = False
         args = {"run": run, "replay": replay, "snapshot": dict(snapshot),

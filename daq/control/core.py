@@ -101,6 +101,11 @@ class RunControl:
         if req.kind == "trigger":
             return self._plan_trigger(req)
         cmd = req.command
+        if cmd is Command.START and (req.args.get("params") or {}).get("replay") \
+                and self.state.state in RUN_OPEN and self.state.run is not None:
+            raise ProtocolError(STATE, f"a replay is a run of its own and never mixed into a "
+                                f"live one: run {self.state.run.run} is "
+                                f"{self.state.state.value}; stop it first", req.id)
         try:
             new = next_state(self.state.state, cmd)
         except StateError as e:
@@ -119,7 +124,8 @@ class RunControl:
     def _snapshot(self, req: Request, run: int) -> dict[str, Any]:
         # what `configure` set stays for the next runs, but not max_spills: a run that
         # ended by itself (autopilot) must not make the next `start` end by itself too
-        sticky = {k: v for k, v in (self.state.run_params or {}).items() if k != "max_spills"}
+        sticky = {k: v for k, v in (self.state.run_params or {}).items()
+                  if k not in ("max_spills", "replay")}
         params = req.args.get("params") or sticky or RunParams().model_dump(mode="json")
         trig = self.current_trigger()
         return {"run": run, "params": params, "trigger_config": trig.model_dump(mode="json"),

@@ -75,6 +75,9 @@ class RunParams(StrictModel):
     beam_energy_gev: float = Field(default=100.0, gt=0.0, le=450.0,
                                    description="Nominal beam energy, GeV (SPS: at most 450).")
     comment: str = Field(default="", max_length=500, description="Free text for the logbook.")
+    replay: bool = Field(default=False, description=(
+        "A replay run (test mode): its data come from a run file sent by `na64daq replay`, "
+        "not from the front ends; recorded as replay-runNNNNNN.na64, source=\"replay\"."))
     max_spills: int | None = Field(default=None, ge=1, le=10_000_000, description=(
         "End the run by itself after this many spills (unattended runs, benchmarks); "
         "None: until stopped."))
