@@ -1,29 +1,44 @@
-"""Stopping a run drains everything in flight: zero events left in any queue, and every
-event the front ends sent is built, processed, monitored and (if accepted) recorded."""
+"""Stopping a run drains everything in flight: run control answers a stop only once zero
+events are left in any queue, and every event the front ends sent is built, processed,
+monitored and (if accepted) recorded. Services stopped all at once drain too."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from rel_helpers import stack_config
 
-from daq.app import Factory, Pipeline
+from daq.app import LocalStack
 from daq.runfile import read_all
-from daq.transport import context
 from daq.wire import Kind
+from trigger.processor import SliceProcessor
 
 pytestmark = pytest.mark.asyncio
 
+WORKER_S_PER_EVENT = 20e-6  # two workers: 100 k events/s, slower than the beam at pace max
+MAX_PENDING = 20_000  # built events the builder holds for the workers (then backpressure)
 
-async def _run_stopped_mid_spill(tmp_path: Path, *, stop_spill: int) -> tuple[Pipeline, dict]:
-    cfg = stack_config(tmp_path, f"drain{stop_spill}", spills=20, workers=2,
+
+def _workers(stack: LocalStack) -> list[Any]:
+    return [stack.services[n] for n in stack.worker_names()]
+
+
+def _processed(stack: LocalStack) -> int:
+    return int(sum(w.metrics.events._value.get() for w in _workers(stack)))
+
+
+async def test_a_stop_mid_spill_is_answered_once_nothing_is_in_flight(tmp_path: Path) -> None:
+    stop_spill = 2
+    cfg = stack_config(tmp_path, "drain", spills=20, workers=2,
                        sim={"generated_s": 0.01, "slice_events": 512, "seed": 5})
-    pipe = Pipeline(cfg, metrics=False)
-    sent: dict[str, Any] = {"events": 0, "slices_in_stop_spill": 0}
+    stack = LocalStack(cfg, metrics=False)
+    stack.build()
+    sent = {"events": 0, "slices_in_stop_spill": 0}
+    asked = asyncio.Event()
 
     def on_emit(em: Any) -> None:
         if em.src == "BEAM" and em.msg.kind is Kind.SLICE:
@@ -31,68 +46,103 @@ async def _run_stopped_mid_spill(tmp_path: Path, *, stop_spill: int) -> tuple[Pi
             if em.msg.spill == stop_spill:
                 sent["slices_in_stop_spill"] += 1
                 if sent["slices_in_stop_spill"] == 3:  # the middle of the spill
-                    pipe.services["frontend"].stop()
+                    # what run control's stop does to the front ends, at this very moment
+                    # (the command itself follows; it would reach them a few slices later)
+                    stack.frontend.stop_after_spill()
+                    asked.set()
 
-    pipe.build(Factory(cfg, ctx=context()))
-    pipe.services["frontend"].on_emit = on_emit  # type: ignore[attr-defined]
-    async with contextlib.AsyncExitStack() as stack:
-        await pipe.run(stack, settle_s=20)
-        for s in pipe.services.values():
-            await s.wait()
-    return pipe, sent
+    stack.frontend.on_emit = on_emit
+    async with stack:
+        await stack.start_run()  # no max_spills: the run goes on until it is stopped
+        run = stack.run
+        async with asyncio.timeout(60):
+            await asyncio.wait_for(asked.wait(), 60)
+            reply = await stack.stop_run("stopped mid-spill")
+        assert reply["ok"] and reply["state"] == "stopped", reply
+        # the spill under way was completed, nothing after it was sent
+        assert (reply["run"], reply["spills"], reply["events"]) == (run, 3, sent["events"])
+        # answered: the builder has nothing partly built, queued or dropped
+        b = stack.builder
+        assert b.builder.pending_events == 0 and b.queued_events == 0 and not b.queue
+        assert b.dropped_at_stop == 0
+        st = b.builder.stats["live"]
+        assert st.events == sent["events"] and st.shed == 0
+        assert not +st.refused  # every record was of the run run control opened
+        # workers: every built event processed
+        assert _processed(stack) == st.events
+        # recorder: file closed, no spill held back; every accepted event is in the file
+        rec = stack.recorder.rec
+        assert rec.writer is None and not rec._spills and rec.incomplete_spills == 0
+        kept = sum(w.metrics.kept._value.get() for w in _workers(stack))
+        [path] = rec.files
+        assert path.name == f"run{run:06d}.na64"
+        msgs, report = read_all(path)
+        assert report.closed_cleanly
+        assert sorted(report.spills) == [0, 1, 2]
+        assert all(sp.complete for sp in report.spills.values())
+        assert sum(m.count for m in msgs if m.kind is Kind.ACCEPTED) == kept
+        assert [m.kind for m in msgs][-1] is Kind.RUN_STOP
+        # monitor: no open spill; the spill the stop came in is there, whole
+        mon = stack.monitor
+        assert all(a.open_spills == 0 for a in mon.analyses.values())
+        assert [s.spill for s in mon.summaries] == [0, 1, 2]
+        assert all(s.closed == "complete" for s in mon.summaries)
+        assert sum(s.events for s in mon.summaries) == sent["events"]
+        assert mon.run_summaries[-1]["run"] == run
+        # every service was told: the run is closed everywhere
+        phases = {n: s.lifecycle.phase.value for n, s in stack.services.items()}
+        assert set(phases.values()) == {"configured"}, phases
+    # the shutdown after the run drained every service: none had to be cancelled
+    assert not [n for n, s in stack.services.items() if _cancelled(s)]
 
 
-async def test_stop_mid_spill_leaves_nothing_in_flight(tmp_path: Path) -> None:
-    pipe, sent = await _run_stopped_mid_spill(tmp_path, stop_spill=2)
-    b = pipe.builder
-    # builder: nothing partly built, nothing queued, nothing dropped at stop
-    assert b.builder.pending_events == 0 and b.queued_events == 0 and not b.queue
-    assert b.dropped_at_stop == 0
-    st = b.builder.stats["live"]
-    assert st.events == sent["events"] and st.shed == 0
-    # workers: every built event processed (the one with eos and the ones stopped)
-    processed = sum(w.metrics.events._value.get() for w in pipe.workers())
-    assert processed == st.events
-    # recorder: file closed, no spill held back; every accepted event is in the file
-    rec = pipe.recorder.rec
-    assert rec.writer is None and not rec._spills and rec.incomplete_spills == 0
-    kept = sum(w.metrics.kept._value.get() for w in pipe.workers())
-    msgs, report = read_all(rec.files[0])
-    assert report.closed_cleanly
-    assert sum(m.count for m in msgs if m.kind is Kind.ACCEPTED) == kept
-    assert [m.kind for m in msgs][-1] is Kind.RUN_STOP
-    # monitor: no open spill; the spill cut short is there with what was sent of it
-    mon = pipe.monitor
-    assert all(a.open_spills == 0 for a in mon.analyses.values())
-    assert [s.spill for s in mon.summaries] == [0, 1, 2]
-    assert all(s.closed == "complete" for s in mon.summaries)
-    assert sum(s.events for s in mon.summaries) == sent["events"]
+def _cancelled(svc: Any) -> bool:
+    runner = svc._runner
+    return runner is None or not runner.done() or runner.cancelled() \
+        or runner.exception() is not None
 
 
 @pytest.mark.slow
-async def test_every_service_drains_when_stopped_together(tmp_path: Path) -> None:
-    """SIGTERM to everything at once (what `up` does at the end): queues empty too."""
-    cfg = stack_config(tmp_path, "drainall", spills=8, workers=2,
-                       sim={"generated_s": 0.03, "slice_events": 512, "seed": 6})
-    pipe = Pipeline(cfg, metrics=False)
-    pipe.build(Factory(cfg, ctx=context()))
-    services = pipe.services
-    async with contextlib.AsyncExitStack() as stack:
-        for name in ("builder", "recorder", "monitor"):
-            await stack.enter_async_context(services[name])
-        for w in pipe.workers():
-            await stack.enter_async_context(w)
-        await asyncio.gather(*(w.ready.wait() for w in pipe.workers()))
-        fe = await stack.enter_async_context(services["frontend"])
-        await fe.wait()  # the front ends are done; most of the run is still in flight
+async def test_every_service_drains_when_stopped_together(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every service asked to stop at once, in the middle of a run (a machine going down,
+    not `up`, which stops run control first and then one stage after the other): each
+    drains what it holds, none hangs on a consumer that left."""
+    real = SliceProcessor.process
+
+    def slow(self: SliceProcessor, msg: Any) -> Any:
+        time.sleep(msg.count * WORKER_S_PER_EVENT)  # in the worker's thread, like a kernel
+        return real(self, msg)
+
+    monkeypatch.setattr(SliceProcessor, "process", slow)  # the workers lag: a backlog
+    last_spill = 7
+    cfg = stack_config(tmp_path, "drainall", spills=100, workers=2,
+                       sim={"generated_s": 0.03, "slice_events": 512, "seed": 6},
+                       builder={"max_pending_events": MAX_PENDING, "shed_after_s": 600})
+    stack = LocalStack(cfg, metrics=False)
+    stack.build()
+    beam_done = asyncio.Event()
+
+    def on_emit(em: Any) -> None:
+        if em.src == "BEAM" and em.msg.kind is Kind.SPILL_END and em.msg.spill == last_spill:
+            beam_done.set()
+
+    stack.frontend.on_emit = on_emit
+    services = stack.services
+    async with stack:
+        await stack.start_run()  # until stopped
+        await asyncio.wait_for(beam_done.wait(), 60)
+        # the front ends are done with 8 spills; the workers are far behind
+        b = stack.builder
+        assert b.builder.stats["live"].events - _processed(stack) > 10 * 512
         for s in services.values():
             s.stop()
         async with asyncio.timeout(60):  # a worker sending to a consumer that left hung here
             for s in services.values():
                 await s.wait()
-    b = pipe.builder
-    assert b.builder.pending_events == 0 and b.queued_events == 0 and b.dropped_at_stop == 0
-    processed = sum(w.metrics.events._value.get() for w in pipe.workers())
-    assert processed == b.builder.stats["live"].events
-    assert pipe.recorder.rec.writer is None and not pipe.recorder.rec._spills
-    assert sum(s.events for s in pipe.monitor.summaries) == processed
+        assert b.builder.pending_events == 0 and b.queued_events == 0
+        assert b.dropped_at_stop == 0
+        processed = _processed(stack)
+        assert processed == b.builder.stats["live"].events > 0
+        assert stack.recorder.rec.writer is None and not stack.recorder.rec._spills
+        assert sum(s.events for s in stack.monitor.summaries) == processed
