@@ -52,16 +52,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("--index", type=int, default=0, help="trigger worker number")
     s.set_defaults(func=_serve)
 
-    b = sub.add_parser("bench", help="measure kernel, pipeline and bare ZeroMQ side by side")
+    b = sub.add_parser("bench", help="measure kernel, the standing system over consecutive "
+                       "runs and bare ZeroMQ side by side")
     b.add_argument("--json", action="store_true", help="print one JSON document")
-    b.add_argument("--spills", type=int, default=10, help="spills per pipeline run (default 10)")
+    b.add_argument("--runs", type=int, default=3, help=(
+        "consecutive runs of the standing system per mode, a bare ZeroMQ run before each "
+        "(default 3)"))
+    b.add_argument("--spills", type=int, default=10, help="spills per run (default 10)")
     b.add_argument("--feature-events", type=int, default=1_000_000,
                    help="events per spill in feature mode (default 1000000)")
     b.add_argument("--waveform-events", type=int, default=200_000,
                    help="events per spill in waveform mode, zero-suppressed (default 200000)")
-    b.add_argument("--repeat", type=int, default=2,
-                   help="runs of each pipeline and bare ZeroMQ, alternating; the best of "
-                        "each is reported (default 2)")
     b.set_defaults(func=_bench)
 
     u = sub.add_parser("up", help="every service of a topology as its own process, under run "
@@ -263,13 +264,12 @@ def _bench(a: argparse.Namespace) -> int:
     from daq.bench import run_all
 
     console = Console(stderr=True)
-    if a.repeat < 1 or a.spills < 1:
-        console.print(f"error: --repeat ({a.repeat}) and --spills ({a.spills}) must be at "
-                      "least 1")
+    if a.runs < 1 or a.spills < 1:
+        console.print(f"error: --runs ({a.runs}) and --spills ({a.spills}) must be at least 1")
         return 2
     with console.status("benchmark") as status:
         res = run_all(feature_events=a.feature_events, waveform_events=a.waveform_events,
-                      spills=a.spills, repeat=a.repeat,
+                      spills=a.spills, runs=a.runs,
                       progress=lambda n: status.update(f"benchmark: {n}"))
     if a.json:
         print(json.dumps(res, indent=1))
@@ -277,8 +277,9 @@ def _bench(a: argparse.Namespace) -> int:
     from daq.live import bench_table
 
     Console().print(bench_table(res))
-    print(f"(every figure, and each run: na64daq bench --json; repeat {res['repeat']}: the "
-          "best of each side is shown)")
+    print(f"({res['runs']} consecutive runs of {res['spills']} spills per mode, the same "
+          "processes, bare ZeroMQ before each; the worst run is summarised; every figure: "
+          "na64daq bench --json)")
     return 0
 
 
