@@ -292,6 +292,10 @@ class EventBuilder:
                 and (msg.run, msg.replay) != self.current:
             stats.refused["no_run" if self.current is None else "other_run"] += 1
             return out
+        if self.gated and self._open_run is None and msg.kind is not Kind.RUN_START:
+            # joined the run under way (restarted during it): its run_start went by before
+            # this builder existed, but the boards' run_stops will close it here all the same
+            self._open_run = self.current
         if msg.kind is Kind.SLICE:
             self._slice(board, msg, stats, now, out)
         elif msg.kind is Kind.SPILL_START:

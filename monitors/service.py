@@ -250,7 +250,8 @@ class MonitorService(Service):
         t = self._totals.get(ra.source, {})
         same = t.get("run") == ra.run
         doc = {"run": ra.run, "replay": ra.source == "replay", "source": ra.source,
-               "spills": ra.closed_spills, "forced_spills": ra.forced_spills,
+               "spills": int(t.get("spills", 0)) if same else ra.closed_spills,
+               "forced_spills": ra.forced_spills,
                **{k: int(t.get(k, 0)) if same else 0
                   for k in ("events", "shed", "accepted", "announced", "lost")},
                "when": self.clock()}
@@ -285,7 +286,7 @@ class MonitorService(Service):
         self._totals[source] = totals
         totals["run"] = run
         for name, v in totals.items():
-            if name != "run":
+            if name not in ("run", "spills"):
                 self._total_counter(name).labels(source).inc(v)
 
     def _total_counter(self, name: str) -> Counter:
@@ -313,6 +314,8 @@ class MonitorService(Service):
         if closed and t.get("run") != ra.run:
             t.clear()
             t["run"] = ra.run or 0
+        if closed:
+            t["spills"] = t.get("spills", 0) + len(closed)  # over incarnations of the monitor
         for s in closed:
             beam = s.scalers.get("beam")
             add = {"events": s.events, "shed": s.shed, "accepted": s.accepted}

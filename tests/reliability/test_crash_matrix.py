@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from crash_harness import KILL_SPILL, SPILLS, run_crash
+from crash_harness import KILL_SPILL, RUNS, SPILLS, run_crash
 
 from tests.conftest import free_tcp_ports
 
@@ -17,8 +17,8 @@ pytestmark = [pytest.mark.timeout(180), pytest.mark.slow, pytest.mark.multiproce
 
 
 def _ports() -> list[int]:
-    # ten distinct ports, the last two for the two trigger workers (metrics base + index)
-    return free_tcp_ports(11, block=True)
+    # 5 endpoints, 6 metrics ports, the last two for the two trigger workers (base + index)
+    return free_tcp_ports(12, block=True)
 
 
 def _check_common(r: object) -> dict:
@@ -35,6 +35,15 @@ def _check_common(r: object) -> dict:
         assert info["torn_spill"] is None or info["torn_spill"] >= KILL_SPILL - 1
         # a continuation file only when the recorder itself was restarted
         assert not info["header"] or r.service == "recorder", info  # type: ignore[attr-defined]
+    # RUNS consecutive runs through one set of services, numbered by run control
+    runs = r.report["runs"]  # type: ignore[attr-defined]
+    assert [x["run"] for x in runs] == list(range(1, RUNS + 1)), runs
+    assert all(x["spills"] == SPILLS for x in runs), runs
+    # the run after the crash is clean: complete, every accepted event recorded, only those
+    last = [i for i in f["files"] if i["run"] == RUNS]
+    assert len(last) == 1 and last[0]["closed_cleanly"], f["files"]
+    assert last[0]["complete_spills"] == list(range(SPILLS)), last
+    assert f["last_run_missing"] == 0 and f["last_run_extra"] == 0
     return f
 
 
@@ -45,7 +54,7 @@ def test_no_fault_loses_nothing(tmp_path: Path) -> None:
     assert f["accepted_missing_true"] == 0 and f["accepted_recorded"] == f["accepted_reference"]
 
 
-@pytest.mark.parametrize("victim", ["builder", "trigger-1", "recorder", "monitor"])
+@pytest.mark.parametrize("victim", ["builder", "trigger-1", "recorder", "monitor", "control"])
 def test_sigkill_mid_spill_every_loss_reported(tmp_path: Path, victim: str) -> None:
     r = run_crash(tmp_path, _ports(), victim)
     assert r.killed_at_event > 0
@@ -68,4 +77,4 @@ def test_sigkill_mid_spill_every_loss_reported(tmp_path: Path, victim: str) -> N
             # monitors' account must be one of those reported-lost events.
             assert 0 <= unseen <= f["reported_lost"]
     # the system resumed: the spills after the kill are complete at the monitors
-    assert len(r.truth) == SPILLS
+    assert len(r.truth) == SPILLS * RUNS
