@@ -41,7 +41,10 @@ def loads(raw: bytes) -> dict[str, Any]:
     """A command-channel document; ValueError naming what is wrong."""
     if len(raw) > MAX_DOC:
         raise ValueError(f"document of {len(raw)} bytes, limit {MAX_DOC}")
-    doc = json.loads(raw)
+    try:
+        doc = json.loads(raw)
+    except RecursionError:  # deep nesting: refused like any other malformed document
+        raise ValueError("document nested too deeply") from None
     if not isinstance(doc, dict):
         raise ValueError(f"a JSON {type(doc).__name__}, not an object")
     return doc
@@ -112,12 +115,13 @@ class Agent:
                     self._wake.clear()
                     wake = asyncio.ensure_future(self._wake.wait())
                     rx = asyncio.ensure_future(sock.poll(int(timeout * 1000) + 1))
-                    await asyncio.wait({wake, rx, stop_wait},
-                                       return_when=asyncio.FIRST_COMPLETED)
-                    for f in (wake, rx):
-                        f.cancel()
-                        with contextlib.suppress(asyncio.CancelledError):
-                            await f
+                    try:
+                        await asyncio.wait({wake, rx, stop_wait},
+                                           return_when=asyncio.FIRST_COMPLETED)
+                    finally:  # cancelled too (the service is torn down): leave no task
+                        for f in (wake, rx):
+                            f.cancel()
+                        await asyncio.gather(wake, rx, return_exceptions=True)
                     while await sock.poll(0):
                         reply = await self._command(await sock.recv())
                         await self._send(sock, reply)
@@ -126,6 +130,7 @@ class Agent:
                         await self._send(sock, {"t": "status", **self.document()})
             finally:
                 stop_wait.cancel()
+                await asyncio.gather(stop_wait, return_exceptions=True)
             await self._flush(sock)
             await self._send(sock, {"t": "bye", **self.document()})
         finally:

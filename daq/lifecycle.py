@@ -97,7 +97,8 @@ class RunContext:
         ms = args.get("max_spills")
         if ms is not None and (type(ms) is not int or ms < 1):
             raise ValueError(f"max_spills={ms!r} must be an integer >= 1 or absent")
-        snap = args.get("snapshot") or {}
+        snap = args.get("snapshot")
+        snap = {} if snap is None else snap
         if not isinstance(snap, dict):
             raise ValueError("snapshot must be an object")
         return cls(run=run, replay=bool(args.get("replay", False)), snapshot=dict(snap),

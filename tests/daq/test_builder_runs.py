@@ -1,0 +1,93 @@
+"""The builder under run control: run after run in one builder, refusals, joining a run."""
+
+from __future__ import annotations
+
+from daq_fragments import Board
+
+from daq.builder import BuilderConfig, EventBuilder
+from daq.geometry import load_geometry
+from daq.wire import Kind, Message
+
+GEOM = load_geometry()
+NAMES = GEOM.board_names
+
+
+def _builder() -> EventBuilder:
+    return EventBuilder(GEOM, BuilderConfig.parse({"timeout_s": 1.0}), calibration="c",
+                        default_trigger_config=lambda: {"thresholds": {"ecal_max": 90.0}})
+
+
+def _run(run: int, spills: int = 2, events: int = 64) -> list[Message]:
+    """Every board's stream of a run as a standing front end sends it: run_start, spills,
+    run_stop (no eos), interleaved board by board."""
+    boards = [Board(GEOM, n, run=run, seed=i) for i, n in enumerate(NAMES)]
+    out = [b._msg(Kind.RUN_START, 0) for b in boards]
+    for s in range(spills):
+        per = [b.spill(s, events, 32) for b in boards]
+        out += [m for group in zip(*per, strict=True) for m in group]
+    out += [b._msg(Kind.RUN_STOP, spills - 1) for b in boards]
+    return out
+
+
+def _feed(core: EventBuilder, msgs: list[Message], now: float = 0.0) -> list[Message]:
+    return [o for m in msgs for o in core.feed(m, now)]
+
+
+def test_two_runs_in_one_builder_each_closed_by_its_boards_run_stops() -> None:
+    core = _builder()
+    outs = []
+    for run in (7, 8):
+        core.begin_run(run, snapshot={"run": run})
+        out = _feed(core, _run(run))
+        outs.append(out)
+        stops = [m for m in out if m.kind is Kind.RUN_STOP]
+        # one run_stop, after the last spill's end, once every board had ended the run
+        assert len(stops) == 1 and out[-1] is stops[0]
+        assert stops[0].run == run and stops[0].meta["spills"] == 2
+        assert stops[0].meta["events"] == 2 * 64
+        assert stops[0].meta["boards_stopped"] == sorted(NAMES)
+        starts = [m for m in out if m.kind is Kind.RUN_START]
+        assert [s.meta["config"] for s in starts] == [{"run": run}]  # the run's snapshot
+        assert sum(m.count for m in out if m.kind is Kind.SLICE) == 2 * 64
+    assert not core.stopped  # a run's end is not the end of the stream
+    assert core.finish(1.0)[-1].kind is Kind.END_OF_STREAM
+    assert [m.kind for m in core.finish(2.0)] == [Kind.END_OF_STREAM]  # no second run_stop
+
+
+def test_records_of_another_run_or_between_runs_are_refused_and_counted() -> None:
+    core = _builder()
+    core.begin_run(3)
+    late = _run(2, spills=1)  # a previous run's records, e.g. a slow front end
+    assert not [m for m in _feed(core, late) if m.kind is Kind.SLICE]
+    assert core.stats["live"].refused["other_run"] == len(late)
+    _feed(core, _run(3, spills=1))  # run 3 closes: its boards ended it
+    stray = _run(3, spills=1)
+    for m in stray:  # a stream restarted with the same run number after the run's close
+        m.seq += 1000
+    _feed(core, stray)
+    assert core.stats["live"].refused["no_run"] == len(stray)
+    assert core.stats["live"].refused["other_run"] == len(late)
+
+
+def test_run_control_stop_closes_the_run_without_the_missing_boards_run_stop() -> None:
+    core = _builder()
+    core.begin_run(5)
+    msgs = [m for m in _run(5, spills=1) if not (m.kind is Kind.RUN_STOP and m.src == "HCAL")]
+    out = _feed(core, msgs)
+    assert not [m for m in out if m.kind is Kind.RUN_STOP]  # HCAL has not ended it
+    assert core.end_run(10.0) == []  # waits timeout_s for the straggler
+    out = core.poll(11.0)
+    [stop] = [m for m in out if m.kind is Kind.RUN_STOP]
+    assert stop.meta["reason"] == "stopped by run control"
+    assert "HCAL" not in stop.meta["boards_stopped"]
+
+
+def test_a_builder_restarted_during_a_run_closes_it_at_the_boards_run_stops() -> None:
+    msgs = _run(4, spills=2)
+    cut = next(i for i, m in enumerate(msgs) if m.kind is Kind.SPILL_START and m.spill == 1)
+    core = _builder()  # the new incarnation: the run_start and spill 0 went by before it
+    core.begin_run(4, snapshot={"run": 4})
+    out = _feed(core, msgs[cut:])
+    stops = [m for m in out if m.kind is Kind.RUN_STOP]
+    assert len(stops) == 1 and stops[0].run == 4
+    assert {m.spill for m in out if m.kind is Kind.SLICE} == {1}
