@@ -89,9 +89,9 @@ async def test_start_and_stop_go_to_every_service_in_data_flow_order() -> None:
 
 @pytest.mark.asyncio
 async def test_a_refused_transition_names_the_service_and_the_phase() -> None:
-    async with channel("refuse") as (cond, fakes, _):
+    async with channel("refuse") as (cond, _fakes, _):
         await asyncio.wait_for(cond.wait_ready(), 10)
-        with pytest.raises(DataPathError, match="frontend pause: .*'booted'") as e:
+        with pytest.raises(DataPathError, match=r"frontend pause: .*'booted'") as e:
             await cond.pause()
         assert e.value.service == "frontend"
 
@@ -106,7 +106,7 @@ async def test_a_service_that_never_connects_is_named() -> None:
 
 @pytest.mark.asyncio
 async def test_a_service_restarted_during_a_run_rejoins_it_with_the_trigger_config() -> None:
-    async with channel("rejoin") as (cond, fakes, tasks):
+    async with channel("rejoin") as (cond, _fakes, tasks):
         await asyncio.wait_for(cond.wait_ready(), 10)
         await cond.set_trigger_config({"v": 2}, "expert")
         await cond.start_run(4, {})
@@ -132,7 +132,7 @@ async def test_a_service_restarted_during_a_run_rejoins_it_with_the_trigger_conf
 
 @pytest.mark.asyncio
 async def test_garbage_on_the_channel_is_counted_and_changes_nothing() -> None:
-    async with channel("garbage") as (cond, fakes, _):
+    async with channel("garbage") as (cond, _fakes, _):
         await asyncio.wait_for(cond.wait_ready(), 10)
         sock = context().socket(zmq.DEALER)
         sock.setsockopt(zmq.IDENTITY, b"intruder")  # not a service of the topology

@@ -50,5 +50,5 @@ def test_a_failure_keeps_the_reason_until_configured_again() -> None:
 @pytest.mark.parametrize("args", [{"run": -1}, {"run": "7"}, {"run": 1, "max_spills": 0},
                                   {"run": 1, "snapshot": []}])
 def test_bad_start_arguments_name_what_is_wrong(args: dict) -> None:
-    with pytest.raises(ValueError, match="run|max_spills|snapshot"):
+    with pytest.raises(ValueError, match=r"run|max_spills|snapshot"):
         RunContext.from_args(args)
