@@ -35,7 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
+    _no_abbreviations(p)
     return p
+
+
+def _no_abbreviations(p: argparse.ArgumentParser) -> None:
+    """Options only by their full names: `demo --run 7` once meant `--run-dir 7` after
+    `--run` was removed, and wrote run files into ./7. A misspelt option is an error."""
+    p.allow_abbrev = False
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _no_abbreviations(child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
