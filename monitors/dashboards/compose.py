@@ -83,24 +83,27 @@ def compose(cfg: StackConfig) -> dict[str, Any]:
         },
         "builder": _na64([*serve, "builder", *conf], depends=[]),
         "recorder": _na64([*serve, "recorder", *conf], depends=[], extra_volumes=[runs]),
-        "monitor": _na64([*serve, "monitor", *conf], depends=["mosquitto"]),
+        # the monitor keeps the spills it closed in run_dir (a restart does not count twice)
+        "monitor": _na64([*serve, "monitor", *conf], depends=["mosquitto"],
+                         extra_volumes=[runs]),
     }
     for i, name in enumerate(workers):
         services[name] = _na64([*serve, "trigger", *conf, "--index", str(i)],
                                depends=["builder", "recorder", "monitor"])
-    services["control"] = _na64(
-        ["python", "-m", "daq.control.service", "--state-dir", "/var/lib/na64/control",
-         "--metrics-port", str(cfg.metrics.control)], depends=["mosquitto"],
-        extra_volumes=["control-state:/var/lib/na64/control"])
-    services["frontend"] = _na64([*serve, "frontend", *conf], depends=workers,
+    # run control drives every service's lifecycle over the topology's command channel
+    # (endpoints.control) and takes `na64daq ctl` over MQTT; its state (run numbers, the
+    # active trigger configuration, the audit trail) persists under run_dir/control
+    services["control"] = _na64([*serve, "control", *conf], depends=["mosquitto"],
+                                extra_volumes=[runs])
+    # standing front ends: they send only when run control starts a run
+    services["frontend"] = _na64([*serve, "frontend", *conf], depends=[*workers, "control"],
                                  profiles=["simulator"])
-    services["frontend"]["restart"] = "no"  # the simulator stops after its spills
     services["builder"]["build"] = {"context": "..", "dockerfile_inline": _DOCKERFILE}
     return {
         "name": "na64-daq",
         "services": services,
         "volumes": {v: {} for v in ("mosquitto-data", "mosquitto-log", "prometheus-data",
-                                    "grafana-data", "control-state")},
+                                    "grafana-data")},
         "secrets": {"grafana_admin_password": {"file": "/etc/na64/grafana_admin_password"}},
     }
 
