@@ -398,16 +398,19 @@ class MonitorService(Service):
         pending: tuple[str, bytes] | None = None
         while True:
             try:
-                will = aiomqtt.Will(STATUS_TOPIC, b"offline", qos=1, retain=True)
+                will = aiomqtt.Will(STATUS_TOPIC, _status("offline", self.clock()), qos=1,
+                                    retain=True)
                 async with aiomqtt.Client(m.host, m.port, identifier=m.client_id, will=will,
                                           username=m.username, password=m.password) as client:
-                    await client.publish(STATUS_TOPIC, b"online", qos=1, retain=True)
+                    await client.publish(STATUS_TOPIC, _status("online", self.clock()), qos=1,
+                                         retain=True)
                     delay = 0.1
                     while True:
                         if pending is None:
                             pending = await self._next_outgoing()
                         if pending is None:
-                            await client.publish(STATUS_TOPIC, b"offline", qos=1, retain=True)
+                            await client.publish(STATUS_TOPIC, _status("offline", self.clock()),
+                                                 qos=1, retain=True)
                             return
                         topic, payload = pending
                         # retained, QoS 1: the last spill summary and each alarm's last state
@@ -445,3 +448,10 @@ class MonitorService(Service):
             finally:
                 for w in waits:
                     w.cancel()
+
+
+def _status(status: str, when: float) -> bytes:
+    """The retained status document every MQTT-connected service publishes (the same form
+    as run control's, daq.control.mqtt.status_payload)."""
+    return json.dumps({"service": "monitor", "status": status, "when": when},
+                      sort_keys=True).encode()

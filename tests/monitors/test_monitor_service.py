@@ -107,7 +107,8 @@ async def test_service_scrape_promtool_and_mqtt(mosquitto: Broker) -> None:
     alarm = json.loads(retained["na64/alarms/veto_efficiency_low"])
     assert alarm["state"] == "raised" and alarm["spill"] == 2 and alarm["band"]["low"] == 0.9
     assert alarm["value"] < 0.8
-    assert retained[STATUS_TOPIC] == b"offline"
+    status = json.loads(retained[STATUS_TOPIC])  # the same document as every service's
+    assert status["status"] == "offline" and status["service"] == "monitor"
     assert svc.published >= 2  # spill summaries coalesce per topic while the broker lags
 
 
