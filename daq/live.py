@@ -176,8 +176,9 @@ def up_status(d: dict[str, Any]) -> Text:
     cfg = (d.get("trigger") or {}).get("cfg") or (run.get("snapshot") or {}).get("cfg")
     if cfg:
         line.append(f"   trigger {cfg[:8]}", "")
-    line.append(f"   services {online}/{len(svcs)} online   ", "")
-    if "spills" in d:
+    line.append(f"   services {online}/{len(svcs)} online", "")
+    if "spills" in d:  # the monitor's counters: every run since the monitor started
+        line.append("   since start: ", "dim")
         line.append_text(run_status(d))
     return line
 
