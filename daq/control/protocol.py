@@ -45,6 +45,7 @@ SERVICES = f"{PREFIX}/services"
 REPLY = f"{PREFIX}/reply"
 
 MAX_PAYLOAD = 64 * 1024
+MAX_DEPTH = 32  # the deepest request is 3 levels; a trigger configuration a few more
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
@@ -115,13 +116,40 @@ def reply_topic(user: str, client_id: str) -> str:
 def _payload(raw: bytes) -> dict[str, Any]:
     if len(raw) > MAX_PAYLOAD:
         raise ProtocolError(MALFORMED, f"payload is {len(raw)} bytes, limit {MAX_PAYLOAD}")
+    depth = _nesting(raw)
+    if depth > MAX_DEPTH:  # before parsing: the parser recurses once per level
+        raise ProtocolError(MALFORMED, f"payload nests {depth} levels deep, limit {MAX_DEPTH}")
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ProtocolError(MALFORMED, f"payload is not JSON ({e.__class__.__name__})") from None
     if not isinstance(body, dict):
         raise ProtocolError(MALFORMED, f"payload is a JSON {type(body).__name__}, not an object")
     return body
+
+
+def _nesting(raw: bytes) -> int:
+    """The deepest nesting of JSON arrays and objects in `raw`, brackets inside strings
+    not counted; a linear scan that cannot recurse (issue 20: 5000 '[' from the shift
+    account once ended run control with RecursionError)."""
+    depth = deepest = 0
+    in_str = escaped = False
+    for c in raw:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:  # quote
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
 
 
 def _request_id(body: dict[str, Any]) -> str:

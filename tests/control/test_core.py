@@ -83,6 +83,10 @@ def test_table_is_the_only_truth(state: RunState, cmd: Command) -> None:
     (f"{P.DESIRED}/expert1", b'{"id": "a", "set": [], "config": {}}', P.MALFORMED),
     ("na64/other", b'{"id": "a"}', P.UNKNOWN),
     (f"{P.RUN_CMD}/start/shift1", b"{" * 70000, P.MALFORMED),
+    # issue 20: 10 kB from the lowest-privilege account once ended run control
+    (f"{P.RUN_CMD}/start/shift1", b"[" * 5000 + b"]" * 5000, P.MALFORMED),
+    (f"{P.DESIRED}/expert1", b'{"id": "a", "config": ' + b'{"a":' * 40 + b"1" + b"}" * 41,
+     P.MALFORMED),
 ])
 def test_malformed_requests_are_refused_with_a_code(topic: str, payload: bytes,
                                                     code: str) -> None:
@@ -184,3 +188,11 @@ def test_audit_log_skips_a_torn_tail(tmp_path: Path) -> None:
         f.write('{"n": 3')
     assert [e["n"] for e in store.read_audit()] == [1, 2]
     assert [e["n"] for e in store.read_audit(last=1)] == [2]
+
+
+@pytest.mark.parametrize(("raw", "depth"), [
+    (b"{}", 1), (b'{"a": [1, {"b": 2}]}', 3), (b'{"a": "[[[[{{{"}', 1),
+    (b'{"a": "\\"[[["}', 1), (b"[" * 5000, 5000),
+])
+def test_nesting_is_measured_without_parsing(raw: bytes, depth: int) -> None:
+    assert P._nesting(raw) == depth

@@ -313,3 +313,17 @@ async def test_users_cannot_read_each_others_replies(secure_broker: SecureBroker
         assert got.payload == b'{"secret": 1}'
         with pytest.raises(TimeoutError):
             await asyncio.wait_for(anext(aiter(spy.messages)), 0.5)
+
+
+async def test_deep_nesting_from_the_shift_account_is_refused_and_run_control_lives(
+        secure_broker: SecureBroker, tmp_path: Path) -> None:
+    """Issue 20: `[` x 5000 + `]` x 5000 (10 kB) published by the shift account on its own
+    start topic ended run control with RecursionError while its status still said online."""
+    dp = MemoryDataPath()
+    async with running(secure_broker, tmp_path / "s", dp) as svc, \
+            ControlClient(settings(secure_broker, "shift")) as ctl:
+        r = await ctl.request_raw(P.run_topic("start", "shift"), b"[" * 5000 + b"]" * 5000)
+        assert (r["ok"], r["error"]) == (False, P.MALFORMED) and "levels deep" in r["reason"]
+        assert svc.refused("run", P.MALFORMED) == 1 and dp.run is None
+        r = await ctl.run("start")  # and it still serves the next request
+        assert r["ok"] and dp.run == r["run"]
