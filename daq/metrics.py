@@ -2,15 +2,33 @@
 
 from __future__ import annotations
 
+import platform
 import socket
 import threading
+import weakref
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Info, ProcessCollector, start_http_server
 
+from daq import __version__
 from daq.errors import ConfigError
 
 PREFIX = "na64_"
+#: registries that already carry the process collector and build_info (a registry may be
+#: served twice in tests; registering a collector twice raises)
+_INSTRUMENTED: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
+
+
+def instrument(registry: CollectorRegistry) -> None:
+    """Add what every service exports: process_* (CPU, memory, file descriptors, start time
+    of its process) and `na64_build_info{version, python}` = 1. Idempotent."""
+    if registry in _INSTRUMENTED:
+        return
+    _INSTRUMENTED.add(registry)
+    ProcessCollector(registry=registry)
+    Info("na64_build", "Version of the na64-daq software this service runs.",
+         registry=registry).info({"version": __version__,
+                                  "python": platform.python_version()})
 
 
 def free_port_block(n: int, addr: str = "127.0.0.1", tries: int = 100) -> int:
@@ -40,6 +58,7 @@ class MetricsServer:
                  addr: str = "127.0.0.1", field: str = "metrics port") -> None:
         """`field` names the setting the port came from, for the error when it is taken."""
         self.registry = registry
+        instrument(registry)
         self._server: WSGIServer
         self._thread: threading.Thread
         try:
