@@ -9,11 +9,12 @@ The builder's own counts (sequence gaps, shed events per board) are the builder'
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
@@ -30,6 +31,10 @@ SOURCES: tuple[Literal["live"], Literal["replay"]] = ("live", "replay")
 #: every series this module exposes: name -> (type, labels, help). Keep docs/monitors.md in step.
 METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "na64_eot_total": ("counter", ("source",), "Electrons on target, live-time corrected."),
+    "na64_run_eot": ("gauge", ("source",),
+                     "Electrons on target in the current run so far (0 at its start)."),
+    "na64_beam_on": ("gauge", ("source",), "1 while spills arrive: the last one closed less "
+                     "than no_spill_s ago (the no_spill alarm's band); else 0."),
     "na64_events_total": ("counter", ("source",), "Events processed by the monitors."),
     "na64_shed_events_total": ("counter", ("source",), "Events the builder shed (dead time)."),
     "na64_spills_total": ("counter", ("source", "closed"),
@@ -96,14 +101,42 @@ class _SpectraCollector(Collector):
             yield fam
 
 
+class _BeamCollector(Collector):
+    """na64_beam_on, judged at scrape time from when the last spill closed."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float]) -> None:
+        self.window_s = window_s
+        self.clock = clock
+        self.last_spill: dict[str, float] = {}
+
+    def on(self, source: str) -> bool:
+        t = self.last_spill.get(source)
+        return t is not None and self.clock() - t < self.window_s
+
+    def collect(self) -> Iterator[Metric]:
+        fam = GaugeMetricFamily("na64_beam_on", METRICS["na64_beam_on"][2], labels=["source"])
+        for source in SOURCES:
+            fam.add_metric([source], 1.0 if self.on(source) else 0.0)
+        yield fam
+
+
+#: series computed at scrape time by a collector of their own
+_COLLECTED = frozenset({"na64_beam_on"})
+
+
 class MonitorMetrics:
     """The monitor collectors on `registry`; update them with the on_* methods."""
 
-    def __init__(self, registry: CollectorRegistry, cfg: MonitorConfig) -> None:
+    def __init__(self, registry: CollectorRegistry, cfg: MonitorConfig, *,
+                 clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self._m: dict[str, Counter | Gauge | Histogram] = {}
+        #: per source: (run, its EOT so far) behind na64_run_eot
+        self.run_eot: dict[str, tuple[int, float]] = {}
+        self.beam = _BeamCollector(cfg.alarms.no_spill_s, clock)
+        registry.register(self.beam)
         for full, (kind, labels, doc) in METRICS.items():
-            if full == "na64_signal_box_events" and cfg.blind:
+            if (full == "na64_signal_box_events" and cfg.blind) or full in _COLLECTED:
                 continue
             if kind == "histogram":
                 if full == "na64_monitor_processing_seconds":
@@ -117,6 +150,7 @@ class MonitorMetrics:
         self._spectra = _SpectraCollector()
         registry.register(self._spectra)
         for source in SOURCES:  # series exist from the start, at zero
+            self.gauge("na64_run_eot").labels(source)
             for name in ("na64_eot_total", "na64_events_total", "na64_shed_events_total"):
                 self.counter(name).labels(source)
             for t in TRIGGER_TYPES:
@@ -160,6 +194,11 @@ class MonitorMetrics:
         for name in ALARMS:
             self.set_alarm(source, name, False)
 
+    def on_run_start(self, source: str, run: int) -> None:
+        """A run starts: its EOT counts from zero."""
+        self.run_eot[source] = (run, 0.0)
+        self.gauge("na64_run_eot").labels(source).set(0.0)
+
     def on_stream_gap(self, source: str, stream: str, lost: int) -> None:
         if lost > 0:
             self.counter("na64_stream_gaps_total").labels(source, stream).inc(lost)
@@ -169,6 +208,11 @@ class MonitorMetrics:
         src = s.source
         c, g = self.counter, self.gauge
         c("na64_eot_total").labels(src).inc(s.eot or 0.0)
+        run, eot = self.run_eot.get(src, (s.run, 0.0))
+        eot = (eot if run == s.run else 0.0) + (s.eot or 0.0)
+        self.run_eot[src] = (s.run, eot)
+        g("na64_run_eot").labels(src).set(eot)
+        self.beam.last_spill[src] = now
         c("na64_events_total").labels(src).inc(s.events)
         c("na64_shed_events_total").labels(src).inc(s.shed)
         c("na64_spills_total").labels(src, s.closed).inc()

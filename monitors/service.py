@@ -73,7 +73,7 @@ class MonitorService(Service):
         self.boards = tuple(boards)
         self.clock = clock
         self.tick_s = tick_s
-        self.metrics = MonitorMetrics(registry, config)
+        self.metrics = MonitorMetrics(registry, config, clock=clock)
         # loss accounting per closed spill: what the BEAM board announced (its scaler) minus
         # what reached the monitors minus what the builder shed; a crash anywhere upstream
         # (builder, worker) or here shows up in this counter, never silently
@@ -230,6 +230,7 @@ class MonitorService(Service):
         if msg.kind is Kind.RUN_START:
             self.run_open[source] = True
             self.last_spill_time[source] = self.clock()
+            self.metrics.on_run_start(source, msg.run)
         elif msg.kind is Kind.RUN_STOP:
             self.run_open[source] = False
             self._stopped_at[source] = (self.clock(), msg.run)

@@ -85,3 +85,32 @@ def test_promtool_check_metrics_is_clean() -> None:
     r = subprocess.run([promtool, "check", "metrics"], input=generate_latest(reg),
                        capture_output=True, timeout=60)
     assert r.returncode == 0 and r.stdout + r.stderr == b"", (r.stdout + r.stderr).decode()
+
+
+def test_run_eot_counts_the_current_run_and_beam_on_follows_the_spills() -> None:
+    """na64_run_eot: 0 at a run's start, the sum of its spills' EOT; na64_beam_on: 1 while
+    the last spill closed less than no_spill_s ago (judged when scraped)."""
+    cfg = MonitorConfig()
+    reg = CollectorRegistry()
+    now = [1.7e9]
+    mm = MonitorMetrics(reg, cfg, clock=lambda: now[0])
+    live = (("source", "live"),)
+    assert _samples(reg)[("na64_beam_on", live)] == 0.0
+    ra = _closed(cfg)
+    [s] = ra.summaries
+    mm.on_run_start("live", s.run)
+    mm.on_spill(s, None, now=now[0])
+    mm.on_spill(s, None, now=now[0])
+    got = _samples(reg)
+    assert got[("na64_run_eot", live)] == pytest.approx(2 * s.eot)
+    assert got[("na64_eot_total", live)] == pytest.approx(2 * s.eot)
+    assert got[("na64_beam_on", live)] == 1.0
+    assert got[("na64_beam_on", (("source", "replay"),))] == 0.0
+    now[0] += cfg.alarms.no_spill_s + 1
+    assert _samples(reg)[("na64_beam_on", live)] == 0.0
+    mm.on_run_start("live", s.run + 1)  # the next run counts from zero; the total does not
+    got = _samples(reg)
+    assert got[("na64_run_eot", live)] == 0.0
+    assert got[("na64_eot_total", live)] == pytest.approx(2 * s.eot)
+    mm.on_spill(s.model_copy(update={"run": s.run + 2}), None, now=now[0])  # no run_start
+    assert _samples(reg)[("na64_run_eot", live)] == pytest.approx(s.eot)
