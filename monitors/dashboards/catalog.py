@@ -4,23 +4,47 @@ Physics series select `source="$source"` (live by default, replay on request) so
 never mixes with live data. Rates use `$__rate_interval`; counters of the monitors move at
 spill close (every ~16.8 s), so Grafana's interval is kept at >= 1m by the datasource's
 scrape interval and the panels' `interval` (see grafana.py).
+
+Units are Grafana unit ids (`hertz` for rates: Grafana then scales to kHz, MHz); every stat
+has explicit thresholds (model.py); where a band means something it is the monitors'
+alarm band (AlarmConfig), so the colours and the alerts agree.
 """
 
 from __future__ import annotations
 
-from monitors.dashboards.model import Annotation, Dashboard, Query, Row, heat, stat, state, ts
+from monitors.config import AlarmConfig
+from monitors.dashboards.model import (
+    NEUTRAL,
+    Annotation,
+    Dashboard,
+    Query,
+    Row,
+    alarm_above,
+    alarm_below,
+    falling,
+    heat,
+    rising,
+    stat,
+    state,
+    ts,
+)
 
 S = 'source="$source"'
 RI = "$__rate_interval"
+_BANDS = AlarmConfig()
+#: a count that should be zero: green at 0, red from 1
+ZERO_IS_GOOD = ((None, "green"), (1.0, "red"))
+#: beam on/off (na64_beam_on): ON in green, OFF in the text colour (between runs and in the
+#: SPS's pauses that is normal; the NoSpill alert says when it is not)
+BEAM_STATES = (("1", "ON", "green"), ("0", "OFF", "text"))
 
-#: run start and stop: the recorder's run gauge (0 between runs) changing
+#: run start and stop: the recorder's run gauge (0 between runs) changing. Grafana's
+#: Prometheus annotations step every 60 s: the window looks back that whole minute.
 RUN_ANNOTATIONS = (
     Annotation("Run start",
-               "(na64_recorder_run > 0) and (changes(na64_recorder_run[20s]) > 0)",
-               "green", "run started"),
+               "(na64_recorder_run > 0) and (changes(na64_recorder_run[1m]) > 0)", "green"),
     Annotation("Run stop",
-               "(na64_recorder_run == 0) and (changes(na64_recorder_run[20s]) > 0)",
-               "red", "run stopped"),
+               "(na64_recorder_run == 0) and (changes(na64_recorder_run[1m]) > 0)", "red"),
 )
 
 SHIFT = Dashboard(
@@ -29,30 +53,50 @@ SHIFT = Dashboard(
     "beam composition and alarms.",
     rows=(
         Row("Run", (
-            stat("Run", f"max(na64_run_number{{{S}}})"),
-            stat("Spill", f"max(na64_spill_number{{{S}}})"),
+            stat("Run", f"max(na64_run_number{{{S}}})", thresholds=NEUTRAL, width=3,
+                 description="Run of the last closed spill."),
+            stat("Spill", f"max(na64_spill_number{{{S}}})", thresholds=NEUTRAL, width=3),
+            stat("Beam", f"max(na64_beam_on{{{S}}})", thresholds=NEUTRAL, width=3,
+                 mappings=BEAM_STATES,
+                 description="ON while spills arrive (the last closed less than "
+                 f"{_BANDS.no_spill_s:g} s ago, the NoSpill band)."),
             stat("Seconds since last spill",
-                 f"time() - max(na64_last_spill_timestamp_seconds{{{S}}})", unit="s"),
-            stat("EOT (monitor lifetime)", f"sum(na64_eot_total{{{S}}})", unit="sci"),
+                 f"time() - max(na64_last_spill_timestamp_seconds{{{S}}})", unit="s",
+                 thresholds=rising(_BANDS.no_spill_s / 2, _BANDS.no_spill_s), width=3,
+                 description="Amber after two SPS cycles without a spill, red at the "
+                 "NoSpill band (normal between runs)."),
+            stat("EOT this run", f"max(na64_run_eot{{{S}}})", unit="sci",
+                 thresholds=NEUTRAL, width=3,
+                 description="Electrons on target since the run started, live-time "
+                 "corrected."),
+            stat("EOT total", f"sum(na64_eot_total{{{S}}})", unit="sci", thresholds=NEUTRAL,
+                 width=3, description="Electrons on target since the monitor started."),
             stat("EOT per spill", f"sum(increase(na64_eot_total{{{S}}}[{RI}])) / "
-                 f"sum(increase(na64_spills_total{{{S}}}[{RI}]))", unit="sci"),
-            stat("Live time", f"max(na64_live_time_ratio{{{S}}})", unit="percentunit"),
+                 f"sum(increase(na64_spills_total{{{S}}}[{RI}]))", unit="sci",
+                 thresholds=NEUTRAL, width=3),
+            stat("Live time", f"max(na64_live_time_ratio{{{S}}})", unit="percentunit",
+                 thresholds=falling(0.8, 0.95), width=3,
+                 description="Last spill: events / (events + shed). Amber below 95 %, red "
+                 "below 80 % (dead time from shedding)."),
         )),
         Row("Trigger and beam", (
             ts("Trigger rates by type",
                Query(f"sum by (type) (rate(na64_trigger_events_total{{{S}}}[{RI}]))",
-                     "{{type}}"), unit="hz"),
+                     "{{type}}"), unit="hertz"),
             ts("Zero-threshold efficiencies",
                Query(f'max by (detector) (na64_efficiency_ratio{{{S},bound="value"}})',
-                     "{{detector}}"), unit="percentunit", lo=0.8, hi=1),
+                     "{{detector}}"), unit="percentunit", lo=0.8, hi=1,
+               thresholds=alarm_below(_BANDS.veto_efficiency.low or 0.9)),
             ts("Pileup fraction", Query(f"max(na64_pileup_ratio{{{S}}})", "pileup"),
-               unit="percentunit", lo=0),
+               unit="percentunit", lo=0,
+               thresholds=alarm_above(_BANDS.pileup.high or 0.15)),
             ts("Beam composition",
                Query(f"max by (species) (na64_composition_ratio{{{S}}})", "{{species}}"),
                unit="percentunit", lo=0, hi=1),
             ts("EOT rate", Query(f"sum(rate(na64_eot_total{{{S}}}[{RI}]))", "EOT/s"),
-               unit="hz"),
-            stat("Firing alerts", 'count(ALERTS{alertstate="firing"}) or vector(0)'),
+               unit="hertz"),
+            stat("Firing alerts", 'count(ALERTS{alertstate="firing"}) or vector(0)',
+                 thresholds=ZERO_IS_GOOD),
         )),
         Row("Alarms", (
             state("Monitor alarms",
@@ -71,29 +115,34 @@ TRIGGER = Dashboard(
         Row("Rates", (
             ts("Fired events by type (monitors)",
                Query(f"sum by (type) (na64:trigger_events:rate1m{{{S}}})", "{{type}}"),
-               unit="hz"),
+               unit="hertz"),
             ts("Fired events by type (workers)",
                Query(f"sum by (type) (rate(na64_trigger_accepted_total[{RI}]))", "{{type}}"),
-               unit="hz"),
+               unit="hertz"),
             ts("Shadow trigger by type",
                Query(f"sum by (type) (rate(na64_trigger_shadow_accepted_total[{RI}]))",
                      "shadow {{type}}"),
                Query(f"sum by (type) (rate(na64_trigger_accepted_total[{RI}]))",
-                     "active {{type}}"), unit="hz"),
+                     "active {{type}}"), unit="hertz"),
             ts("Accepted fraction", Query(f"max(na64_accepted_ratio{{{S}}})", "accepted"),
                unit="percentunit", lo=0),
         )),
         Row("Configuration and workers", (
-            stat("Configuration version", "max(na64_trigger_config_version)"),
-            stat("Workers ready", "sum(na64_trigger_ready)"),
+            stat("Configuration version", "max(na64_trigger_config_version)",
+                 thresholds=NEUTRAL),
+            stat("Workers ready", "sum(na64_trigger_ready)", thresholds=NEUTRAL, width=2),
+            stat("Workers not ready", 'count(up{job="trigger"}) - '
+                 "(sum(na64_trigger_ready) or vector(0))", thresholds=ZERO_IS_GOOD, width=2,
+                 description="Scrape targets of the trigger job that are down or still "
+                 "compiling their kernels."),
             ts("Events per worker",
                Query(f"sum by (instance) (rate(na64_trigger_processed_events_total[{RI}]))",
-                     "{{instance}}"), unit="hz"),
+                     "{{instance}}"), unit="hertz"),
             ts("Configuration version per worker",
                Query("max by (instance) (na64_trigger_config_version)", "{{instance}}")),
             ts("Refused by reason",
                Query(f"sum by (reason) (rate(na64_trigger_refused_total[{RI}]))",
-                     "{{reason}}"), unit="hz"),
+                     "{{reason}}"), unit="hertz"),
         )),
     ),
     annotations=RUN_ANNOTATIONS,
@@ -112,17 +161,19 @@ BEAM = Dashboard(
         Row("Efficiencies", (
             ts("VETO efficiency (68 % interval)",
                Query(f'max by (bound) (na64_efficiency_ratio{{{S},detector="veto"}})',
-                     "{{bound}}"), unit="percentunit", width=8),
+                     "{{bound}}"), unit="percentunit", width=8,
+               thresholds=alarm_below(_BANDS.veto_efficiency.low or 0.9)),
             ts("HCAL efficiency (68 % interval)",
                Query(f'max by (bound) (na64_efficiency_ratio{{{S},detector="hcal"}})',
-                     "{{bound}}"), unit="percentunit", width=8),
+                     "{{bound}}"), unit="percentunit", width=8,
+               thresholds=alarm_below(_BANDS.hcal_efficiency.low or 0.9)),
             ts("Electron sample size",
                Query(f"max by (detector) (na64_efficiency_sample_size{{{S}}})",
                      "{{detector}}"), width=8),
         )),
         Row("Beam", (
             ts("Pileup fraction", Query(f"max(na64_pileup_ratio{{{S}}})", "pileup"),
-               unit="percentunit", lo=0),
+               unit="percentunit", lo=0, thresholds=alarm_above(_BANDS.pileup.high or 0.15)),
             ts("Mean beam multiplicity",
                Query(f"max(na64_beam_multiplicity_mean{{{S}}})", "mean")),
             ts("Beam composition",
@@ -139,12 +190,14 @@ DAQ = Dashboard(
     rows=(
         Row("Throughput", (
             ts("Events/s through each stage",
-               Query("na64:stage_events:rate1m", "{{stage}}"), unit="hz", width=12),
+               Query("na64:stage_events:rate1m", "{{stage}}"), unit="hertz", width=12),
             ts("Recorder write rate",
                Query(f"sum(rate(na64_recorder_bytes_total{{{S}}}[{RI}]))", "bytes/s"),
                unit="Bps", width=6),
             stat("Services up", 'sum(up{job=~"frontend|builder|trigger|recorder|monitor|'
-                 'control"})', width=6),
+                 'control"})', thresholds=NEUTRAL, width=3),
+            stat("Services down", 'count(up{job=~"frontend|builder|trigger|recorder|monitor|'
+                 'control"} == 0) or vector(0)', thresholds=ZERO_IS_GOOD, width=3),
         )),
         Row("Queues and latency", (
             ts("Queues",
@@ -173,9 +226,10 @@ DAQ = Dashboard(
         Row("Incomplete events and losses", (
             ts("Incomplete events by board",
                Query(f"sum by (board) (rate(na64_builder_incomplete_events_total{{{S}}}[{RI}]))",
-                     "{{board}}"), unit="hz"),
+                     "{{board}}"), unit="hertz"),
             ts("Incomplete fraction", Query(f"max(na64_incomplete_ratio{{{S}}})", "incomplete"),
-               unit="percentunit", lo=0),
+               unit="percentunit", lo=0,
+               thresholds=alarm_above(_BANDS.incomplete_fraction.high or 0.01)),
             ts("Lost messages (sequence gaps)",
                Query(f"sum by (board) (increase(na64_builder_seq_gaps_total{{{S}}}[{RI}]))",
                      "builder {{board}}"),

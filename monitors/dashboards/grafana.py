@@ -22,6 +22,16 @@ def _panel(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
         defaults["min"] = p.lo
     if p.hi is not None:
         defaults["max"] = p.hi
+    if p.thresholds is not None:
+        defaults["thresholds"] = {"mode": "absolute", "steps": [
+            {"value": v, "color": c} for v, c in p.thresholds]}
+        defaults["color"] = {"mode": "thresholds"}
+        if p.kind == "timeseries":  # the band as dashed lines, the series keep their colours
+            defaults["color"] = {"mode": "palette-classic"}
+            defaults["custom"] = {"thresholdsStyle": {"mode": "dashed"}}
+    if p.mappings:
+        defaults["mappings"] = [{"type": "value", "options": {
+            v: {"text": t, "color": c, "index": i} for i, (v, t, c) in enumerate(p.mappings)}}]
     targets = [{"refId": _REF[i], "datasource": DATASOURCE, "expr": q.expr,
                 "legendFormat": q.legend, "range": True, "instant": False}
                for i, q in enumerate(p.queries)]
@@ -44,7 +54,11 @@ def _panel(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
                           "cellGap": 0}
     elif p.kind == "state-timeline":
         defaults["mappings"] = [{"type": "value", "options": {
-            "0": {"text": "ok", "color": "green"}, "1": {"text": "RAISED", "color": "red"}}}]
+            "0": {"text": "ok", "color": "green", "index": 0},
+            "1": {"text": "RAISED", "color": "red", "index": 1}}}]
+        defaults["color"] = {"mode": "thresholds"}
+        defaults["thresholds"] = {"mode": "absolute", "steps": [
+            {"value": None, "color": "green"}, {"value": 1, "color": "red"}]}
         out["options"] = {"showValue": "never", "mergeValues": True}
     else:
         out["options"] = {"legend": {"displayMode": "list", "placement": "bottom"},
@@ -53,9 +67,10 @@ def _panel(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
 
 
 def _annotation(a: Annotation) -> dict[str, Any]:
+    # only the fields of Grafana's AnnotationQuery schema: Grafana's Prometheus annotation
+    # then steps every 60 s, which is why the expressions look back a whole minute
     return {"name": a.name, "datasource": DATASOURCE, "enable": True, "iconColor": a.color,
-            "expr": a.expr, "step": "10s", "titleFormat": a.name, "textFormat": a.text,
-            "tagKeys": "job", "useValueForTime": False}
+            "expr": a.expr}
 
 
 def dashboard_json(d: Dashboard) -> dict[str, Any]:
@@ -72,9 +87,8 @@ def dashboard_json(d: Dashboard) -> dict[str, Any]:
             panels.append(_panel(p, pid, x, y))
             pid, x, height = pid + 1, x + p.width, 8
         y += height
-    builtin = {"builtIn": 1, "datasource": {"type": "grafana", "uid": "-- Grafana --"},
-               "enable": True, "hide": True, "iconColor": "rgba(0, 211, 255, 1)",
-               "name": "Annotations & Alerts", "type": "dashboard"}
+    # Grafana adds its built-in "Annotations & Alerts" query itself when a dashboard lacks
+    # it; its `builtIn` flag is not part of the published schema, so it is not written here
     runs = {"name": "Runs (run control)", "datasource": {"type": "grafana", "uid": "-- Grafana --"},
             "enable": True, "iconColor": "blue",
             "target": {"type": "tags", "tags": [RUN_TAG], "matchAny": False, "limit": 100}}
@@ -83,7 +97,7 @@ def dashboard_json(d: Dashboard) -> dict[str, Any]:
         "timezone": "browser", "editable": False, "graphTooltip": 1,
         "schemaVersion": SCHEMA_VERSION, "version": 1, "refresh": "10s",
         "time": {"from": "now-1h", "to": "now"},
-        "annotations": {"list": [builtin, runs, *(_annotation(a) for a in d.annotations)]},
+        "annotations": {"list": [runs, *(_annotation(a) for a in d.annotations)]},
         "templating": {"list": [{
             "name": "source", "label": "source", "type": "custom", "query": "live,replay",
             "current": {"text": "live", "value": "live", "selected": True},

@@ -3,6 +3,11 @@
 A panel is one call of `ts`, `stat`, `heat` or `state` in monitors/dashboards/catalog.py.
 Queries may use the dashboard variable `$source` (live or replay) and Grafana's
 `$__rate_interval`; `concrete()` replaces them for a test against a plain Prometheus.
+
+Thresholds are explicit wherever Grafana would colour a value: a stat panel cannot be
+made without them (Grafana's default, green then red from 80, turns a run number red once
+it passes 80). `NEUTRAL` is one step in the text colour, for figures where no value is
+good or bad; `rising`/`falling` give green, amber and red bands.
 """
 
 from __future__ import annotations
@@ -11,6 +16,38 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Kind = Literal["timeseries", "stat", "heatmap", "state-timeline"]
+#: Grafana threshold steps: (lower bound, colour), the first bound None (-infinity)
+Steps = tuple[tuple[float | None, str], ...]
+#: a value mapping: raw value -> (text, colour)
+ValueMaps = tuple[tuple[str, str, str], ...]
+
+AMBER = "orange"  # Grafana's named colour for the warning band
+#: no value is good or bad (run number, counts): the text colour, never green or red
+NEUTRAL: Steps = ((None, "text"),)
+
+
+def alarm_below(low: float) -> Steps:
+    """An alarm band's lower edge as one line: red below, green from it."""
+    return ((None, "red"), (low, "green"))
+
+
+def alarm_above(high: float) -> Steps:
+    """An alarm band's upper edge as one line: green below, red from it."""
+    return ((None, "green"), (high, "red"))
+
+
+def rising(amber: float, red: float) -> Steps:
+    """Green below `amber`, amber from it, red from `red` (more is worse)."""
+    if not amber <= red:
+        raise ValueError(f"amber {amber} must not be above red {red}")
+    return ((None, "green"), (amber, AMBER), (red, "red"))
+
+
+def falling(red_below: float, amber_below: float) -> Steps:
+    """Red below `red_below`, amber below `amber_below`, green from it (less is worse)."""
+    if not red_below <= amber_below:
+        raise ValueError(f"red_below {red_below} must not be above amber_below {amber_below}")
+    return ((None, "red"), (red_below, AMBER), (amber_below, "green"))
 
 #: values the integration test and `concrete()` give Grafana's variables
 TEST_VARIABLES = {"$__rate_interval": "1m", "$source": "live"}
@@ -36,6 +73,8 @@ class Panel:
     hi: float | None = None
     width: int = 8
     description: str = ""
+    thresholds: Steps | None = None  # None: Grafana shows none (time series, heatmaps)
+    mappings: ValueMaps = ()
 
 
 @dataclass(frozen=True)
@@ -51,7 +90,6 @@ class Annotation:
     name: str
     expr: str
     color: str
-    text: str
 
 
 @dataclass(frozen=True)
@@ -72,15 +110,19 @@ def _q(queries: tuple[str | Query, ...]) -> tuple[Query, ...]:
 
 
 def ts(title: str, *queries: str | Query, unit: str = "short", lo: float | None = None,
-       hi: float | None = None, width: int = 8, description: str = "") -> Panel:
-    """A time series panel."""
-    return Panel(title, "timeseries", _q(queries), unit, lo, hi, width, description)
+       hi: float | None = None, width: int = 8, description: str = "",
+       thresholds: Steps | None = None) -> Panel:
+    """A time series panel; `thresholds` are drawn as dashed lines (e.g. an alarm band)."""
+    return Panel(title, "timeseries", _q(queries), unit, lo, hi, width, description,
+                 thresholds)
 
 
-def stat(title: str, *queries: str | Query, unit: str = "short", width: int = 4,
-         description: str = "") -> Panel:
-    """A single-value panel (last value)."""
-    return Panel(title, "stat", _q(queries), unit, None, None, width, description)
+def stat(title: str, *queries: str | Query, thresholds: Steps, unit: str = "short",
+         width: int = 4, description: str = "", mappings: ValueMaps = ()) -> Panel:
+    """A single-value panel (last value), coloured by its explicit `thresholds` (or by
+    `mappings`, (value, text, colour), for states such as beam on/off)."""
+    return Panel(title, "stat", _q(queries), unit, None, None, width, description,
+                 thresholds, mappings)
 
 
 def heat(title: str, expr: str, *, unit: str = "short", width: int = 12,
