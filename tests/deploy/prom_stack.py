@@ -28,7 +28,7 @@ from monitors.dashboards.files import alarm_config
 from monitors.dashboards.yamltext import dump
 from tests.conftest import free_tcp_ports
 
-SERVICES = ("frontend", "builder", "trigger", "recorder", "monitor")  # what Pipeline runs
+SERVICES = ("frontend", "builder", "trigger", "recorder", "monitor", "control")  # LocalStack's
 
 
 def require(name: str) -> str:
@@ -138,58 +138,63 @@ class Prometheus:
         self.log.close()
 
 
-class PipelineThread:
-    """daq.app.Pipeline in its own thread and event loop: built, then run on `go()`."""
+class StackThread:
+    """daq.app.LocalStack (every service and run control in one process) in its own thread
+    and event loop: up once built, takes one run of the topology's spills on `go()`, and
+    stays up (scraped) until `close()`."""
 
     def __init__(self, cfg: StackConfig) -> None:
-        from daq.app import Pipeline
-
         self.cfg = cfg
-        self.pipe = Pipeline(cfg)
+        self.stack: Any = None
         self.built = threading.Event()
+        self.done = threading.Event()
         self._go = threading.Event()
+        self._close = threading.Event()
         self.error: BaseException | None = None
-        self._cancelled = False
-        self.thread = threading.Thread(target=self._main, name="pipeline", daemon=True)
+        self.reply: dict[str, Any] = {}
+        self.thread = threading.Thread(target=self._main, name="local-stack", daemon=True)
         self.thread.start()
-        if not self.built.wait(60) or self.error is not None:
-            raise RuntimeError(f"pipeline not built: {self.error!r}")
+        if not self.built.wait(120) or self.error is not None:
+            self.close()
+            raise RuntimeError(f"stack not built: {self.error!r}")
 
     def _main(self) -> None:
         try:
             asyncio.run(self._run())
         except BaseException as e:  # reported by join()
             self.error = e
+        finally:
             self.built.set()
+            self.done.set()
 
     async def _run(self) -> None:
-        from daq.app import Factory
-        from daq.transport import context
+        from daq.app import LocalStack
 
-        self.pipe.build(Factory(self.cfg, ctx=context()))
-        self.built.set()
-        await asyncio.to_thread(self._go.wait)
-        if self._cancelled:
-            return
-        async with contextlib.AsyncExitStack() as stack:
-            await self.pipe.run(stack, settle_s=20.0)
+        async with LocalStack(self.cfg) as stack:
+            self.stack = stack
+            self.built.set()
+            await asyncio.to_thread(self._go.wait)
+            if not self._close.is_set():
+                try:
+                    self.reply = await stack.take_run(spills=self.cfg.simulator.spills)
+                finally:
+                    self.done.set()
+            await asyncio.to_thread(self._close.wait)
 
     def go(self) -> None:
         self._go.set()
 
     def running(self) -> bool:
-        return self.thread.is_alive()
+        return not self.done.is_set()
 
-    def join(self, timeout: float = 90) -> None:
+    def join(self, timeout: float = 120) -> None:
+        """Until the run is closed (drained); the services stay up."""
         self._go.set()
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "pipeline did not finish"
+        assert self.done.wait(timeout), "the run did not close"
         if self.error is not None:
             raise self.error
 
     def close(self) -> None:
-        if not self._go.is_set():
-            self._cancelled = True
+        self._close.set()
         self._go.set()
-        self.thread.join(30)
-        self.pipe.close()
+        self.thread.join(60)

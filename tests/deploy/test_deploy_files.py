@@ -11,6 +11,7 @@ import pytest
 from prom_stack import require
 
 from daq.stack import SERVICES, load_stack_config
+from monitors.alarms import ALARMS
 from monitors.config import AlarmConfig, Band
 from monitors.dashboards import compose, grafana, prometheus, rules
 from monitors.dashboards.catalog import DASHBOARDS
@@ -94,7 +95,61 @@ def test_every_alert_has_a_firing_and_a_quiet_case_a_summary_and_a_runbook() -> 
                           "ServiceDown", "StreamLosses", "MessagesRefused"}
     for a in rules.alerts():
         assert any(e.fires for e in a.examples) and any(not e.fires for e in a.examples), a.name
-        assert a.summary and len(a.runbook) > 40, a.name
+        assert a.summary and len(a.runbook) > 40 and len(a.description) > 40, a.name
+        assert all(e.shown for e in a.examples if e.fires), a.name
+
+
+def test_every_alert_shows_its_value_describes_itself_and_links_its_runbook() -> None:
+    """summary renders $value; description; runbook_url is a section of docs/monitors.md
+    whose text is the alert's runbook."""
+    doc = (ROOT / "docs/monitors.md").read_text()
+    headings = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+                for h in re.findall(r"^#+ (.+)$", doc, flags=re.M)}
+    deployed = yaml_rules()
+    for a in rules.alerts():
+        ann = deployed[a.name]["annotations"]
+        assert set(ann) == {"summary", "description", "runbook_url"}, a.name
+        assert "$value" in ann["summary"], a.name
+        path, _, anchor = ann["runbook_url"].partition("#")
+        assert path == rules.RUNBOOK_BASE == "docs/monitors.md" and anchor in headings, a.name
+        section = doc[doc.index(f"### {a.name}\n"):]
+        section = section[:section.find("\n#", 1)]
+        assert " ".join(a.runbook.split()) in " ".join(section.split()), a.name
+    assert set(rules.by_alarm()) == set(ALARMS), "every MQTT alarm has its alert"
+
+
+def yaml_rules() -> dict[str, dict]:
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load((DEPLOY / "prometheus/rules/na64-alerts.yml").read_text())
+    return {r["alert"]: r for r in doc["groups"][0]["rules"]}
+
+
+def test_promtool_tests_cover_every_alert_and_recording_rule() -> None:
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load((DEPLOY / "prometheus/na64-alerts.test.yml").read_text())
+    alerted = {t["alert_rule_test"][0]["alertname"] for t in doc["tests"]
+               if "alert_rule_test" in t}
+    assert alerted == {a.name for a in rules.alerts()}
+    recorded = {t["promql_expr_test"][0]["expr"] for t in doc["tests"]
+                if "promql_expr_test" in t}
+    assert recorded == {r.record for r in rules.RECORDS}
+    for r in rules.RECORDS:
+        assert r.series and r.expect, r.record
+    assert set(doc["rule_files"]) == {"rules/na64-alerts.yml", "rules/na64-records.yml"}
+
+
+@pytest.mark.prometheus
+def test_promtool_unit_tests_catch_a_wrong_recording_rule(tmp_path: Path) -> None:
+    (tmp_path / "rules").mkdir()
+    for name, doc in rules.rule_groups().items():
+        text = dump(doc)
+        if name == "na64-records.yml":
+            text = text.replace("rate(na64_builder_events_total[1m])",
+                                "irate(na64_recorder_events_total[1m])")
+        (tmp_path / "rules" / name).write_text(text)
+    (tmp_path / "t.yml").write_text(dump(rules.rule_tests()))
+    r = _promtool("test", "rules", str(tmp_path / "t.yml"))
+    assert r.returncode != 0 and "na64:stage_events:rate1m" in r.stdout + r.stderr
 
 
 def test_alert_thresholds_follow_the_monitor_alarm_bands() -> None:
@@ -149,11 +204,73 @@ def test_dashboard_json_models() -> None:
     assert ds["uid"] == grafana.DATASOURCE_UID and ds["type"] == "prometheus"
 
 
+def test_every_dashboard_fits_grafanas_published_schema() -> None:
+    from grafana_schema import problems
+
+    for d in DASHBOARDS:
+        assert problems(grafana.dashboard_json(d)) == [], d.uid
+
+
+def test_the_schema_check_is_not_vacuous() -> None:
+    from grafana_schema import problems
+
+    j = grafana.dashboard_json(DASHBOARDS[0])
+    stat_ = next(p for p in j["panels"] if p["type"] == "stat")
+    stat_["options"]["colorMode"] = "rainbow"
+    stat_["fieldConfig"]["defaults"]["thresholds"]["mode"] = "relative"
+    stat_["runbook"] = "x"
+    j["graphTooltip"] = 5
+    found = "\n".join(problems(j))
+    for what in ("rainbow", "relative", "runbook", "graph_tooltip"):
+        assert what in found, found
+
+
+def test_every_unit_is_a_grafana_unit_id() -> None:
+    """`hz` is not one (Grafana's is `hertz`): an unknown id shows the raw number, unscaled."""
+    from grafana_schema import UNITS
+
+    assert "hertz" in UNITS and "hz" not in UNITS
+    for d in DASHBOARDS:
+        for p in grafana.dashboard_json(d)["panels"]:
+            if p["type"] == "row":
+                continue
+            assert p["fieldConfig"]["defaults"]["unit"] in UNITS, (d.uid, p["title"])
+            if p["type"] == "heatmap":
+                assert p["options"]["yAxis"]["unit"] in UNITS, (d.uid, p["title"])
+
+
+def test_every_stat_has_explicit_thresholds() -> None:
+    """Grafana's default (green, red from 80) would turn Run, Spill and EOT red past 80 and
+    leave "Firing alerts" green: every stat says its colours; a count that must be zero
+    goes red from 1; a figure with no good or bad value stays in the text colour."""
+    expect = {"Run": "text", "Spill": "text", "EOT this run": "text", "EOT total": "text",
+              "Beam": "text", "Configuration version": "text"}
+    for d in DASHBOARDS:
+        for p in grafana.dashboard_json(d)["panels"]:
+            if p["type"] != "stat":
+                continue
+            steps = p["fieldConfig"]["defaults"]["thresholds"]["steps"]
+            assert steps[0]["value"] is None, (d.uid, p["title"])
+            assert steps != [{"value": None, "color": "green"}, {"value": 80, "color": "red"}]
+            assert p["fieldConfig"]["defaults"]["color"] == {"mode": "thresholds"}
+            if p["title"] in expect:
+                assert steps == [{"value": None, "color": expect[p["title"]]}], p["title"]
+            values = [s["value"] for s in steps[1:]]
+            assert values == sorted(values), (d.uid, p["title"])
+    shift = {p["title"]: p for p in grafana.dashboard_json(DASHBOARDS[0])["panels"]}
+    assert shift["Firing alerts"]["fieldConfig"]["defaults"]["thresholds"]["steps"] == [
+        {"value": None, "color": "green"}, {"value": 1.0, "color": "red"}]
+    beam = shift["Beam"]["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert beam["1"]["text"] == "ON" and beam["0"]["text"] == "OFF"
+    assert "na64_beam_on" in shift["Beam"]["targets"][0]["expr"]
+    assert "na64_run_eot" in shift["EOT this run"]["targets"][0]["expr"]
+
+
 def test_required_panels_exist() -> None:
     titles = {d.uid: {p.title for p in d.panels()} for d in DASHBOARDS}
-    assert {"Run", "Spill", "EOT per spill", "Trigger rates by type", "Zero-threshold "
-            "efficiencies", "Pileup fraction", "Beam composition", "Monitor alarms"} <= \
-        titles["na64-shift"]
+    assert {"Run", "Spill", "Beam", "EOT this run", "EOT total", "EOT per spill",
+            "Trigger rates by type", "Zero-threshold efficiencies", "Pileup fraction",
+            "Beam composition", "Monitor alarms"} <= titles["na64-shift"]
     assert {"Shadow trigger by type", "Configuration version"} <= titles["na64-trigger"]
     assert {"E_ECAL (GeV)", "E_HCAL (GeV)", "VETO efficiency (68 % interval)"} <= \
         titles["na64-beam"]

@@ -1,7 +1,8 @@
 """The real services, scraped by a real Prometheus: every dashboard panel has data, alerts.
 
-Services: daq.app.Pipeline (simulator, builder, two trigger workers, recorder, monitors),
-each with its own registry on its own free loopback port; Prometheus scrapes them every
+Services: daq.app.LocalStack (run control, simulator, builder, two trigger workers,
+recorder, monitors: the standing system in one process), each with its own registry on
+its own free loopback port; Prometheus scrapes them every
 second with the generated configuration and rules (short `for:`).
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prom_stack import SERVICES, PipelineThread, Prometheus, stack_config
+from prom_stack import SERVICES, Prometheus, StackThread, stack_config
 
 from monitors.dashboards.catalog import DASHBOARDS
 from monitors.dashboards.model import concrete
@@ -35,7 +36,7 @@ def _has_data(result: list[dict[str, Any]]) -> bool:
 
 
 class Run:
-    def __init__(self, prom: Prometheus, pipe: PipelineThread, start: float, end: float) -> None:
+    def __init__(self, prom: Prometheus, pipe: StackThread, start: float, end: float) -> None:
         self.prom, self.pipe, self.start, self.end = prom, pipe, start, end
 
 
@@ -45,7 +46,7 @@ def nominal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
     work = tmp_path_factory.mktemp("nominal")
     cfg = stack_config(work / "runs", spills=8, factor=8.0, intensity=6e6, generated_s=0.03,
                        tag="nominal")
-    pipe = PipelineThread(cfg)
+    pipe = StackThread(cfg)
     prom = None
     try:
         prom = Prometheus(work / "prom", cfg, for_s=FOR_S)
@@ -99,7 +100,7 @@ def test_nominal_run_figures_and_no_alert(nominal: Run) -> None:
 def test_every_metric_name_belongs_to_one_service(nominal: Run) -> None:
     """Two services exporting one name would mix in every query that does not name the job."""
     shared = nominal.prom.query('count by (__name__) (count by (__name__, job) '
-                                '({__name__=~"na64_.+"})) > 1')
+                                '({__name__=~"na64_.+",__name__!="na64_build_info"})) > 1')
     assert shared == [], [s["metric"]["__name__"] for s in shared]
 
 
@@ -113,7 +114,7 @@ def test_veto_pileup_surge_fires_alerts(tmp_path: Path) -> None:
     """Intensity 3e7 e-/spill: VETO efficiency ~exp(-3e7/4.8 s x 50 ns) = 0.73, pileup ~0.3."""
     cfg = stack_config(tmp_path / "runs", spills=10, factor=8.0, intensity=3e7,
                        generated_s=0.008, tag="surge")
-    pipe = PipelineThread(cfg)
+    pipe = StackThread(cfg)
     prom = None
     try:
         prom = Prometheus(tmp_path / "prom", cfg, for_s=FOR_S)
@@ -133,7 +134,8 @@ def test_veto_pileup_surge_fires_alerts(tmp_path: Path) -> None:
         (veto,) = [a for a in prom.alerts() if a["labels"]["alertname"] == "VetoEfficiencyLow"]
         assert veto["labels"] == {"alertname": "VetoEfficiencyLow", "source": "live",
                                   "detector": "veto", "severity": "warning"}
-        assert veto["annotations"]["runbook"]
+        assert veto["annotations"]["runbook_url"] == "docs/monitors.md#vetoefficiencylow"
+        assert "%" in veto["annotations"]["summary"]
         assert "HadronFractionHigh" not in states
         assert "firing" not in states.get("ServiceDown", set())
         value = prom.query('na64_efficiency_ratio{source="live",detector="veto",bound="value"}')
