@@ -23,7 +23,7 @@ from monitors.aggregate import MonitorInputError
 from monitors.alarms import ALARMS
 from monitors.config import MonitorConfig
 from monitors.identify import SPECIES_NAMES
-from monitors.spectra import Spectra, cumulative_buckets
+from monitors.spectra import Spectra, cumulative_buckets, ecal_bucket_edges
 from monitors.summary import TRIGGER_TYPES, SpillSummary
 
 SOURCES: tuple[Literal["live"], Literal["replay"]] = ("live", "replay")
@@ -76,7 +76,7 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "na64_hcal_energy_gev": ("histogram", ("source",), "E_HCAL of complete events, GeV."),
 }
 
-_BUCKET_EVERY = 10  # Prometheus buckets at every 10th edge of the hist spectra
+_BUCKET_EVERY = 10  # E_HCAL's Prometheus buckets: every 10th edge of the hist spectrum
 
 
 class _SpectraCollector(Collector):
@@ -86,14 +86,18 @@ class _SpectraCollector(Collector):
     filled with whole arrays (hist), and exposed here as cumulative buckets.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, beam_energy_gev: float) -> None:
         self.spectra: dict[str, Spectra] = {}
+        self.beam_energy_gev = beam_energy_gev
 
     def collect(self) -> Iterator[Metric]:
         for name, attr in (("na64_ecal_energy_gev", "ecal"), ("na64_hcal_energy_gev", "hcal")):
             fam = HistogramMetricFamily(name, METRICS[name][2], labels=["source"])
             for source, sp in sorted(self.spectra.items()):
-                edges, cum, total = cumulative_buckets(getattr(sp, attr), _BUCKET_EVERY)
+                h = getattr(sp, attr)
+                # E_ECAL: fine buckets around the trigger threshold and the beam peak
+                at = ecal_bucket_edges(h, self.beam_energy_gev) if attr == "ecal" else None
+                edges, cum, total = cumulative_buckets(h, _BUCKET_EVERY, at=at)
                 buckets = [(floatToGoString(e), float(c)) for e, c in zip(edges, cum,
                                                                           strict=True)]
                 buckets.append(("+Inf", float(total)))
@@ -147,7 +151,7 @@ class MonitorMetrics:
             cls = Counter if kind == "counter" else Gauge
             base = full.removesuffix("_total") if kind == "counter" else full
             self._m[full] = cls(base, doc, labels, registry=registry)
-        self._spectra = _SpectraCollector()
+        self._spectra = _SpectraCollector(cfg.beam_energy_gev)
         registry.register(self._spectra)
         for source in SOURCES:  # series exist from the start, at zero
             self.gauge("na64_run_eot").labels(source)

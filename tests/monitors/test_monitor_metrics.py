@@ -114,3 +114,31 @@ def test_run_eot_counts_the_current_run_and_beam_on_follows_the_spills() -> None
     assert got[("na64_eot_total", live)] == pytest.approx(2 * s.eot)
     mm.on_spill(s.model_copy(update={"run": s.run + 2}), None, now=now[0])  # no run_start
     assert _samples(reg)[("na64_run_eot", live)] == pytest.approx(s.eot)
+
+
+def test_ecal_buckets_are_fine_around_the_trigger_threshold_and_the_beam_peak() -> None:
+    """90 GeV (the missing-energy threshold) and 100 GeV (the beam) are bucket edges, with
+    every 1.25 GeV bin from 85 to 105 GeV; each bucket counts exactly what lies below it."""
+    cfg = MonitorConfig()
+    reg = CollectorRegistry()
+    mm = MonitorMetrics(reg, cfg)
+    ra = _closed(cfg)
+    [s] = ra.summaries
+    sp = ra.spectra[s.spill]
+    sp.ecal.fill(np.array([89.9, 90.1, 99.0, 100.4, 140.0, -1.0]))
+    mm.on_spill(s, sp, now=1.7e9)
+    got = _samples(reg)
+    les = sorted(float(dict(k)["le"]) for n, k in got
+                 if n == "na64_ecal_energy_gev_bucket" and dict(k)["source"] == "live")
+    assert {90.0, 100.0} <= set(les)
+    fine = [x for x in les if 85 <= x <= 105]
+    assert fine == [85 + 1.25 * i for i in range(17)]
+    assert les[-1] == float("inf") and les[0] == 10.0
+    values = sp.ecal.values(flow=True)
+    edges = sp.ecal.axes[0].edges
+    for le in (90.0, 100.0, 91.25):
+        want = values[0] + values[1:-1][edges[1:] <= le + 1e-9].sum()
+        assert got[("na64_ecal_energy_gev_bucket", (("le", f"{le}"), ("source", "live")))] \
+            == want, le
+    hcal = sorted(float(dict(k)["le"]) for n, k in got if n == "na64_hcal_energy_gev_bucket")
+    assert len(hcal) == 13  # E_HCAL keeps every 10th edge (12.5 GeV), and +Inf
