@@ -1,4 +1,5 @@
-"""Summarise a run file per spill: events, slices, boards, incomplete events, bytes, state."""
+"""Summarise a run file per spill: events, slices, boards, incomplete events, bytes, state,
+and the trigger configuration each spill was (or is to be) processed with."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from daq.analysis.source import kind_of
 from daq.runfile import RunFileReader
 from daq.wire import Kind, Message
 
@@ -24,6 +26,9 @@ class SpillSummary:
     incomplete: int = 0
     ended: bool = False
     replay: bool = False
+    #: content hash(es) of the trigger configuration of the spill, comma-separated; None
+    #: in a raw file (boards carry none: the builder stamps its own when it builds them)
+    trigger_cfg: str | None = None
 
 
 @dataclass
@@ -39,6 +44,10 @@ class FileSummary:
     torn_spill: int | None
     records: int
     spills: list[SpillSummary]
+    #: raw, built, recorded, features, truth or empty (daq.analysis.source)
+    kind: str = "empty"
+    #: every trigger configuration the file names: content hash -> the configuration
+    trigger_configs: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,12 +65,17 @@ class _Acc:
         self.built_incomplete: int | None = None
         self.flagged = 0
         self.board_events: dict[str, int] = {}
+        self.cfgs: dict[str, Any] = {}
 
     def add(self, m: Message, nbytes: int) -> None:
         s = self.s
         s.records += 1
         s.bytes += nbytes
         s.replay = s.replay or m.replay
+        cfg = m.meta.get("cfg")
+        if isinstance(cfg, str) and m.kind is not Kind.CONFIG:
+            tc = m.meta.get("trigger_config")
+            self.cfgs.setdefault(cfg, tc if isinstance(tc, dict) else None)
         if m.kind in (Kind.SLICE, Kind.ACCEPTED):
             if m.board == "ALL":
                 self.boards.update(n.split(".", 1)[0] for n in m.arrays if "." in n)
@@ -90,6 +104,7 @@ class _Acc:
         s.ended = s.ended if ended is None else ended
         s.slices = len(self.firsts)
         s.boards = sorted(self.boards)
+        s.trigger_cfg = ",".join(sorted(self.cfgs)) or None
         if self.announced is not None:
             s.events = self.announced
         elif self.board_events:
@@ -110,7 +125,14 @@ def summarize(path: str | Path) -> FileSummary:
     """Read the whole file and summarise it (a torn file is summarised up to the tear)."""
     r = RunFileReader(path)
     accs: dict[int, _Acc] = {}
+    kind = "empty"
+    configs: dict[str, Any] = {}
     for m in r:
+        if kind == "empty":
+            kind = str(kind_of(m) or "empty")
+        if m.kind is Kind.CONFIG and isinstance(m.meta.get("cfg"), str):
+            tc = m.meta.get("trigger_config")
+            configs.setdefault(m.meta["cfg"], tc if isinstance(tc, dict) else None)
         if m.kind in (Kind.RUN_START, Kind.RUN_STOP):
             continue
         accs.setdefault(m.spill, _Acc(m.spill)).add(m, 0)
@@ -123,11 +145,16 @@ def summarize(path: str | Path) -> FileSummary:
         acc.s.bytes = info.bytes if info else 0
         spills.append(acc.finish(all_boards, info.complete if info else None))
     header = {k: v for k, v in r.header.items() if k != "config"}
+    for acc in accs.values():
+        for h, c in acc.cfgs.items():
+            if configs.get(h) is None:
+                configs[h] = c
     return FileSummary(
         path=str(r.path), run=int(r.header.get("run", 0)), header=header,
         closed_cleanly=rep.closed_cleanly, recovered=not rep.closed_cleanly, torn=rep.torn,
         reason=rep.reason, bytes_dropped=rep.bytes_dropped, torn_spill=rep.torn_spill,
-        records=rep.records, spills=spills)
+        records=rep.records, spills=spills, kind=kind,
+        trigger_configs={h: configs[h] for h in sorted(configs)})
 
 
 def format_text(fs: FileSummary) -> str:
@@ -135,11 +162,30 @@ def format_text(fs: FileSummary) -> str:
     state = "closed cleanly" if fs.closed_cleanly else (
         f"RECOVERED ({fs.reason}; {fs.bytes_dropped} bytes dropped"
         + (f"; spill {fs.torn_spill} incomplete" if fs.torn_spill is not None else "") + ")")
-    lines = [f"{fs.path}: run {fs.run}, {fs.records} records, {state}",
+    lines = [f"{fs.path}: {fs.kind} run file, run {fs.run}, {fs.records} records, {state}",
              f"{'spill':>6} {'events':>8} {'accepted':>8} {'slices':>6} {'incompl':>7} "
-             f"{'bytes':>12}  ended  boards"]
+             f"{'bytes':>12}  ended  {'trigger cfg':<16}  boards"]
     for s in fs.spills:
         lines.append(f"{s.spill:>6} {s.events:>8} {s.accepted:>8} {s.slices:>6} "
                      f"{s.incomplete:>7} {s.bytes:>12}  {'yes' if s.ended else 'NO ':<5}  "
+                     f"{s.trigger_cfg or '-':<16}  "
                      f"{','.join(s.boards)}{'  (replay)' if s.replay else ''}")
+    if fs.trigger_configs:
+        lines.append("trigger configurations:")
+        lines += [f"  {h}: {_describe(c)}" for h, c in fs.trigger_configs.items()]
+    elif fs.kind == "raw":
+        lines.append("trigger configuration: none in a raw file (board streams carry none; "
+                     "the builder stamps its own when the file is analysed or replayed)")
     return "\n".join(lines)
+
+
+def _describe(c: dict[str, Any] | None) -> str:
+    """One line of the settings that decide an event (the rest is in --json)."""
+    if not c:
+        return "(not in the file)"
+    return (f"version {c.get('version')}, E_ECAL < {c.get('ecal_max_gev')} GeV, "
+            f"E_PS >= {c.get('ps_min_gev')} GeV, prescales beam {c.get('prescale_beam')} "
+            f"random {c.get('prescale_random')} calibration {c.get('prescale_calibration')}, "
+            f"enabled {','.join(c.get('enabled') or [])}"
+            + (f", {len(c['masked_channels'])} channel(s) masked"
+               if c.get("masked_channels") else ""))

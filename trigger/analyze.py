@@ -8,12 +8,15 @@ processed directly. The configuration of each slice is the one recorded in the s
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import numpy as np
 
 from daq.builder import EventBuilder
 from daq.config import content_hash
@@ -23,8 +26,9 @@ from daq.runfile import RunFileReader
 from daq.wire import Kind, Message
 from trigger import kernels
 from trigger.config import TRIGGER_BITS, TriggerConfig, parse_config
+from trigger.core import Features, TriggerParams, decide
 from trigger.errors import SliceError, TriggerError
-from trigger.processor import MARKERS, SliceProcessor, Stamper
+from trigger.processor import MARKERS, SliceProcessor, SliceResult, Stamper
 
 
 def load_config_file(path: str | Path, geometry: Geometry | None = None) -> TriggerConfig:
@@ -58,23 +62,58 @@ def iter_features(path: str | Path, trigger_config: TriggerConfig | None = None,
 
     Slices that cannot be processed are skipped and counted in `refused` by reason.
     """
+    stamp = Stamper("analyze")
+    for msg, res in iter_processed(path, trigger_config, geometry=geometry,
+                                   calibration=calibration, backend=backend, refused=refused):
+        yield stamp(msg if res is None else res.features)
+
+
+def iter_processed(path: str | Path, trigger_config: TriggerConfig | None = None, *,
+                   spills: tuple[int, int] | None = None, geometry: Geometry | None = None,
+                   calibration: Calibration | None = None, backend: ModuleType = kernels,
+                   refused: dict[str, int] | None = None
+                   ) -> Iterator[tuple[Message, SliceResult | None]]:
+    """Each built slice of a raw or built run file with what the trigger made of it, and
+    the markers (with None), in stream order; `spills=(a, b)`: only spills a..b.
+
+    Slices that cannot be processed are skipped and counted in `refused` by reason.
+    """
     geom = geometry or load_geometry()
     cal = calibration or load_calibration(geom)
     proc = SliceProcessor(geom, cal, backend=backend)
-    stamp = Stamper("analyze")
     override = trigger_config.model_dump(mode="json") if trigger_config is not None else None
     o_hash = content_hash(override) if override is not None else ""
-    for msg in _built(RunFileReader(path), geom, cal, override):
+    for msg in _built(RunFileReader(path).messages(spills), geom, cal, override):
         if msg.kind is Kind.SLICE:
             if override is not None:
                 msg = _restamp(msg, override, o_hash)
             try:
-                yield stamp(proc.process(msg).features)
+                yield msg, proc.process(msg)
             except SliceError as e:
                 if refused is not None:
                     refused[e.reason] = refused.get(e.reason, 0) + 1
         elif msg.kind in MARKERS:
-            yield stamp(msg)
+            yield msg, None
+
+
+def decide_at(f: Features, p: TriggerParams, *, run: int, spill: int, events: np.ndarray,
+              backend: ModuleType = kernels) -> tuple[np.ndarray, np.ndarray]:
+    """(cond, bits) of events whose numbers within the spill are `events` (ascending, not
+    necessarily consecutive: the accepted events of a recorded slice). The prescales pick
+    events by a hash of (run, spill, event number), so each run of consecutive numbers is
+    decided as the slice it came from was."""
+    n = f.count
+    cond, bits = np.empty(n, np.uint8), np.empty(n, np.uint8)
+    ev = np.asarray(events, np.int64)
+    cuts = [0, *(np.flatnonzero(np.diff(ev) != 1) + 1).tolist(), n]
+    for a, b in itertools.pairwise(cuts):
+        if a == b:
+            continue
+        sub = Features(b - a, f.sums[a:b], f.mult[a:b], f.sat[a:b], f.beam_amp[a:b],
+                       f.beam_npulse[a:b])
+        cond[a:b], bits[a:b] = decide(sub, p, run=run, spill=spill, first=int(ev[a]),
+                                      backend=backend)
+    return cond, bits
 
 
 def _built(messages: Iterable[Message], geom: Geometry, cal: Calibration,

@@ -10,10 +10,12 @@ from typing import Any
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands to the na64daq parser."""
-    p = sub.add_parser("analyze", help="run the trigger over a run file, print per-spill results",
-                       description="Run the trigger in-process over a run file as fast as "
-                       "possible and print the per-spill trigger counts.")
-    p.add_argument("file", help="run file (raw or built; a .partial file is read up to its "
+    p = sub.add_parser("analyze", help="re-analyse a run file, print per-spill results",
+                       description="Re-analyse a run file in-process: a raw file through the "
+                       "builder, the trigger and the monitors; a recorded file (accepted "
+                       "events) as far as its events allow (it says what it re-derived). A "
+                       "file without events is an error.")
+    p.add_argument("file", help="run file of any kind (a .partial file is read up to its "
                    "last complete record)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.add_argument("--trigger-config", metavar="FILE",
@@ -21,6 +23,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    "the one recorded in the stream")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override one setting of the configuration (repeatable)")
+    p.add_argument("--sample", choices=("unbiased", "accepted"), default="unbiased",
+                   help="recorded files: the accepted events the monitor figures are made "
+                   "of (default unbiased: those with the prescaled beam or random bit)")
     p.set_defaults(func=_analyze)
 
     w = sub.add_parser("trigger-worker", help="run one trigger worker service",
@@ -36,30 +41,76 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 
 def _analyze(a: argparse.Namespace) -> int:
-    from daq.geometry import load_geometry
-    from trigger.analyze import analyze_run, load_config_file
-    from trigger.config import TriggerConfig, apply_overrides
+    from daq.analysis.reanalyze import analyze_file
 
-    cfg = None
-    if a.trigger_config or a.set:
-        geom = load_geometry()
-        base = load_config_file(a.trigger_config, geom) if a.trigger_config else TriggerConfig()
-        cfg = apply_overrides(base, a.set, geometry=geom)
-    result = analyze_run(a.file, cfg)
+    result = analyze_file(a.file, _trigger_config(a), sample=a.sample)
     if a.json:
         json.dump(result, sys.stdout, indent=1)
         print()
         return 0
+    _print_analysis(result)
+    return 0
+
+
+def _trigger_config(a: argparse.Namespace) -> Any:
+    from daq.geometry import load_geometry
+    from trigger.analyze import load_config_file
+    from trigger.config import TriggerConfig, apply_overrides
+
+    if not (a.trigger_config or a.set):
+        return None
+    geom = load_geometry()
+    base = load_config_file(a.trigger_config, geom) if a.trigger_config else TriggerConfig()
+    return apply_overrides(base, a.set, geometry=geom)
+
+
+def _print_analysis(result: dict[str, Any]) -> None:
     from rich.console import Console
 
     from daq.live import run_summary, spill_table
 
     console = Console()
-    console.print(spill_table(result["spills"], last=len(result["spills"])))
-    console.print(run_summary(result["spills"], result.get("totals")))
+    console.print(f"{result['file']}: {result['kind']} run file, run {result.get('run')}"
+                  + (" (replay)" if result.get("replay") else ""))
+    if result["kind"] == "recorded":
+        console.print(_recorded_table(result))
+    else:
+        console.print(spill_table(result["spills"], last=len(result["spills"])))
+        console.print(run_summary(result["spills"], result.get("totals")))
+    for line in result.get("derived", []):
+        console.print(f"derived: {line}", highlight=False)
+    for line in result.get("not_derived", []):
+        console.print(f"not derived: {line}", highlight=False)
+    if result.get("monitor_sample"):
+        console.print(f"monitor sample: {result['monitor_sample']}", highlight=False)
     if result["refused"]:
         print(f"refused slices: {result['refused']}")
-    return 0
+
+
+def _recorded_table(result: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    t = Table(title="Spills of a recorded file (accepted events)")
+    for col in ("spill", "events", "accepted", "phys", "beam", "rand", "calib", "EOT",
+                "features ok", "re-run same", "VETO eff", "HCAL eff", "cfg"):
+        t.add_column(col, justify="right")
+
+    def eff(e: dict[str, Any] | None) -> str:
+        if not e or e.get("value") is None:
+            return "-"
+        return f"{e['value']:.3f}±{(e['high'] - e['low']) / 2:.3f} (n={e['n']})"
+
+    for s in [*result["spills"], {**result["totals"], "spill": "all", "trigger_cfg": None}]:
+        trig, eot, mon = s["triggers"], s.get("eot"), s.get("monitor") or {}
+        feat, rerun = s["features"], s.get("rerun") or {}
+        t.add_row(str(s["spill"]), f"{s['events'] or 0:,}", f"{s['accepted']:,}",
+                  *(str(trig[k]) for k in ("physics", "beam", "random", "calibration")),
+                  "-" if not eot else f"{eot['value']:,.0f}",
+                  f"{feat['checked'] - feat['differ']}/{feat['checked']}",
+                  f"{rerun.get('same_bits', 0)}/{rerun.get('events', 0)}",
+                  eff(mon.get("veto_efficiency")), eff(mon.get("hcal_efficiency")),
+                  (s.get("trigger_cfg") or "-")[:6])
+    return t
 
 
 def _worker(a: argparse.Namespace) -> int:

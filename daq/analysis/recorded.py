@@ -1,0 +1,308 @@
+"""Re-analysis of a recorded run file: what can be re-derived from accepted events.
+
+A recorded file (the recorder's: `demo`, `up`, replay runs) holds the accepted events of
+every built slice, each with the board data the trigger read, its features, `cond` and
+`bits`, and the trigger configuration it was decided with; the builder's spill ends say how
+many events each spill had and how many were shed. From that this module re-derives:
+
+- the trigger decisions and bits as recorded, per spill and type;
+- the features, computed again from the recorded board data with the recorded
+  configuration and compared with the recorded ones;
+- a re-run of the trigger on the accepted events (the prescales hash the event number, so
+  each event is decided as it was online), with the recorded configuration or another one
+  (`trigger_config`: which of the recorded events that configuration would keep; the events
+  the trigger rejected online are not in the file, so what it would add is unknown);
+- the monitor figures over a sample of the accepted events: by default the unbiased one
+  (events with the prescaled beam or random bit; the physics and calibration triggers
+  select on E_ECAL and would bias the efficiencies and the composition), or every accepted
+  event (`sample="accepted"`);
+- electrons on target per spill from the prescaled beam trigger: beam-bit events x the beam
+  prescale / the live-time ratio, with the Poisson score interval of the count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
+from daq.runfile import RunFileReader
+from daq.wire import Kind, Message
+from monitors.analysis import analyze as monitor_analysis
+from monitors.config import MonitorConfig
+from monitors.identify import FEATURE_ARRAYS
+from monitors.stats import ONE_SIGMA, z_score
+from trigger.analyze import decide_at
+from trigger.config import BEAM, RANDOM, TRIGGER_BITS, TriggerConfig
+from trigger.core import build_params, compute_features
+from trigger.errors import SliceError
+from trigger.processor import SliceProcessor
+
+Sample = Literal["unbiased", "accepted"]
+SAMPLES: dict[str, str] = {
+    "unbiased": "accepted events with the prescaled beam or random bit (the physics and "
+                "calibration triggers select on E_ECAL and would bias the figures)",
+    "accepted": "every accepted event (biased by the physics and calibration triggers)",
+}
+#: features a re-derivation is compared on (ts, missing and the bits are not features)
+FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat")
+#: figures of the monitors that describe the beam, not the sample: left out of `monitor`
+_BEAM_FIGURES = ("eot", "live_time_ratio", "shed")
+
+
+def poisson_interval(n: float, confidence: float = ONE_SIGMA) -> tuple[float, float]:
+    """Score interval of a Poisson mean from a count n: the means whose standardised
+    residual |n - mu| / sqrt(mu) is below z, i.e. n + z^2/2 -+ z sqrt(n + z^2/4)."""
+    z = z_score(confidence)
+    half = z * float(np.sqrt(n + z * z / 4))
+    return max(0.0, n + z * z / 2 - half), n + z * z / 2 + half
+
+
+@dataclass
+class _Spill:
+    spill: int
+    events: int | None = None
+    shed: int = 0
+    slices: int | None = None
+    messages: int = 0
+    accepted: int = 0
+    fired: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRIGGER_BITS, 0))
+    cfgs: set[str] = field(default_factory=set)
+    prescale_beam: int | None = None
+    checked: int = 0
+    differ: int = 0
+    rerun: int = 0
+    same: int = 0
+    rerun_fired: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRIGGER_BITS, 0))
+    rerun_kept: int = 0
+    not_rerun: dict[str, int] = field(default_factory=dict)
+
+    def eot(self, confidence: float) -> dict[str, Any] | None:
+        """EOT from the prescaled beam trigger, None without a beam prescale or events."""
+        if self.prescale_beam is None or self.events is None:
+            return None
+        total = self.events + self.shed
+        live = self.events / total if total else 1.0
+        n = self.fired["beam"]
+        scale = self.prescale_beam / live if live > 0 else 0.0
+        lo, hi = poisson_interval(n, confidence)
+        return {"value": n * scale, "low": lo * scale, "high": hi * scale, "beam_triggers": n,
+                "prescale": self.prescale_beam, "live_time_ratio": live}
+
+    def as_dict(self, confidence: float, rerun: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "spill": self.spill, "events": self.events, "shed": self.shed,
+            "slices": self.slices, "accepted": self.accepted,
+            "accept_rate": self.accepted / self.events if self.events else None,
+            "triggers": dict(self.fired), "trigger_cfg": ",".join(sorted(self.cfgs)) or None,
+            "eot": self.eot(confidence),
+            "features": {"checked": self.checked, "differ": self.differ}}
+        if rerun:
+            out["rerun"] = {"events": self.rerun, "same_bits": self.same,
+                            "differ": self.rerun - self.same, "kept": self.rerun_kept,
+                            "triggers": dict(self.rerun_fired),
+                            "not_rerun": dict(self.not_rerun)}
+        return out
+
+
+class _Rerun:
+    """Features and decisions again from the board data of accepted events."""
+
+    def __init__(self, geometry: Geometry, calibration: Calibration,
+                 override: TriggerConfig | None) -> None:
+        self.geometry, self.calibration = geometry, calibration
+        self.proc = SliceProcessor(geometry, calibration)
+        self.override = (build_params(override, geometry, calibration)
+                         if override is not None else None)
+
+    def __call__(self, msg: Message, sp: _Spill) -> None:
+        boards = any("." in n for n in msg.arrays)
+        meta = msg.meta
+        if not boards:
+            sp.not_rerun["no board data"] = sp.not_rerun.get("no board data", 0) + msg.count
+            return
+        if meta.get("calib") != self.calibration.hash:
+            why = f"calibration {meta.get('calib')!r} is not the installed one"
+            sp.not_rerun[why] = sp.not_rerun.get(why, 0) + msg.count
+            return
+        try:
+            recorded = self.proc.params(meta.get("trigger_config"), meta.get("cfg"))
+            mode = str(meta.get("mode"))
+            f = compute_features(msg.arrays, msg.count, mode, recorded)
+            self._compare(msg, f.arrays(), sp)
+            p = self.override or recorded
+            if p is not recorded and p.feature_key != recorded.feature_key:
+                f = compute_features(msg.arrays, msg.count, mode, p)
+            _, bits = decide_at(f, p, run=msg.run, spill=msg.spill,
+                                events=msg.arrays["event"])
+        except SliceError as e:
+            sp.not_rerun[e.reason] = sp.not_rerun.get(e.reason, 0) + msg.count
+            return
+        sp.rerun += msg.count
+        sp.same += int(np.count_nonzero(bits == msg.arrays["bits"]))
+        sp.rerun_kept += int(np.count_nonzero(bits))
+        for name, bit in TRIGGER_BITS.items():
+            sp.rerun_fired[name] += int(np.count_nonzero(bits & bit))
+
+    @staticmethod
+    def _compare(msg: Message, again: dict[str, np.ndarray], sp: _Spill) -> None:
+        bad = np.zeros(msg.count, bool)
+        for name in FEATURES:
+            a, b = again[name], msg.arrays.get(name)
+            if b is None:
+                continue
+            diff = a != b
+            bad |= diff.reshape(msg.count, -1).any(axis=1) if diff.ndim > 1 else diff
+        sp.checked += msg.count
+        sp.differ += int(np.count_nonzero(bad))
+
+
+def _sample_features(msg: Message, sample: Sample) -> Message:
+    """An ACCEPTED message as the FEATURES message of its events in `sample`."""
+    bits = msg.arrays["bits"]
+    keep = (bits & (BEAM | RANDOM)) != 0 if sample == "unbiased" else np.ones(msg.count, bool)
+    names = ("ts", *FEATURE_ARRAYS)
+    arrays = {n: msg.arrays[n][keep] for n in names if n in msg.arrays}
+    meta = {k: msg.meta.get(k) for k in ("slice_index", "cfg", "mode", "calib")}
+    return Message(Kind.FEATURES, run=msg.run, spill=msg.spill, seq=msg.seq, src=msg.src,
+                   board="ALL", first=msg.first, count=int(np.count_nonzero(keep)),
+                   arrays=arrays, meta={**meta, "shadow_cfg": None}, replay=msg.replay)
+
+
+def analyze_recorded(path: str | Path, trigger_config: TriggerConfig | None = None,
+                     monitor_config: MonitorConfig | None = None, *,
+                     sample: Sample = "unbiased", geometry: Geometry | None = None,
+                     calibration: Calibration | None = None) -> dict[str, Any]:
+    """Everything `na64daq analyze` re-derives from a recorded file (module docstring)."""
+    mcfg = monitor_config or MonitorConfig()
+    geom = geometry or load_geometry()
+    cal = calibration or load_calibration(geom)
+    rerun = _Rerun(geom, cal, trigger_config)
+    spills: dict[int, _Spill] = {}
+    reader = RunFileReader(path)
+    head = {"run": int(reader.header.get("run", 0) or 0), "replay": False, "mode": None}
+
+    def stream() -> Iterator[Message]:
+        for m in reader:
+            head["replay"] = bool(head["replay"]) or m.replay
+            if m.kind is Kind.RUN_START:
+                head["run"], head["mode"] = m.run, m.meta.get("mode")
+            sp = spills.setdefault(m.spill, _Spill(m.spill)) \
+                if m.kind not in (Kind.RUN_START, Kind.RUN_STOP) else None
+            if sp is not None and m.kind is Kind.ACCEPTED:
+                _account(m, sp)
+                if m.count:
+                    rerun(m, sp)
+                yield _sample_features(m, sample)
+            elif sp is not None and m.kind is Kind.SPILL_END:
+                _spill_end(m, sp)
+                yield m
+            elif m.kind is not Kind.ACCEPTED:
+                yield m
+
+    ra = monitor_analysis(stream(), mcfg)
+    report = ra.report()
+    monitor = {s["spill"]: s for s in report["spills"]}
+    rows = [s for _, s in sorted(spills.items()) if s.messages or s.events is not None]
+    out_spills = []
+    for s in rows:
+        d = s.as_dict(mcfg.confidence, rerun=True)
+        fig = monitor.get(s.spill)
+        d["monitor"] = {k: v for k, v in fig.items() if k not in _BEAM_FIGURES} if fig else None
+        out_spills.append(d)
+    totals = _totals(rows, report["totals"], mcfg.confidence)
+    return {"file": str(path), "kind": "recorded", "run": head["run"],
+            "replay": head["replay"], "mode": head["mode"],
+            "derived": _derived(rows, trigger_config),
+            "not_derived": _not_derived(rows),
+            "monitor_sample": f"{sample}: {SAMPLES[sample]}",
+            "trigger_config": (trigger_config.model_dump(mode="json")
+                               if trigger_config is not None else None),
+            "spills": out_spills, "totals": totals,
+            "events": totals["events"], "accepted": totals["accepted"],
+            "refused": report["totals"]["refused"]}
+
+
+def _account(m: Message, sp: _Spill) -> None:
+    sp.messages += 1
+    sp.accepted += m.count
+    bits = m.arrays.get("bits")
+    if bits is not None:
+        for name, bit in TRIGGER_BITS.items():
+            sp.fired[name] += int(np.count_nonzero(bits & bit))
+    cfg, tc = m.meta.get("cfg"), m.meta.get("trigger_config")
+    if isinstance(cfg, str):
+        sp.cfgs.add(cfg)
+    if isinstance(tc, dict) and "beam" in tc.get("enabled", ()):
+        sp.prescale_beam = int(tc.get("prescale_beam", 1))
+
+
+def _spill_end(m: Message, sp: _Spill) -> None:
+    meta = m.meta
+    if isinstance(meta.get("events"), int):
+        sp.events = int(meta["events"])
+    if isinstance(meta.get("shed"), int):
+        sp.shed = int(meta["shed"])
+    if isinstance(meta.get("slices"), int):
+        sp.slices = int(meta["slices"])
+
+
+def _totals(rows: list[_Spill], monitor: dict[str, Any], confidence: float) -> dict[str, Any]:
+    t = _Spill(-1)
+    t.events = sum(s.events or 0 for s in rows)
+    for s in rows:
+        t.shed += s.shed
+        t.accepted += s.accepted
+        t.checked += s.checked
+        t.differ += s.differ
+        t.rerun += s.rerun
+        t.same += s.same
+        t.rerun_kept += s.rerun_kept
+        for k in TRIGGER_BITS:
+            t.fired[k] += s.fired[k]
+            t.rerun_fired[k] += s.rerun_fired[k]
+        for k, v in s.not_rerun.items():
+            t.not_rerun[k] = t.not_rerun.get(k, 0) + v
+        t.cfgs |= s.cfgs
+    d = t.as_dict(confidence, rerun=True)
+    del d["spill"], d["slices"]
+    eots = [s.eot(confidence) for s in rows]
+    d["eot"] = (None if not eots or any(e is None for e in eots) else
+                {"value": sum(e["value"] for e in eots if e),
+                 "beam_triggers": sum(e["beam_triggers"] for e in eots if e)})
+    d["spills"] = len(rows)
+    d["monitor"] = {k: v for k, v in monitor.items() if k not in _BEAM_FIGURES}
+    return d
+
+
+def _derived(rows: list[_Spill], override: TriggerConfig | None) -> list[str]:
+    out = ["trigger decisions and bits as recorded (per spill and type)",
+           "electrons on target from the prescaled beam trigger"]
+    checked = sum(s.checked for s in rows)
+    if checked:
+        differ = sum(s.differ for s in rows)
+        out.append(f"features of {checked} events from their recorded board data "
+                   f"({differ} differ from the recorded ones)")
+    rerun = sum(s.rerun for s in rows)
+    if rerun:
+        same = sum(s.same for s in rows)
+        what = ("the recorded configuration" if override is None
+                else f"configuration {override.content_hash()}")
+        out.append(f"the trigger re-run on {rerun} accepted events with {what} "
+                   f"({same} with the same bits)")
+    out.append("monitor figures over the sample named in monitor_sample")
+    return out
+
+
+def _not_derived(rows: list[_Spill]) -> list[str]:
+    out = ["figures of the events the trigger rejected (they are not in the file)"]
+    reasons: dict[str, int] = {}
+    for s in rows:
+        for k, v in s.not_rerun.items():
+            reasons[k] = reasons.get(k, 0) + v
+    out += [f"features and trigger re-run of {v} events: {k}" for k, v in reasons.items()]
+    return out
