@@ -78,19 +78,22 @@ def _print_analysis(result: dict[str, Any]) -> None:
         console.print(spill_table(result["spills"], last=len(result["spills"])))
         console.print(run_summary(result["spills"], result.get("totals")))
     for line in result.get("derived", []):
-        console.print(f"derived: {line}", highlight=False)
+        console.print(f"derived: {line}", highlight=False, soft_wrap=True)
     for line in result.get("not_derived", []):
-        console.print(f"not derived: {line}", highlight=False)
+        console.print(f"not derived: {line}", highlight=False, soft_wrap=True)
     if result.get("monitor_sample"):
-        console.print(f"monitor sample: {result['monitor_sample']}", highlight=False)
+        console.print(f"monitor sample: {result['monitor_sample']}", highlight=False,
+                      soft_wrap=True)
     if result["refused"]:
         print(f"refused slices: {result['refused']}")
 
 
 def _recorded_table(result: dict[str, Any]) -> Any:
+    from rich import box
     from rich.table import Table
 
-    t = Table(title="Spills of a recorded file (accepted events)")
+    t = Table(title="Spills of a recorded file (accepted events)", box=box.SIMPLE_HEAD,
+              show_edge=False)
     for col in ("spill", "events", "accepted", "phys", "beam", "rand", "calib", "EOT",
                 "features ok", "re-run same", "VETO eff", "HCAL eff", "cfg"):
         t.add_column(col, justify="right")

@@ -9,7 +9,8 @@ docs/analysis.md walks through it.
 """
 
 from daq.analysis.errors import AnalysisError, MissingExtra, NothingToAnalyze
+from daq.analysis.events import BoardData, Events, Run, open_run
 from daq.analysis.source import FileInfo, FileKind, probe
 
-__all__ = ["AnalysisError", "FileInfo", "FileKind", "MissingExtra", "NothingToAnalyze",
-           "probe"]
+__all__ = ["AnalysisError", "BoardData", "Events", "FileInfo", "FileKind", "MissingExtra",
+           "NothingToAnalyze", "Run", "open_run", "probe"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daq.cli import main
+from daq.stack import StackConfig
 
 SIM = ["--spills", "2", "--intensity", "6e6", "--generated-s", "0.002", "--seed", "5",
        "--slice-events", "512", "--quiet"]
@@ -22,23 +23,36 @@ class RunFiles:
     recorded: Path  # the recorder's file of a live run (feature mode)
     replay: Path  # the recorder's file of a replay run of `raw`
     replay_events: int  # events the replay sent (run control's count agreed)
+    recorded_wave: Path  # the recorder's file of a live run in waveform mode (full waveforms)
 
     def kinds(self) -> dict[str, Path]:
         return {"raw": self.raw, "raw_wave": self.raw_wave, "recorded": self.recorded,
-                "replay": self.replay}
+                "recorded_wave": self.recorded_wave, "replay": self.replay}
+
+
+def _stack(tmp: Path, name: str, **sim: object) -> StackConfig:
+    return StackConfig.parse({
+        "run_dir": str(tmp / name), "workers": 2,
+        "metrics": {"frontend": 0, "builder": 0, "recorder": 0, "monitor": 0, "control": 0,
+                    "trigger": 0},
+        "simulator": {"sim": sim},
+    }).inproc(f"analysis-{name}")
+
+
+async def _waveform_run(tmp: Path) -> Path:
+    from daq.app import LocalStack
+
+    async with LocalStack(_stack(tmp, "wave", generated_s=0.001, seed=12, mode="waveform"),
+                          metrics=False) as stack:
+        await stack.take_run(spills=2)
+        return stack.recorder.rec.files[-1]
 
 
 async def _standing_runs(tmp: Path, raw: Path) -> tuple[Path, Path, int]:
     from daq.app import LocalStack
     from daq.replay import replay
-    from daq.stack import StackConfig
 
-    cfg = StackConfig.parse({
-        "run_dir": str(tmp / "runs"), "workers": 2,
-        "metrics": {"frontend": 0, "builder": 0, "recorder": 0, "monitor": 0, "control": 0,
-                    "trigger": 0},
-        "simulator": {"sim": {"generated_s": 0.003, "seed": 11}},
-    }).inproc("analysis-files")
+    cfg = _stack(tmp, "runs", generated_s=0.003, seed=11)
     async with LocalStack(cfg, metrics=False) as stack:
         await stack.take_run(spills=2)
         recorded = stack.recorder.rec.files[-1]
@@ -57,4 +71,5 @@ def make_run_files(tmp: Path) -> RunFiles:
                  "--out", str(wave)]) == 0
     recorded, replayed, events = asyncio.run(_standing_runs(tmp, raw))
     assert replayed.name.startswith("replay-run")
-    return RunFiles(raw, truth, wave, recorded, replayed, events)
+    return RunFiles(raw, truth, wave, recorded, replayed, events,
+                    asyncio.run(_waveform_run(tmp)))
