@@ -9,7 +9,7 @@ from daq.wire import Kind, Message, decode
 
 
 def test_a_prepared_message_is_sent_again_as_another_run_with_its_checksums() -> None:
-    from daq.bench import prepare
+    from daq.bench_beam import prepare
 
     arr = np.arange(64, dtype="<u2")
     ts = np.arange(64, dtype="<u8")
