@@ -32,6 +32,19 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_replay)
 
+    from trigger.commands import add_trigger_config_args
+
+    p = sub.add_parser("export", help="write a run file's events as Parquet, ROOT or HDF5",
+                       description="Write the events of a run file of any kind (docs/"
+                       "analysis.md) as Parquet (pyarrow), a ROOT TTree (uproot) or HDF5 "
+                       "(h5py), spill by spill; pip install 'na64-daq[export]'.")
+    p.add_argument("file", help="run file (raw, recorded, replay run, truth)")
+    p.add_argument("--format", required=True, choices=("parquet", "root", "hdf5"))
+    p.add_argument("--out", required=True, metavar="PATH", help="file to write")
+    add_trigger_config_args(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_export)
+
 
 def _inspect(args: argparse.Namespace) -> int:
     from daq.inspect import format_text, summarize
@@ -39,6 +52,26 @@ def _inspect(args: argparse.Namespace) -> int:
     fs = summarize(args.file)
     print(json.dumps(fs.to_dict(), indent=2) if args.json else format_text(fs))
     return 0 if fs.closed_cleanly else 1
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from daq.analysis.export import export
+    from trigger.commands import trigger_config_from_args
+
+    with Progress(transient=True, disable=args.no_progress,
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("export (spills)", total=None)
+        res = export(args.file, args.format, args.out,
+                     trigger_config=trigger_config_from_args(args),
+                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    spills = (f"spills {res.spills[0]}-{res.spills[-1]}" if len(res.spills) > 1
+              else f"spill {res.spills[0]}")
+    print(f"exported {res.events:,} events of {spills} to {res.path} ({res.format}, "
+          f"{res.bytes:,} bytes, {len(res.columns)} columns)")
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -18,11 +18,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("file", help="run file of any kind (a .partial file is read up to its "
                    "last complete record)")
     p.add_argument("--json", action="store_true", help="print one JSON document")
-    p.add_argument("--trigger-config", metavar="FILE",
-                   help="apply this configuration (JSON or TOML) to every spill instead of "
-                   "the one recorded in the stream")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="override one setting of the configuration (repeatable)")
+    add_trigger_config_args(p)
     p.add_argument("--sample", choices=("unbiased", "accepted"), default="unbiased",
                    help="recorded files: the accepted events the monitor figures are made "
                    "of (default unbiased: those with the prescaled beam or random bit)")
@@ -43,7 +39,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _analyze(a: argparse.Namespace) -> int:
     from daq.analysis.reanalyze import analyze_file
 
-    result = analyze_file(a.file, _trigger_config(a), sample=a.sample)
+    result = analyze_file(a.file, trigger_config_from_args(a), sample=a.sample)
     if a.json:
         json.dump(result, sys.stdout, indent=1)
         print()
@@ -52,7 +48,17 @@ def _analyze(a: argparse.Namespace) -> int:
     return 0
 
 
-def _trigger_config(a: argparse.Namespace) -> Any:
+def add_trigger_config_args(p: argparse.ArgumentParser) -> None:
+    """--trigger-config FILE and --set KEY=VALUE: decide with another configuration."""
+    p.add_argument("--trigger-config", metavar="FILE",
+                   help="apply this configuration (JSON or TOML) to every spill instead of "
+                   "the one recorded in the stream")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="override one setting of the configuration (repeatable)")
+
+
+def trigger_config_from_args(a: argparse.Namespace) -> Any:
+    """The TriggerConfig of --trigger-config / --set, or None (the recorded one)."""
     from daq.geometry import load_geometry
     from trigger.analyze import load_config_file
     from trigger.config import TriggerConfig, apply_overrides

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from daq.errors import DaqError
 
 
@@ -34,7 +36,7 @@ class MissingExtra(AnalysisError):
         self.extra = extra
 
 
-def need(module: str, extra: str, what: str) -> object:
+def need(module: str, extra: str, what: str) -> Any:
     """Import an optional module or raise MissingExtra naming the extra to install."""
     import importlib
 

@@ -74,7 +74,8 @@ def _empty_like(d: BoardData, count: int) -> BoardData:
 
 @dataclass
 class Events:
-    """Events of one spill or more: per-event `columns` and per-board `boards`."""
+    """Events of one spill or more, in (spill, event) order: per-event `columns` and
+    per-board `boards`."""
 
     columns: dict[str, np.ndarray]
     boards: dict[str, BoardData]
@@ -88,6 +89,8 @@ class Events:
         `missing` bits say so); `template` gives the columns and boards of an empty set."""
         if not blks:
             return template.empty() if template is not None else cls({}, {})
+        # (spill, event) order: trigger workers in parallel interleave slices, and spills
+        blks = sorted(blks, key=lambda b: (b.spill, b.first))
         names = [n for n in blks[0].arrays if "." not in n]
         cols: dict[str, np.ndarray] = {
             "run": np.concatenate([np.full(b.count, b.run, np.int64) for b in blks]),

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.slow  # the session's files take a standing run (~5 s)
 
 
 def _records(path: Path, kind: Kind, spill: int | None = None) -> list[Message]:
-    return [m for m in RunFileReader(path) if m.kind is kind and m.count
-            and (spill is None or m.spill == spill)]
+    """Data records with events, in (spill, first event) order (workers interleave them)."""
+    return sorted((m for m in RunFileReader(path) if m.kind is kind and m.count
+                   and (spill is None or m.spill == spill)), key=lambda m: (m.spill, m.first))
 
 
 def _cat(msgs: list[Message], name: str) -> np.ndarray:
