@@ -9,6 +9,7 @@ The builder's own counts (sequence gaps, shed events per board) are the builder'
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterator
 from typing import Literal
@@ -135,8 +136,17 @@ class MonitorMetrics:
                  clock: Callable[[], float] = time.time) -> None:
         self.cfg = cfg
         self._m: dict[str, Counter | Gauge | Histogram] = {}
-        #: per source: (run, its EOT so far) behind na64_run_eot
+        #: per source: (run, its EOT so far) behind na64_run_eot, and the lifetime total
         self.run_eot: dict[str, tuple[int, float]] = {}
+        self.eot_total: dict[str, float] = dict.fromkeys(SOURCES, 0.0)
+        #: per source: the last closed spill's spectra, when each recent spill closed
+        #: ((run, spill, time), newest last) and when the current run started: the shift
+        #: page's per-spill plots and its rates' time base
+        self.last_spectra: dict[str, Spectra] = {}
+        self.closed_at: dict[str, collections.deque[tuple[int, int, float]]] = {
+            s: collections.deque(maxlen=512) for s in SOURCES}
+        self.run_started: dict[str, tuple[int, float]] = {}
+        self.clock = clock
         self.beam = _BeamCollector(cfg.alarms.no_spill_s, clock)
         registry.register(self.beam)
         for full, (kind, labels, doc) in METRICS.items():
@@ -201,7 +211,21 @@ class MonitorMetrics:
     def on_run_start(self, source: str, run: int) -> None:
         """A run starts: its EOT counts from zero."""
         self.run_eot[source] = (run, 0.0)
+        self.run_started[source] = (run, self.clock())
         self.gauge("na64_run_eot").labels(source).set(0.0)
+
+    def intervals(self, source: str, run: int) -> dict[int, float | None]:
+        """Seconds between each recent spill's close and the one before it in `run` (the
+        first: since the run started, when this monitor saw the start)."""
+        out: dict[int, float | None] = {}
+        started = self.run_started.get(source)
+        prev = started[1] if started is not None and started[0] == run else None
+        for r, spill, t in self.closed_at[source]:
+            if r != run:
+                continue
+            out[spill] = (t - prev) if prev is not None and t > prev else None
+            prev = t
+        return out
 
     def on_stream_gap(self, source: str, stream: str, lost: int) -> None:
         if lost > 0:
@@ -217,6 +241,8 @@ class MonitorMetrics:
         self.run_eot[src] = (s.run, eot)
         g("na64_run_eot").labels(src).set(eot)
         self.beam.last_spill[src] = now
+        self.eot_total[src] = self.eot_total.get(src, 0.0) + (s.eot or 0.0)
+        self.closed_at[src].append((s.run, s.spill, now))
         c("na64_events_total").labels(src).inc(s.events)
         c("na64_shed_events_total").labels(src).inc(s.shed)
         c("na64_spills_total").labels(src, s.closed).inc()
@@ -246,6 +272,7 @@ class MonitorMetrics:
         if s.signal_box is not None and "na64_signal_box_events" in self._m:
             g("na64_signal_box_events").labels(src).set(s.signal_box)
         if spectra is not None:
+            self.last_spectra[src] = spectra
             if src not in self._spectra.spectra:
                 self._spectra.spectra[src] = Spectra.empty(self.cfg)
             self._spectra.spectra[src].add(spectra)

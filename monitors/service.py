@@ -117,6 +117,8 @@ class MonitorService(Service):
         self._runs_closed: set[tuple[Source, int]] = set()
         #: the last closed runs' totals, newest last (bounded)
         self.run_summaries: list[dict[str, Any]] = []
+        #: the shift page served from this process (monitors.web.ShiftPage), or None
+        self.web: Any = None
 
     async def __aenter__(self) -> Self:
         # The socket exists only while the service runs, so that `handle` can be used (and
@@ -153,6 +155,8 @@ class MonitorService(Service):
         loops: dict[str, Loop] = {"receive": self._receive, "timer": self._timer}
         if self.mqtt is not None:
             loops["publish"] = self._publish
+        if self.web is not None:  # the shift page (monitors.web), when the topology has one
+            loops["web"] = self.web.serve
         return loops
 
     # --- receive -----------------------------------------------------------------------------
@@ -260,6 +264,10 @@ class MonitorService(Service):
         self._enqueue(RUN_TOPIC if ra.source == "live" else f"{RUN_TOPIC}/replay", doc)
         if self.agent is not None:
             self.agent.notify("run_closed", **doc)
+
+    def run_counts(self, source: Source) -> dict[str, int]:
+        """The current run's loss accounting (events, shed, accepted, announced, lost)."""
+        return dict(self._totals.get(source, {}))
 
     def status(self) -> dict[str, Any]:
         ra = self.analyses.get("live")
