@@ -197,6 +197,10 @@ class Factory:
         mon = MonitorService(self.cfg.endpoints.monitor,
                              config=MonitorConfig.parse(self.cfg.monitor), registry=registry,
                              mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx)
+        if self.cfg.metrics.web is not None:  # the shift page, one of the monitor's loops
+            from monitors.web import ShiftPage
+
+            mon.web = ShiftPage(mon, port=self.cfg.metrics.web, addr=self.cfg.metrics.addr)
         self._agent(mon, "monitor")
         return mon
 

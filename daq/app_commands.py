@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--metrics-port", type=int, default=0, help=(
         "/metrics port of the monitor; the other services use the next ports "
         "(default 0: free ports, printed; with --mqtt chosen once, the same for every run)"))
+    p.add_argument("--web-port", type=int, default=0, help=(
+        "port of the shift page, the monitor's live web page (default 0: a free port, "
+        "printed)"))
     p.add_argument("--mqtt", metavar="URL", default=None, help=(
         "run under run control on this broker: runs start and stop with `na64daq ctl`, "
         "trigger changes apply at the next spill; spill summaries, alarms and status are "
@@ -91,6 +94,7 @@ def _demo_config(a: argparse.Namespace) -> StackConfig:
               "trigger": 0} if port == 0 else
              {"monitor": port, "builder": port + 1, "recorder": port + 2, "frontend": port + 3,
               "control": port + 4, "trigger": port + 10})
+    ports["web"] = a.web_port
     return StackConfig.parse({
         "run_dir": a.run_dir, "workers": a.workers, "metrics": ports, "mqtt": a.mqtt,
         "simulator": {"spills": a.spills, "pace": a.pace, "factor": a.factor,
@@ -138,6 +142,11 @@ class DemoWatch:
     def metrics_url(self) -> str | None:
         servers = self.stack.servers if self.stack is not None else {}
         return servers["monitor"].url if "monitor" in servers else None
+
+    @property
+    def web_url(self) -> str | None:
+        web = self.stack.monitor.web if self.stack is not None else None
+        return web.url if web is not None else None
 
 
 _WARM_SERVICES = ("from daq.geometry import load_calibration, load_geometry\n"
@@ -213,7 +222,8 @@ def _demo(a: argparse.Namespace) -> int:
 
         async with contextlib.AsyncExitStack() as es:
             await es.enter_async_context(stack)
-            console.print(f"na64-daq demo: {a.mode} mode, metrics at "
+            console.print(f"na64-daq demo: {a.mode} mode, shift page at "
+                          f"{watch.web_url or 'off'}, metrics at "
                           f"{watch.metrics_url or 'off'}, run control "
                           + (f"on {a.mqtt} (`na64daq ctl start`; Ctrl-C leaves)" if a.mqtt
                              else f"in this process ({a.spills} spills)"))
@@ -309,6 +319,10 @@ def _up(a: argparse.Namespace) -> int:
                   + (f"autopilot {autopilot[0]} run(s) of {autopilot[1]} spills"
                      if autopilot else f"drive runs with `na64daq ctl --config {a.config} "
                      "start|stop|status`; Ctrl-C stops everything"))
+    if cfg.metrics.web is not None:  # served by the monitor process (monitors.web)
+        host = cfg.metrics.addr if cfg.metrics.addr not in ("0.0.0.0", "::") else "127.0.0.1"
+        console.print(f"shift page: http://{host}:{cfg.metrics.web}/" if cfg.metrics.web
+                      else "shift page: on a free port of the monitor's host (metrics.web = 0)")
     try:
         with Live(console=console, refresh_per_second=2, transient=True) as live:
             report = up(Path(a.config), autopilot=autopilot,

@@ -46,6 +46,9 @@ class MetricsPorts(StrictModel):
     control: int = Field(default=9104, ge=0, le=65535, description="Run control.")
     trigger: int = Field(default=9110, ge=0, le=65535,
                          description="First trigger worker; worker i serves on trigger+i.")
+    web: int | None = Field(default=None, ge=0, le=65535,
+                            description="The monitor's shift page (HTTP, monitors.web) on "
+                            "this port; 0: a free port; None: no page.")
 
     def port(self, service: str, index: int = 0) -> int:
         base = int(getattr(self, service))
