@@ -26,6 +26,7 @@ from daq.geometry import BOARD_NAMES
 from daq.service import Loop, Service
 from daq.transport import context
 from daq.wire import Kind, Message, decode
+from monitors import alarmtext
 from monitors.aggregate import MonitorInputError, RunAnalysis, Source
 from monitors.alarms import Alarms, Transition
 from monitors.config import MonitorConfig
@@ -356,7 +357,8 @@ class MonitorService(Service):
     def _alarm_transitions(self, transitions: list[Transition]) -> None:
         for t in transitions:
             self.metrics.set_alarm(t.source, t.name, t.state == "raised")
-            log.warning("alarm %s %s (value %s, spill %s)", t.name, t.state, t.value, t.spill)
+            log.warning("alarm %s", alarmtext.line(t.name, str(t.state), t.value, t.band,
+                                                   run=t.run, spill=t.spill))
             # replay alarms go under their own subtree so they never touch the live state
             prefix = ALARM_TOPIC if t.source == "live" else f"{ALARM_TOPIC}/replay"
             self._enqueue(f"{prefix}/{t.name}", t.payload())
