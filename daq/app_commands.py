@@ -127,11 +127,30 @@ class DemoWatch:
         now = sorted(n for src in st.monitor.alarms.values()
                      for n, up in src.raised.items() if up)
         w = st.recorder.rec.writer
+        mon, b = st.monitor, st.builder
         return view(run=run, sent_events=self.sent, summaries=sums, alarms=now,
                     earlier_alarms=[n for n in self.alarms_raised() if n not in now],
                     metrics_url=self.metrics_url, elapsed_s=time.monotonic() - self.t0,
                     run_file=str(w.path) if w is not None else None,
-                    run_state=st.run_state)
+                    run_state=st.run_state, web_url=self.web_url,
+                    intervals=mon.metrics.intervals("live", run) if run is not None else None,
+                    builder={**b.status(), "backpressure": b.backpressured,
+                             "shedding": b.builder.shedding},
+                    alarm_lines=self.alarm_lines(now))
+
+    def alarm_lines(self, raised: list[str]) -> list[str]:
+        """Each raised live alarm with its value (the last spill's figure) and band."""
+        from monitors.alarms import spill_values
+        from monitors.alarmtext import line
+
+        mon = self.stack.monitor
+        alarms = mon.alarms["live"]
+        last = mon.summaries[-1] if mon.summaries else None
+        values = spill_values(last, alarms.cfg.min_sample) if last is not None else {}
+        since = time.time() - mon.last_spill_time.get("live", time.time())
+        return [line(n, "raised", since if n == "no_spill" else values.get(n),
+                     alarms.band(n), run=last.run if last else None,
+                     spill=last.spill if last else None) for n in raised]
 
     def alarms_raised(self) -> list[str]:
         """Every alarm raised while this demo ran, cleared since or not."""

@@ -3,7 +3,7 @@ status line and figures of `na64daq up`, the results of `na64daq bench`."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich import box
@@ -38,24 +38,42 @@ def _eff(e: dict[str, Any] | None, *, full: bool = False) -> str:
     return f"{e['value']:.3f}±{half:.3f}"
 
 
-#: the spill table's columns, as shown left to right
+#: the spill table's columns, as shown left to right; trigger rates in Hz (the spill's
+#: events over the time since the spill before closed: per second of the SPS cycle)
 _COLUMNS = ("spill", "events", "EOT", "live", "pileup", "VETO eff", "HCAL eff", "hadron",
-            "muon", "phys", "beam", "incompl", "sig box", "cfg")
+            "muon", "phys Hz", "beam Hz", "lost/shed", "incompl", "sig box", "cfg")
 #: on a terminal too narrow for all of them, columns are left out whole, last of this
 #: order first (rather than every figure shortened to an ellipsis)
-_KEEP_FIRST = ("spill", "events", "EOT", "VETO eff", "HCAL eff", "pileup", "incompl", "cfg",
-               "live", "phys", "beam", "hadron", "muon", "sig box")
+_KEEP_FIRST = ("spill", "events", "EOT", "VETO eff", "HCAL eff", "pileup", "incompl",
+               "lost/shed", "cfg", "live", "phys Hz", "beam Hz", "hadron", "muon", "sig box")
+
+
+def _hz(n: int, seconds: float | None) -> str:
+    return "-" if not seconds else _si(n / seconds)
+
+
+def _lost_shed(s: dict[str, Any]) -> str:
+    """Events the BEAM board announced but nobody processed or shed / events shed."""
+    beam = (s.get("scalers") or {}).get("beam")
+    shed = int(s.get("shed") or 0)
+    lost = "-" if beam is None else _si(max(0, beam - s["events"] - shed))
+    return f"{lost}/{_si(shed)}"
 
 
 class SpillTable:
-    """One row per recent spill: the figures the shift crew reads first. Every column
-    fits a 120-column terminal; a narrower one shows the most important columns whole."""
+    """One row per recent spill: the figures the shift crew reads first. A 120-column
+    terminal shows all but the muon fraction and the signal box (~130 columns show every
+    one); a narrower one shows the most important columns whole.
+    `intervals`: seconds between each spill's close and the one before (the rates' time
+    base, `MonitorMetrics.intervals`); without it the rates show "-"."""
 
-    def __init__(self, summaries: Sequence[dict[str, Any]], *, last: int = 8) -> None:
-        self.rows = [self._row(s) for s in summaries[-last:]]
+    def __init__(self, summaries: Sequence[dict[str, Any]], *, last: int = 8,
+                 intervals: Mapping[int, float | None] | None = None) -> None:
+        iv = intervals or {}
+        self.rows = [self._row(s, iv.get(s["spill"])) for s in summaries[-last:]]
 
     @staticmethod
-    def _row(s: dict[str, Any]) -> tuple[str, ...]:
+    def _row(s: dict[str, Any], seconds: float | None = None) -> tuple[str, ...]:
         c = s.get("composition") or {}
         trig = s.get("triggers") or {}
         box_ = s.get("signal_box")
@@ -63,7 +81,8 @@ class SpillTable:
                 _pct(s.get("live_time_ratio"), 1), _pct(s.get("pileup_fraction")),
                 _eff(s.get("veto_efficiency")), _eff(s.get("hcal_efficiency")),
                 _pct(c.get("hadron")), _pct(c.get("muon")),
-                str(trig.get("physics", 0)), str(trig.get("beam", 0)),
+                _hz(trig.get("physics", 0), seconds), _hz(trig.get("beam", 0), seconds),
+                _lost_shed(s),
                 str(s.get("incomplete_events", 0)), "blind" if box_ is None else str(box_),
                 (s.get("trigger_cfg") or "-")[:6])  # the hash's head, as git shows one
 
@@ -92,17 +111,37 @@ class SpillTable:
         yield self.table(options.max_width)
 
 
-def spill_table(summaries: Sequence[dict[str, Any]], *, last: int = 8) -> SpillTable:
+def spill_table(summaries: Sequence[dict[str, Any]], *, last: int = 8,
+                intervals: Mapping[int, float | None] | None = None) -> SpillTable:
     """The spill table of the live view (see SpillTable)."""
-    return SpillTable(summaries, last=last)
+    return SpillTable(summaries, last=last, intervals=intervals)
+
+
+def builder_health(b: Mapping[str, Any] | None) -> str:
+    """The event builder's state in one line of markup: its queues, refusals, and red
+    while it applies backpressure or sheds events."""
+    if not b:
+        return "builder -"
+    refused = sum((b.get("refused") or {}).values())
+    bp, shed = bool(b.get("backpressure")), bool(b.get("shedding"))
+    state = ("[bold red]shedding[/]" if shed else "[bold yellow]backpressure[/]" if bp
+             else "[green]ok[/]")
+    return (f"builder {state}: pending {_si(b.get('pending_events', 0))}, queued "
+            f"{_si(b.get('queued_events', 0))}, refused "
+            + (f"[bold red]{refused}[/]" if refused else "0"))
 
 
 def view(*, run: int | None, sent_events: int, summaries: Sequence[dict[str, Any]],
          alarms: Sequence[str], metrics_url: str | None, elapsed_s: float,
          run_file: str | None, earlier_alarms: Sequence[str] = (),
-         run_state: str | None = None) -> Group:
-    """The whole live view: header line, spill table, alarms (`alarms` raised now in red,
-    `earlier_alarms` raised earlier in the run and cleared since in yellow)."""
+         run_state: str | None = None, web_url: str | None = None,
+         intervals: Mapping[int, float | None] | None = None,
+         builder: Mapping[str, Any] | None = None,
+         alarm_lines: Sequence[str] | None = None) -> Group:
+    """The whole live view: header lines (run, builder health, addresses), spill table,
+    alarms (`alarms` raised now in red, as `alarm_lines` when given: value and band, see
+    monitors.alarmtext; `earlier_alarms` raised earlier in the run and cleared since in
+    yellow)."""
     eot = sum(s.get("eot") or 0 for s in summaries)
     gap = "   "
     head = Text.from_markup(
@@ -110,14 +149,20 @@ def view(*, run: int | None, sent_events: int, summaries: Sequence[dict[str, Any
                   + (f" ({run_state})" if run_state else ""),
                   f"spills closed [bold]{len(summaries)}[/]", f"EOT [bold]{eot:,.0f}[/]",
                   f"generated {sent_events:,} events in {elapsed_s:.1f} s"))
-        + "\n" + gap.join((f"metrics {escape(metrics_url or 'off')}",
-                           f"run file {escape(run_file or '-')}")))
-    text = f"[bold red]{', '.join(alarms)}[/]" if alarms else "[green]none now[/]"
+        + "\n" + builder_health(builder)
+        + "\n" + gap.join(((f"shift page {escape(web_url)}" if web_url else ""),
+                           f"metrics {escape(metrics_url or 'off')}",
+                           f"run file {escape(run_file or '-')}")).strip())
+    if alarms and alarm_lines:
+        text = "\n".join(f"[bold red]{escape(x)}[/]" for x in alarm_lines)
+    else:
+        text = f"[bold red]{', '.join(alarms)}[/]" if alarms else "[green]none now[/]"
     if earlier_alarms:
-        text += f"   [yellow]raised earlier, cleared since: {', '.join(earlier_alarms)}[/]"
+        text += f"{chr(10) if alarm_lines and alarms else '   '}[yellow]raised earlier, " \
+                f"cleared since: {', '.join(earlier_alarms)}[/]"
     elif not alarms:
         text = "[green]none[/]"
-    return Group(Panel(head, title="na64-daq demo"), spill_table(summaries),
+    return Group(Panel(head, title="na64-daq demo"), spill_table(summaries, intervals=intervals),
                  Panel(text, title="alarms"))
 
 
