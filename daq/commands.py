@@ -45,6 +45,21 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_export)
 
+    p = sub.add_parser("plot", help="draw a run file's E_ECAL spectrum, E_ECAL-E_HCAL plane "
+                       "and per-spill figures as PNG files",
+                       description="Draw the pictures of a run file (docs/analysis.md, "
+                       "\"Plots\") with matplotlib and mplhep into a directory: "
+                       "ecal_spectrum.png, ecal_hcal_plane.png, spill_figures.png and the "
+                       "numbers drawn, plots.json; pip install 'na64-daq[plots]'.")
+    p.add_argument("file", help="run file with events (raw, recorded, replay run)")
+    p.add_argument("--out", required=True, metavar="DIR", help="directory for the files")
+    p.add_argument("--sample", choices=("unbiased", "accepted"), default="unbiased",
+                   help="recorded files: the events of the per-spill figures (as analyze)")
+    p.add_argument("--monitor-config", metavar="FILE", help="monitor configuration (signal "
+                   "box, cuts, blind) as TOML or JSON")
+    add_trigger_config_args(p)
+    p.set_defaults(func=_plot)
+
 
 def _inspect(args: argparse.Namespace) -> int:
     from daq.inspect import format_text, summarize
@@ -71,6 +86,17 @@ def _export(args: argparse.Namespace) -> int:
               else f"spill {res.spills[0]}")
     print(f"exported {res.events:,} events of {spills} to {res.path} ({res.format}, "
           f"{res.bytes:,} bytes, {len(res.columns)} columns)")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from daq.analysis.plots import plot_file
+    from monitors.config import load_config
+    from trigger.commands import trigger_config_from_args
+
+    for path in plot_file(args.file, args.out, monitor_config=load_config(args.monitor_config),
+                          sample=args.sample, trigger_config=trigger_config_from_args(args)):
+        print(f"wrote {path}")
     return 0
 
 
