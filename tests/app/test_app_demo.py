@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import re
 import socket
 from pathlib import Path
@@ -13,16 +14,19 @@ import pytest
 
 from daq.cli import main
 from daq.runfile import RunFileReader
-from tests.conftest import free_tcp_ports
+from tests.conftest import free_tcp_ports, require_binary
 
 
+@pytest.mark.slow
 def test_demo_runs_spills_and_records_them(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["demo", "--spills", "2", "--generated-s", "0.02", "--no-live", "--json",
-               "--run-dir", str(tmp_path), "--run", "7", "--seed", "5"])
+               "--run-dir", str(tmp_path), "--seed", "5"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["run"] == 7 and [s["spill"] for s in out["spills"]] == [0, 1]
+    run = out["run"]
+    assert isinstance(run, int) and [s["spill"] for s in out["spills"]] == [0, 1]
+    assert all(s["run"] == run for s in out["spills"])
     rate = 6e6 / 4.8
     for s in out["spills"]:
         assert s["events"] > 0.9 * rate * 0.02  # Poisson(25000): far inside
@@ -34,6 +38,7 @@ def test_demo_runs_spills_and_records_them(tmp_path: Path,
         assert abs(veto["value"] - expect) < 4 * half
     assert out["alarms_raised"] == []  # nominal beam
     [path] = out["files"]
+    assert Path(path).name == f"run{run:06d}.na64"
     reader = RunFileReader(path)
     kinds = [m.kind.value for m in reader]
     assert reader.report.closed_cleanly and not reader.report.torn
@@ -43,8 +48,24 @@ def test_demo_runs_spills_and_records_them(tmp_path: Path,
     recorded = sum(m.count for m in RunFileReader(path) if m.kind.value == "accepted")
     assert recorded == sum(s["accepted"] for s in out["spills"])
     _check_live_view(out["spills"])
+    # run control numbers the runs (its state persists under the run directory): the next
+    # demo on the same directory takes the next number and its own file
+    rc = main(["demo", "--spills", "1", "--generated-s", "0.005", "--no-live", "--json",
+               "--run-dir", str(tmp_path), "--seed", "5"])
+    assert rc == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["run"] == run + 1, (run, again["run"])
+    assert [s["spill"] for s in again["spills"]] == [0]
+    [second] = again["files"]
+    assert Path(second).name == f"run{run + 1:06d}.na64"
+    assert sorted(p.name for p in tmp_path.glob("run*.na64")) == [
+        f"run{run:06d}.na64", f"run{run + 1:06d}.na64"]
+    reader = RunFileReader(second)
+    assert [m.run for m in reader if m.kind.value == "run_start"] == [run + 1]
+    assert reader.report.closed_cleanly
 
 
+@pytest.mark.slow
 def test_demo_live_view_shows_the_alarms_raised(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """5x the nominal intensity: pileup pulls the VETO and HCAL efficiencies far below their
@@ -93,44 +114,68 @@ def _check_live_view(spills: list[dict]) -> None:
                        for r in rows), text
             if events is not None:
                 assert all(r["events"] == events and r["EOT"] == eot for r in rows), text
-            if width == 120:
-                assert len(header) == 14 and header[-1] == "cfg", header
+            if width == 120:  # every column but the muon fraction and the signal box
+                assert header == ["spill", "events", "EOT", "live", "pileup", "VETO eff",
+                                  "HCAL eff", "hadron", "phys Hz", "beam Hz", "lost/shed",
+                                  "incompl", "cfg"], header
                 assert all(len(r["cfg"]) == 6 for r in rows), text  # the trigger config's hash
             assert "generated 12,345,678 events" in text, text
 
 
 def _topology(tmp_path: Path, spills: int, pace: str = "") -> Path:
-    p = free_tcp_ports(10, block=True)  # p[8], p[9]: the two trigger workers' /metrics
+    # p[8], p[9]: the two trigger workers' /metrics; p[10]: run control's command channel
+    p = free_tcp_ports(11, block=True)
     topo = tmp_path / "topology.toml"
     topo.write_text(
         f'run_dir = "{tmp_path / "runs"}"\nworkers = 2\n[endpoints]\n'
         f'builder_in = "tcp://127.0.0.1:{p[0]}"\nbuilder_out = "tcp://127.0.0.1:{p[1]}"\n'
         f'recorder = "tcp://127.0.0.1:{p[2]}"\nmonitor = "tcp://127.0.0.1:{p[3]}"\n'
+        f'control = "tcp://127.0.0.1:{p[10]}"\n'
         f"[metrics]\nfrontend = {p[4]}\nbuilder = {p[5]}\nrecorder = {p[6]}\n"
         f"monitor = {p[7]}\ncontrol = 0\ntrigger = {p[8]}\n"
         f"[simulator]\nspills = {spills}\n{pace}[simulator.sim]\ngenerated_s = 0.01\n")
     return topo
 
 
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 @pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.mosquitto
 def test_up_runs_every_service_as_a_process(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
+    require_binary("mosquitto")
     topo = _topology(tmp_path, spills=2)
-    assert main(["up", "--config", str(topo), "--json"]) == 0
+    assert main(["up", "--config", str(topo), "--autopilot", "1:2", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    names = set(report["services"])
-    assert names >= {"builder", "recorder", "monitor", "trigger-0", "trigger-1", "frontend"}
+    assert report["ok"] and report["gave_up"] == [], report
+    assert set(report["services"]) == {"control", "frontend", "builder", "trigger-0",
+                                       "trigger-1", "recorder", "monitor"}
     for name, r in report["services"].items():
-        assert r["exit"] == 0, name
+        assert r["exit"] == 0 and r["restarts"] == 0, (name, r)  # clean, drained exits
         assert r["peak_rss_bytes"] > 10 * 2**20, name  # sampled from /proc while running
+        assert _gone(r["pid"]), name
+        assert Path(r["log"]).parent == tmp_path / "runs" / "logs"
+    # the run, as run control recorded it: numbered by run control, ended by its spills
+    [run] = report["runs"]
+    assert run["spills"] == 2 and "max_spills" in run["stop_reason"], run
+    assert run["started_by"] == "shift"  # the autopilot drives run control as the crew would
     [path] = sorted((tmp_path / "runs").glob("run*.na64"))
+    assert path.name == f"run{run['run']:06d}.na64"
     reader = RunFileReader(path)
     list(reader)
     assert reader.report.closed_cleanly
     assert sorted(reader.report.spills) == [0, 1]
-    assert report["gave_up"] == []
+    assert all(sp.complete for sp in reader.report.spills.values())
     fig = report["figures"]  # the monitor's own account of the run, before it was stopped
     assert fig["spills"] == 2 and fig["forced_spills"] == 0 and fig["last_spill"] == 1
+    assert fig["events"] == run["events"]
     assert fig["lost"] == 0 and fig["shed"] == 0
     assert fig["alarms"] == fig["alarms_raised"] == []  # nominal beam
     assert 0 < fig["eot"] <= fig["events"]
@@ -213,18 +258,25 @@ def test_up_status_line_names_alarms_losses_and_restarts() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.mosquitto
 def test_up_shows_the_run_as_it_goes(tmp_path: Path) -> None:
     from daq.launch import up
 
+    require_binary("mosquitto")
     seen: list[dict] = []
     # SPS timing 20x faster: a spill every 0.84 s, so the run lasts several looks (0.5 s)
     topo = _topology(tmp_path, spills=3, pace='pace = "factor"\nfactor = 20.0\n')
-    report = up(topo, progress=seen.append)
+    report = up(topo, autopilot=(1, 3), progress=seen.append)
     assert report["ok"], report
-    spills = [f["spills"] for f in seen]
+    # the looks taken once the monitor answered (before, it is still starting)
+    spills = [f["spills"] for f in seen if f.get("spills") is not None]
     assert spills == sorted(spills) and spills[0] < spills[-1], spills  # it moved, never back
     assert all(f["restarts"] == {} for f in seen)  # nothing crashed
+    states = [f["run_state"].get("state") for f in seen]
+    assert "running" in states, states  # the crew saw the run under way
     assert report["figures"]["spills"] == 3 and report["figures"]["lost"] == 0
+    assert [r["spills"] for r in report["runs"]] == [3]
 
 
 def test_a_metrics_port_in_use_is_named() -> None:
@@ -242,8 +294,9 @@ def test_a_metrics_port_in_use_is_named() -> None:
 
 
 def test_demo_under_run_control_keeps_its_metrics_ports_from_run_to_run() -> None:
-    """Each run under --mqtt is a new pipeline: with port 0 its /metrics would move at every
-    run. The ports are chosen once, in the --metrics-port layout, and were free."""
+    """Under --mqtt the demo stands and takes run after run: a Prometheus (and the shift
+    crew's bookmark) follows it from run to run. The ports are chosen once, in the
+    --metrics-port layout, and were free."""
     from daq.app_commands import _demo_config
     from daq.cli import build_parser
 
@@ -260,21 +313,36 @@ def test_demo_under_run_control_keeps_its_metrics_ports_from_run_to_run() -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.mosquitto
 def test_up_runs_nothing_when_a_service_cannot_start(tmp_path: Path,
-                                                     capfd: pytest.CaptureFixture[str]) -> None:
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    require_binary("mosquitto")
     topo = _topology(tmp_path, spills=2)
     trigger1 = int(topo.read_text().split("trigger = ")[1].split()[0]) + 1
     with socket.socket() as taken:  # trigger-1's /metrics port is someone else's
         taken.bind(("127.0.0.1", trigger1))
         taken.listen()
-        assert main(["up", "--config", str(topo)]) == 2
-    err = capfd.readouterr().err
-    assert "trigger-1 exited with code 2 while starting" in err, err
-    assert f"metrics.trigger + 1={trigger1} is invalid" in err, err  # the worker's own words
+        assert main(["up", "--config", str(topo), "--autopilot", "1:2", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert not report["ok"]
+    # the report names the service, its exit code and its own last words (its log's last
+    # line), and where the rest of its log is
+    [failed] = report["runs"]
+    assert set(failed) == {"error"}, failed  # no run was started
+    log = tmp_path / "runs" / "logs" / "trigger-1.log"
+    assert "trigger-1 exited with code 2 while starting" in failed["error"], failed
+    assert f"metrics.trigger + 1={trigger1} is invalid" in failed["error"], failed
+    assert f"(log: {log})" in failed["error"], failed
+    assert f"metrics.trigger + 1={trigger1} is invalid" in log.read_text()
+    assert report["services"]["trigger-1"]["exit"] == 2
+    # everything else was stopped: no process of this `up` is left
+    assert all(_gone(r["pid"]) for r in report["services"].values()), report["services"]
     assert not list((tmp_path / "runs").glob("run*.na64*"))  # no beam was sent
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_bench_pipeline_is_loss_free_and_counts_what_it_sent() -> None:
     from daq.bench import bare_zmq, pipeline
 
