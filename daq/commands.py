@@ -15,13 +15,16 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("replay", help="re-send a recorded raw run into a running system",
+    p = sub.add_parser("replay", help="re-send a run file into a running system",
                        description=(
                            "With --config: a replay run of its own in the standing system of "
                            "that topology (run control gives it a run number, marks it replay, "
                            "refuses it while a live run is open). With --to: send the file to "
-                           "a builder's input as it is (no run control)."))
-    p.add_argument("file", help="raw run file")
+                           "a builder's input as it is (no run control), waiting until it is "
+                           "delivered. A raw file is sent as recorded; a recorded file's "
+                           "accepted events are sent again as board streams (renumbered, "
+                           "decided by the receiving system's trigger: docs/analysis.md)."))
+    p.add_argument("file", help="raw or recorded run file")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--config", metavar="FILE", help="topology of a running `na64daq up`")
     where.add_argument("--to", metavar="ENDPOINT", help="a builder's input (no run control)")
@@ -29,6 +32,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--speed", default="max", help="realtime, max or a factor (default max)")
     p.add_argument("--spills", default=None, metavar="A:B", help="spills A to B inclusive")
     p.add_argument("--eos", action="store_true", help="also send the recorded end of stream")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="S",
+                   help="--to: seconds to wait for a receiver, for it to take the next "
+                   "message, and for the last ones to be delivered (default 10)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_replay)
 
@@ -101,13 +107,19 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    import sys
+
     from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 
-    from daq.replay import parse_speed, parse_spills, replay
+    from daq.errors import ConfigError
+    from daq.replay import check_endpoint, parse_speed, parse_spills, replay
 
     speed, spills = parse_speed(args.speed), parse_spills(args.spills)
     if args.config:
         return _replay_run(args, speed, spills)
+    check_endpoint(args.to)
+    if not 0 < args.timeout <= 86400:
+        raise ConfigError("--timeout", args.timeout, "seconds within (0, 86400]")
     with Progress("[bold magenta]REPLAY", BarColumn(), DownloadColumn(),
                   TimeRemainingColumn(), disable=args.no_progress) as bar:
         task = bar.add_task("replay", total=None)
@@ -116,9 +128,14 @@ def _replay(args: argparse.Namespace) -> int:
             bar.update(task, completed=done, total=total)
 
         res = asyncio.run(replay(args.file, args.to, speed=speed, spills=spills,
-                                 send_eos=args.eos, progress=show))
+                                 send_eos=args.eos, progress=show, timeout_s=args.timeout))
+    if not res.delivered:
+        print(f"sent {res.messages} messages ({res.events} events) in {res.seconds:.2f} s; "
+              f"{'not all' if res.messages else 'none'} delivered")
+        print(f"na64daq replay: error: {res.reason}", file=sys.stderr)
+        return 1
     print(f"replayed {res.messages} messages, {res.events} events, {res.bytes} bytes "
-          f"in {res.seconds:.2f} s (marked replay)")
+          f"in {res.seconds:.2f} s (marked replay), all delivered to {args.to}")
     return 0
 
 
@@ -144,13 +161,19 @@ def _replay_run(args: argparse.Namespace, speed: float, spills: Any) -> int:
     except DaqError as e:
         print(f"na64daq replay: error: {e}", file=sys.stderr)
         return 1
+    if not res.delivered:
+        print(f"na64daq replay: error: {res.reason}", file=sys.stderr)
     print(f"replay run {stop['run']}: sent {res.messages} messages, {res.events} events in "
           f"{res.seconds:.2f} s; run control closed it with {stop.get('spills')} spills, "
           f"{stop.get('events')} events ({'ok' if stop.get('ok') else stop.get('reason')})")
     if not stop.get("ok") or not stop.get("events"):
         print("na64daq replay: error: the replay run recorded no event", file=sys.stderr)
         return 1
-    return 0
+    if stop.get("events") != res.events:
+        print(f"na64daq replay: error: the monitors counted {stop.get('events')} events of "
+              f"the {res.events} sent", file=sys.stderr)
+        return 1
+    return 0 if res.delivered else 1
 
 
 def _host(url: str | None) -> str:

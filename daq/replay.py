@@ -1,17 +1,34 @@
-"""Replay: re-send a recorded raw run into a running system, every message marked replay.
+"""Replay: re-send a run file into a running system, every message marked replay.
 
 `schedule()` is the pure part: which messages go, renumbered and marked, and when (seconds
 after the start of the replay) at a given speed. `replay()` sends them on a ZeroMQ PUSH
-socket connected to the builder's input. Sequence numbers are shifted so that each stream
-of the replay starts at 0 while the gaps of the recording are kept (so they are counted
-again, not hidden); recorded `eos` markers are dropped unless asked for, so that a replay
-into a long-running builder does not end its stream.
+socket connected to the builder's input and waits until they are delivered. Sequence
+numbers are shifted so that each stream of the replay starts at 0 while the gaps of the
+recording are kept (so they are counted again, not hidden); recorded `eos` markers are
+dropped unless asked for, so that a replay into a long-running builder does not end its
+stream.
+
+A builder takes board streams. A raw file holds them; a recorded file (accepted events)
+is turned back into them (daq.analysis.boards: its events renumbered, the receiving
+system's trigger deciding); a truth or features file has none and is refused.
+
+Delivery (docs/analysis.md, "Replay"): a PUSH socket has no acknowledgement, so `replay()`
+counts a message delivered once it has left this process for a receiver that was
+connected: it sends only on a completed connection (ZMQ_IMMEDIATE), gives up when the
+receiver takes nothing for `timeout_s`, and at the end closes with a linger of `timeout_s`
+on a context of its own: the context ends before the linger runs out only when every
+queued message was written to the connection. A receiver that disconnects meanwhile
+leaves delivery unconfirmed. inproc endpoints share the caller's context; there a sent
+message is already in the receiver's queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import itertools
+import re
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -21,12 +38,27 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from daq.analysis.boards import board_streams, unconvertible
+from daq.analysis.errors import AnalysisError
+from daq.analysis.source import FileKind, kind_of
 from daq.errors import ConfigError, DaqError
+from daq.geometry import BOARD_NAMES
 from daq.runfile import RunFileReader
 from daq.transport import context
 from daq.wire import Kind, Message, encode
 
 Progress = Callable[[int, int], None]  # (bytes sent, bytes to send)
+_ENDPOINT = re.compile(r"^(tcp|ipc|inproc)://\S+$")
+_SNDHWM = 16  # messages queued towards the receiver: small, so that a stall shows quickly
+_EVENTS = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED
+
+
+def check_endpoint(endpoint: str) -> str:
+    """A ZeroMQ endpoint with its scheme, or ConfigError saying what one looks like."""
+    if not _ENDPOINT.match(endpoint or ""):
+        raise ConfigError("--to", endpoint, "a ZeroMQ endpoint with its scheme: "
+                          "tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+    return endpoint
 
 
 def parse_speed(text: str) -> float:
@@ -88,7 +120,7 @@ def schedule(reader: RunFileReader, *, speed: float = 0.0,
     t0: dict[int, int] = {}
     start_ns: int | None = None
     at = 0.0
-    for msg in reader.messages(spills):
+    for msg in board_messages(reader, spills):
         if msg.kind is Kind.END_OF_STREAM and (not send_eos or run is not None):
             continue
         if run is not None and msg.kind is Kind.RUN_STOP:
@@ -111,35 +143,90 @@ def schedule(reader: RunFileReader, *, speed: float = 0.0,
                                       replay=True, meta={"reason": "end of the replay"}), 0)
 
 
+def board_messages(reader: RunFileReader, spills: tuple[int, int] | None = None
+                   ) -> Iterator[Message]:
+    """The board streams of a file as recorded: a raw file's messages as they are, a
+    recorded or built file's events turned back into board streams; ReplayError for a
+    file with none (truth, features)."""
+    it = reader.messages(spills)
+    head: list[Message] = []
+    kind = None
+    for m in it:
+        head.append(m)
+        kind = kind_of(m)
+        if kind is not None:
+            break
+    stream = itertools.chain(head, it)
+    if kind in (FileKind.RECORDED, FileKind.BUILT):
+        try:
+            why = unconvertible(head[-1])
+            if why:
+                raise AnalysisError(why)
+            yield from board_streams(stream, BOARD_NAMES)
+        except AnalysisError as e:
+            raise ReplayError(f"{reader.path} is a {kind} file whose {e}: nothing can be "
+                              "replayed into a builder") from None
+    elif kind in (FileKind.TRUTH, FileKind.FEATURES):
+        raise ReplayError(f"{reader.path} is a {kind} file: it holds no board data, so "
+                          "nothing can be replayed into a builder (replay a raw or a "
+                          "recorded file)")
+    else:
+        yield from stream
+
+
 @dataclass
 class ReplayResult:
-    messages: int = 0
+    messages: int = 0  # sent
     events: int = 0
     bytes: int = 0
     seconds: float = 0.0
+    #: every message sent reached a connected receiver within the timeout (module docstring)
+    delivered: bool = False
+    #: why not, naming the endpoint and the timeout; "" when delivered
+    reason: str = ""
 
 
 async def replay(path: str | Path, endpoint: str, *, speed: float = 0.0,
                  spills: tuple[int, int] | None = None, send_eos: bool = False,
                  ctx: zmq.asyncio.Context | None = None, progress: Progress | None = None,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-                 run: int | None = None) -> ReplayResult:
-    """Send a raw run file to `endpoint` (the builder's input) as a replay (`run`: as the
-    replay run run control opened, see `schedule`)."""
+                 run: int | None = None, timeout_s: float = 10.0) -> ReplayResult:
+    """Send a run file to `endpoint` (the builder's input) as a replay and wait until it
+    is delivered (`run`: as the replay run run control opened, see `schedule`). The result
+    says what was sent and whether all of it was delivered (module docstring)."""
+    check_endpoint(endpoint)
     reader = RunFileReader(path)
+    plan = schedule(reader, speed=speed, spills=spills, send_eos=send_eos, run=run)
+    head = next(plan, None)  # a file that cannot be replayed is refused before connecting
+    plan = itertools.chain([head] if head is not None else [], plan)
     total = reader.path.stat().st_size
-    sock = (ctx or context()).socket(zmq.PUSH)
-    sock.setsockopt(zmq.LINGER, 10_000)  # let the tail of the replay go on close
+    inproc = endpoint.startswith("inproc://")
+    own = None if inproc else zmq.asyncio.Context()
+    sock = (ctx or context() if own is None else own).socket(zmq.PUSH)
+    sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only towards a receiver that is there
+    sock.setsockopt(zmq.SNDHWM, _SNDHWM)
+    peer = _Peer(sock, endpoint) if own is not None else None
     sock.connect(endpoint)
     res = ReplayResult()
     first_board = ""
     t_start = time.monotonic()
     try:
-        for p in schedule(reader, speed=speed, spills=spills, send_eos=send_eos, run=run):
+        if peer is not None and not await peer.connected(timeout_s):
+            res.reason = (f"nothing accepted a connection at {endpoint} within {timeout_s:g} "
+                          "s: no message delivered")
+            return res
+        for p in plan:
             wait = p.at_s - (time.monotonic() - t_start)
             if wait > 0:
                 await sleep(wait)
-            await sock.send_multipart(encode(p.msg), copy=False)
+            try:
+                await asyncio.wait_for(sock.send_multipart(encode(p.msg), copy=False),
+                                       timeout_s)
+            except TimeoutError:
+                gone = " (it disconnected)" if peer is not None and peer.disconnects else ""
+                res.reason = (f"the receiver at {endpoint} took nothing for {timeout_s:g} s "
+                              f"after {res.messages} messages{gone}: the replay gave up")
+                break
             res.messages += 1
             res.bytes += p.nbytes
             # events, not fragments: each event has one fragment per board
@@ -149,9 +236,70 @@ async def replay(path: str | Path, endpoint: str, *, speed: float = 0.0,
             if progress is not None:
                 progress(min(reader.report.bytes_read, total), total)
     finally:
-        sock.close()
+        drained = await _close(sock, own, peer, timeout_s if not res.reason else 0.0)
+    if not res.reason and peer is not None and peer.disconnects:
+        res.reason = (f"the receiver at {endpoint} disconnected during the replay: delivery "
+                      f"of the {res.messages} messages sent is not confirmed")
+    elif not res.reason and not drained:
+        res.reason = (f"the receiver at {endpoint} had not taken every message when the "
+                      f"{timeout_s:g} s timeout ran out: {res.messages} sent, the last ones "
+                      "not delivered")
+    res.delivered = not res.reason
     res.seconds = time.monotonic() - t_start
     return res
+
+
+class _Peer:
+    """Connection events of a socket (its monitor): handshakes and disconnects."""
+
+    def __init__(self, sock: zmq.asyncio.Socket, endpoint: str) -> None:
+        self.mon = sock.get_monitor_socket(_EVENTS)
+        self.sock = sock
+        self.up = asyncio.Event()
+        self.disconnects = 0
+        self.task = asyncio.create_task(self._watch(), name=f"replay-monitor {endpoint}")
+
+    async def _watch(self) -> None:
+        from zmq.utils.monitor import parse_monitor_message
+
+        while True:
+            ev = parse_monitor_message(await self.mon.recv_multipart())
+            if ev["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.up.set()
+            elif ev["event"] == zmq.EVENT_DISCONNECTED and self.up.is_set():
+                self.disconnects += 1
+
+    async def connected(self, timeout_s: float) -> bool:
+        try:
+            await asyncio.wait_for(self.up.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        await asyncio.sleep(0)  # let the watcher take events already queued
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+        with contextlib.suppress(zmq.ZMQError):
+            self.sock.disable_monitor()
+        self.mon.close(linger=0)
+
+
+async def _close(sock: zmq.asyncio.Socket, own: zmq.asyncio.Context | None,
+                 peer: _Peer | None, linger_s: float) -> bool:
+    """Close the socket; with a context of its own, True when everything queued left
+    before the linger ran out (the context ends early only then)."""
+    if peer is not None:
+        await peer.stop()
+    if own is None:
+        sock.close(linger=int(linger_s * 1000) if linger_s else 0)
+        return True
+    sock.close(linger=int(linger_s * 1000))
+    t0 = time.monotonic()
+    await asyncio.to_thread(own.term)
+    # a linger that ran out ends the context at linger_s: what was queued was dropped
+    return not linger_s or time.monotonic() - t0 < linger_s - 0.02
 
 
 async def replay_run(path: str | Path, endpoint: str, settings: Any, *, speed: float = 0.0,
@@ -177,3 +325,7 @@ async def replay_run(path: str | Path, endpoint: str, settings: Any, *, speed: f
 
 class ReplayRefused(DaqError):
     """Run control did not open a replay run (a live run is open, or it is in error)."""
+
+
+class ReplayError(DaqError):
+    """A file cannot be replayed into a builder (it holds no board data)."""

@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    "(feature mode always does)")
     p.add_argument("--zs-adc", type=float, default=None, metavar="X",
                    help="zero-suppression threshold, ADC counts (default 6)")
-    p.add_argument("--generated-s", type=float, default=None,
-                   help="seconds of each spill to generate (default: the whole spill)")
+    p.add_argument("--generated-s", type=float, default=0.1,
+                   help="seconds of each spill to generate, at the full rate so that pileup "
+                   "is right (default 0.1, as the demo: ~125,000 events a spill at 6e6; "
+                   "4.8 is the whole spill, ~48x the size)")
     p.add_argument("--slice-events", type=int, default=None)
     p.add_argument("--run", type=int, default=1)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -42,7 +44,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     f.add_argument("--fault-duplicate", type=float, metavar="RATE", help="duplicated slices")
     f.add_argument("--fault-reorder", type=float, metavar="RATE", help="reordered slices")
     f.add_argument("--fault-ramp", type=float, metavar="R", help="intensity x (1 + R spill)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no size estimate, no progress bar")
     p.set_defaults(func=_simulate)
 
 
@@ -83,7 +85,8 @@ def _sim_dict(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def _simulate(a: argparse.Namespace) -> int:
-    from rich.progress import Progress
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
     from daq.geometry import load_calibration, load_geometry
     from simulators import run
@@ -94,13 +97,33 @@ def _simulate(a: argparse.Namespace) -> int:
     cfg = SimConfig.parse(_sim_dict(a))
     faults = FaultConfig.parse(_fault_dict(a))
     geom = load_geometry()
-    fe = run.build(cfg, geom, load_calibration(geom), faults, a.spills, a.truth is not None)
-    with Progress(disable=a.quiet, transient=True) as bar:
-        task = bar.add_task("spills", total=a.spills)
+    calib = load_calibration(geom)
+    where = a.out or a.to
+    size = run.estimate(cfg, geom, calib, faults, a.spills)
+    total = size.total(truth=a.truth is not None)
+    if not a.quiet:
+        print(f"simulate: {a.spills} spill(s) of ~{size.events / a.spills:,.0f} events (the "
+              f"first {cfg.gen_s:g} s of each {cfg.spill_length_s:g} s spill at "
+              f"{cfg.intensity:.3g} particles a spill), {cfg.mode} mode, "
+              f"~{size.bytes_per_event:,.0f} B/event: about {_human(total)} "
+              f"{'to write to' if a.out else 'to send to'} {where}"
+              + (" (with the truth)" if a.truth else ""), flush=True)
+    fe = run.build(cfg, geom, calib, faults, a.spills, a.truth is not None)
+    columns = (TextColumn("spill {task.fields[spill]}/{task.fields[spills]}"), BarColumn(),
+               DownloadColumn(), TextColumn("{task.fields[events]:,} events"),
+               TimeRemainingColumn())
+    with Progress(*columns, disable=a.quiet, transient=True,
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("simulate", total=total, spill=0, spills=a.spills, events=0)
+        events = 0
 
         def progress(em: Any) -> None:
-            if em.src == fe.boards[0] and em.msg.kind == "spill_end":
-                bar.advance(task)
+            nonlocal events
+            if em.msg.kind == "slice":
+                events += em.msg.count if em.src == fe.boards[0] else 0
+                bar.update(task, advance=em.msg.nbytes, events=events)
+            elif em.src == fe.boards[0] and em.msg.kind == "spill_end":
+                bar.update(task, spill=em.msg.spill + 1)
 
         if a.out:
             summary = run.to_file(fe, a.out, a.truth, progress)
@@ -108,9 +131,16 @@ def _simulate(a: argparse.Namespace) -> int:
             summary = run.to_endpoint(fe, a.to, pace=a.pace, factor=a.factor, truth=a.truth,
                                       progress=progress)
     events = max(summary.events.values(), default=0)
-    where = a.out or a.to
     print(f"simulated {a.spills} spill(s), {events} events per board, "
           f"{sum(summary.messages.values())} messages -> {where}")
     for path in summary.files:
-        print(f"  wrote {path}")
+        print(f"  wrote {path} ({_human(path.stat().st_size)})")
     return 0
+
+
+def _human(n: float) -> str:
+    """Bytes in the largest unit that keeps the figure at least 1: 48.0 MB, 3.46 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n:.0f} B"

@@ -11,13 +11,14 @@ from pathlib import Path
 from daq.geometry import Calibration, Geometry
 from daq.runfile import RunFileWriter
 from daq.transport import close_transport
-from daq.wire import Kind
+from daq.wire import Kind, encode, pack_frames
 from simulators.config import FaultConfig, SimConfig
 from simulators.errors import SimulatorError
 from simulators.frontend import TRUTH, Emission, FrontEnds
 from simulators.generator import Simulator
 
 Progress = Callable[[Emission], object]
+_REC = 8  # a run file record's length and CRC before its payload
 
 
 @dataclass
@@ -39,6 +40,39 @@ def _writer(path: str | Path, sim: Simulator) -> RunFileWriter:
                          config={"simulation": sim.cfg.model_dump(mode="json"),
                                  "faults": sim.faults.model_dump(mode="json")},
                          geometry_hash=sim.geom.hash, calibration_hash=sim.calib.hash)
+
+
+@dataclass(frozen=True)
+class SizeEstimate:
+    """What a simulated run will write, measured on one slice before it starts."""
+
+    events: float  # expected events per board, all spills (Poisson mean)
+    bytes_per_event: float  # of the board streams, as run file records
+    truth_bytes_per_event: float
+
+    def total(self, truth: bool = False) -> float:
+        return self.events * (self.bytes_per_event + (self.truth_bytes_per_event if truth
+                                                       else 0.0))
+
+
+def estimate(cfg: SimConfig, geom: Geometry, calib: Calibration, faults: FaultConfig,
+             spills: int) -> SizeEstimate:
+    """The expected size of a run: its expected events, and the bytes per event of one
+    slice of it simulated here (the same settings, a fraction of a spill)."""
+    per_spill = cfg.intensity * cfg.gen_s / cfg.spill_length_s
+    events = sum(per_spill * faults.intensity_factor(s) for s in range(spills))
+    sample_s = min(cfg.gen_s, cfg.spill_length_s * cfg.slice_events / cfg.intensity)
+    probe = SimConfig.parse({**cfg.model_dump(mode="json"), "generated_s": sample_s})
+    fe = FrontEnds(Simulator(probe, geom, calib), spills=1, truth=True)
+    sizes = {"boards": 0, TRUTH: 0}
+    n = 0
+    for em in fe.run():
+        if em.msg.kind is Kind.SLICE:
+            size = _REC + sum(memoryview(f).nbytes for f in pack_frames(encode(em.msg)))
+            sizes[TRUTH if em.src == TRUTH else "boards"] += size
+            n += em.msg.count if em.src == fe.boards[0] else 0
+    n = max(n, 1)
+    return SizeEstimate(events, sizes["boards"] / n, sizes[TRUTH] / n)
 
 
 def build(cfg: SimConfig, geom: Geometry, calib: Calibration, faults: FaultConfig,

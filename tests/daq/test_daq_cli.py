@@ -46,11 +46,15 @@ def test_inspect_names_a_recovered_file_and_its_torn_spill(
 def test_replay_command_sends_everything_marked_replay(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
+    from daq.geometry import load_geometry
+    from daq_fragments import Board
+
     path = tmp_path / "raw.na64"
-    w = Worker()
-    sent = [w.run_start()]
+    boards = [Board(load_geometry(), name, seed=i) for i, name in enumerate(("BEAM", "ECAL"))]
+    sent = []
     for sp in range(3):
-        sent += w.spill(sp, 2)
+        for b in boards:
+            sent += b.spill(sp, 8, 4)
     with RunFileWriter(path, run=1, config={}, geometry_hash="g", calibration_hash="c") as f:
         for m in sent:
             f.write(m)
@@ -69,10 +73,28 @@ def test_replay_command_sends_everything_marked_replay(tmp_path: Path,
         pull.close()
         ctx.term()
     assert all(m.replay for m in got)
-    assert got[0].kind is Kind.RUN_START
-    assert {m.spill for m in got if m.kind is Kind.ACCEPTED} == {1, 2}
-    assert len(got) == 1 + 2 * 4
-    assert "replayed 9 messages" in capsys.readouterr().out
+    assert {m.spill for m in got if m.kind is Kind.SLICE} == {1, 2}
+    assert len(got) == 2 * 2 * (1 + 2 + 1)  # per spill and board: start, 2 slices, end
+    out = capsys.readouterr().out
+    assert "replayed 16 messages, 16 events" in out and f"all delivered to {endpoint}" in out
     with pytest.raises(SystemExit):
         main(["replay", str(path)])  # --to is required
     assert main(["replay", str(path), "--to", endpoint, "--speed", "fast"]) == 2
+
+
+def test_replay_refuses_what_a_builder_cannot_take(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """Accepted events without board data (a features-only recording), an endpoint without
+    a scheme: clear errors, no traceback, nothing sent."""
+    path = tmp_path / "run000001.na64"
+    w = Worker()
+    with RunFileWriter(path, run=1, config={}, geometry_hash="g", calibration_hash="c") as f:
+        for m in [w.run_start(), *w.spill(0, 2)]:
+            f.write(m)
+    assert main(["replay", str(path), "--to", "127.0.0.1:5550"]) == 2
+    err = capsys.readouterr().err
+    assert "--to='127.0.0.1:5550' is invalid: a ZeroMQ endpoint with its scheme" in err
+    assert main(["replay", str(path), "--to", "tcp://127.0.0.1:9", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is a recorded file whose accepted records carry no board data: nothing can be " \
+        "replayed into a builder" in err

@@ -128,3 +128,23 @@ def test_zero_suppressed_waveform_run_file(tmp_path: Path) -> None:
         assert check(m.arrays, m.count, nch[m.board], WAVE_HITS, samples=32) > 0
         w = m.arrays["hit_wave"].astype(np.float64)
         assert (w.max(axis=1) - w[:, :4].mean(axis=1) >= 8.0).all()
+
+
+def test_default_size_is_sensible_and_said_before_it_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's example (no --generated-s) simulates the first 0.1 s of each spill, as
+    the demo does, and says how large the file will be before it starts; the estimate is
+    measured on one slice and lands within a few per cent of what is written."""
+    out = tmp_path / "run.na64"
+    assert main(["simulate", "--spills", "2", "--intensity", "6e5", "--seed", "2",
+                 "--mode", "feature", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    first, *rest = text.splitlines()
+    assert first.startswith("simulate: 2 spill(s) of ~12,500 events (the first 0.1 s of each "
+                            "4.8 s spill")
+    estimate_mb = float(first.split("about ")[1].split(" MB")[0])
+    size = out.stat().st_size
+    assert estimate_mb * 1e6 == pytest.approx(size, rel=0.05)
+    events = int(rest[0].split(", ")[1].split()[0])
+    assert events == pytest.approx(2 * 6e5 * 0.1 / 4.8, rel=0.05)
+    assert rest[-1].endswith("MB)")
