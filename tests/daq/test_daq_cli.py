@@ -46,8 +46,9 @@ def test_inspect_names_a_recovered_file_and_its_torn_spill(
 def test_replay_command_sends_everything_marked_replay(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
-    from daq.geometry import load_geometry
     from daq_fragments import Board
+
+    from daq.geometry import load_geometry
 
     path = tmp_path / "raw.na64"
     boards = [Board(load_geometry(), name, seed=i) for i, name in enumerate(("BEAM", "ECAL"))]
