@@ -36,8 +36,10 @@ class ControlClient:
     def __init__(self, settings: MqttSettings, *, timeout: float | None = None) -> None:
         self.settings = settings
         self.timeout = settings.timeout if timeout is None else timeout
-        self.client_id = f"ctl-{uuid.uuid4().hex[:12]}"
-        self.reply_topic = P.reply_topic(settings.username, self.client_id)
+        self.client_id = f"ctl-{uuid.uuid4().hex}"
+        # the reply topic is seen by others (services read na64/#): its last level is not
+        # the client id, which would let them take this session over
+        self.reply_topic = P.reply_topic(settings.username, uuid.uuid4().hex[:12])
         self._mqtt = client(settings, identifier=self.client_id)
         self._replies: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._retained: dict[str, Any] = {}

@@ -70,6 +70,13 @@ class Activation:
     spill: int | None
 
 
+def reply_key(req: Request) -> str:
+    """Under which key a request's reply is remembered: its id alone would let another user
+    (or the same user's other verb) reusing the id get the first reply (issue 20). None of
+    the three parts can hold a '/' (protocol._NAME, _ID, the verbs)."""
+    return f"{req.user}/{req.verb}/{req.id}"
+
+
 def recover(state: ControlState, now: float) -> ControlState:
     """Bring a state loaded after a restart to a safe one.
 
@@ -96,8 +103,9 @@ class RunControl:
 
     def plan(self, req: Request) -> Plan:
         """Validate `req` against the current state; raises ProtocolError, changes nothing."""
-        if req.id in self.state.replies:
-            return Plan(req, self.state.state, duplicate_reply=self.state.replies[req.id])
+        known = self.state.replies.get(reply_key(req))
+        if known is not None:
+            return Plan(req, self.state.state, duplicate_reply=known)
         if req.kind == "trigger":
             return self._plan_trigger(req)
         cmd = req.command
@@ -186,7 +194,7 @@ class RunControl:
         st.state = plan.new_state
         reply = {"id": req.id, "ok": True, "state": st.state.value,
                  "run": st.run.run if st.run else None, **extra}
-        self._remember(req.id, reply)
+        self._remember(reply_key(req), reply)
         return reply
 
     def fail(self, plan: Plan, reason: str) -> dict[str, Any]:
@@ -220,7 +228,7 @@ class RunControl:
                 "last_run": st.last_run, "error": st.error, "allowed": allowed(st.state),
                 "params": st.run_params, "when": self._clock()}
 
-    def _remember(self, rid: str, reply: dict[str, Any]) -> None:
-        self.state.replies[rid] = reply
+    def _remember(self, key: str, reply: dict[str, Any]) -> None:
+        self.state.replies[key] = reply
         while len(self.state.replies) > MAX_REMEMBERED_IDS:
             del self.state.replies[next(iter(self.state.replies))]

@@ -38,6 +38,7 @@ from daq.control.mqtt import ENV_PASSWORD, ENV_URL, ENV_USER
 from daq.errors import ConfigError, ServiceError
 
 SERVICE_ROLE = "service"
+SERVICE_ROLES = (SERVICE_ROLE, "runcontrol")  # accounts of processes, not of people
 SEARCH_DIRS = ("/usr/sbin", "/usr/bin")  # Debian installs mosquitto in /usr/sbin
 STATE_FILE = "broker.json"
 _PORT_ATTEMPTS = 3  # port 0: another process may take the chosen port before mosquitto
@@ -255,7 +256,7 @@ class LocalBroker:
         every service account (how daq.app.mqtt_settings finds a service's own account)."""
         out = {ENV_URL: self.url}
         for user in self.users:
-            if self.roles.users[user] == SERVICE_ROLE:
+            if self.roles.users[user] in SERVICE_ROLES:
                 tag = re.sub(r"[^A-Z0-9]", "_", user.upper())
                 out[ENV_USER.replace("NA64_MQTT_", f"NA64_MQTT_{tag}_")] = user
                 out[ENV_PASSWORD.replace("NA64_MQTT_", f"NA64_MQTT_{tag}_")] = \

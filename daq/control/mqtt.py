@@ -21,6 +21,7 @@ import aiomqtt
 from paho.mqtt.client import MQTTv5
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 from pydantic import Field, SecretStr
 
 from daq.config import StrictModel
@@ -115,11 +116,19 @@ def client(settings: MqttSettings, *, identifier: str | None = None,
     return Client(
         settings.host, settings.port, username=settings.username,
         password=settings.password.get_secret_value(),
-        identifier=identifier or f"{settings.username}-{uuid.uuid4().hex[:12]}",
+        # unguessable by default: Mosquitto hands a session to whoever connects with its
+        # id, so a predictable id could be taken over by any account (docs/control.md)
+        identifier=identifier or f"{settings.username}-{uuid.uuid4().hex}",
         protocol=aiomqtt.ProtocolVersion(MQTTv5), will=will, timeout=settings.timeout,
         # small request/reply messages: without TCP_NODELAY (here and in the broker's
         # set_tcp_nodelay) every QoS 1 exchange waits ~40 ms for a delayed ACK
         socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))
+
+
+def command_subscription() -> SubscribeOptions:
+    """How run control subscribes to commands: QoS 1, retain-as-published (a retained
+    command keeps its flag and is refused), no-local (not its own clearing publishes)."""
+    return SubscribeOptions(qos=1, noLocal=True, retainAsPublished=True)
 
 
 def status_payload(service: str, status: str, when: float) -> bytes:

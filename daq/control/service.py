@@ -33,6 +33,7 @@ from daq.control.datapath import DataPath, MemoryDataPath
 from daq.control.mqtt import (
     MqttSettings,
     client,
+    command_subscription,
     offline_will,
     reply_properties,
     response_of,
@@ -174,8 +175,9 @@ class RunControlService(Service):
     async def _session(self) -> bool:
         """One connection: publish what is retained, serve requests until stop or disconnect."""
         will = offline_will(self.settings.username, self._clock())
-        async with client(self.settings, identifier=f"{self.name}-{self.settings.username}",
-                          will=will) as c:
+        # a fresh, unguessable client id per session (mqtt.client): a fixed one let any
+        # account take this session over by connecting with it (issue 20, docs/control.md)
+        async with client(self.settings, will=will) as c:
             self._client = c
             if self.core.state.trigger_active is not None and not self._restored:
                 # the data path starts empty: give it what was active before the restart
@@ -184,8 +186,10 @@ class RunControlService(Service):
                 self._restored = True
             # subscribed before "online" is said: a request sent as soon as a client sees
             # it must not arrive before the subscription (QoS 1 is not kept for nobody)
-            await c.subscribe(P.RUN_CMD_SUB, qos=1)
-            await c.subscribe(P.DESIRED_SUB, qos=1)
+            # retain-as-published: a command published retained arrives flagged as such
+            # even while subscribed (MQTT v5 clears the flag otherwise), and is refused
+            await c.subscribe(P.RUN_CMD_SUB, options=command_subscription())
+            await c.subscribe(P.DESIRED_SUB, options=command_subscription())
             await self._publish_state()
             await self._publish_trigger(history=True)
             await c.publish(self.status_topic, self._status("online"), qos=1, retain=True)
@@ -232,9 +236,14 @@ class RunControlService(Service):
         response, correlation = response_of(props)
         kind = "trigger" if topic.startswith(P.DESIRED + "/") else "run"
         user = topic.rsplit("/", 1)[-1]
+        if retained and not payload:
+            return  # a retained command being cleared (ours below, or its sender's)
         try:
             if retained:
-                # a retained command would be replayed at every (re)subscription
+                # a retained command would be replayed at every (re)subscription: refuse
+                # it and take it off the broker (an empty retained message clears it)
+                assert self._client is not None
+                await self._client.publish(topic, b"", qos=1, retain=True)
                 raise P.ProtocolError(P.MALFORMED, "commands must not be retained")
             req = P.parse(topic, payload)
             if kind == "run" and not self.datapath.takes_runs:

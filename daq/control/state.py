@@ -112,7 +112,8 @@ class RunRecord:
 class ControlState:
     """Everything run control persists: survives a restart of the service.
 
-    `replies` maps recently applied command ids to the reply they got, so a command
+    `replies` maps recently applied commands ("user/verb/id", core.reply_key) to the reply
+    they got, so a command
     delivered twice (QoS 1 redelivery, a retrying client) is answered again, not re-applied.
     """
 
