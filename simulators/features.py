@@ -16,7 +16,14 @@ import numpy as np
 from daq.hits import FEATURE_HITS, T_UNIT_NS
 from simulators.jit import inline, kernel, prefetch, trailing_zeros
 from simulators.physics import Halo
-from simulators.readout import MAX_PULSES, PulseShape, halo_args, shape_at, shape_table
+from simulators.readout import (
+    MAX_PULSES,
+    PulseShape,
+    Sampling,
+    halo_args,
+    shape_at,
+    shape_table,
+)
 
 ALL = np.uint64(0xFFFF_FFFF_FFFF_FFFF)
 AHEAD = 8  # events ahead whose noise window is prefetched (its lines are spread over 4 MB)
@@ -41,7 +48,8 @@ def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
              dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
              noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
              zs_adc: float, table: np.ndarray | None = None, loud: np.ndarray | None = None,
-             deposits: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+             deposits: tuple[np.ndarray, np.ndarray] | None = None, *,
+             sampling: Sampling) -> dict[str, np.ndarray]:
     """Zero-suppressed feature readout of one board: `nhit` and the FEATURE_HITS arrays.
 
     A channel is a hit when its amplitude rounded to ADC counts, floor(amp + 0.5), is at
@@ -60,20 +68,21 @@ def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                     np.asarray((dep_self > 0).any(axis=0), np.uint8))
     touched, reach = deposits
     hits, _ = _features(ev, t, lo, hi, dep_self, halo, shape, noise_pool, offsets, threshold,
-                        amp_max, zs_adc, table, loud, touched, reach, dense=False)
+                        amp_max, zs_adc, table, loud, touched, reach, sampling, dense=False)
     return hits
 
 
 def features_dense(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                    dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
                    noise_pool: np.ndarray, offsets: np.ndarray, threshold: float,
-                   amp_max: float, table: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                   amp_max: float, table: np.ndarray | None = None, *,
+                   sampling: Sampling) -> dict[str, np.ndarray]:
     """Every channel's features before suppression and rounding, (count, nch): `amp` and
     `tpeak` (ns) float32, `npulse` uint8. What `features` reduces to its hits."""
     no_hit = np.zeros(len(noise_pool) // 64 + 1, np.uint64)  # zs = inf: no channel is a hit
     _, dense = _features(ev, t, lo, hi, dep_self, halo, shape, noise_pool, offsets, threshold,
                          amp_max, np.inf, table, no_hit, np.zeros(len(dep_self), np.uint8),
-                         np.zeros(dep_self.shape[1], np.uint8), dense=True)
+                         np.zeros(dep_self.shape[1], np.uint8), sampling, dense=True)
     return dense
 
 
@@ -81,7 +90,7 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
               dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
               noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
               zs_adc: float, table: np.ndarray | None, loud: np.ndarray, touched: np.ndarray,
-              reach: np.ndarray, *, dense: bool
+              reach: np.ndarray, sampling: Sampling, *, dense: bool
               ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     n, nch = len(ev), dep_self.shape[1]
     buf = {name: np.empty(n * nch, dt) for name, dt in FEATURE_HITS.items()}
@@ -92,7 +101,8 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         "npulse": np.empty((rows, nch), np.uint8)}
     total = _feature_kernel(
         ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
-        shape_table(shape) if table is None else table, shape.tp_ns, shape.resolve_ns,
+        shape_table(shape) if table is None else table, shape.tp_ns,
+        float(sampling.sample_ns), int(sampling.trigger_sample), int(sampling.samples),
         noise_pool, loud, touched, np.flatnonzero(reach).astype(np.int64), offsets, threshold,
         amp_max, lowest_kept(zs_adc), nhit,
         buf["hit_ch"], buf["hit_amp"], buf["hit_t"], buf["hit_np"],
@@ -105,8 +115,9 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 @kernel
 def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                     dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
-                    hamp: np.ndarray, table: np.ndarray, tp: float, resolve: float,
-                    noise_pool: np.ndarray, loud: np.ndarray, touched: np.ndarray,
+                    hamp: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
+                    trig: int, nsamp: int, noise_pool: np.ndarray, loud: np.ndarray,
+                    touched: np.ndarray,
                     support: np.ndarray, offsets: np.ndarray, thr: float,
                     amp_max: float, lowest: np.float32, nhit: np.ndarray, hit_ch: np.ndarray,
                     hit_amp: np.ndarray, hit_t: np.ndarray, hit_np: np.ndarray,
@@ -127,7 +138,9 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
     gi = np.empty((nch, MAX_PULSES), np.int64)  # and gate indices
     cnt = np.zeros(nch, np.int64)
     row = np.empty(nch, np.float32)
-    pair = np.empty((MAX_PULSES, MAX_PULSES))
+    samp = np.empty((MAX_PULSES, nsamp))  # pileup: each gate particle's pulse at the samples
+    trace = np.empty(nsamp)
+    t0 = -trig * sample_ns  # the first sample's time, from the in-time peak
     k = 0
     for e in range(n):
         if e + AHEAD < n:  # the noise windows are spread over the whole pool
@@ -193,13 +206,12 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                         gi[c, cnt[c]] = j - lo[e]
                         cnt[c] += 1
             mg = hi[e] - lo[e]
-            shared = mg <= MAX_PULSES  # the pair shapes, once for all channels
+            shared = mg <= MAX_PULSES  # the sampled pulses, once for all channels
             if shared:
-                for ga in range(mg):
-                    for gb in range(mg):
-                        if ga != gb:
-                            pair[ga, gb] = shape_at((t[lo[e] + ga] - t[i])
-                                                    - (t[lo[e] + gb] - t[i]), table, tp)
+                for g in range(mg):
+                    dg = t[lo[e] + g] - t[i]
+                    for m in range(nsamp):
+                        samp[g, m] = shape_at(t0 + m * sample_ns - dg, table, tp)
             for c in range(nch):
                 noise = noise_pool[off + c]
                 kc = cnt[c]
@@ -207,19 +219,21 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                     a_row[c] = noise
                     t_row[c] = 0.0
                     n_row[c] = 0
-                elif kc == 1:  # one pulse in the gate: its amplitude is the peak
+                elif kc == 1 and dts[c, 0] == 0.0:  # the in-time pulse alone: on a sample
                     a_row[c] = min(amps[c, 0] + noise, amp_max)
-                    t_row[c] = dts[c, 0]
+                    t_row[c] = 0.0
                     n_row[c] = 1 if amps[c, 0] > thr else 0
                 else:
-                    if shared:
-                        best, tbest, np_ = _overlap_shared(amps[c], dts[c], gi[c], kc, pair,
-                                                           resolve, thr)
-                    else:
-                        best, tbest, np_ = _overlap(amps[c], dts[c], kc, table, tp, resolve,
-                                                    thr)
+                    for m in range(nsamp):
+                        trace[m] = 0.0
+                    for p in range(kc):
+                        for m in range(nsamp):
+                            trace[m] += amps[c, p] * (
+                                samp[gi[c, p], m] if shared
+                                else shape_at(t0 + m * sample_ns - dts[c, p], table, tp))
+                    best, mbest, np_ = _scan(trace, nsamp, thr)
                     a_row[c] = min(best + noise, amp_max)
-                    t_row[c] = tbest
+                    t_row[c] = (mbest - trig) * sample_ns
                     n_row[c] = min(np_, 255)
         if dense:
             amp[e] = a_row
@@ -285,53 +299,20 @@ def _round_t(t_ns: float | np.float32) -> np.int16:
 
 
 @kernel
-def _overlap(amps: np.ndarray, dts: np.ndarray, k: int, table: np.ndarray, tp: float,
-             resolve: float, thr: float) -> tuple[float, float, int]:
-    """Several pulses in one channel: the largest peak of their sum, its time, and the pulse
-    count above `thr` merging pulses closer than `resolve` (kept out of line: it is rare)."""
-    best = -1.0
-    tbest = 0.0
-    for p in range(k):
-        s = amps[p]
-        for q in range(k):
-            if q != p:
-                s += amps[q] * shape_at(dts[p] - dts[q], table, tp)
-        if s > best:
-            best = s
-            tbest = dts[p]
-    return best, tbest, _count(amps, dts, k, resolve, thr)
-
-
-@kernel
-def _overlap_shared(amps: np.ndarray, dts: np.ndarray, gi: np.ndarray, k: int,
-                    shape: np.ndarray, resolve: float, thr: float) -> tuple[float, float, int]:
-    """`_overlap` with the shape values of the gate's particle pairs computed once per event
-    (`shape[a, b]` = the table at dt_a - dt_b; `gi` the gate index of each pulse)."""
-    best = -1.0
-    tbest = 0.0
-    for p in range(k):
-        s = amps[p]
-        for q in range(k):
-            if q != p:
-                s += amps[q] * shape[gi[p], gi[q]]
-        if s > best:
-            best = s
-            tbest = dts[p]
-    return best, tbest, _count(amps, dts, k, resolve, thr)
-
-
-@kernel
-def _count(amps: np.ndarray, dts: np.ndarray, k: int, resolve: float, thr: float) -> int:
-    """Pulses above `thr`, those closer than `resolve` to an earlier one counted once."""
+def _scan(trace: np.ndarray, ns: int, thr: float) -> tuple[float, int, int]:
+    """The sampled trace's largest sample, its index, and its pulses: samples above `thr`
+    strictly higher than the sample before and not lower than the one after (the trigger's
+    pulse definition, `trigger.kernels.PEAK_HALF_WIDTH` = 1), so both readout modes resolve
+    two pulses alike (decision 0003, "Double-pulse resolution")."""
+    best = trace[0]
+    mbest = 0
     n = 0
-    for p in range(k):
-        if amps[p] <= thr:
-            continue
-        alone = True
-        for q in range(p):
-            if amps[q] > thr and abs(dts[q] - dts[p]) < resolve:
-                alone = False
-                break
-        if alone:
-            n += 1
-    return n
+    for m in range(ns):
+        v = trace[m]
+        if v > best:
+            best = v
+            mbest = m
+        before = trace[m - 1] if m > 0 else -np.inf
+        after = trace[m + 1] if m + 1 < ns else -np.inf
+        n += (v > thr) & (v > before) & (v >= after)
+    return best, mbest, n

@@ -22,6 +22,7 @@ from simulators.physics import Halo, Layout, Particles, Process, generate_block
 from simulators.readout import (
     FAST,
     SLOW,
+    Sampling,
     gates,
     noise_pool,
     rounded_noise,
@@ -192,7 +193,8 @@ class Simulator:
                 boards[board.name] = features(
                     ev, t, lo, hi, dep, halo, shape, self.noise, offsets,
                     self.threshold, det.adc_max - ped, self.cfg.zs_adc, self.tables[shape],
-                    self.loud, (parts.touched[board.name], parts.reach[board.name]))
+                    self.loud, (parts.touched[board.name], parts.reach[board.name]),
+                    sampling=Sampling(det.samples, det.sample_ns, det.trigger_sample))
                 continue
             args = (ev, t, lo, hi, dep, halo, shape, self.calib.pedestal[board.name],
                     self.noise, offsets, det.samples, det.sample_ns, det.trigger_sample,

@@ -10,6 +10,7 @@ The NumPy references below are what tests hold the kernels against.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -25,15 +26,22 @@ class PulseShape:
 
     tp_ns: float  # time from pulse start to peak
     order: float  # n
-    resolve_ns: float  # two pulses closer than this count as one
 
     def __call__(self, dt_from_peak: np.ndarray) -> np.ndarray:
         x = np.asarray(dt_from_peak, np.float64) / self.tp_ns + 1.0
         return np.where(x > 0, np.maximum(x, 0) ** self.order * np.exp(self.order * (1 - x)), 0.0)
 
 
-FAST = PulseShape(tp_ns=5.0, order=2.0, resolve_ns=10.0)  # beam counters (plastic)
-SLOW = PulseShape(tp_ns=20.0, order=2.0, resolve_ns=25.0)  # calorimeters, SRD, VETO
+FAST = PulseShape(tp_ns=5.0, order=2.0)  # beam counters (plastic)
+SLOW = PulseShape(tp_ns=20.0, order=2.0)  # calorimeters, SRD, VETO
+
+
+class Sampling(NamedTuple):
+    """The digitiser's clock, from the geometry's [detector]: where the samples fall."""
+
+    samples: int  # samples per trace
+    sample_ns: float  # sample spacing
+    trigger_sample: int  # the sample an in-time pulse peaks at
 
 
 @inline

@@ -13,8 +13,9 @@ import numpy as np
 from trigger.jit import kernel, prefetch
 
 #: A pulse is a sample above threshold that is the highest within +-PEAK_HALF_WIDTH samples
-#: (strictly above those before it): pulses closer than 3 samples (37.5 ns) merge.
-PEAK_HALF_WIDTH = 2  # _count_pulses is written out for this value
+#: (strictly above the one before it, not below the one after): two pulses 2 samples (25 ns)
+#: apart are two, as the feature-mode front end counts them (decision 0005).
+PEAK_HALF_WIDTH = 1  # _pulses and _trace_pulses are written out for this value
 
 # splitmix64 constants as uint64 globals: numba would turn a mix of uint64 and int literals
 # into float64.
@@ -100,19 +101,16 @@ def _tile(t, nch, rows):
 
 @kernel
 def _pulses(flat, base, ns, nch, pad, lvt, f):
-    # pad: the block between two guard rows above and below (written by the caller), so
-    # the comparisons with the 2 samples before and after are one branch-free loop over
+    # pad: the block between one guard row above and one below (written by the caller), so
+    # the comparisons with the sample before and after are one branch-free loop over
     # all rows and channels; f[:nch] ends with the count per channel
     r1, r2 = np.uint64(nch), np.uint64(2 * nch)  # uint64 row offsets: mixed with int64,
-    r3, r4 = np.uint64(3 * nch), np.uint64(4 * nch)  # numba would compute them in float64
-    size = np.uint64(ns * nch)
+    size = np.uint64(ns * nch)  # numba would compute them in float64
     for j in range(size):
-        pad[r2 + j] = flat[base + j]
+        pad[r1 + j] = flat[base + j]
     for q in range(size):
-        v = pad[r2 + q]
-        before = max(pad[r1 + q], pad[q])
-        after = max(pad[r3 + q], pad[r4 + q])
-        f[q] = np.int16((v >= lvt[q]) & (v > before) & (v >= after))
+        v = pad[r1 + q]
+        f[q] = np.int16((v >= lvt[q]) & (v > pad[q]) & (v >= pad[r2 + q]))
     rows = ns
     while rows > 1:
         h = (rows + 1) // 2
@@ -149,7 +147,7 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pu
     mx = np.empty(((ns + 1) // 2) * nch, np.int16)
     s0 = np.empty(((min(n_ped, ns) + 1) // 2) * nch, np.int32)
     act = np.empty(nch, np.uint8)
-    pad = np.full((ns + 4) * nch, _LOW, np.int16)
+    pad = np.full((ns + 2) * nch, _LOW, np.int16)
     lvt = np.empty(ns * nch, np.int16)
     f = np.empty(ns * nch, np.int16)
     rows_ped = min(n_ped, ns)
@@ -198,15 +196,13 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pu
 @kernel
 def _trace_pulses(flat, base, ns, lvl, pad):
     # wave_board's pulse definition on one contiguous trace, the same way: the trace between
-    # two guard samples of -32768 on each side (pad), one branch-free loop over the samples
+    # a guard sample of -32768 on each side (pad), one branch-free loop over the samples
     for i in range(ns):
-        pad[i + 2] = flat[base + np.uint64(i)]
+        pad[i + 1] = flat[base + np.uint64(i)]
     cnt = 0
     for i in range(ns):
-        v = pad[i + 2]
-        before = max(pad[i], pad[i + 1])
-        after = max(pad[i + 3], pad[i + 4])
-        cnt += (v >= lvl) & (v > before) & (v >= after)
+        v = pad[i + 1]
+        cnt += (v >= lvl) & (v > pad[i]) & (v >= pad[i + 2])
     return min(cnt, 255)
 
 
@@ -254,7 +250,7 @@ def wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npul
             h += 1
         sat[e] = s
     if pulses:
-        pad = np.full(ns + 4, _LOW, np.int16)
+        pad = np.full(ns + 2, _LOW, np.int16)
         for h in range(nh):
             # levels as in wave_board: a trace whose maximum is below has no pulse
             lvl = np.ceil(tots[h] / n_ped + pulse_thr)

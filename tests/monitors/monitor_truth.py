@@ -22,18 +22,18 @@ def detector() -> tuple[Geometry, Calibration]:
 
 
 def simulate(*, intensity: float, generated_s: float, seed: int, spills: int = 1,
-             run: int = 1, slice_events: int = 4096, hadron: float = 0.01, muon: float = 0.002
-             ) -> tuple[list[Message], dict[str, np.ndarray], SimConfig]:
+             run: int = 1, slice_events: int = 4096, hadron: float = 0.01, muon: float = 0.002,
+             mode: str = "feature") -> tuple[list[Message], dict[str, np.ndarray], SimConfig]:
     """Features messages (via the trigger's processor) of `spills` simulated spills, each
     followed by the builder's spill_end, and the concatenated truth of every event."""
     geom, cal = detector()
     cfg = SimConfig.parse({"intensity": intensity, "generated_s": generated_s, "seed": seed,
                            "slice_events": slice_events, "hadron_fraction": hadron,
-                           "muon_fraction": muon, "run": run})
+                           "muon_fraction": muon, "run": run, "mode": mode})
     sim = Simulator(cfg, geom, cal)
     proc = SliceProcessor(geom, cal)
     tc = TriggerConfig().model_dump(mode="json")
-    meta = {"mode": "feature", "cfg": content_hash(tc), "trigger_config": tc,
+    meta = {"mode": mode, "cfg": content_hash(tc), "trigger_config": tc,
             "shadow_config": None, "calib": cal.hash}
     stamp = Stamper("trigger-0")
     msgs: list[Message] = []

@@ -18,6 +18,7 @@ from monitors.identify import electron_sample, hcal_total
 
 CFG = MonitorConfig(confidence=0.9973)
 SPILL_S = 4.8
+RESOLVED_NS = 22.5  # a second beam-counter pulse this far from the first is always found
 CASES = [  # (intensity per spill, seconds generated: pileup right, events few)
     pytest.param((2e5, 1.0), id="low-2e5"),
     pytest.param((6e6, 0.05), id="default-6e6"),
@@ -87,14 +88,15 @@ def test_pileup_fraction_is_what_the_beam_counters_can_resolve(case: tuple) -> N
     nearest = np.minimum(np.r_[np.inf, gap], np.r_[gap, np.inf])
     half_gate = detector()[0].board("BEAM").window_ns / 2
     in_gate = nearest < half_gate - 1  # ts is floored to ns: stay off the boundary
-    resolved = (nearest >= 10 + 1) & in_gate  # beam counters resolve pulses 10 ns apart
+    # the sampled beam counters resolve pulses 22.5 ns apart (tests/simulators/test_sim_readout)
+    resolved = (nearest >= RESOLVED_NS + 1) & in_gate
     seen = feats["mult"] > 1
     assert not (seen & (truth["pileup"][:, _board("BEAM")] == 0)).any()  # no false pileup
     assert seen[resolved].mean() > 0.99
     assert resolved.mean() <= tot.pileup_fraction <= in_gate.mean() + 1e-3
-    # the expectation of a Poisson beam: a neighbour in [10, 30) ns on either side
+    # the expectation of a Poisson beam: a neighbour in [22.5, 30) ns on either side
     rate = intensity / SPILL_S * 1e-9
-    lo_expect = 1 - math.exp(-rate * 2 * (half_gate - 10))
+    lo_expect = 1 - math.exp(-rate * 2 * (half_gate - RESOLVED_NS))
     n = tot.events
     assert tot.pileup_fraction >= lo_expect - 3 * math.sqrt(lo_expect / n)
 
@@ -112,3 +114,26 @@ def test_eot_counts_beam_condition_events(case: tuple) -> None:
     near = np.minimum(np.abs(ts - t_v1[i - 1]), np.abs(t_v1[i] - ts))
     vetoed = near < half_gate
     assert tot.eot == pytest.approx(float((~vetoed).sum()), abs=0.001 * tot.events)
+
+
+@pytest.mark.parametrize(("intensity", "gen"), [(1e6, 0.2), (6e6, 0.05), (1e7, 0.03)],
+                         ids=["1e6", "6e6", "1e7"])
+def test_pileup_fraction_agrees_between_readout_modes(intensity: float, gen: float) -> None:
+    """One double-pulse resolution for both modes (decision 0003): the same beam read out as
+    features and as waveforms gives the same pileup fraction, within the binomial errors of
+    both samples (3 sigma), and event by event but for noise."""
+    mult, frac = {}, {}
+    for mode in ("feature", "waveform"):
+        msgs, truth, _ = simulate(intensity=intensity, generated_s=gen, seed=3, mode=mode)
+        mult[mode] = np.concatenate([m.arrays["mult"] for m in msgs if m.kind == "features"])
+        frac[mode] = analyze(msgs, CFG).totals().pileup_fraction
+    pf, pw = frac["feature"], frac["waveform"]
+    nf, nw = len(mult["feature"]), len(mult["waveform"])
+    assert nf == nw > 40000 and 0.005 < pf < 0.1
+    assert abs(pf - pw) < 3 * math.sqrt(pf * (1 - pf) / nf + pw * (1 - pw) / nw), (pf, pw)
+    differ = (mult["feature"] > 1) != (mult["waveform"] > 1)
+    assert differ.mean() < 1e-3, int(differ.sum())
+    # and it is the pileup the beam counters can resolve: a neighbour in the 60 ns gate
+    # (truth), never without one
+    in_gate = truth["pileup"][:, _board("BEAM")] > 0
+    assert not ((mult["waveform"] > 1) & ~in_gate).any()

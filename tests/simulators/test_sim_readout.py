@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from numpy.testing import assert_array_equal
 
 from daq.hits import FEATURE_HITS, check
@@ -11,6 +12,7 @@ from simulators.physics import Halo
 from simulators.readout import (
     FAST,
     SLOW,
+    Sampling,
     gates,
     gates_reference,
     noise_pool,
@@ -75,13 +77,20 @@ def test_feature_peak_time_and_pulse_count() -> None:
     pool = np.zeros(16, np.float32)
     lo, hi = gates(t, ev, 100.0)
     args = (ev, t, lo, hi, dep, None)
-    fast = features_dense(*args, FAST, pool, np.zeros(1, np.int64), 10.0, 3695.0)
-    # 0, +30, +35 ns: the last two are closer than the 10 ns resolution -> 2 pulses
+    clock = Sampling(SAMPLES, SAMPLE_NS, TRIG)
+    fast = features_dense(*args, FAST, pool, np.zeros(1, np.int64), 10.0, 3695.0,
+                          sampling=clock)
+    # 0, +30, +35 ns on the 12.5 ns clock: the last two share the sample at +37.5 ns
+    # (1000 (f(7.5 ns after a 5 ns rise) + f(2.5 ns after)) = 1000 (0.311 + 0.828)) -> 2 pulses
     assert fast["npulse"][0, 0] == 2
-    # the two close pulses overlap: the largest peak is theirs, above one pulse alone
-    assert fast["amp"][0, 0] > 1000.0 and fast["tpeak"][0, 0] in (30.0, 35.0)
-    slow = features_dense(*args, SLOW, pool, np.zeros(1, np.int64), 10.0, 3695.0)
-    # the slow shape (25 ns resolution) still separates 0 and +30 ns, but sums more of them
+    # the largest sample is theirs (and the in-time pulse's tail), at its sample time
+    tail = 8.5**2 * np.exp(-15)
+    assert fast["amp"][0, 0] == pytest.approx(
+        1000 * (6.25 * np.exp(-3) + 2.25 * np.exp(-1) + tail), abs=1e-3)
+    assert fast["tpeak"][0, 0] == 37.5
+    slow = features_dense(*args, SLOW, pool, np.zeros(1, np.int64), 10.0, 3695.0,
+                          sampling=clock)
+    # the slow shape still separates 0 and +30 ns (samples 0 and +37.5 ns), but sums more
     assert slow["npulse"][0, 0] == 2 and slow["amp"][0, 0] > fast["amp"][0, 0]
 
 
@@ -116,3 +125,43 @@ def test_same_seed_same_data_and_slices_regenerate_alone() -> None:
     assert_array_equal(sa[2].truth["e_ecal"], alone.truth["e_ecal"])
     c = simulator(generated_s=0.002, seed=10, slice_events=1000)
     assert not np.array_equal(c.plan(0).t[:100], pa.t[:100])
+
+
+def _pairs(dt: float, n: int, seed: int) -> tuple:
+    """n events, each with one neighbour dt ns before or after it (alternately), amplitudes
+    500 ADC lognormal 10 % (a beam counter's MIP), far from the next pair."""
+    rng = np.random.default_rng(seed)
+    t = np.empty(2 * n)
+    t[0::2] = 1e5 * np.arange(n)
+    t[1::2] = t[0::2] + np.where(np.arange(n) % 2 == 0, dt, -dt)
+    order = np.argsort(t, kind="stable")
+    t = t[order]
+    ev = np.flatnonzero(order % 2 == 0).astype(np.int64)
+    dep = (500 * np.exp(0.1 * rng.standard_normal(2 * n))).astype(np.float32)[order][:, None]
+    lo, hi = gates(t, ev, 100.0)
+    return ev, t, lo, hi, dep
+
+
+@pytest.mark.parametrize(("dt", "found"), [(10.0, 0.0), (15.0, 0.0), (22.5, 1.0), (25.0, 1.0),
+                                           (37.5, 1.0)])
+def test_double_pulse_resolution_is_two_samples_in_both_modes(dt: float, found: float) -> None:
+    """A beam counter's second pulse dt ns from the in-time one: the feature-mode front end
+    and the trigger's pulse finder on the simulated waveform find it alike: never within
+    15 ns, always from 22.5 ns (below 2 samples; decision 0003)."""
+    from trigger.reference import wave_board
+
+    n = 200
+    ev, t, lo, hi, dep = _pairs(dt, n, seed=int(dt * 10))
+    feat = features_dense(ev, t, lo, hi, dep, None, FAST, np.zeros(64, np.float32),
+                          np.zeros(n, np.int64), 10.0, 3695.0,
+                          sampling=Sampling(SAMPLES, SAMPLE_NS, TRIG))
+    assert (feat["npulse"][:, 0] == 2).mean() == found
+    pool = noise_pool(np.random.default_rng(5), 2.0, 1 << 12)
+    wave = waveforms(ev, t, lo, hi, dep, None, FAST, np.full(1, 400.0), pool,
+                     np.random.default_rng(6).integers(0, 1 << 11, n), SAMPLES, SAMPLE_NS,
+                     TRIG, ADC_MAX)
+    z = np.zeros((n, 1))
+    npulse = np.zeros((n, 1), np.uint8)
+    wave_board(wave, np.ones(1, np.uint8), 4, 30.0, ADC_MAX, TRIG, SAMPLE_NS, False, True,
+               z.copy(), z.copy(), npulse, z.copy(), np.zeros(n, bool))
+    assert_array_equal(npulse[:, 0], feat["npulse"][:, 0])

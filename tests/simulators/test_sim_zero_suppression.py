@@ -19,6 +19,7 @@ from simulators.physics import Halo
 from simulators.readout import (
     FAST,
     SLOW,
+    Sampling,
     gates,
     noise_pool,
     pedestal_samples,
@@ -28,6 +29,7 @@ from simulators.readout import (
 from tests.simulators.sim_helpers import detector, simulator
 
 SAMPLES, SAMPLE_NS, TRIG, ADC_MAX = 32, 12.5, 8, 4095
+CLOCK = Sampling(SAMPLES, SAMPLE_NS, TRIG)
 
 
 def _case(seed: int, *, n: int = 400, nch: int = 7, scale: float = 800.0) -> tuple:
@@ -71,9 +73,9 @@ def test_feature_hits_are_the_dense_amplitudes_at_or_above_zs(zs: float, noise: 
     offs = rng.integers(0, 4096, len(ev))
     for shape in (FAST, SLOW):
         args = (ev, t, lo, hi, dep, halo, shape, pool, offs, 5 * noise, amp_max)
-        dense = features_dense(*args)
+        dense = features_dense(*args, sampling=CLOCK)
         nhit, hits = _expected_features(dense, zs)
-        got = features(*args, zs)
+        got = features(*args, zs, sampling=CLOCK)
         assert check(got, len(ev), dep.shape[1], FEATURE_HITS) == len(hits["hit_ch"])
         assert_array_equal(got["nhit"], nhit)
         for name in FEATURE_HITS:
@@ -89,10 +91,10 @@ def test_feature_hits_with_the_deposit_notes_of_the_simulator() -> None:
     pool = noise_pool(rng, 3.0, 4096 + dep.shape[1])
     offs = rng.integers(0, 4096, len(ev))
     args = (ev, t, lo, hi, dep, halo, SLOW, pool, offs, 15.0, 3695.0, 6.0)
-    ref = features(*args)
+    ref = features(*args, sampling=CLOCK)
     touched = (dep > 0).any(axis=1).astype(np.uint8)
     for reach in ((dep > 0).any(axis=0).astype(np.uint8), np.ones(dep.shape[1], np.uint8)):
-        got = features(*args, None, loud_bits(pool, 6.0), (touched, reach))
+        got = features(*args, None, loud_bits(pool, 6.0), (touched, reach), sampling=CLOCK)
         for name, v in ref.items():
             assert_array_equal(got[name], v, err_msg=name)
 
@@ -102,7 +104,8 @@ def test_feature_amplitudes_clip_at_amp_max_and_int16() -> None:
     pool = np.zeros(4096 + dep.shape[1], np.float32)
     offs = np.zeros(len(ev), np.int64)
     for amp_max, top in ((3695.0, 3695), (60_000.0, 32767)):
-        got = features(ev, t, lo, hi, dep, halo, SLOW, pool, offs, 10.0, amp_max, 6.0)
+        got = features(ev, t, lo, hi, dep, halo, SLOW, pool, offs, 10.0, amp_max, 6.0,
+                       sampling=CLOCK)
         assert got["hit_amp"].max() == top
 
 
