@@ -4,8 +4,10 @@ Usage (an operator's tool, not a service)::
 
     python -m daq.control.broker acl deploy/mosquitto/roles.toml > deploy/mosquitto/acl
     python -m daq.control.broker passwd /etc/mosquitto/na64/passwd USER   # prompts
+    na64daq broker init DIR --host daq-broker.cern.ch   # a whole broker set-up (daq.control.tls)
 
-Passwords reach mosquitto_passwd on its standard input, never on a command line.
+Passwords reach mosquitto_passwd on its standard input, never on a command line; the
+password file is left mode 600.
 """
 
 from __future__ import annotations
@@ -107,6 +109,25 @@ def set_password(path: Path, user: str, password: str) -> None:
                           capture_output=True, timeout=30, check=False)
     if done.returncode != 0:
         raise BrokerError(f"mosquitto_passwd failed for {user}: {done.stderr.decode().strip()}")
+    Path(path).chmod(0o600)  # mosquitto_passwd -c leaves it 644 (issue 20)
+
+
+TLS_KEYS = frozenset({"certfile", "keyfile", "cafile", "capath", "tls_version",
+                      "require_certificate", "use_identity_as_username", "ciphers"})
+
+
+def plain_listener_only(conf: str) -> str:
+    """mosquitto.conf text without its second listener (the TLS one) and TLS settings:
+    what a loopback-only broker (tests, `na64daq up`) runs."""
+    out, listeners = [], 0
+    for line in conf.splitlines():
+        key = line.split(" ", 1)[0]
+        if key == "listener":
+            listeners += 1
+        if key in TLS_KEYS or (listeners > 1 and key in {"listener", "protocol"}):
+            continue
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 def create_password_file(path: Path, passwords: Mapping[str, str]) -> None:

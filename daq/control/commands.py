@@ -62,6 +62,47 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("--comment", default="", help="why, for the audit log")
     s.set_defaults(func=_set)
     tv.add_parser("history", help="the audit log").set_defaults(func=_history)
+    b = sub.add_parser("broker", help="set up the control-plane Mosquitto (TLS, accounts)")
+    bv = b.add_subparsers(dest="action", metavar="ACTION", required=True)
+    i = bv.add_parser("init", help="write mosquitto.conf, acl, passwd, CA and server "
+                      "certificate, and one credentials file per account into DIR")
+    i.add_argument("dir", type=Path, metavar="DIR")
+    i.add_argument("--host", action="append", dest="hosts", metavar="NAME",
+                   help="the broker's host name or address as clients write it (repeat; "
+                   "the first goes into the accounts' URL); default: this host's name, "
+                   "localhost, 127.0.0.1")
+    i.add_argument("--port", type=int, default=8883, help="TLS listener port (default 8883)")
+    i.add_argument("--local-port", type=int, default=1883,
+                   help="plain listener on 127.0.0.1 (default 1883)")
+    i.add_argument("--owner", metavar="USER", help="run as root: give passwd, server.key and "
+                   "the data and log directories to USER (the one mosquitto runs as)")
+    i.set_defaults(func=_broker_init)
+
+
+def _broker_init(args: argparse.Namespace) -> int:
+    import socket
+
+    from daq.control.brokerinit import init_broker
+    from daq.errors import DaqError
+
+    hosts = args.hosts or [socket.getfqdn(), "localhost", "127.0.0.1"]
+    try:
+        setup = init_broker(args.dir, hosts=hosts, port=args.port,
+                            local_port=args.local_port, owner=args.owner)
+    except (DaqError, OSError, LookupError) as e:
+        print(f"na64daq broker init: error: {e}", file=sys.stderr)
+        return 2
+    d = setup.directory
+    print(f"broker set-up in {d}: mosquitto -c {d / 'mosquitto.conf'}")
+    print(f"clients: {setup.url} verified against {setup.ca}")
+    print("accounts (credentials files, mode 600; hand each to its user or service):")
+    for user, path in setup.accounts.items():
+        print(f"  {user:<12} {path}")
+    if args.owner is None:
+        print("mosquitto reads passwd and server.key after dropping to its user: run as root "
+              f"with --owner mosquitto, or chown mosquitto: {d / 'passwd'} {d / 'server.key'} "
+              f"{d / 'data'} {d / 'log'}")
+    return 0
 
 
 def _settings(args: argparse.Namespace) -> MqttSettings:

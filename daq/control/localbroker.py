@@ -32,6 +32,7 @@ from daq.control.broker import (
     Roles,
     create_password_file,
     load_roles,
+    plain_listener_only,
     render_acl,
 )
 from daq.control.mqtt import ENV_PASSWORD, ENV_URL, ENV_USER
@@ -173,7 +174,7 @@ def render_conf(template: str, *, host: str, port: int, directory: Path, user: s
             "persistence_location": f"persistence_location {directory}/",
             "log_dest": f"log_dest file {directory / 'mosquitto.log'}"}
     out, seen = [f"user {user}"], set()
-    for line in template.splitlines():
+    for line in plain_listener_only(template).splitlines():
         key = line.split(" ", 1)[0]
         if key == "user":
             continue

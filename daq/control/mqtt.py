@@ -1,8 +1,10 @@
 """Broker connection settings (URL and credentials) and the MQTT v5 helpers both ends use.
 
 Credentials come from the environment (NA64_MQTT_URL, NA64_MQTT_USERNAME,
-NA64_MQTT_PASSWORD) or from a file of such KEY=VALUE lines that only its owner can read;
-never from a command-line argument, which would end up in shell history and `ps`.
+NA64_MQTT_PASSWORD, and for an mqtts:// URL NA64_MQTT_CA, the CA file that signed the
+broker's certificate; without it the system's trusted CAs) or from a file of such
+KEY=VALUE lines that only its owner can read; never from a command-line argument, which
+would end up in shell history and `ps`.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import stat
 import uuid
 from collections.abc import Mapping
@@ -30,6 +33,8 @@ from daq.errors import ConfigError
 ENV_URL = "NA64_MQTT_URL"
 ENV_USER = "NA64_MQTT_USERNAME"
 ENV_PASSWORD = "NA64_MQTT_PASSWORD"
+ENV_CA = "NA64_MQTT_CA"
+DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883}
 
 
 class MqttSettings(StrictModel):
@@ -43,13 +48,36 @@ class MqttSettings(StrictModel):
     password: SecretStr = Field(description="Password of the account (never logged).")
     timeout: float = Field(default=5.0, gt=0.0, le=120.0,
                            description="Seconds to wait for the broker or a reply.")
+    tls: bool = Field(default=False, description=(
+        "Connect with TLS (an mqtts:// URL) and verify the broker's certificate and name."))
+    ca: Path | None = Field(default=None, description=(
+        "CA certificate file (PEM) the broker's certificate must chain to; None: the "
+        "system's trusted CAs. Only with tls."))
+
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The verifying TLS context (hostname checked), or None for plain mqtt://."""
+        if not self.tls:
+            return None
+        try:
+            ctx = ssl.create_default_context(cafile=str(self.ca) if self.ca else None)
+        except (OSError, ssl.SSLError) as e:
+            raise ConfigError(ENV_CA, str(self.ca), f"a readable PEM CA file ({e})") from None
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        return ctx
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, str], *, source: str) -> MqttSettings:
         url = values.get(ENV_URL, "mqtt://127.0.0.1:1883")
         parts = urlsplit(url)
-        if parts.scheme != "mqtt" or not parts.hostname:
-            raise ConfigError(ENV_URL, url, "an mqtt://HOST[:PORT] URL")
+        if parts.scheme not in DEFAULT_PORTS or not parts.hostname:
+            raise ConfigError(ENV_URL, url, "an mqtt://HOST[:PORT] or mqtts://HOST[:PORT] URL")
+        ca = values.get(ENV_CA) or None
+        if ca and parts.scheme != "mqtts":
+            raise ConfigError(ENV_CA, ca, f"set only with an mqtts:// {ENV_URL}")
         if parts.username or parts.password:
             raise ConfigError(ENV_URL, "<hidden>", f"no credentials in the URL; use {ENV_USER} "
                               f"and {ENV_PASSWORD}")
@@ -57,11 +85,12 @@ class MqttSettings(StrictModel):
             if not values.get(key):
                 raise ConfigError(key, None, f"set in {source}")
         try:
-            port = parts.port or 1883
+            port = parts.port or DEFAULT_PORTS[parts.scheme]
         except ValueError:
             raise ConfigError(ENV_URL, url, "a port between 1 and 65535") from None
         return cls.parse({"host": parts.hostname, "port": port,
-                          "username": values[ENV_USER], "password": values[ENV_PASSWORD]})
+                          "username": values[ENV_USER], "password": values[ENV_PASSWORD],
+                          "tls": parts.scheme == "mqtts", "ca": ca})
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> MqttSettings:
@@ -120,6 +149,7 @@ def client(settings: MqttSettings, *, identifier: str | None = None,
         # id, so a predictable id could be taken over by any account (docs/control.md)
         identifier=identifier or f"{settings.username}-{uuid.uuid4().hex}",
         protocol=aiomqtt.ProtocolVersion(MQTTv5), will=will, timeout=settings.timeout,
+        tls_context=settings.tls_context(),
         # small request/reply messages: without TCP_NODELAY (here and in the broker's
         # set_tcp_nodelay) every QoS 1 exchange waits ~40 ms for a delayed ACK
         socket_options=((socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),))

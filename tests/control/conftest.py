@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from daq.control.broker import DEPLOY_DIR, create_password_file
+from daq.control.broker import DEPLOY_DIR, create_password_file, plain_listener_only
 from tests.conftest import require_binary, start_mosquitto, stop_pid
 
 USERS = ("shift", "expert", "runcontrol", "builder", "monitor")
@@ -46,7 +46,7 @@ def deployed_conf_body(workdir: Path) -> str:
     pytest's private temporary directory: `user` keeps it as whoever runs the tests.
     """
     out = [f"user {getpass.getuser()}"]
-    for line in (DEPLOY_DIR / "mosquitto.conf").read_text().splitlines():
+    for line in plain_listener_only((DEPLOY_DIR / "mosquitto.conf").read_text()).splitlines():
         key = line.split(" ", 1)[0]
         if key in {"listener", "persistence", "persistence_location", "autosave_interval",
                    "log_dest", "log_type"}:
