@@ -123,7 +123,10 @@ class BuilderService(Service):
                  ctx: zmq.asyncio.Context | None = None,
                  input_hook: SocketHook | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 poll_interval_s: float = 0.05, drain_timeout_s: float = 5.0) -> None:
+                 poll_interval_s: float = 0.05, drain_timeout_s: float = 5.0,
+                 welcome_timeout_s: float = 2.0) -> None:
+        """`welcome_timeout_s`: under run control, how long the input waits for run
+        control's first word (see `_welcome`)."""
         super().__init__()
         self.builder = builder
         self.cfg = builder.config
@@ -131,6 +134,8 @@ class BuilderService(Service):
         self.clock = clock
         self.poll_interval_s = poll_interval_s
         self.drain_timeout_s = drain_timeout_s
+        self.welcome_timeout_s = welcome_timeout_s
+        self._welcomed = asyncio.Event()  # run control has given a setting or a transition
         self.queue: collections.deque[Message] = collections.deque()
         self.queued_events = 0
         self.queued_bytes = 0
@@ -169,6 +174,7 @@ class BuilderService(Service):
                                    snapshot=context.snapshot)
         elif transition is Transition.STOP:
             self._enqueue(self.builder.end_run(self.clock()))
+        self._welcomed.set()
         return {}
 
     async def on_set(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +187,27 @@ class BuilderService(Service):
             h = self.builder.resume_trigger_config(cfg, who)
         else:
             h = self.builder.set_trigger_config(cfg, who)
+        self._welcomed.set()
         return {"cfg": h}
+
+    async def _welcome(self) -> None:
+        """Under run control, the input is not read until run control has said something
+        (at hello it gives a restarted builder the active trigger configuration, then the
+        run under way to rejoin) or `welcome_timeout_s` passed (nothing to say: no run
+        open, no configuration set; or no run control at all). A builder restarted during
+        a run otherwise built what the front ends had queued for it with the default
+        trigger configuration, until run control's word came (a race of milliseconds)."""
+        if self.agent is None:
+            return
+        stop = asyncio.ensure_future(self.stopping.wait())
+        welcomed = asyncio.ensure_future(self._welcomed.wait())
+        try:
+            await asyncio.wait({stop, welcomed}, timeout=self.welcome_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (stop, welcomed):
+                f.cancel()
+            await asyncio.gather(stop, welcomed, return_exceptions=True)
 
     def _activated(self, config: dict[str, Any], who: str, run: int, spill: int) -> None:
         if self.agent is not None:
@@ -266,6 +292,7 @@ class BuilderService(Service):
 
     async def _input(self) -> None:
         try:
+            await self._welcome()
             while not self.stopping.is_set() and not self._finished:
                 await self._wait_for_space()
                 if await self.pull.poll(100):
