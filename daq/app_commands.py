@@ -53,6 +53,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     s.add_argument("service", choices=list(SERVICES))
     s.add_argument("--config", required=True, help="topology TOML (see deploy/topology.toml)")
     s.add_argument("--index", type=int, default=0, help="trigger worker number")
+    s.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="log lines on stderr: text, or one JSON object per line (time, "
+                   "level, service, run, spill, message)")
     s.set_defaults(func=_serve)
 
     b = sub.add_parser("bench", help="measure kernel, the standing system over consecutive "
@@ -316,7 +319,7 @@ def _serve(a: argparse.Namespace) -> int:
     from daq.launch import serve
 
     cfg = load_stack_config(a.config)
-    return asyncio.run(serve(a.service, cfg, index=a.index))
+    return asyncio.run(serve(a.service, cfg, index=a.index, log_format=a.log_format))
 
 
 def _up(a: argparse.Namespace) -> int:

@@ -114,8 +114,18 @@ async def _serve_control(cfg: StackConfig, registry: CollectorRegistry) -> None:
         await asyncio.gather(channel, return_exceptions=True)
 
 
-async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
-    """Run one service until its input ends or SIGTERM/SIGINT asks it to drain and stop."""
+async def serve(name: str, cfg: StackConfig, *, index: int = 0,
+                log_format: str = "text") -> int:
+    """Run one service until its input ends or SIGTERM/SIGINT asks it to drain and stop.
+
+    Logs go to stderr (under `up`: run_dir/logs/<service>.log) with time, service, run
+    and spill (daq.logs); `log_format` "json": one JSON object per line."""
+    import logging
+
+    from daq import logs
+
+    logs.setup_logging(f"{name}{index if name == 'trigger' else ''}",
+                       fmt="json" if log_format == "json" else "text")
     registry = CollectorRegistry()
     # first: a port in use ends the process before it binds sockets or compiles kernels
     server = MetricsServer(registry, port=cfg.metrics.port(name, index), addr=cfg.metrics.addr,
@@ -136,12 +146,16 @@ async def serve(name: str, cfg: StackConfig, *, index: int = 0) -> int:
     except BaseException:
         server.close()
         raise
+    logs.bind(svc)
     on_stop_signals(loop, svc.stop)
     print(f"{name}{index if name == 'trigger' else ''}: metrics at {server.url}", flush=True)
+    log = logging.getLogger("na64.serve")
+    log.info("started, metrics at %s", server.url)
     try:
         async with svc:
             await svc.wait()
     finally:
+        log.info("stopped")
         ignore_stop_signals(loop)
         server.close()
         await asyncio.to_thread(close_transport)  # before the interpreter exits

@@ -355,7 +355,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--credentials", type=Path, help="file of NA64_MQTT_* lines (mode 600)")
     p.add_argument("--metrics-port", type=int)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO)
+    from daq.logs import setup_logging
+
+    setup_logging("runcontrol")
     try:
         settings = (MqttSettings.from_file(args.credentials) if args.credentials
                     else MqttSettings.from_env())
