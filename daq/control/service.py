@@ -300,7 +300,13 @@ class RunControlService(Service):
         while True:
             act = await self.datapath.activation()
             async with self._lock:
-                active = self.core.activated(act)
+                try:
+                    active = self.core.activated(act)
+                except (DaqError, ValueError, TypeError) as e:
+                    # a service's "activated" event with a configuration that does not
+                    # validate must not end run control (found by fuzzing, issue 20)
+                    log.error("activation from %s refused: %s", act.who or "?", e)
+                    continue
                 self.store.save(self.core.state)
                 self._audit({"event": "activated", **active})
                 await self._publish_trigger()
