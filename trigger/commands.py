@@ -15,8 +15,17 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                        "builder, the trigger and the monitors; a recorded file (accepted "
                        "events) as far as its events allow (it says what it re-derived). A "
                        "file without events is an error.")
-    p.add_argument("file", help="run file of any kind (a .partial file is read up to its "
-                   "last complete record)")
+    p.add_argument("file", nargs="+", help="run file(s) of any kind (a .partial file is read "
+                   "up to its last complete record); several are analysed in parallel on "
+                   "Dask and printed in the order given")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="several files: an existing Dask cluster's scheduler (tcp://HOST:PORT) "
+                   "instead of a local one")
+    p.add_argument("--workers", type=int, default=2, metavar="N",
+                   help="several files: worker processes of the local Dask cluster (default 2)")
+    p.add_argument("--serial", action="store_true",
+                   help="several files: one after the other in this process, no Dask")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON document")
     add_trigger_config_args(p)
     p.add_argument("--sample", choices=("unbiased", "accepted"), default="unbiased",
@@ -39,13 +48,53 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 def _analyze(a: argparse.Namespace) -> int:
     from daq.analysis.reanalyze import analyze_file
 
-    result = analyze_file(a.file, trigger_config_from_args(a), sample=a.sample)
-    if a.json:
-        json.dump(result, sys.stdout, indent=1)
-        print()
+    cfg = trigger_config_from_args(a)
+    if len(a.file) == 1 and a.scheduler is None:
+        result = analyze_file(a.file[0], cfg, sample=a.sample)
+        if a.json:
+            json.dump(result, sys.stdout, indent=1)
+            print()
+            return 0
+        _print_analysis(result)
         return 0
-    _print_analysis(result)
-    return 0
+    results = _analyze_many(a, cfg)
+    errors = [r for r in results if "error" in r]
+    if a.json:
+        json.dump(results, sys.stdout, indent=1)
+        print()
+    else:
+        for r in results:
+            if "error" not in r:
+                _print_analysis(r)
+    for r in errors:
+        print(f"na64daq analyze: error: {r['error']}", file=sys.stderr)
+    return 2 if errors else 0
+
+
+def _analyze_many(a: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
+    """Several files: on Dask (a local cluster, or --scheduler), or --serial."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from daq.analysis.parallel import analyze_many, analyze_serial
+    from daq.errors import ConfigError
+
+    if not 1 <= a.workers <= 256:
+        raise ConfigError("--workers", a.workers, "1 to 256 worker processes")
+    where = ("serial" if a.serial else a.scheduler or f"local Dask cluster, {a.workers} "
+             "worker processes")
+    with Progress(f"[bold]analyze ({where})", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), transient=True, disable=a.no_progress,
+                  console=Console(stderr=True)) as bar:
+        task = bar.add_task("files", total=len(a.file))
+
+        def show(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        if a.serial:
+            return analyze_serial(a.file, trigger_config=cfg, sample=a.sample, progress=show)
+        return analyze_many(a.file, scheduler=a.scheduler, workers=a.workers,
+                            trigger_config=cfg, sample=a.sample, progress=show)
 
 
 def add_trigger_config_args(p: argparse.ArgumentParser) -> None:
