@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from daq.geometry import peak_correction
 from daq.hits import FEATURE_HITS, T_UNIT_NS
 from simulators.jit import inline, kernel, prefetch, trailing_zeros
 from simulators.physics import Halo
@@ -103,7 +104,8 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
         shape_table(shape) if table is None else table, shape.tp_ns,
         float(sampling.sample_ns), int(sampling.trigger_sample), int(sampling.samples),
-        noise_pool, loud, touched, np.flatnonzero(reach).astype(np.int64), offsets, threshold,
+        peak_correction(shape.tp_ns, sampling.sample_ns), noise_pool, loud, touched,
+        np.flatnonzero(reach).astype(np.int64), offsets, threshold,
         amp_max, lowest_kept(zs_adc), nhit,
         buf["hit_ch"], buf["hit_amp"], buf["hit_t"], buf["hit_np"],
         out["amp"], out["tpeak"], out["npulse"])
@@ -116,7 +118,8 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                     dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
                     hamp: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
-                    trig: int, nsamp: int, noise_pool: np.ndarray, loud: np.ndarray,
+                    trig: int, nsamp: int, corr: np.ndarray, noise_pool: np.ndarray,
+                    loud: np.ndarray,
                     touched: np.ndarray,
                     support: np.ndarray, offsets: np.ndarray, thr: float,
                     amp_max: float, lowest: np.float32, nhit: np.ndarray, hit_ch: np.ndarray,
@@ -231,8 +234,8 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                             trace[m] += amps[c, p] * (
                                 samp[gi[c, p], m] if shared
                                 else shape_at(t0 + m * sample_ns - dts[c, p], table, tp))
-                    best, mbest, np_ = _scan(trace, nsamp, thr)
-                    a_row[c] = min(best + noise, amp_max)
+                    _, mbest, np_ = _scan(trace, nsamp, thr)
+                    a_row[c] = min(_peak(trace, mbest, nsamp, thr, corr) + noise, amp_max)
                     t_row[c] = (mbest - trig) * sample_ns
                     n_row[c] = min(np_, 255)
         if dense:
@@ -296,6 +299,20 @@ def _round_t(t_ns: float | np.float32) -> np.int16:
     if t_ns == 0.0:  # the in-time peak (most hits): no division
         return np.int16(0)
     return np.int16(min(max(np.rint(np.float64(t_ns) / T_UNIT_NS), -32768.0), 32767.0))
+
+
+@kernel
+def _peak(trace: np.ndarray, m: int, ns: int, thr: float, corr: np.ndarray) -> float:
+    """The trace's largest sample trace[m] corrected to the pulse peak as the trigger does
+    (`trigger.kernels._peak`, `daq.geometry.peak_correction`), from `thr` on."""
+    y0 = trace[m]
+    if m == 0 or m == ns - 1 or y0 <= thr:
+        return y0
+    last = corr.shape[0] - 1
+    u = min(max((trace[m + 1] - trace[m - 1]) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
+    k = min(int(u), last - 1)
+    w = u - k
+    return y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
 
 
 @kernel

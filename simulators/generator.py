@@ -20,8 +20,7 @@ from simulators.errors import SimulatorError
 from simulators.features import features, loud_bits
 from simulators.physics import Halo, Layout, Particles, Process, generate_block
 from simulators.readout import (
-    FAST,
-    SLOW,
+    PulseShape,
     Sampling,
     gates,
     noise_pool,
@@ -33,7 +32,6 @@ from simulators.readout import (
 
 NOISE_POOL = 1 << 20  # noise values, read at a random offset per event
 MAX_HIT_CHANNELS = 255  # channels of a zero-suppressed board (nhit, hit_ch: uint8)
-_BEAM_BOARD = "BEAM"
 
 
 @dataclass
@@ -91,7 +89,9 @@ class Simulator:
         self.noise = noise_pool(pool_rng, det.noise, NOISE_POOL + widest)
         self.noise_int = rounded_noise(self.noise) if cfg.mode == "waveform" else None
         self.loud = loud_bits(self.noise, cfg.zs_adc) if cfg.mode == "feature" else None
-        self.tables = {s: shape_table(s) for s in (FAST, SLOW)}
+        # each board's pulse from the geometry (the trigger corrects amplitudes with it)
+        self.shapes = {b.name: PulseShape(tp_ns=b.pulse_tp_ns, order=2.0) for b in geom.boards}
+        self.tables = {s: shape_table(s) for s in set(self.shapes.values())}
         self.threshold = 5 * det.noise  # FPGA pulse threshold, ADC counts
         self._blocks: dict[tuple[int, int], Particles] = {}
         self._v1: dict[int, int] = {}
@@ -186,7 +186,7 @@ class Simulator:
             pileup[:, bi] = np.minimum(hi - lo - 1, 255)
             dep = parts.dep[board.name]
             halo = parts.halo.get(board.name)
-            shape = FAST if board.name == _BEAM_BOARD else SLOW
+            shape = self.shapes[board.name]
             offsets = rng.integers(0, NOISE_POOL, count)
             if self.cfg.mode == "feature":
                 ped = float(np.max(self.calib.pedestal[board.name]))

@@ -16,7 +16,7 @@ import numpy as np
 
 from daq import hits
 from daq.errors import WireError
-from daq.geometry import Calibration, Geometry
+from daq.geometry import Calibration, Geometry, peak_correction
 from trigger import kernels
 from trigger.config import TriggerConfig
 from trigger.errors import SliceError
@@ -42,6 +42,8 @@ class BoardParams:
     group: np.ndarray  # int64: energy-sum group, -1 for none or masked
     weight: np.ndarray  # float64: 1 / gain (GeV or MIP per ADC count)
     sat_limit: np.ndarray  # float64: feature-mode amplitude that means saturation
+    #: float64: largest sample to pulse peak by the neighbours' ratio (peak_correction)
+    corr: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ def build_params(cfg: TriggerConfig, geometry: Geometry, calib: Calibration) -> 
         # feature hits are integers capped at the largest integer amplitude below the limit
         top = np.floor(det.adc_max - calib.pedestal[b.name].astype(np.float64))
         limit = np.where(live != 0, top, np.inf)
-        boards.append(BoardParams(b.name, len(b.channels), live, group, weight, limit))
+        corr = peak_correction(b.pulse_tp_ns, det.sample_ns)
+        boards.append(BoardParams(b.name, len(b.channels), live, group, weight, limit, corr))
     s_idx = v_idx = np.zeros(0, np.int64)
     if "BEAM" in geometry.board_names:
         beam = geometry.board("BEAM")
@@ -235,6 +238,13 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
     return out, sat
 
 
+def _peak_thr(p: TriggerParams) -> float:
+    # Amplitudes become pulse peaks from the pulse threshold on, and only where the largest
+    # sample alone reaches the zero threshold: a channel a board suppresses stays below it,
+    # so full and zero-suppressed waveforms give the same features.
+    return max(p.config.pulse_threshold_adc, p.config.zero_threshold_adc)
+
+
 def _full_waveforms(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
                     p: TriggerParams, backend: ModuleType, sat: np.ndarray) -> BoardAmplitudes:
     wave = _need(arrays, f"{b.name}.wave", "<i2", (count, p.samples, b.nch))
@@ -242,6 +252,7 @@ def _full_waveforms(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams
     backend.wave_board(wave, b.live, p.n_ped, p.config.pulse_threshold_adc, p.adc_max,
                        p.trigger_sample, p.sample_ns, False, b.name in PULSE_BOARDS, amp,
                        _NO_EXTRA, npulse, _NO_EXTRA, sat)
+    backend.peak_board(wave, p.n_ped, _peak_thr(p), b.corr, amp)
     return BoardAmplitudes(amp, npulse)
 
 
@@ -253,6 +264,7 @@ def _waveform_hits(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
     backend.wave_hits(h["nhit"], h["hit_ch"], h["hit_wave"], b.live, p.n_ped,
                       p.config.pulse_threshold_adc, p.adc_max, b.name in PULSE_BOARDS, amp,
                       npulse, sat)
+    backend.peak_hits(h["hit_wave"], p.n_ped, _peak_thr(p), b.corr, amp)
     return BoardAmplitudes(amp, npulse, h["nhit"], h["hit_ch"])
 
 

@@ -194,6 +194,63 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pu
 
 
 @kernel
+def _peak(flat, base, step, ns, n_ped, corr):
+    # the largest sample of one trace (samples flat[base + i * step]) corrected to the
+    # pulse's peak by the ratio of its neighbours (daq.geometry.peak_correction): 0.0 when
+    # the maximum is on the first or last sample (no neighbour: left as it is)
+    tot = 0.0
+    for i in range(n_ped):
+        tot += flat[base + np.uint64(i) * step]
+    ped = tot / n_ped
+    imx = 0
+    mx = flat[base]
+    for i in range(1, ns):
+        v = flat[base + np.uint64(i) * step]
+        if v > mx:
+            mx = v
+            imx = i
+    y0 = mx - ped
+    if imx == 0 or imx == ns - 1 or y0 <= 0.0:
+        return y0, 0.0
+    ym = flat[base + np.uint64(imx - 1) * step] - ped
+    yp = flat[base + np.uint64(imx + 1) * step] - ped
+    last = corr.shape[0] - 1
+    u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
+    k = min(int(u), last - 1)
+    w = u - k
+    return y0, y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
+
+
+@kernel
+def peak_board(wave, n_ped, pulse_thr, corr, amp):
+    # wave (count, samples, nch): amplitudes of at least pulse_thr become the pulse's peak
+    # (the rest are noise; left as the largest sample)
+    n, ns, nch = wave.shape
+    flat = wave.reshape(n * ns * nch)
+    step = np.uint64(nch)
+    for e in range(n):
+        for c in range(nch):
+            if amp[e, c] >= pulse_thr:
+                y0, a = _peak(flat, np.uint64(e * ns * nch + c), step, ns, n_ped, corr)
+                if y0 >= pulse_thr and a > 0.0:
+                    amp[e, c] = a
+    return 0
+
+
+@kernel
+def peak_hits(wave, n_ped, pulse_thr, corr, amp):
+    # peak_board over hits: wave (nhits, samples)
+    nh, ns = wave.shape
+    flat = wave.reshape(nh * ns)
+    for h in range(nh):
+        if amp[h] >= pulse_thr:
+            y0, a = _peak(flat, np.uint64(h * ns), np.uint64(1), ns, n_ped, corr)
+            if y0 >= pulse_thr and a > 0.0:
+                amp[h] = a
+    return 0
+
+
+@kernel
 def _trace_pulses(flat, base, ns, lvl, pad):
     # wave_board's pulse definition on one contiguous trace, the same way: the trace between
     # a guard sample of -32768 on each side (pad), one branch-free loop over the samples

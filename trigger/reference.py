@@ -74,6 +74,44 @@ def wave_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float,
     npulse[:] = _pulses(w, ped, pulse_thr) if pulses else 0
 
 
+def _peaks(w: np.ndarray, n_ped: int, pulse_thr: float, corr: np.ndarray,
+            amp: np.ndarray) -> np.ndarray:
+    # w (traces, samples) int64; the kernels' _peak on every trace whose amplitude and largest
+    # sample minus pedestal reach pulse_thr (in float64, in the kernels' order of operations)
+    ns = w.shape[1]
+    tot = np.zeros(len(w))
+    for i in range(n_ped):  # added one by one, as the kernel does
+        tot += w[:, i]
+    ped = tot / n_ped
+    imx = np.argmax(w, axis=1)
+    rows = np.arange(len(w))
+    y0 = w[rows, imx] - ped
+    inner = (imx > 0) & (imx < ns - 1)
+    ym = w[rows, np.maximum(imx - 1, 0)] - ped
+    yp = w[rows, np.minimum(imx + 1, ns - 1)] - ped
+    last = len(corr) - 1
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.minimum(np.maximum((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
+    u = np.where(inner & (y0 >= pulse_thr) & np.isfinite(u), u, 0.0)
+    k = np.minimum(u.astype(np.int64), last - 1)
+    wgt = u - k
+    a = y0 * (corr[k] * (1.0 - wgt) + corr[k + 1] * wgt)
+    use = (amp.astype(np.float64) >= pulse_thr) & inner & (y0 >= pulse_thr) & (a > 0.0)
+    return np.where(use, a, amp)
+
+
+def peak_board(wave: np.ndarray, n_ped: int, pulse_thr: float, corr: np.ndarray,
+               amp: np.ndarray) -> None:
+    n, ns, nch = wave.shape
+    w = wave.astype(np.int64).transpose(0, 2, 1).reshape(n * nch, ns)
+    amp[:] = _peaks(w, n_ped, pulse_thr, corr, amp.reshape(-1)).reshape(n, nch)
+
+
+def peak_hits(wave: np.ndarray, n_ped: int, pulse_thr: float, corr: np.ndarray,
+              amp: np.ndarray) -> None:
+    amp[:] = _peaks(wave.astype(np.int64), n_ped, pulse_thr, corr, amp)
+
+
 def _event_of_hit(nhit: np.ndarray) -> np.ndarray:
     return np.repeat(np.arange(len(nhit)), nhit)
 

@@ -93,7 +93,8 @@ def test_pileup_fraction_is_what_the_beam_counters_can_resolve(case: tuple) -> N
     seen = feats["mult"] > 1
     assert not (seen & (truth["pileup"][:, _board("BEAM")] == 0)).any()  # no false pileup
     assert seen[resolved].mean() > 0.99
-    assert resolved.mean() <= tot.pileup_fraction <= in_gate.mean() + 1e-3
+    within = nearest < half_gate + 1  # every event a neighbour can reach (ts floored)
+    assert resolved.mean() <= tot.pileup_fraction <= within.mean()
     # the expectation of a Poisson beam: a neighbour in [22.5, 30) ns on either side
     rate = intensity / SPILL_S * 1e-9
     lo_expect = 1 - math.exp(-rate * 2 * (half_gate - RESOLVED_NS))
@@ -129,7 +130,7 @@ def test_pileup_fraction_agrees_between_readout_modes(intensity: float, gen: flo
         frac[mode] = analyze(msgs, CFG).totals().pileup_fraction
     pf, pw = frac["feature"], frac["waveform"]
     nf, nw = len(mult["feature"]), len(mult["waveform"])
-    assert nf == nw > 40000 and 0.005 < pf < 0.1
+    assert nf == nw > 40000 and 0.005 < pf < 0.2
     assert abs(pf - pw) < 3 * math.sqrt(pf * (1 - pf) / nf + pw * (1 - pw) / nw), (pf, pw)
     differ = (mult["feature"] > 1) != (mult["waveform"] > 1)
     assert differ.mean() < 1e-3, int(differ.sum())

@@ -83,10 +83,11 @@ def test_feature_peak_time_and_pulse_count() -> None:
     # 0, +30, +35 ns on the 12.5 ns clock: the last two share the sample at +37.5 ns
     # (1000 (f(7.5 ns after a 5 ns rise) + f(2.5 ns after)) = 1000 (0.311 + 0.828)) -> 2 pulses
     assert fast["npulse"][0, 0] == 2
-    # the largest sample is theirs (and the in-time pulse's tail), at its sample time
+    # the largest sample is theirs (and the in-time pulse's tail), at its sample time; the
+    # amplitude is that sample corrected towards the peak of their sum (at most both peaks)
     tail = 8.5**2 * np.exp(-15)
-    assert fast["amp"][0, 0] == pytest.approx(
-        1000 * (6.25 * np.exp(-3) + 2.25 * np.exp(-1) + tail), abs=1e-3)
+    largest = 1000 * (6.25 * np.exp(-3) + 2.25 * np.exp(-1) + tail)
+    assert largest - 1e-3 < fast["amp"][0, 0] < 2000.0
     assert fast["tpeak"][0, 0] == 37.5
     slow = features_dense(*args, SLOW, pool, np.zeros(1, np.int64), 10.0, 3695.0,
                           sampling=clock)
