@@ -36,7 +36,7 @@ from daq.runfile import RunFileReader
 from daq.wire import Kind
 from tests.conftest import free_tcp_ports, require_binary
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.mosquitto, pytest.mark.multiprocess]
+pytestmark = pytest.mark.timeout(240)
 
 SIM = {"intensity": 4000.0, "spill_length_s": 0.4, "spill_period_s": 0.4,
        "generated_s": 0.4, "slice_events": 256, "seed": 5}
@@ -114,7 +114,7 @@ class Crew:
                              lambda: local_credentials(run_dir, "expert"), 120)
         ctl = await stack.enter_async_context(
             ControlClient(MqttSettings.from_file(creds), timeout=60.0))
-        await ctl.follow(f"{P.SERVICES}/+", SPILL, P.ACTIVE, P.RUN_STATE)
+        await ctl.follow(f"{P.SERVICES}/+", SPILL, P.ACTIVE, P.RUN_STATE, P.HISTORY)
         return cls(ctl)
 
     def docs(self) -> dict[str, dict[str, Any]]:
@@ -225,6 +225,8 @@ def test_each_service_may_log_in_with_its_own_account(monkeypatch: pytest.Monkey
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.mosquitto  # up's own
 def test_runs_pause_and_a_trigger_change_across_processes(tmp_path: Path) -> None:
     require_binary("mosquitto")
     topo = _topology(tmp_path)
@@ -251,7 +253,9 @@ def test_runs_pause_and_a_trigger_change_across_processes(tmp_path: Path) -> Non
             got["from_spill"] = active["spill"]
             assert seen["spill"] < active["spill"], (seen, active)  # the next boundary
             # the audit trail names who changed what, and from which spill it applied
-            history = await c.ctl.history()
+            history = await _until("the activation in the audit trail", lambda: (
+                h := c.ctl.seen(P.HISTORY).get(P.HISTORY) or []) and any(
+                e["event"] == "activated" for e in h) and h)
             done = [e for e in history if e["event"] in ("requested", "activated")]
             assert [(e["event"], e["who"]) for e in done] == [("requested", "expert"),
                                                               ("activated", "expert")], history
@@ -332,6 +336,8 @@ def test_runs_pause_and_a_trigger_change_across_processes(tmp_path: Path) -> Non
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.mosquitto  # up's own
 def test_a_builder_restarted_during_a_run_builds_with_the_active_trigger_config(
         tmp_path: Path) -> None:
     """The builder killed mid-run after a trigger change: `up` restarts it, it says hello,
