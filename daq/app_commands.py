@@ -358,8 +358,11 @@ def _up(a: argparse.Namespace) -> int:
         if report["figures"] is not None:
             Console().print(run_figures_table(report["figures"]))
         for r in report["runs"]:
+            if "error" in r:
+                console.print(f"error: {r['error']}")
+                continue
             print(f"run {r.get('run')}: {r.get('spills')} spills, {r.get('events')} events, "
-                  f"{r.get('stop_reason') or r.get('error')}")
+                  f"{r.get('stop_reason')}")
         for name, r in report["services"].items():
             rss = r["peak_rss_bytes"] / 2**20
             print(f"{name:12s} pid {r['pid']:>7} exit {r['exit']!s:>4}  restarts "

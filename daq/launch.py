@@ -8,9 +8,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -415,20 +416,32 @@ def up(config: Path, *, autopilot: tuple[int, int] | None = None, on_sample: Any
                                         on_sample=on_sample, max_restarts=max_restarts,
                                         timeout_s=timeout_s, progress=progress, stop=stop))
     finally:
-        # a second Ctrl-C or SIGTERM must not cut the shutdown short and leave orphans
-        held = {sig: signal.signal(sig, signal.SIG_IGN)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        try:
+        with _signals_held():
             stop_all(procs)
             if broker is not None:
                 broker.stop()
-        finally:
-            for sig, handler in held.items():
-                signal.signal(sig, handler)
     # after the stop: each process's exit code (0: a clean, drained exit)
     report["services"] = {p.name: p.report() for p in procs}
     report["ok"] = report["ok"] and all(p.popen.returncode == 0 for p in procs)
     return report
+
+
+_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """A second Ctrl-C or SIGTERM must not cut the shutdown short and leave orphans. Only
+    the main thread may change signal handlers; elsewhere (up in a thread) nothing to do."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {sig: signal.signal(sig, signal.SIG_IGN) for sig in _SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in held.items():
+            signal.signal(sig, handler)
 
 
 def _shift_settings(cfg: StackConfig, broker: Any) -> Any:
@@ -450,8 +463,9 @@ async def _supervise(cfg: StackConfig, procs: list[Proc], broker: Any, *,
 
     loop = asyncio.get_running_loop()
     leave = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(sig, leave.set)
+    if threading.current_thread() is threading.main_thread():  # only there, by Python
+        for sig in _SIGNALS:
+            loop.add_signal_handler(sig, leave.set)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     figures: dict[str, Any] | None = None
     runs: list[dict[str, Any]] = []
