@@ -200,9 +200,14 @@ class Conductor(DataPath):
                 run.ended_by_frontends = True
                 self._ended.put_nowait(run.run)
         elif ev == "activated":
+            config, run_, spill = doc.get("config"), doc.get("run"), doc.get("spill")
+            if not isinstance(config, dict) or not all(
+                    v is None or type(v) is int for v in (run_, spill)):
+                self.unknown += 1  # refused: not what a builder sends
+                log.warning("command channel: malformed 'activated' from %s", m.name)
+                return
             self._activations.put_nowait(Activation(
-                dict(doc.get("config") or {}), str(doc.get("who", "")), self.clock(),
-                doc.get("run"), doc.get("spill")))
+                config, str(doc.get("who", "")), self.clock(), run_, spill))
 
     def _closed_by_document(self, m: Member) -> None:
         """A sink's status names the last run it closed: the event that said so may have

@@ -81,8 +81,6 @@ def test_agent_command(targets: AsyncTargets, data: bytes) -> None:
     check(targets.command, (), data)
 
 
-@pytest.mark.xfail(strict=True, reason="daq/control/conductor.py `_event`: an 'activated' "
-                   "event whose config is not an object raises (dict(-4)); fix requested")
 @FUZZ
 @given(data=_inputs)
 def test_conductor_take(targets: AsyncTargets, data: bytes) -> None:
