@@ -21,7 +21,9 @@ from simulators.readout import (
     MAX_PULSES,
     PulseShape,
     Sampling,
+    beam_phase,
     halo_args,
+    phase_grid,
     shape_at,
     shape_table,
 )
@@ -104,6 +106,7 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
         shape_table(shape) if table is None else table, shape.tp_ns,
         float(sampling.sample_ns), int(sampling.trigger_sample), int(sampling.samples),
+        phase_grid(sampling.sample_ns)[beam_phase(t, ev, sampling.sample_ns)],
         peak_correction(shape.tp_ns, sampling.sample_ns), noise_pool, loud, touched,
         np.flatnonzero(reach).astype(np.int64), offsets, threshold,
         amp_max, lowest_kept(zs_adc), nhit,
@@ -118,7 +121,8 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                     dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
                     hamp: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
-                    trig: int, nsamp: int, corr: np.ndarray, noise_pool: np.ndarray,
+                    trig: int, nsamp: int, phase: np.ndarray, corr: np.ndarray,
+                    noise_pool: np.ndarray,
                     loud: np.ndarray,
                     touched: np.ndarray,
                     support: np.ndarray, offsets: np.ndarray, thr: float,
@@ -143,7 +147,6 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
     row = np.empty(nch, np.float32)
     samp = np.empty((MAX_PULSES, nsamp))  # pileup: each gate particle's pulse at the samples
     trace = np.empty(nsamp)
-    t0 = -trig * sample_ns  # the first sample's time, from the in-time peak
     k = 0
     for e in range(n):
         if e + AHEAD < n:  # the noise windows are spread over the whole pool
@@ -208,6 +211,9 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                         dts[c, cnt[c]] = dt
                         gi[c, cnt[c]] = j - lo[e]
                         cnt[c] += 1
+            # the first sample's time from the in-time peak, which falls phase[e] after the
+            # trigger sample (the beam is asynchronous to the clock)
+            t0 = -trig * sample_ns - phase[e]
             mg = hi[e] - lo[e]
             shared = mg <= MAX_PULSES  # the sampled pulses, once for all channels
             if shared:
@@ -236,7 +242,7 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                                 else shape_at(t0 + m * sample_ns - dts[c, p], table, tp))
                     _, mbest, np_ = _scan(trace, nsamp, thr)
                     a_row[c] = min(_peak(trace, mbest, nsamp, thr, corr) + noise, amp_max)
-                    t_row[c] = (mbest - trig) * sample_ns
+                    t_row[c] = t0 + mbest * sample_ns
                     n_row[c] = min(np_, 255)
         if dense:
             amp[e] = a_row

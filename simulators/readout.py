@@ -32,8 +32,8 @@ class PulseShape:
         return np.where(x > 0, np.maximum(x, 0) ** self.order * np.exp(self.order * (1 - x)), 0.0)
 
 
-FAST = PulseShape(tp_ns=5.0, order=2.0)  # beam counters (plastic)
-SLOW = PulseShape(tp_ns=20.0, order=2.0)  # calorimeters, SRD, VETO
+FAST = PulseShape(tp_ns=10.0, order=2.0)  # beam counters, shaped (geometry: BEAM pulse_tp_ns)
+SLOW = PulseShape(tp_ns=20.0, order=2.0)  # calorimeters, SRD, VETO (the geometry default)
 
 
 class Sampling(NamedTuple):
@@ -82,7 +82,8 @@ def shape_at(dt_from_peak: float, table: np.ndarray, tp: float) -> float:
 @kernel
 def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                      dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
-                     hamp: np.ndarray, table: np.ndarray, intime: np.ndarray, tp: float,
+                     hamp: np.ndarray, table: np.ndarray, intime: np.ndarray,
+                     qphase: np.ndarray, phases: np.ndarray, tp: float,
                      pedestal: np.ndarray, noise: np.ndarray, noise_int: np.ndarray,
                      offsets: np.ndarray, sample_ns: float, trig_ns: float, adc_max: float,
                      n_ped: int, zs: float, wave: np.ndarray, nhit: np.ndarray,
@@ -131,6 +132,8 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
         if e == n:
             break
         i = ev[e]
+        qp = qphase[e]  # the beam phase: the in-time pulse peaks phases[qp] after its sample
+        trig_e = trig_ns + phases[qp]
         w = 0 if suppress else e
         off = np.uint64(offsets[e])  # unsigned: no wraparound check, the loops vectorise
         base = np.uint64(w) * size
@@ -151,7 +154,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                     d = dep_self[i, c]
                     if d > 0.0:
                         for s in range(ns):
-                            p = intime[s]
+                            p = intime[qp, s]
                             if p != 0.0:  # before the pulse starts: the quiet value
                                 k = off + np.uint64(s * nch + c)
                                 v2 = np.floor(pedestal[c] + noise[k] + d * p + 0.5)
@@ -160,7 +163,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
         elif single:
             for s in range(ns):
                 row = off + np.uint64(s * nch)
-                p = intime[s]
+                p = intime[qp, s]
                 for c in range(np.uint64(nch)):
                     v2 = np.floor(pedestal[c] + noise[row + c] + a[c] * p + 0.5)
                     wave[w, s, c] = min(max(v2, 0.0), adc_max)
@@ -172,7 +175,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
         m = hi[e] - lo[e]
         if m <= MAX_PULSES:  # pileup: each particle's pulse shape once, for all channels
             _gate_pulses(i, lo[e], hi[e], t, dep_self, lines, hline, hamp, table, tp,
-                         sample_ns, trig_ns, dg, sh)
+                         sample_ns, trig_e, dg, sh)
             for c in range(nch):
                 quiet = True
                 for jl in range(m):
@@ -195,7 +198,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
             if not _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp):
                 _signal_channel(i, c, lo[e], hi[e], t, dep_self, lines, hline, hamp, table,
                                 tp, pedestal[c], noise, offsets[e] + c, nch, sample_ns,
-                                trig_ns, adc_max, buf, wave[w, :, c])
+                                trig_e, adc_max, buf, wave[w, :, c])
     return nh
 
 
@@ -377,6 +380,24 @@ def rounded_noise(noise: np.ndarray) -> np.ndarray:
     return np.floor(noise.astype(np.float64) + 0.5).astype(np.int16)
 
 
+#: beam phases: the in-time pulse peaks (q + 0.5) / N_PHASES of a sample after the trigger
+#: sample, q = 0 .. N_PHASES - 1 (0.2 ns steps at 80 MHz)
+N_PHASES = 64
+
+
+def phase_grid(sample_ns: float) -> np.ndarray:
+    """The N_PHASES beam phases, ns after the trigger sample (float64)."""
+    return (np.arange(N_PHASES) + 0.5) * (sample_ns / N_PHASES)
+
+
+def beam_phase(t: np.ndarray, ev: np.ndarray, sample_ns: float) -> np.ndarray:
+    """Index into `phase_grid` of each event's beam phase: where its particle's arrival time
+    falls within a period of the free-running sampling clock (started at the spill's t = 0;
+    the beam is asynchronous to it, so the phase is uniform)."""
+    tt = np.asarray(t, np.float64)[ev]
+    return (np.floor(tt * (N_PHASES / sample_ns)).astype(np.int64)) % N_PHASES
+
+
 def pedestal_samples(trigger_sample: int) -> int:
     """Samples the pedestal is estimated from: the first half of those before the in-time
     peak, at least one (as trigger.core.build_params has it)."""
@@ -441,10 +462,13 @@ def _waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         noise_int = None  # the integer shortcut needs integer pedestals
     elif noise_int is None:
         noise_int = rounded_noise(noise)
+    phases = phase_grid(sample_ns)
+    intime = shape(np.arange(samples)[None, :] * sample_ns - trigger_sample * sample_ns
+                   - phases[:, None])
     return int(_waveform_kernel(
         ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
         shape_table(shape) if table is None else table,
-        shape(np.arange(samples) * sample_ns - trigger_sample * sample_ns), shape.tp_ns, ped,
+        intime, beam_phase(t, ev, sample_ns), phases, shape.tp_ns, ped,
         noise, _NO_INT if noise_int is None else noise_int, offsets, sample_ns,
         trigger_sample * sample_ns, float(adc_max), pedestal_samples(trigger_sample), zs_adc,
         wave, hits["nhit"], hits["hit_ch"], hits["hit_wave"]))
@@ -458,6 +482,7 @@ def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.nd
     """Plain NumPy version of `waveforms` with the exact pulse shape (slow; for the tests)."""
     s_ns = np.arange(samples) * sample_ns
     out = np.empty((len(ev), samples, dep_self.shape[1]), np.int16)
+    phase = phase_grid(sample_ns)[beam_phase(t, ev, sample_ns)]
     for e, i in enumerate(ev):
         nch = dep_self.shape[1]
         window = noise[offsets[e]:offsets[e] + nch * samples].reshape(samples, nch).T
@@ -467,6 +492,6 @@ def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.nd
             if j != i and halo is not None:
                 a[halo.lines[halo.line[j]]] += halo.amp[j]
             dt = float(t[j]) - float(t[i])
-            buf += a[:, None] * shape(s_ns - trigger_sample * sample_ns - dt)[None, :]
+            buf += a[:, None] * shape(s_ns - trigger_sample * sample_ns - phase[e] - dt)[None, :]
         out[e] = np.clip(np.floor(buf + 0.5), 0, adc_max).T
     return out

@@ -18,7 +18,7 @@ from monitors.identify import electron_sample, hcal_total
 
 CFG = MonitorConfig(confidence=0.9973)
 SPILL_S = 4.8
-RESOLVED_NS = 22.5  # a second beam-counter pulse this far from the first is always found
+RESOLVED_NS = 27.5  # a second beam-counter pulse this far from the first is always found
 CASES = [  # (intensity per spill, seconds generated: pileup right, events few)
     pytest.param((2e5, 1.0), id="low-2e5"),
     pytest.param((6e6, 0.05), id="default-6e6"),
@@ -88,14 +88,15 @@ def test_pileup_fraction_is_what_the_beam_counters_can_resolve(case: tuple) -> N
     nearest = np.minimum(np.r_[np.inf, gap], np.r_[gap, np.inf])
     half_gate = detector()[0].board("BEAM").window_ns / 2
     in_gate = nearest < half_gate - 1  # ts is floored to ns: stay off the boundary
-    # the sampled beam counters resolve pulses 22.5 ns apart (tests/simulators/test_sim_readout)
+    # the sampled beam counters resolve pulses 27.5 ns apart (tests/simulators/test_sim_readout)
     resolved = (nearest >= RESOLVED_NS + 1) & in_gate
     seen = feats["mult"] > 1
     assert not (seen & (truth["pileup"][:, _board("BEAM")] == 0)).any()  # no false pileup
-    assert seen[resolved].mean() > 0.99
+    if resolved.sum() >= 20:  # [28.5, 29) ns: a handful of events at the lower intensity
+        assert seen[resolved].mean() > 0.99
     within = nearest < half_gate + 1  # every event a neighbour can reach (ts floored)
     assert resolved.mean() <= tot.pileup_fraction <= within.mean()
-    # the expectation of a Poisson beam: a neighbour in [22.5, 30) ns on either side
+    # the expectation of a Poisson beam: a neighbour in [27.5, 30) ns on either side
     rate = intensity / SPILL_S * 1e-9
     lo_expect = 1 - math.exp(-rate * 2 * (half_gate - RESOLVED_NS))
     n = tot.events
@@ -138,3 +139,36 @@ def test_pileup_fraction_agrees_between_readout_modes(intensity: float, gen: flo
     # (truth), never without one
     in_gate = truth["pileup"][:, _board("BEAM")] > 0
     assert not ((mult["waveform"] > 1) & ~in_gate).any()
+
+
+@pytest.fixture(scope="module")
+def ecal_100() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Reconstructed and true E_ECAL of beam electrons alone in the ECAL gate, both modes."""
+    out = {}
+    for mode in ("feature", "waveform"):
+        msgs, truth, _ = simulate(intensity=2e5, generated_s=1.0, seed=5, mode=mode)
+        e = np.concatenate([m.arrays["e_ecal"] for m in msgs if m.kind == "features"])
+        sel = ((truth["species"] == 0) & (truth["process"] == 0)
+               & (truth["pileup"][:, _board("ECAL")] == 0))
+        out[mode] = (e[sel].astype(np.float64), truth["e_ecal"][sel].astype(np.float64))
+    return out
+
+
+def test_ecal_resolution_at_100_gev_in_both_modes(ecal_100: dict) -> None:
+    """The beam phase is uniform and amplitudes are corrected to the pulse peak: E_ECAL of
+    100 GeV electrons is the true deposit to 0.05 % in both modes, and its resolution is the
+    deposit's (sampling and beam spread, 1.72 %) with the readout's noise in quadrature.
+    Measured (seed 5, 41134 electrons): sigma/E = 1.74 % in both modes; mean E_ECAL - truth
+    -0.027 GeV (features) and -0.043 GeV (waveforms): cells under the 10 ADC zero threshold."""
+    for mode, (e, t) in ecal_100.items():
+        n = len(e)
+        assert n > 30000
+        d = e - t
+        assert abs(d.mean()) < 0.0005 * t.mean(), (mode, d.mean())
+        rel, rel_t = e.std() / e.mean(), t.std() / t.mean()
+        expect = math.hypot(rel_t, d.std() / e.mean())
+        # the error of a standard deviation: sigma / sqrt(2 n), 5 of them
+        assert abs(rel - expect) < 5 * rel / math.sqrt(2 * n), (mode, rel, expect)
+        assert 0.016 < rel < 0.019, (mode, rel)
+    (ef, _), (ew, _) = ecal_100["feature"], ecal_100["waveform"]
+    assert abs(ef.mean() - ew.mean()) < 0.0003 * ef.mean()

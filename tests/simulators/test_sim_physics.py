@@ -192,12 +192,12 @@ def test_beam_counter_pulses_count_the_pileup(full_rate_spill: tuple) -> None:
     npulse = dense(boards["BEAM"], "hit_np", geom.n_channels("BEAM"))[:, 0].astype(np.int64)
     assert (npulse >= 1).all() and (npulse <= pu + 1).all()
     # they differ when two pulses fall within the double-pulse resolution of the sampled
-    # trace (test_sim_readout: never resolved within 15 ns, always from 22.5 ns, with the
-    # in-time pulse on a sample): at least a neighbour within 15 ns, at most within 22.5 ns
+    # trace (test_sim_readout: never resolved within 15 ns, always from 30 ns, whatever the
+    # beam phase): at least a neighbour within 15 ns, at most within 30 ns
     # (and the rare pair of neighbours close to each other)
     n = len(pu)
     merged = (npulse != pu + 1).mean()
-    p_lo, p_hi = 1 - np.exp(-rate * 2 * 15e-9), 1 - np.exp(-rate * 2 * 22.5e-9)
+    p_lo, p_hi = 1 - np.exp(-rate * 2 * 15e-9), 1 - np.exp(-rate * 2 * 30e-9)
     assert p_lo - NSIG * np.sqrt(p_lo / n) < merged < p_hi + NSIG * np.sqrt(p_hi / n)
 
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
+from daq.geometry import pulse_shape
 from daq.hits import FEATURE_HITS, check
 from simulators.features import features_dense
 from simulators.physics import Halo
@@ -13,9 +14,11 @@ from simulators.readout import (
     FAST,
     SLOW,
     Sampling,
+    beam_phase,
     gates,
     gates_reference,
     noise_pool,
+    phase_grid,
     waveforms,
     waveforms_reference,
 )
@@ -83,12 +86,15 @@ def test_feature_peak_time_and_pulse_count() -> None:
     # 0, +30, +35 ns on the 12.5 ns clock: the last two share the sample at +37.5 ns
     # (1000 (f(7.5 ns after a 5 ns rise) + f(2.5 ns after)) = 1000 (0.311 + 0.828)) -> 2 pulses
     assert fast["npulse"][0, 0] == 2
-    # the largest sample is theirs (and the in-time pulse's tail), at its sample time; the
-    # amplitude is that sample corrected towards the peak of their sum (at most both peaks)
-    tail = 8.5**2 * np.exp(-15)
-    largest = 1000 * (6.25 * np.exp(-3) + 2.25 * np.exp(-1) + tail)
-    assert largest - 1e-3 < fast["amp"][0, 0] < 2000.0
-    assert fast["tpeak"][0, 0] == 37.5
+    # the largest sample is theirs (and the in-time pulse's tail), at its sample time, which
+    # is 37.5 ns after the trigger sample less the beam phase (the in-time peak's place after
+    # its sample); the amplitude is that sample corrected towards the peak of their sum
+    phase = phase_grid(SAMPLE_NS)[beam_phase(t, ev, SAMPLE_NS)][0]
+    at = 37.5 - phase - np.array([0.0, 30.0, 35.0])
+    largest = 1000 * pulse_shape(at, FAST.tp_ns).sum()
+    # (the correction assumes one pulse: two 5 ns apart make a wider one, peak under 2000)
+    assert largest - 1e-2 < fast["amp"][0, 0] < 1.03 * 2000.0
+    assert fast["tpeak"][0, 0] == pytest.approx(37.5 - phase, abs=1e-4)
     slow = features_dense(*args, SLOW, pool, np.zeros(1, np.int64), 10.0, 3695.0,
                           sampling=clock)
     # the slow shape still separates 0 and +30 ns (samples 0 and +37.5 ns), but sums more
@@ -98,12 +104,21 @@ def test_feature_peak_time_and_pulse_count() -> None:
 def test_waveform_in_time_pulse_peaks_at_trigger_sample() -> None:
     geom, calib = detector()
     sim = simulator(generated_s=0.002, mode="waveform", seed=4, slice_events=512)
-    sl = next(iter(sim.slices(sim.plan(0))))
+    plan = sim.plan(0)
+    sl = next(iter(sim.slices(plan)))
     ecal = geom.board_names.index("ECAL")
     alone = sl.truth["pileup"][:, ecal] == 0
     wave = sl.boards["ECAL"]["wave"][alone].astype(np.float64)
     spot = int(np.argmax(wave.max(axis=1).mean(axis=0)))
-    assert_array_equal(np.argmax(wave[:, :, spot], axis=1), geom.detector.trigger_sample)
+    # the beam phase puts the peak between the trigger sample and the next: the largest
+    # sample is one of the two, the trigger sample while the phase is under ~half a sample
+    trig = geom.detector.trigger_sample
+    ev = np.arange(sl.first, sl.first + sl.count)[alone]
+    phase = phase_grid(SAMPLE_NS)[beam_phase(plan.t, ev, SAMPLE_NS)]
+    imax = np.argmax(wave[:, :, spot], axis=1)
+    assert set(np.unique(imax)) == {trig, trig + 1}
+    assert (imax[phase < 0.4 * SAMPLE_NS] == trig).all()
+    assert (imax[phase > 0.6 * SAMPLE_NS] == trig + 1).all()
     # pedestal region before the pulse: calibration pedestal, noise RMS from the geometry
     early = wave[:, :2, :] - calib.pedestal["ECAL"][None, None, :]
     n = early.size
@@ -130,10 +145,11 @@ def test_same_seed_same_data_and_slices_regenerate_alone() -> None:
 
 def _pairs(dt: float, n: int, seed: int) -> tuple:
     """n events, each with one neighbour dt ns before or after it (alternately), amplitudes
-    500 ADC lognormal 10 % (a beam counter's MIP), far from the next pair."""
+    500 ADC lognormal 10 % (a beam counter's MIP), far from the next pair, at a beam phase
+    uniform over the sample."""
     rng = np.random.default_rng(seed)
     t = np.empty(2 * n)
-    t[0::2] = 1e5 * np.arange(n)
+    t[0::2] = 1e5 * np.arange(n) + rng.uniform(0.0, SAMPLE_NS, n)
     t[1::2] = t[0::2] + np.where(np.arange(n) % 2 == 0, dt, -dt)
     order = np.argsort(t, kind="stable")
     t = t[order]
@@ -143,26 +159,34 @@ def _pairs(dt: float, n: int, seed: int) -> tuple:
     return ev, t, lo, hi, dep
 
 
-@pytest.mark.parametrize(("dt", "found"), [(10.0, 0.0), (15.0, 0.0), (22.5, 1.0), (25.0, 1.0),
-                                           (37.5, 1.0)])
-def test_double_pulse_resolution_is_two_samples_in_both_modes(dt: float, found: float) -> None:
-    """A beam counter's second pulse dt ns from the in-time one: the feature-mode front end
-    and the trigger's pulse finder on the simulated waveform find it alike: never within
-    15 ns, always from 22.5 ns (below 2 samples; decision 0003)."""
+# fraction of second pulses found, measured with 4000 pairs (seed dt x 10): 0 at 15 ns, 0.49
+# at 20, 0.92 at 25, 0.9998 at 27.5, 1 from 30 ns
+@pytest.mark.parametrize(("dt", "lo", "hi"), [(10.0, 0.0, 0.0), (15.0, 0.0, 0.0),
+                                              (20.0, 0.35, 0.65), (25.0, 0.85, 0.97),
+                                              (30.0, 1.0, 1.0), (37.5, 1.0, 1.0)])
+def test_double_pulse_resolution_is_two_samples_in_both_modes(dt: float, lo: float,
+                                                              hi: float) -> None:
+    """A beam counter's second pulse dt ns from the in-time one, the beam phase uniform: the
+    feature-mode front end and the trigger's pulse finder on the simulated waveform find it
+    alike: never within 15 ns, half the time at 20 ns (about 2 samples are needed), always
+    from 30 ns (decision 0003, "Double-pulse resolution")."""
     from trigger.reference import wave_board
 
-    n = 200
-    ev, t, lo, hi, dep = _pairs(dt, n, seed=int(dt * 10))
-    feat = features_dense(ev, t, lo, hi, dep, None, FAST, np.zeros(64, np.float32),
+    n = 2000
+    ev, t, lo_, hi_, dep = _pairs(dt, n, seed=int(dt * 10))
+    feat = features_dense(ev, t, lo_, hi_, dep, None, FAST, np.zeros(64, np.float32),
                           np.zeros(n, np.int64), 10.0, 3695.0,
                           sampling=Sampling(SAMPLES, SAMPLE_NS, TRIG))
-    assert (feat["npulse"][:, 0] == 2).mean() == found
-    pool = noise_pool(np.random.default_rng(5), 2.0, 1 << 12)
-    wave = waveforms(ev, t, lo, hi, dep, None, FAST, np.full(1, 400.0), pool,
-                     np.random.default_rng(6).integers(0, 1 << 11, n), SAMPLES, SAMPLE_NS,
+    found = (feat["npulse"][:, 0] == 2).mean()
+    assert lo <= found <= hi, found
+    pool = noise_pool(np.random.default_rng(5), 2.0, 1 << 14)
+    wave = waveforms(ev, t, lo_, hi_, dep, None, FAST, np.full(1, 400.0), pool,
+                     np.random.default_rng(6).integers(0, 1 << 13, n), SAMPLES, SAMPLE_NS,
                      TRIG, ADC_MAX)
     z = np.zeros((n, 1))
     npulse = np.zeros((n, 1), np.uint8)
     wave_board(wave, np.ones(1, np.uint8), 4, 30.0, ADC_MAX, TRIG, SAMPLE_NS, False, True,
                z.copy(), z.copy(), npulse, z.copy(), np.zeros(n, bool))
-    assert_array_equal(npulse[:, 0], feat["npulse"][:, 0])
+    # the same but for noise (2 ADC on 500) deciding a marginal local maximum: near the
+    # resolution (20-25 ns) the dip between the pulses is a few ADC deep at some phases
+    assert (npulse[:, 0] != feat["npulse"][:, 0]).mean() <= 0.03

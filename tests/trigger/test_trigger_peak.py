@@ -20,11 +20,11 @@ def _traces(tp: float, amp: np.ndarray, phase: np.ndarray, noise: float,
     return np.floor(v + 0.5).astype(np.int16)[:, :, None]
 
 
-@pytest.mark.parametrize(("tp", "rms_max"), [(20.0, 1e-3), (5.0, 0.04)])
+@pytest.mark.parametrize(("tp", "rms_max"), [(20.0, 1e-3), (10.0, 2e-3), (5.0, 0.04)])
 def test_peak_is_unbiased_across_the_phase(tp: float, rms_max: float) -> None:
     """Phase uniform over a sample: the largest sample is low on average (0.97 of the peak for
-    the 20 ns calorimeter pulse, 0.66 for the 5 ns beam counters); the corrected amplitude is
-    the peak, to the table's precision plus noise."""
+    the 20 ns calorimeter pulse, 0.89 for the 10 ns beam counters, 0.66 for an unshaped 5 ns
+    pulse); the corrected amplitude is the peak, to the table's precision."""
     rng = np.random.default_rng(19)
     n = 20000
     true = np.full(n, 2000.0)
@@ -32,7 +32,7 @@ def test_peak_is_unbiased_across_the_phase(tp: float, rms_max: float) -> None:
     wave = _traces(tp, true, phase, 0.0, rng)
     corr = peak_correction(tp, SAMPLE_NS)
     raw = (wave[:, :, 0].max(axis=1) - wave[:, :N_PED, 0].mean(axis=1)).astype(np.float32)
-    assert raw.mean() / 2000 < (0.98 if tp == 20.0 else 0.7)
+    assert raw.mean() / 2000 < {20.0: 0.98, 10.0: 0.9, 5.0: 0.7}[tp]
     out = {}
     for backend in (kernels, reference):
         amp = raw[:, None].copy()
