@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from daq.config import StrictModel
 from daq.errors import ConfigError
+from trigger.config import PS_MIN_GEV
 
 
 class Band(StrictModel):
@@ -62,9 +63,10 @@ class MonitorConfig(StrictModel):
     srd_max_gev: float = Field(default=0.3, gt=0, le=10,
                                description="E_SRD above which the tag is refused (showers, "
                                "noise bursts). Generous: pileup electrons add their SRD too.")
-    ps_min_gev: float = Field(default=0.3, ge=0, le=100,
+    ps_min_gev: float = Field(default=PS_MIN_GEV, ge=0, le=100,
                               description="E_PS at or above which the shower started in the "
-                              "preshower (electron-like).")
+                              "preshower (electron-like); the physics trigger's cut "
+                              "(trigger.config.PS_MIN_GEV), so the box keeps what it kept.")
     ecal_min_ratio: float = Field(default=0.7, ge=0, le=2,
                                   description="Electron sample: E_ECAL >= ratio x beam energy. "
                                   "No upper cut, since pileup adds energy and an upper cut "

@@ -23,6 +23,11 @@ BEAM = 2
 RANDOM = 4
 CALIBRATION = 8
 
+#: E_PS threshold (GeV) of the physics trigger, and the monitors' default for their
+#: electron tag and signal box: one cut, so the box keeps what the trigger kept (issue 19).
+#: 5 MIP: a MIP leaves ~0.02 GeV in the preshower; higher cuts lose low-energy signal.
+PS_MIN_GEV = 0.1
+
 TriggerType = Literal["physics", "beam", "random", "calibration"]
 
 #: Trigger type name -> bit.
@@ -53,8 +58,7 @@ class TriggerConfig(StrictModel):
                          description="Human-facing version number, set by whoever edits it.")
     ecal_max_gev: float = Field(default=90.0, gt=0.0, le=1000.0,
                                 description="Physics trigger: E_ECAL must be below this, GeV.")
-    # 5 MIP: a MIP leaves ~0.02 GeV in the preshower; higher cuts lose low-energy signal
-    ps_min_gev: float = Field(default=0.1, ge=0.0, le=100.0,
+    ps_min_gev: float = Field(default=PS_MIN_GEV, ge=0.0, le=100.0,
                               description="Physics trigger: E_PS must be at least this, GeV.")
     s_min_mip: float = Field(default=0.5, gt=0.0, le=100.0,
                              description="Beam condition: S1, S2, S3 amplitude at least this, MIP.")
