@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -191,9 +192,13 @@ class Factory:
         from monitors.service import MqttSettings as MonitorMqtt
 
         ms = mqtt_settings(self.cfg, "monitor")
+        # a client id nobody can guess (the broker lets a second connection with the same
+        # id take the session over), TLS as the URL says
         mqtt = None if ms is None else MonitorMqtt(
             host=ms.host, port=ms.port, username=ms.username,
-            password=ms.password.get_secret_value(), client_id=f"na64-monitor-{ms.username}")
+            password=ms.password.get_secret_value(),
+            client_id=f"na64-monitor-{uuid.uuid4().hex[:16]}", tls=ms.tls,
+            ca=str(ms.ca) if ms.ca else None)
         mon = MonitorService(self.cfg.endpoints.monitor,
                              config=MonitorConfig.parse(self.cfg.monitor), registry=registry,
                              mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx)

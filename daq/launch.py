@@ -89,6 +89,9 @@ async def _serve_control(cfg: StackConfig, registry: CollectorRegistry) -> None:
     registry.register(_ConductorCollector(conductor))
     svc = RunControlService(settings, StateStore(Path(cfg.run_dir) / "control"), conductor,
                             registry=registry, adopt=True)
+    from daq.logs import bind
+
+    bind(svc)  # its log lines carry the run it drives
     stop, channel_done = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
     on_stop_signals(loop, stop.set)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -56,6 +57,14 @@ class MqttSettings(StrictModel):
     password: str | None = Field(default=None, max_length=256, description="Broker password.")
     retry_max_s: float = Field(default=10.0, gt=0, le=600,
                                description="Longest back-off between reconnection attempts.")
+    tls: bool = Field(default=False, description="TLS to the broker (an mqtts:// URL); the "
+                      "server's certificate and name are verified.")
+    ca: str | None = Field(default=None, max_length=4096,
+                           description="CA file (PEM) that signed the broker's certificate; "
+                           "None: the system's CAs.")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        return ssl.create_default_context(cafile=self.ca) if self.tls else None
 
 
 class MonitorService(Service):
@@ -412,7 +421,8 @@ class MonitorService(Service):
                 will = aiomqtt.Will(STATUS_TOPIC, _status("offline", self.clock()), qos=1,
                                     retain=True)
                 async with aiomqtt.Client(m.host, m.port, identifier=m.client_id, will=will,
-                                          username=m.username, password=m.password) as client:
+                                          username=m.username, password=m.password,
+                                          tls_context=m.tls_context()) as client:
                     await client.publish(STATUS_TOPIC, _status("online", self.clock()), qos=1,
                                          retain=True)
                     delay = 0.1
