@@ -19,9 +19,14 @@ from monitors.identify import electron_sample, hcal_total
 CFG = MonitorConfig(confidence=0.9973)
 SPILL_S = 4.8
 RESOLVED_NS = 27.5  # a second beam-counter pulse this far from the first is always found
-CASES = [  # (intensity per spill, seconds generated: pileup right, events few)
-    pytest.param((2e5, 1.0), id="low-2e5"),
-    pytest.param((6e6, 0.05), id="default-6e6"),
+CASES = [  # (intensity per spill, seconds generated: pileup right, events few, readout)
+    pytest.param((2e5, 1.0, "feature"), id="low-2e5"),
+    pytest.param((1e6, 0.2, "feature"), id="1e6"),
+    pytest.param((6e6, 0.05, "feature"), id="default-6e6"),
+    pytest.param((1e7, 0.03, "feature"), id="1e7"),
+    pytest.param((1e6, 0.2, "waveform"), id="waveform-1e6"),
+    pytest.param((6e6, 0.05, "waveform"), id="waveform-6e6"),
+    pytest.param((1e7, 0.03, "waveform"), id="waveform-1e7"),
 ]
 
 
@@ -31,8 +36,8 @@ def _board(name: str) -> int:
 
 @pytest.fixture(scope="module", params=CASES)
 def case(request: pytest.FixtureRequest) -> tuple:
-    intensity, gen = request.param
-    msgs, truth, _ = simulate(intensity=intensity, generated_s=gen, seed=3)
+    intensity, gen, mode = request.param
+    msgs, truth, _ = simulate(intensity=intensity, generated_s=gen, seed=3, mode=mode)
     ra = analyze(msgs, CFG)
     feats = {k: np.concatenate([m.arrays[k] for m in msgs if m.kind == "features"])
              for k in ("mult", "e_veto", "e_ecal", "e_ps", "e_srd", "e_hcal")}
