@@ -51,9 +51,10 @@ def compose(cfg: StackConfig) -> dict[str, Any]:
     services: dict[str, Any] = {
         "mosquitto": {
             "image": MOSQUITTO_IMAGE, "network_mode": "host", "restart": "unless-stopped",
-            "volumes": ["./mosquitto/mosquitto.conf:/mosquitto/config/mosquitto.conf:ro",
-                        "./mosquitto/acl:/etc/mosquitto/na64/acl:ro",
-                        "/etc/na64/mosquitto/passwd:/etc/mosquitto/na64/passwd:ro",
+            # `na64daq broker init /etc/mosquitto/na64` writes the configuration, ACL,
+            # passwords and TLS material there; the container sees it at the same path
+            "command": ["mosquitto", "-c", "/etc/mosquitto/na64/mosquitto.conf"],
+            "volumes": ["/etc/mosquitto/na64:/etc/mosquitto/na64:ro",
                         "mosquitto-data:/var/lib/mosquitto",
                         "mosquitto-log:/var/log/mosquitto"],
         },
