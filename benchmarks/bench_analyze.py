@@ -4,11 +4,12 @@ Run:  python benchmarks/bench_analyze.py RUN... [--workers 1 2] [--repeat 3] [--
 
 For each setting, `--repeat` passes of the whole list: serial in this process
 (daq.analysis.parallel.analyze_serial), then a local Dask cluster of 1, 2, ... worker
-processes (one thread each), timing the cluster's start (with its workers loading the
-compiled kernels) apart from the analysis. Every pass must give the same JSON as the first
-serial one (it stops otherwise). Rates are over the analysis alone. A benchmark, not a
-test: the figures depend on the machine and on what else runs on it (docs/performance.md
-says what it ran beside).
+processes (one thread each), timing the cluster's start (with each worker analysing the
+first file once, as the serial process has) apart from the analysis; the settings take
+turns within each pass. Every pass must give the same JSON as the first serial one (it
+stops otherwise). Rates are over the analysis alone. A benchmark, not a test: the figures
+depend on the machine and on what else runs on it (docs/performance.md says what it ran
+beside).
 """
 
 from __future__ import annotations
@@ -23,15 +24,10 @@ from typing import Any
 from daq.analysis.parallel import analyze_one, analyze_serial
 
 
-def _warm() -> None:
-    """Load the compiled kernels of the trigger and the monitors (numba's cache)."""
-    from daq.geometry import load_calibration, load_geometry
-    from monitors.kernels import warm_up as warm_monitors
-    from trigger.core import warm_up
-
-    g = load_geometry()
-    warm_up(g, load_calibration(g))
-    warm_monitors()
+def _warm(path: str) -> None:
+    """Load what a file's analysis loads on its first call (numba's cached kernels, the
+    geometry, the models), as a worker of a long campaign has after its first file."""
+    analyze_one(path)
 
 
 def _dask(paths: list[str], workers: int) -> tuple[float, float, str]:
@@ -41,7 +37,7 @@ def _dask(paths: list[str], workers: int) -> tuple[float, float, str]:
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            dashboard_address=None, silence_logs=40)
     client = Client(cluster)
-    client.run(_warm)  # a long campaign pays this once per worker
+    client.run(_warm, paths[0])  # a long campaign pays this once per worker
     t1 = time.perf_counter()
     results = client.gather(client.map(analyze_one, paths, pure=False))
     t2 = time.perf_counter()
