@@ -135,3 +135,7 @@ def test_inspect_shows_each_spills_trigger_configuration(
     assert "raw run file" in text and "none in a raw file" in text
     assert main(["inspect", str(run_files.truth), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["kind"] == "truth"
+    assert main(["inspect", str(run_files.replay), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["kind"] == "recorded" and all(s["replay"] and s["trigger_cfg"]
+                                             for s in out["spills"])

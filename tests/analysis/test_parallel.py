@@ -47,6 +47,9 @@ def test_cli_on_a_local_process_cluster_and_on_a_scheduler(
     assert main(["analyze", *files, "--json", "--serial", "--no-progress"]) == 0
     serial = capsys.readouterr().out
     assert [r["file"] for r in json.loads(serial)] == files
+    for f, entry in zip(files, json.loads(serial), strict=True):  # 8 runs of one file each
+        assert main(["analyze", f, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out) == entry
     assert main(["analyze", *files, "--json", "--workers", "2", "--no-progress"]) == 0
     assert capsys.readouterr().out == serial
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
