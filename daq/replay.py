@@ -214,6 +214,7 @@ async def replay(path: str | Path, endpoint: str, *, speed: float = 0.0,
         if peer is not None and not await peer.connected(timeout_s):
             res.reason = (f"nothing accepted a connection at {endpoint} within {timeout_s:g} "
                           "s: no message delivered")
+            res.seconds = time.monotonic() - t_start
             return res
         for p in plan:
             wait = p.at_s - (time.monotonic() - t_start)
