@@ -19,6 +19,7 @@ from simulators.jit import inline, kernel, prefetch, trailing_zeros
 from simulators.physics import Halo
 from simulators.readout import (
     MAX_PULSES,
+    TABLE_STEP_NS,
     PulseShape,
     Sampling,
     beam_phase,
@@ -215,11 +216,19 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
             # trigger sample (the beam is asynchronous to the clock)
             t0 = -trig * sample_ns - phase[e]
             mg = hi[e] - lo[e]
+            # the samples some pulse of the gate reaches (the gate's times are sorted; a
+            # pulse is 0.0 before its start and beyond the table): elsewhere the trace is 0
+            span = table.shape[0] * TABLE_STEP_NS
+            m0 = max(0, int(np.floor((t[lo[e]] - t[i] - tp - t0) / sample_ns)))
+            m1 = min(nsamp, int(np.floor((t[hi[e] - 1] - t[i] - tp + span - t0)
+                                         / sample_ns)) + 2)
+            if m1 <= m0:
+                m0, m1 = 0, nsamp
             shared = mg <= MAX_PULSES  # the sampled pulses, once for all channels
             if shared:
                 for g in range(mg):
                     dg = t[lo[e] + g] - t[i]
-                    for m in range(nsamp):
+                    for m in range(m0, m1):
                         samp[g, m] = shape_at(t0 + m * sample_ns - dg, table, tp)
             for c in range(nch):
                 noise = noise_pool[off + c]
@@ -233,14 +242,14 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                     t_row[c] = 0.0
                     n_row[c] = 1 if amps[c, 0] > thr else 0
                 else:
-                    for m in range(nsamp):
-                        trace[m] = 0.0
+                    for m in range(max(0, m0 - 1), min(nsamp, m1 + 1)):
+                        trace[m] = 0.0  # the window and a zero on each side of it
                     for p in range(kc):
-                        for m in range(nsamp):
+                        for m in range(m0, m1):
                             trace[m] += amps[c, p] * (
                                 samp[gi[c, p], m] if shared
                                 else shape_at(t0 + m * sample_ns - dts[c, p], table, tp))
-                    _, mbest, np_ = _scan(trace, nsamp, thr)
+                    _, mbest, np_ = _scan(trace, m0, m1, nsamp, thr)
                     a_row[c] = min(_peak(trace, mbest, nsamp, thr, corr) + noise, amp_max)
                     t_row[c] = t0 + mbest * sample_ns
                     n_row[c] = min(np_, 255)
@@ -322,15 +331,17 @@ def _peak(trace: np.ndarray, m: int, ns: int, thr: float, corr: np.ndarray) -> f
 
 
 @kernel
-def _scan(trace: np.ndarray, ns: int, thr: float) -> tuple[float, int, int]:
+def _scan(trace: np.ndarray, m0: int, m1: int, ns: int, thr: float
+          ) -> tuple[float, int, int]:
     """The sampled trace's largest sample, its index, and its pulses: samples above `thr`
     strictly higher than the sample before and not lower than the one after (the trigger's
     pulse definition, `trigger.kernels.PEAK_HALF_WIDTH` = 1), so both readout modes resolve
-    two pulses alike (decision 0003, "Double-pulse resolution")."""
-    best = trace[0]
-    mbest = 0
+    two pulses alike (decision 0003, "Double-pulse resolution"). Only trace[m0:m1] can be
+    non-zero (and trace[m0 - 1], trace[m1] are 0 where they exist): the rest is skipped."""
+    best = trace[m0]
+    mbest = m0
     n = 0
-    for m in range(ns):
+    for m in range(m0, m1):
         v = trace[m]
         if v > best:
             best = v
