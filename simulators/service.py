@@ -131,6 +131,7 @@ class FrontEnd(Service):
                 await self._stream(self.fe, socks, end="eos")
                 return
             last: FrontEnds | None = None
+            eos_sent = False
             while not self.stopping.is_set():
                 ctx = await self._next_run()
                 if ctx is None:
@@ -144,11 +145,16 @@ class FrontEnd(Service):
                 finally:
                     self._streaming = None
                     self._streamed.set()
-                last = None if how == "eos" else fe
+                last, eos_sent = fe, how == "eos"
                 if how == "ended" and self.agent is not None:
                     self.agent.notify("run_ended", run=ctx.run, spills=self.spill + 1,
                                       events=self.run_events)
-            if last is not None:  # shutdown: every stream ends
+            if last is None and self.make_run is not None:
+                # never streamed: the boards' streams end all the same, so that the
+                # builder ends its own at once
+                last = self.make_run(RunContext(run=0, max_spills=1))
+            if last is not None and not eos_sent:  # shutdown: every stream ends
+                sockets(last.streams)
                 for end in last.eos(0):
                     if end.src in socks:
                         await socks[end.src].send_multipart(end.frames(), copy=False)
