@@ -5,6 +5,7 @@ monitored and (if accepted) recorded. Services stopped all at once drain too."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -109,34 +110,29 @@ async def test_every_service_drains_when_stopped_together(
     not `up`, which stops run control first and then one stage after the other): each
     drains what it holds, none hangs on a consumer that left."""
     real = SliceProcessor.process
+    held = threading.Event()  # set: the workers work again (until then, a backlog builds)
 
     def slow(self: SliceProcessor, msg: Any) -> Any:
-        time.sleep(msg.count * WORKER_S_PER_EVENT)  # in the worker's thread, like a kernel
+        held.wait(60)  # in the worker's thread, like a kernel: no dependence on speeds
+        time.sleep(msg.count * WORKER_S_PER_EVENT)
         return real(self, msg)
 
-    monkeypatch.setattr(SliceProcessor, "process", slow)  # the workers lag: a backlog
-    last_spill = 7
+    monkeypatch.setattr(SliceProcessor, "process", slow)
     cfg = stack_config(tmp_path, "drainall", spills=100, workers=2,
                        sim={"generated_s": 0.03, "slice_events": 512, "seed": 6},
                        builder={"max_pending_events": MAX_PENDING, "shed_after_s": 600})
     stack = LocalStack(cfg, metrics=False)
     stack.build()
-    beam_done = asyncio.Event()
-
-    def on_emit(em: Any) -> None:
-        if em.src == "BEAM" and em.msg.kind is Kind.SPILL_END and em.msg.spill == last_spill:
-            beam_done.set()
-
-    stack.frontend.on_emit = on_emit
     services = stack.services
     async with stack:
         await stack.start_run()  # until stopped
-        await asyncio.wait_for(beam_done.wait(), 60)
-        # the front ends are done with 8 spills; the workers are far behind
         b = stack.builder
-        assert b.builder.stats["live"].events - _processed(stack) > 10 * 512
+        async with asyncio.timeout(60):  # the workers are held: a backlog builds up
+            while b.builder.stats["live"].events - _processed(stack) <= 10 * 512:
+                await asyncio.sleep(0.05)
         for s in services.values():
             s.stop()
+        held.set()  # what is held must now drain, service by service
         async with asyncio.timeout(60):  # a worker sending to a consumer that left hung here
             for s in services.values():
                 await s.wait()
