@@ -194,59 +194,78 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pu
 
 
 @kernel
-def _peak(flat, base, step, ns, n_ped, corr):
-    # the largest sample of one trace (samples flat[base + i * step]) corrected to the
-    # pulse's peak by the ratio of its neighbours (daq.geometry.peak_correction): 0.0 when
-    # the maximum is on the first or last sample (no neighbour: left as it is)
-    tot = 0.0
-    for i in range(n_ped):
-        tot += flat[base + np.uint64(i) * step]
-    ped = tot / n_ped
-    imx = 0
-    mx = flat[base]
-    for i in range(1, ns):
-        v = flat[base + np.uint64(i) * step]
-        if v > mx:
-            mx = v
-            imx = i
-    y0 = mx - ped
-    if imx == 0 or imx == ns - 1 or y0 <= 0.0:
-        return y0, 0.0
-    ym = flat[base + np.uint64(imx - 1) * step] - ped
-    yp = flat[base + np.uint64(imx + 1) * step] - ped
-    last = corr.shape[0] - 1
-    u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
-    k = min(int(u), last - 1)
-    w = u - k
-    return y0, y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
-
-
-@kernel
 def peak_board(wave, n_ped, pulse_thr, corr, amp):
     # wave (count, samples, nch): amplitudes of at least pulse_thr become the pulse's peak
-    # (the rest are noise; left as the largest sample)
+    # (the rest are noise; left as the largest sample). `amp` comes from wave_board (the
+    # largest sample minus the pedestal), so the largest sample is round(amp + pedestal),
+    # exactly (float32 keeps 4095 - ped to 1e-3): its first position is found by a scan
+    # that stops there, near the trigger sample, instead of reading the whole trace. The
+    # same maximum, position and arithmetic as _peak: the same result to the bit.
     n, ns, nch = wave.shape
     flat = wave.reshape(n * ns * nch)
     step = np.uint64(nch)
+    last = corr.shape[0] - 1
     for e in range(n):
         for c in range(nch):
-            if amp[e, c] >= pulse_thr:
-                y0, a = _peak(flat, np.uint64(e * ns * nch + c), step, ns, n_ped, corr)
-                if y0 >= pulse_thr and a > 0.0:
-                    amp[e, c] = a
+            if amp[e, c] < pulse_thr:
+                continue
+            base = np.uint64(e * ns * nch + c)
+            tot = 0.0
+            for i in range(n_ped):
+                tot += flat[base + np.uint64(i) * step]
+            ped = tot / n_ped
+            mx = np.int16(np.round(amp[e, c] + ped))
+            imx = ns - 1
+            for i in range(ns):
+                if flat[base + np.uint64(i) * step] == mx:
+                    imx = i
+                    break
+            y0 = mx - ped
+            if imx == 0 or imx == ns - 1 or y0 <= 0.0 or y0 < pulse_thr:
+                continue
+            ym = flat[base + np.uint64(imx - 1) * step] - ped
+            yp = flat[base + np.uint64(imx + 1) * step] - ped
+            u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
+            k = min(int(u), last - 1)
+            w = u - k
+            a = y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
+            if a > 0.0:
+                amp[e, c] = a
     return 0
 
 
 @kernel
 def peak_hits(wave, n_ped, pulse_thr, corr, amp):
-    # peak_board over hits: wave (nhits, samples)
+    # peak_board over hits: wave (nhits, samples), `amp` from wave_hits; the same scan
+    # that stops at the first maximum, the same result as _peak to the bit
     nh, ns = wave.shape
     flat = wave.reshape(nh * ns)
+    last = corr.shape[0] - 1
     for h in range(nh):
-        if amp[h] >= pulse_thr:
-            y0, a = _peak(flat, np.uint64(h * ns), np.uint64(1), ns, n_ped, corr)
-            if y0 >= pulse_thr and a > 0.0:
-                amp[h] = a
+        if amp[h] < pulse_thr:
+            continue
+        base = h * ns
+        tot = 0.0
+        for i in range(n_ped):
+            tot += flat[base + i]
+        ped = tot / n_ped
+        mx = np.int16(np.round(amp[h] + ped))
+        imx = ns - 1
+        for i in range(ns):
+            if flat[base + i] == mx:
+                imx = i
+                break
+        y0 = mx - ped
+        if imx == 0 or imx == ns - 1 or y0 <= 0.0 or y0 < pulse_thr:
+            continue
+        ym = flat[base + imx - 1] - ped
+        yp = flat[base + imx + 1] - ped
+        u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
+        k = min(int(u), last - 1)
+        w = u - k
+        a = y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
+        if a > 0.0:
+            amp[h] = a
     return 0
 
 
