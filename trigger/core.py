@@ -261,10 +261,9 @@ def _waveform_hits(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
     h = _hits(arrays, b, count, hits.WAVE_HITS, p.samples, backend)
     total = len(h["hit_ch"])
     amp, npulse = np.empty(total, np.float32), np.zeros(total, np.uint8)
-    backend.wave_hits(h["nhit"], h["hit_ch"], h["hit_wave"], b.live, p.n_ped,
-                      p.config.pulse_threshold_adc, p.adc_max, b.name in PULSE_BOARDS, amp,
-                      npulse, sat)
-    backend.peak_hits(h["hit_wave"], p.n_ped, _peak_thr(p), b.corr, amp)
+    backend.wave_peak_hits(h["nhit"], h["hit_ch"], h["hit_wave"], b.live, p.n_ped,
+                           p.config.pulse_threshold_adc, p.adc_max, b.name in PULSE_BOARDS,
+                           _peak_thr(p), b.corr, amp, npulse, sat)
     return BoardAmplitudes(amp, npulse, h["nhit"], h["hit_ch"])
 
 

@@ -336,6 +336,91 @@ def wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npul
 
 
 @kernel
+def wave_peak_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, peak_thr, corr,
+                   amp, npulse, sat):
+    # wave_hits then peak_hits, in one pass over the traces: each trace's peak correction
+    # while it is still in the cache (apart, the second pass read the hits from memory
+    # again). The same arithmetic as the two, in the same order: the same result to the bit.
+    # wave is (nhits, samples): each hit's trace is contiguous. The arithmetic is
+    # wave_board's, channel by channel, in passes that each vectorise: the traces once
+    # (pedestal sum and maximum), then the amplitudes, the saturation bits per event, and
+    # the pulses of the boards that count them
+    nh, ns = wave.shape
+    flat = wave.reshape(nh * ns)
+    stride = np.uint64(ns)
+    total = np.uint64(nh) * stride
+    rows = min(n_ped, ns)
+    mxs = np.empty(nh, np.int16)
+    tots = np.empty(nh, np.int32)
+    peaks = np.empty(nh, np.float64)  # the corrected amplitude, or -1.0: left as it is
+    last = corr.shape[0] - 1
+    pow2 = n_ped & (n_ped - 1) == 0
+    inv = 1.0 / n_ped
+    for h in range(nh):
+        base = np.uint64(h) * stride
+        ahead = base + _DIST_HITS * stride
+        if ahead < total:  # as in wave_board: the loop is too short to hide the misses
+            prefetch(flat, ahead)
+        tot = np.int32(0)
+        for i in range(rows):
+            tot += np.int32(flat[base + np.uint64(i)])
+        # every sample, the first again: a trip count that is a multiple of the vector
+        # width leaves no scalar tail (range(1, ns) ran 15 of 31 samples scalar)
+        mx = flat[base]
+        for i in range(ns):
+            mx = max(mx, flat[base + np.uint64(i)])
+        mxs[h] = mx
+        tots[h] = tot
+        peaks[h] = -1.0
+        a0 = np.float32(mx - tot * inv) if pow2 else np.float32(mx - tot / n_ped)
+        if a0 >= peak_thr:
+            ftot = 0.0
+            for i in range(n_ped):
+                ftot += flat[base + np.uint64(i)]
+            ped = ftot / n_ped
+            imx = ns - 1
+            for i in range(ns):
+                if flat[base + np.uint64(i)] == mx:
+                    imx = i
+                    break
+            y0 = mx - ped
+            if imx != 0 and imx != ns - 1 and y0 > 0.0 and y0 >= peak_thr:
+                ym = flat[base + np.uint64(imx - 1)] - ped
+                yp = flat[base + np.uint64(imx + 1)] - ped
+                u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
+                k = min(int(u), last - 1)
+                w = u - k
+                a = y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
+                if a > 0.0:
+                    peaks[h] = a
+    if pow2:
+        # tot / n_ped, exactly: dividing by a power of two is multiplying by its inverse
+        for h in range(nh):
+            amp[h] = mxs[h] - tots[h] * inv
+    else:
+        for h in range(nh):
+            amp[h] = mxs[h] - tots[h] / n_ped
+    for h in range(nh):
+        if peaks[h] > 0.0:
+            amp[h] = peaks[h]
+    h = 0
+    for e in range(nhit.shape[0]):
+        s = 0
+        for _ in range(nhit[e]):
+            s |= (mxs[h] >= adc_max) & (live[ch[h]] != 0)
+            h += 1
+        sat[e] = s
+    if pulses:
+        pad = np.full(ns + 2, _LOW, np.int16)
+        for h in range(nh):
+            # levels as in wave_board: a trace whose maximum is below has no pulse
+            lvl = np.ceil(tots[h] / n_ped + pulse_thr)
+            npulse[h] = _trace_pulses(flat, np.uint64(h) * stride, ns, lvl, pad) \
+                if mxs[h] >= lvl else 0
+    return 0
+
+
+@kernel
 def hit_order(nhit, ch):
     # index of the first hit whose channel is not above the previous one of its event, or -1
     h = 0

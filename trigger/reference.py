@@ -241,3 +241,13 @@ def gather_hits(src: np.ndarray, per_hit: int, nhit: np.ndarray, keep: np.ndarra
                 starts: np.ndarray, dst: np.ndarray) -> None:
     _, kept = hits.select(nhit, {"hit": src.reshape(-1, per_hit)}, keep)
     dst[:] = kept["hit"].reshape(-1)
+
+
+def wave_peak_hits(nhit: np.ndarray, ch: np.ndarray, wave: np.ndarray, live: np.ndarray,
+                   n_ped: int, pulse_thr: float, adc_max: int, pulses: bool, peak_thr: float,
+                   corr: np.ndarray, amp: np.ndarray, npulse: np.ndarray, sat: np.ndarray
+                   ) -> int:
+    """wave_hits, then peak_hits (the compiled kernel does both in one pass)."""
+    wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npulse, sat)
+    peak_hits(wave, n_ped, peak_thr, corr, amp)
+    return 0
