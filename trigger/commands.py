@@ -124,7 +124,10 @@ def _print_analysis(result: dict[str, Any]) -> None:
 
     from daq.live import run_summary, spill_table
 
-    console = Console()
+    import sys
+
+    # into a file or a pipe rich assumes 80 columns and cuts every figure to an ellipsis
+    console = Console(width=None if sys.stdout.isatty() else 160)
     console.print(f"{result['file']}: {result['kind']} run file, run {result.get('run')}"
                   + (" (replay)" if result.get("replay") else ""))
     if result["kind"] == "recorded":
