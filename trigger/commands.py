@@ -120,11 +120,11 @@ def trigger_config_from_args(a: argparse.Namespace) -> Any:
 
 
 def _print_analysis(result: dict[str, Any]) -> None:
+    import sys
+
     from rich.console import Console
 
     from daq.live import run_summary, spill_table
-
-    import sys
 
     # into a file or a pipe rich assumes 80 columns and cuts every figure to an ellipsis
     console = Console(width=None if sys.stdout.isatty() else 160)
