@@ -284,55 +284,10 @@ def _trace_pulses(flat, base, ns, lvl, pad):
 
 @kernel
 def wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npulse, sat):
-    # wave is (nhits, samples): each hit's trace is contiguous. The arithmetic is
-    # wave_board's, channel by channel, in passes that each vectorise: the traces once
-    # (pedestal sum and maximum), then the amplitudes, the saturation bits per event, and
-    # the pulses of the boards that count them
-    nh, ns = wave.shape
-    flat = wave.reshape(nh * ns)
-    stride = np.uint64(ns)
-    total = np.uint64(nh) * stride
-    rows = min(n_ped, ns)
-    mxs = np.empty(nh, np.int16)
-    tots = np.empty(nh, np.int32)
-    for h in range(nh):
-        base = np.uint64(h) * stride
-        ahead = base + _DIST_HITS * stride
-        if ahead < total:  # as in wave_board: the loop is too short to hide the misses
-            prefetch(flat, ahead)
-        tot = np.int32(0)
-        for i in range(rows):
-            tot += np.int32(flat[base + np.uint64(i)])
-        # every sample, the first again: a trip count that is a multiple of the vector
-        # width leaves no scalar tail (range(1, ns) ran 15 of 31 samples scalar)
-        mx = flat[base]
-        for i in range(ns):
-            mx = max(mx, flat[base + np.uint64(i)])
-        mxs[h] = mx
-        tots[h] = tot
-    if n_ped & (n_ped - 1) == 0:
-        # tot / n_ped, exactly: dividing by a power of two is multiplying by its inverse
-        inv = 1.0 / n_ped
-        for h in range(nh):
-            amp[h] = mxs[h] - tots[h] * inv
-    else:
-        for h in range(nh):
-            amp[h] = mxs[h] - tots[h] / n_ped
-    h = 0
-    for e in range(nhit.shape[0]):
-        s = 0
-        for _ in range(nhit[e]):
-            s |= (mxs[h] >= adc_max) & (live[ch[h]] != 0)
-            h += 1
-        sat[e] = s
-    if pulses:
-        pad = np.full(ns + 2, _LOW, np.int16)
-        for h in range(nh):
-            # levels as in wave_board: a trace whose maximum is below has no pulse
-            lvl = np.ceil(tots[h] / n_ped + pulse_thr)
-            npulse[h] = _trace_pulses(flat, np.uint64(h) * stride, ns, lvl, pad) \
-                if mxs[h] >= lvl else 0
-    return 0
+    # wave is (nhits, samples): each hit's trace is contiguous. wave_peak_hits without the
+    # peak correction (no amplitude reaches an infinite threshold): the largest sample
+    return wave_peak_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, np.inf,
+                          np.ones(2), amp, npulse, sat)
 
 
 @kernel
