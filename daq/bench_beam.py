@@ -18,6 +18,7 @@ import zmq
 import zmq.asyncio
 
 from daq.lifecycle import Lifecycle, RunContext, Transition
+from daq.service import next_or_stop
 
 SENDER_HWM = 16
 #: the benchmark's transport between processes (both the pipeline and bare ZeroMQ)
@@ -256,15 +257,7 @@ class BenchFrontEnd:
                 s.close()
 
     async def _next_run(self) -> RunContext | None:
-        get = asyncio.ensure_future(self._runs.get())
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not get.done():
-                get.cancel()
-        return get.result() if get.done() and not get.cancelled() else None
+        return await next_or_stop(self._runs, self.stopping)
 
     async def _hold(self, run: int) -> None:
         """Until the bench lets run `run` go (or it is stopped meanwhile)."""

@@ -42,6 +42,21 @@ def ignore_stop_signals(loop: asyncio.AbstractEventLoop) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+async def next_or_stop(queue: asyncio.Queue[Any], stopping: asyncio.Event) -> Any | None:
+    """The next item of `queue`, or None once `stopping` is set first (a standing service
+    waiting for its next run)."""
+    get = asyncio.ensure_future(queue.get())
+    stop = asyncio.ensure_future(stopping.wait())
+    try:
+        await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+        if not get.done():
+            get.cancel()
+        await asyncio.gather(stop, return_exceptions=True)
+    return get.result() if get.done() and not get.cancelled() else None
+
+
 class Lifecycle(enum.Enum):
     NEW = "new"
     RUNNING = "running"

@@ -14,7 +14,7 @@ import zmq.asyncio
 
 from daq.errors import StateError
 from daq.lifecycle import RunContext, Transition
-from daq.service import Loop, Service
+from daq.service import Loop, Service, next_or_stop
 from daq.transport import context
 from daq.wire import Kind, Message
 from simulators.frontend import TRUTH, Emission, FrontEnds
@@ -163,15 +163,7 @@ class FrontEnd(Service):
                 s.close()
 
     async def _next_run(self) -> RunContext | None:
-        get = asyncio.ensure_future(self._runs.get())
-        stop = asyncio.ensure_future(self.stopping.wait())
-        try:
-            await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-            if not get.done():
-                get.cancel()
-        return get.result() if get.done() and not get.cancelled() else None
+        return await next_or_stop(self._runs, self.stopping)
 
     async def _stream(self, fe: FrontEnds, socks: dict[str, zmq.asyncio.Socket], *,
                       end: str) -> str:

@@ -194,6 +194,17 @@ def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pu
 
 
 @kernel
+def _corrected(y0, ym, yp, corr):
+    # the largest sample y0 (pedestal subtracted) corrected to the pulse's peak by the ratio
+    # of its neighbours ym, yp: daq.geometry.peak_correction's table, interpolated
+    last = corr.shape[0] - 1
+    u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
+    k = min(int(u), last - 1)
+    w = u - k
+    return y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
+
+
+@kernel
 def peak_board(wave, n_ped, pulse_thr, corr, amp):
     # wave (count, samples, nch): amplitudes of at least pulse_thr become the pulse's peak
     # (the rest are noise; left as the largest sample). `amp` comes from wave_board (the
@@ -204,7 +215,6 @@ def peak_board(wave, n_ped, pulse_thr, corr, amp):
     n, ns, nch = wave.shape
     flat = wave.reshape(n * ns * nch)
     step = np.uint64(nch)
-    last = corr.shape[0] - 1
     for e in range(n):
         for c in range(nch):
             if amp[e, c] < pulse_thr:
@@ -225,10 +235,7 @@ def peak_board(wave, n_ped, pulse_thr, corr, amp):
                 continue
             ym = flat[base + np.uint64(imx - 1) * step] - ped
             yp = flat[base + np.uint64(imx + 1) * step] - ped
-            u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
-            k = min(int(u), last - 1)
-            w = u - k
-            a = y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
+            a = _corrected(y0, ym, yp, corr)
             if a > 0.0:
                 amp[e, c] = a
     return 0
@@ -240,7 +247,6 @@ def peak_hits(wave, n_ped, pulse_thr, corr, amp):
     # that stops at the first maximum, the same result as _peak to the bit
     nh, ns = wave.shape
     flat = wave.reshape(nh * ns)
-    last = corr.shape[0] - 1
     for h in range(nh):
         if amp[h] < pulse_thr:
             continue
@@ -260,10 +266,7 @@ def peak_hits(wave, n_ped, pulse_thr, corr, amp):
             continue
         ym = flat[base + imx - 1] - ped
         yp = flat[base + imx + 1] - ped
-        u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
-        k = min(int(u), last - 1)
-        w = u - k
-        a = y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
+        a = _corrected(y0, ym, yp, corr)
         if a > 0.0:
             amp[h] = a
     return 0
@@ -308,7 +311,6 @@ def wave_peak_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, peak
     mxs = np.empty(nh, np.int16)
     tots = np.empty(nh, np.int32)
     peaks = np.empty(nh, np.float64)  # the corrected amplitude, or -1.0: left as it is
-    last = corr.shape[0] - 1
     pow2 = n_ped & (n_ped - 1) == 0
     inv = 1.0 / n_ped
     for h in range(nh):
@@ -342,10 +344,7 @@ def wave_peak_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, peak
             if imx != 0 and imx != ns - 1 and y0 > 0.0 and y0 >= peak_thr:
                 ym = flat[base + np.uint64(imx - 1)] - ped
                 yp = flat[base + np.uint64(imx + 1)] - ped
-                u = min(max((yp - ym) / y0 + 1.0, 0.0), 2.0) * (last / 2.0)
-                k = min(int(u), last - 1)
-                w = u - k
-                a = y0 * (corr[k] * (1.0 - w) + corr[k + 1] * w)
+                a = _corrected(y0, ym, yp, corr)
                 if a > 0.0:
                     peaks[h] = a
     if pow2:
