@@ -1,12 +1,9 @@
 """What run control asks of the data path, and an in-memory twin of it.
 
-The real implementation (wired by the builder service) opens and closes runs in the
-stream (`run_start` carries the snapshot, so the recorder writes it into the run file),
-drains in-flight slices before `run_stop`, and stamps a new trigger configuration from
-the next spill boundary on. The twin does the same bookkeeping without a stream; tests
-and the single-process demo drive its spills by hand. `BuilderDataPath` is run control in
-the builder's process under `na64daq up`, where the front ends drive the runs: trigger
-configuration only.
+The real implementation is daq.control.conductor.Conductor: it drives every service's
+lifecycle over the command channel (start, drained stop, pause, resume, the trigger
+configuration from the next spill boundary). The twin does the same bookkeeping without
+a stream; tests and `python -m daq.control.service` drive its spills by hand.
 """
 
 from __future__ import annotations
@@ -15,21 +12,14 @@ import abc
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daq.control.core import Activation
 from daq.errors import StateError
 
-if TYPE_CHECKING:
-    from daq.builder import EventBuilder
-
 
 class DataPath(abc.ABC):
     """The data-path operations run control needs."""
-
-    #: False where the front ends start and stop runs themselves (`na64daq up`): run
-    #: control then refuses run commands and takes trigger configuration only
-    takes_runs: bool = True
 
     @abc.abstractmethod
     async def start_run(self, run: int, snapshot: Mapping[str, Any]) -> None:
@@ -152,52 +142,3 @@ class MemoryDataPath(DataPath):
         self._pending = None
         self.active_config = config
         self._activations.put_nowait(Activation(config, who, self._clock(), self.run, spill))
-
-
-class BuilderDataPath(DataPath):
-    """Run control in the event builder's process (`na64daq up` with a broker): trigger
-    configuration only.
-
-    The builder is where a configuration is stamped on every slice, so a change given to
-    it becomes active at the next spill start, which it reports with the run and spill.
-    Runs are opened and closed by the front ends' own run markers in this deployment, so
-    run commands are refused before they reach here (`takes_runs`).
-    """
-
-    takes_runs = False
-
-    def __init__(self, builder: EventBuilder, *, active: Mapping[str, Any] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        """`active`: run control's persisted active record (`config`, `who`), applied to
-        the builder at once, before it takes its first message (a restarted builder must
-        not build with the default until the broker connection is up)."""
-        self.builder = builder
-        self._clock = clock
-        self._activations: asyncio.Queue[Activation] = asyncio.Queue()
-        builder.on_activate = self._activated  # called by builder.feed, on this loop
-        if active is not None:
-            builder.resume_trigger_config(dict(active["config"]), str(active["who"]))
-
-    def _activated(self, config: dict[str, Any], who: str, run: int, spill: int) -> None:
-        self._activations.put_nowait(Activation(config, who, self._clock(), run, spill))
-
-    async def set_trigger_config(self, config: Mapping[str, Any], who: str) -> None:
-        self.builder.set_trigger_config(dict(config), who)
-
-    async def resume_trigger_config(self, config: Mapping[str, Any], who: str) -> None:
-        self.builder.resume_trigger_config(dict(config), who)
-
-    async def activation(self) -> Activation:
-        return await self._activations.get()
-
-    async def start_run(self, run: int, snapshot: Mapping[str, Any]) -> None:
-        raise StateError("driven by the front ends", "start_run")
-
-    async def stop_run(self) -> dict[str, int]:
-        raise StateError("driven by the front ends", "stop_run")
-
-    async def pause(self) -> None:
-        raise StateError("driven by the front ends", "pause")
-
-    async def resume(self) -> None:
-        raise StateError("driven by the front ends", "resume")

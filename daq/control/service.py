@@ -2,10 +2,9 @@
 
     python -m daq.control.service --state-dir DIR [--credentials FILE] [--metrics-port N]
 
-runs it with the in-memory data path. In one process `na64daq demo --mqtt` runs control
-over the real data path (daq.app.PipelineDataPath); across processes (`na64daq up` with a
-broker) it runs in the builder's process over daq.control.datapath.BuilderDataPath, taking
-trigger configuration only (the front ends drive the runs there). Requests are handled
+runs it with the in-memory data path (trying the protocol). Over the real data path it
+runs on the Conductor (daq.control.conductor): in its own process under `na64daq up`
+(`na64daq serve control`), in the demo's process with `na64daq demo --mqtt`. Requests are handled
 one at a time; state is persisted before a request is answered, so an acknowledged change
 survives a crash.
 """
@@ -246,10 +245,6 @@ class RunControlService(Service):
                 await self._client.publish(topic, b"", qos=1, retain=True)
                 raise P.ProtocolError(P.MALFORMED, "commands must not be retained")
             req = P.parse(topic, payload)
-            if kind == "run" and not self.datapath.takes_runs:
-                raise P.ProtocolError(P.STATE, "runs are started and stopped by the front "
-                                      "ends in this deployment; this control service takes "
-                                      "trigger configuration only", req.id)
             plan = self.core.plan(req)
         except P.ProtocolError as e:
             log.info("refused %s on %s: %s", e.code, topic, e.reason)
@@ -322,8 +317,6 @@ class RunControlService(Service):
         self._run_open.set(1 if st.state.value in ("running", "paused") else 0)
         assert self._client is not None
         doc = self.core.status()
-        if not self.datapath.takes_runs:  # say so, rather than offer commands it refuses
-            doc |= {"allowed": [], "runs_by": "front ends"}
         await self._client.publish(P.RUN_STATE, P.dumps(doc), qos=1, retain=True)
 
     async def _publish_trigger(self, *, history: bool = False) -> None:

@@ -353,12 +353,13 @@ def test_built_slices_go_out_with_the_checksums_their_fragments_came_with() -> N
 
 def test_a_restarted_builder_resumes_the_active_config_from_its_first_slice() -> None:
     # run control had made `new` active; the builder was restarted in the middle of spill 0
-    # (it joins on a slice): `new` applies at once, not from spill 1 (BuilderDataPath)
-    from daq.control.datapath import BuilderDataPath
-
+    # (it joins on a slice): `new` applies at once, not from spill 1 (what run control's
+    # `set ... at_once` does at the restarted builder's hello)
     new = {"thresholds": {"ecal_max": 55.0}}
     b, boards = _builder(), _boards()
-    path = BuilderDataPath(b, active={"config": new, "who": "expert"})
+    activated: list[object] = []
+    b.on_activate = lambda *a: activated.append(a)
+    b.resume_trigger_config(new, "expert")
     spill0 = _interleave(boards, 0, 64)
     joined = [m for m in spill0 if m.kind is not Kind.SPILL_START]  # started before us
     out = _feed(b, joined) + _feed(b, _interleave(boards, 1, 64))
@@ -368,4 +369,4 @@ def test_a_restarted_builder_resumes_the_active_config_from_its_first_slice() ->
     assert [(c.spill, c.meta["who"]) for c in _kinds(out, Kind.CONFIG)] == [(0, "expert")]
     starts = _kinds(out, Kind.SPILL_START)
     assert [(s.spill, s.meta["resumed"]) for s in starts] == [(0, True), (1, False)]
-    assert path._activations.empty()  # nothing newly activated: it was active before
+    assert activated == []  # nothing newly activated: it was active before
