@@ -11,17 +11,16 @@ import asyncio
 import contextlib
 import logging
 import os
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from daq.errors import ServiceError
 from daq.metrics import MetricsServer
 from daq.service import Service
 from daq.stack import Detector, StackConfig
+from daq.system import Stack
 
 if TYPE_CHECKING:
     from daq.builder_service import BuilderService
@@ -51,7 +50,7 @@ def mqtt_settings(cfg: StackConfig, service: str | None = None) -> Any:
     url = cfg.mqtt or os.environ.get(UP_BROKER_ENV)
     if url is None:
         return None
-    from daq.control.mqtt import ENV_PASSWORD, ENV_URL, ENV_USER, MqttSettings
+    from daq.mqtt import ENV_PASSWORD, ENV_URL, ENV_USER, MqttSettings
 
     env = dict(os.environ)
     env[ENV_URL] = url
@@ -189,16 +188,9 @@ class Factory:
     def monitor(self, registry: CollectorRegistry) -> MonitorService:
         from monitors.config import MonitorConfig
         from monitors.service import MonitorService
-        from monitors.service import MqttSettings as MonitorMqtt
 
-        ms = mqtt_settings(self.cfg, "monitor")
-        # a client id nobody can guess (the broker lets a second connection with the same
-        # id take the session over), TLS as the URL says
-        mqtt = None if ms is None else MonitorMqtt(
-            host=ms.host, port=ms.port, username=ms.username,
-            password=ms.password.get_secret_value(),
-            client_id=f"na64-monitor-{uuid.uuid4().hex[:16]}", tls=ms.tls,
-            ca=str(ms.ca) if ms.ca else None)
+        # TLS as the URL says; a client id nobody can guess (daq.mqtt.client)
+        mqtt = mqtt_settings(self.cfg, "monitor")
         mon = MonitorService(self.cfg.endpoints.monitor,
                              config=MonitorConfig.parse(self.cfg.monitor), registry=registry,
                              mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx)
@@ -242,7 +234,7 @@ def member_names(cfg: StackConfig) -> list[str]:
             "recorder", "monitor"]
 
 
-class LocalStack:
+class LocalStack(Stack):
     """Every service of a topology in one process under one run control (the demo, the
     soak test, tests): the same services, lifecycle and run-control core as `na64daq up`,
     on in-process transports. Runs are numbered by run control (persisted under
@@ -314,7 +306,7 @@ class LocalStack:
                 await self._stack.enter_async_context(self.control)
             else:
                 self._tasks.append(asyncio.create_task(self._follow(), name="run-ends"))
-            await self.conductor.wait_ready()
+            await self.wait_ready()
         except BaseException:
             await self.__aexit__(None, None, None)
             raise
@@ -324,47 +316,29 @@ class LocalStack:
         with contextlib.suppress(asyncio.CancelledError):
             await self.ctl.follow_run_ends()
 
-    # --- runs ---------------------------------------------------------------------------
+    # --- what run control holds (daq.system.Stack) --------------------------------------
 
     @property
-    def run_state(self) -> str:
-        return str(self.ctl.core.state.state.value)
+    def expected(self) -> list[str]:
+        return member_names(self.cfg)
 
-    @property
-    def run(self) -> int | None:
-        r = self.ctl.core.state.run
-        return int(r.run) if r is not None else None
+    def run_document(self) -> dict[str, Any]:
+        return dict(self.ctl.core.status())
 
-    async def start_run(self, *, spills: int | None = None, **params: Any) -> dict[str, Any]:
-        """Run control's start (refusals raise ProtocolError); `spills`: the front ends end
-        the run by themselves after that many, and run control stops it."""
-        if spills is not None:
-            params["max_spills"] = spills
-        reply: dict[str, Any] = await self.ctl.request("start", params=params)
-        if not reply.get("ok"):
-            raise ServiceError(f"start refused: {reply.get('reason')}")
+    def service_documents(self) -> dict[str, dict[str, Any]]:
+        return self.conductor.documents()
+
+    async def request(self, verb: str, **args: Any) -> dict[str, Any]:
+        from daq.control.protocol import ProtocolError
+
+        try:
+            reply: dict[str, Any] = await self.ctl.request(verb, **args)
+        except ProtocolError as e:
+            return {"ok": False, "reason": str(e)}
         return reply
 
-    async def stop_run(self, reason: str = "stopped") -> dict[str, Any]:
-        reply: dict[str, Any] = await self.ctl.request("stop", reason=reason)
-        return reply
-
-    async def wait_run_closed(self, *, on_tick: Callable[[], Awaitable[None]] | None = None,
-                              tick_s: float = 0.25) -> None:
-        """Until run control is no longer running or paused (the run closed, drained)."""
-        while self.run_state in ("running", "paused"):
-            await asyncio.sleep(tick_s)
-            if on_tick is not None:
-                await on_tick()
-
-    async def take_run(self, *, spills: int,
-                       on_tick: Callable[[], Awaitable[None]] | None = None,
-                       **params: Any) -> dict[str, Any]:
-        """Start a run of `spills` spills and wait until it is closed."""
-        await self.start_run(spills=spills, **params)
-        await self.wait_run_closed(on_tick=on_tick)
-        run = self.ctl.core.state.run
-        return dict(run.to_json()) if run is not None else {}
+    async def tick(self) -> None:
+        await asyncio.sleep(0.1)
 
     # --- shutdown ----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from daq.errors import ConfigError, ServiceError
 from daq.metrics import MetricsServer
 from daq.service import Service, ignore_stop_signals, on_stop_signals
 from daq.stack import StackConfig, load_stack_config
+from daq.system import Stack
 from daq.transport import close_transport
 
 
@@ -390,43 +391,60 @@ def up(config: Path, *, autopilot: tuple[int, int] | None = None, on_sample: Any
        stop: Callable[[], bool] | None = None,
        commands: dict[str, list[str]] | None = None) -> dict[str, Any]:
     """Start every service of a topology as its own process under run control and keep
-    them up: until `stop()` is true, SIGTERM/SIGINT/SIGHUP, or, with `autopilot=(RUNS,
-    SPILLS)`, until that many runs of that many spills were taken (each started and
-    stopped through run control over MQTT, as the shift crew would). Without a broker in
-    the topology, `up` starts its own Mosquitto (daq.control.localbroker). Every process
-    is stopped on the way out (run control first: it closes a run still open).
+    them up (a ProcessStack): until `stop()` is true, SIGTERM/SIGINT/SIGHUP, or, with
+    `autopilot=(RUNS, SPILLS)`, until that many runs of that many spills were taken (each
+    started and stopped through run control over MQTT, as the shift crew would). Every
+    process is stopped on the way out (run control first: it closes a run still open).
 
-    `commands` puts another program in a service's place (the benchmark's front end).
-    A crashed service is restarted (at most `max_restarts` times) and rejoins the run;
-    `on_sample(procs)` is called every 0.1 s (fault injection in the tests), `progress(d)`
-    twice a second with the run state, the monitor's figures and `restarts`.
+    The keywords are ProcessStack's; `progress(d)` is called twice a second with the run
+    state, the monitor's figures and `restarts`. The report: `ok`, `runs` (each run's
+    record), `figures`, `gave_up`, and each service's exit code under `services`.
     """
-    from daq.control.localbroker import LocalBroker  # late: the system layer's own tool
-
-    cfg = load_stack_config(config)
-    env = dict(os.environ)
-    broker = None
-    procs: list[Proc] = []
+    stack = ProcessStack(config, on_sample=on_sample, max_restarts=max_restarts,
+                         timeout_s=timeout_s, progress=progress, commands=commands)
+    report: dict[str, Any] = {"ok": True, "runs": []}
     try:
-        if cfg.mqtt is None:
-            broker = LocalBroker(run_dir=Path(cfg.run_dir)).start()
-            from daq.app import UP_BROKER_ENV
-
-            env |= broker.env()
-            env[UP_BROKER_ENV] = broker.url
-        procs = spawn_all(config, cfg, env, commands)
-        report = asyncio.run(_supervise(cfg, procs, broker, autopilot=autopilot,
-                                        on_sample=on_sample, max_restarts=max_restarts,
-                                        timeout_s=timeout_s, progress=progress, stop=stop))
+        asyncio.run(_up(stack, autopilot, stop, report))
     finally:
-        with _signals_held():
-            stop_all(procs)
-            if broker is not None:
-                broker.stop()
-    # after the stop: each process's exit code (0: a clean, drained exit)
-    report["services"] = {p.name: p.report() for p in procs}
-    report["ok"] = report["ok"] and all(p.popen.returncode == 0 for p in procs)
+        # after the stop: each process's exit code (0: a clean, drained exit)
+        report["services"] = {p.name: p.report() for p in stack.procs}
+    gave_up = [p.name for p in stack.procs if p.service != "frontend" and p.crashed()]
+    report.update(run_dir=stack.cfg.run_dir, gave_up=gave_up, figures=stack.figures,
+                  broker=stack.broker_url)
+    report["ok"] = (report["ok"] and not gave_up
+                    and all(p.popen.returncode == 0 for p in stack.procs))
     return report
+
+
+async def _up(stack: ProcessStack, autopilot: tuple[int, int] | None,
+              stop: Callable[[], bool] | None, report: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    leave = asyncio.Event()
+    if threading.current_thread() is threading.main_thread():  # only there, by Python
+        for sig in _SIGNALS:
+            loop.add_signal_handler(sig, leave.set)
+
+    def leaving() -> bool:
+        return leave.is_set() or (stop is not None and stop())
+
+    runs: list[dict[str, Any]] = report["runs"]
+    try:
+        async with stack:
+            n_runs, spills = autopilot or (0, 0)
+            for _ in range(n_runs):
+                if leaving():
+                    break
+                runs.append(await stack.take_run(spills=spills, until=leaving,
+                                                 comment="autopilot"))
+                if stack.run_state == "error":
+                    report["ok"] = False
+                    break
+            while autopilot is None and not leaving():
+                await stack.tick()
+            await stack.settle()
+    except (TimeoutError, ServiceError) as e:
+        report["ok"] = False
+        runs.append({"error": str(e)})
 
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -449,118 +467,159 @@ def _signals_held() -> Iterator[None]:
 
 def _shift_settings(cfg: StackConfig, broker: Any) -> Any:
     """The account `up` itself uses on the broker: the shift crew's (start, stop, read)."""
-    from daq.control.mqtt import MqttSettings
+    from daq.mqtt import MqttSettings
 
     if broker is not None:
         return MqttSettings.from_file(broker.credentials_file("shift"))
     return MqttSettings.from_env()
 
 
-async def _supervise(cfg: StackConfig, procs: list[Proc], broker: Any, *,
-                     autopilot: tuple[int, int] | None, on_sample: Any, max_restarts: int,
-                     timeout_s: float | None,
-                     progress: Callable[[dict[str, Any]], None] | None,
-                     stop: Callable[[], bool] | None) -> dict[str, Any]:
-    from daq.control import protocol as P
-    from daq.control.client import ControlClient
+class ProcessStack(Stack):
+    """Every service of a topology as its own process (`na64daq serve NAME`), run control
+    (`serve control`) among them, and `up`'s own Mosquitto when the topology names no
+    broker (daq.control.localbroker). What run control holds is read as the shift crew
+    reads it: the retained run state and `na64/services/<name>` documents over MQTT.
 
-    loop = asyncio.get_running_loop()
-    leave = asyncio.Event()
-    if threading.current_thread() is threading.main_thread():  # only there, by Python
-        for sig in _SIGNALS:
-            loop.add_signal_handler(sig, leave.set)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    figures: dict[str, Any] | None = None
-    runs: list[dict[str, Any]] = []
-    next_look = 0.0
-    ok = True
+    A crashed service is restarted (at most `max_restarts` times each) and rejoins the run;
+    a service that dies while starting ends the launch with its name, exit code and last
+    error line. `commands` puts another program in a service's place (the benchmark's front
+    end); `on_sample(procs)` is called every 0.1 s (fault injection in the tests);
+    `timeout_s` bounds the whole life of the stack (TimeoutError).
+    """
 
-    async with ControlClient(_shift_settings(cfg, broker), timeout=60.0) as ctl:
-        await ctl.follow(f"{P.SERVICES}/+", P.RUN_STATE, P.ACTIVE)
+    def __init__(self, config: Path, *, on_sample: Any = None, max_restarts: int = 3,
+                 timeout_s: float | None = None,
+                 progress: Callable[[dict[str, Any]], None] | None = None,
+                 commands: dict[str, list[str]] | None = None) -> None:
+        self.config = Path(config)
+        self.cfg = load_stack_config(config)
+        self.on_sample = on_sample
+        self.max_restarts = max_restarts
+        self.timeout_s = timeout_s
+        self.progress = progress
+        self.commands = commands
+        self.procs: list[Proc] = []
+        self.broker: Any = None
+        #: the broker's URL: the topology's, or that of this stack's own Mosquitto
+        self.broker_url: str | None = self.cfg.mqtt
+        #: the monitor's figures for the display (a scrape; never used to decide anything)
+        self.figures: dict[str, Any] | None = None
+        self._ctl: Any = None
+        self._exit = contextlib.AsyncExitStack()
+        self._deadline: float | None = None
+        self._next_look = 0.0
 
-        def state() -> dict[str, Any]:
-            return dict(ctl.seen(P.RUN_STATE).get(P.RUN_STATE) or {})
+    @property
+    def expected(self) -> list[str]:
+        from daq.app import member_names
 
-        def services() -> dict[str, Any]:
-            return {t.rsplit("/", 1)[-1]: d for t, d in ctl.seen(f"{P.SERVICES}/+").items()}
+        return member_names(self.cfg)
 
-        async def step() -> None:
-            nonlocal figures, next_look
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"not done within {timeout_s} s")
-            if broker is not None and not broker.running:
-                raise ServiceError(f"the broker of this `up` ({broker.url}) died: see "
-                                   f"{broker.directory / 'mosquitto.log'}")
-            for p in procs:
-                p.sample()
-            if on_sample is not None:
-                on_sample(procs)
-            supervise(procs, max_restarts=max_restarts)
-            if progress is not None and time.monotonic() >= next_look:
-                next_look = time.monotonic() + 0.5
-                figures = _monitor_figures(procs) or figures
-                progress({**(figures or {}), "run_state": state(),
-                          "trigger": ctl.seen(P.ACTIVE).get(P.ACTIVE),
-                          "restarts": {p.name: p.restarts for p in procs if p.restarts},
-                          "services": services()})
-            await asyncio.sleep(0.1)
+    # --- what run control holds, over MQTT ---------------------------------------------
 
+    def run_document(self) -> dict[str, Any]:
+        from daq.control import protocol as P
+
+        return dict(self._ctl.seen(P.RUN_STATE).get(P.RUN_STATE) or {}) if self._ctl else {}
+
+    def service_documents(self) -> dict[str, dict[str, Any]]:
+        from daq.control import protocol as P
+
+        if self._ctl is None:
+            return {}
+        return {t.rsplit("/", 1)[-1]: d for t, d in self._ctl.seen(f"{P.SERVICES}/+").items()}
+
+    def pids(self) -> dict[str, int]:
+        return {p.name: p.popen.pid for p in self.procs}
+
+    async def request(self, verb: str, **args: Any) -> dict[str, Any]:
+        reply: dict[str, Any] = await self._ctl.run(verb, **args)
+        return reply
+
+    # --- life ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> ProcessStack:
+        from daq.control import protocol as P
+        from daq.control.client import ControlClient
+        from daq.control.localbroker import LocalBroker  # late: the system layer's own tool
+
+        if self.timeout_s is not None:
+            self._deadline = time.monotonic() + self.timeout_s
+        env = dict(os.environ)
         try:
-            await _until_ready(procs, services, step)
-            if autopilot is not None:
-                n_runs, spills = autopilot
-                for _ in range(n_runs):
-                    if leave.is_set() or (stop is not None and stop()):
-                        break
-                    reply = await ctl.run("start", params={"max_spills": spills,
-                                                           "comment": "autopilot"})
-                    if not reply.get("ok"):
-                        raise ServiceError(f"run control refused the start: {reply}")
-                    run = reply["run"]
-                    while not leave.is_set() and not (stop is not None and stop()):
-                        st = state()
-                        if st.get("state") in ("stopped", "error") and \
-                                (st.get("run") or {}).get("run") == run:
-                            break
-                        await step()
-                    runs.append(dict(state().get("run") or {}))
-                    if state().get("state") == "error":
-                        ok = False
-                        break
-            else:
-                while not leave.is_set() and not (stop is not None and stop()):
-                    await step()
-            if on_sample is not None:
-                on_sample(procs)  # the settled state, before anything is stopped
-            figures = _monitor_figures(procs) or figures
-        except (TimeoutError, ServiceError) as e:
-            ok = False
-            runs.append({"error": str(e)})
-    gave_up = [p.name for p in procs if p.service != "frontend" and p.crashed()]
-    return {"ok": ok and not gave_up, "run_dir": cfg.run_dir, "gave_up": gave_up,
-            "figures": figures, "runs": runs, "broker": broker.url if broker else cfg.mqtt}
+            if self.cfg.mqtt is None:
+                self.broker = await asyncio.to_thread(
+                    LocalBroker(run_dir=Path(self.cfg.run_dir)).start)
+                from daq.app import UP_BROKER_ENV
+
+                env |= self.broker.env()
+                env[UP_BROKER_ENV] = self.broker_url = self.broker.url
+            self.procs = spawn_all(self.config, self.cfg, env, self.commands)
+            self._ctl = await self._exit.enter_async_context(
+                ControlClient(_shift_settings(self.cfg, self.broker), timeout=60.0))
+            await self._ctl.follow(f"{P.SERVICES}/+", P.RUN_STATE, P.ACTIVE)
+            await self.wait_ready()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Stack.wait_ready, but a service that dies while starting stops the launch with
+        its name, exit code and last error line (never a hang)."""
+        deadline = time.monotonic() + timeout_s
+        while missing := self.not_ready():
+            dead = [p for p in self.procs if p.popen.poll() is not None]
+            if dead:
+                raise ServiceError("; ".join(
+                    f"{p.name} exited with code {p.popen.returncode} while starting: "
+                    f"{p.last_error() or '(no error line)'} (log: {p.log})" for p in dead))
+            if time.monotonic() > deadline:
+                raise ServiceError(f"not ready within {timeout_s:g} s: {', '.join(missing)}")
+            await self.tick()
+
+    async def tick(self) -> None:
+        """0.1 s of supervision: sample every process, call `on_sample`, restart what
+        crashed, show progress; TimeoutError past `timeout_s`, ServiceError when the
+        broker of this stack died."""
+        if self._deadline is not None and time.monotonic() > self._deadline:
+            raise TimeoutError(f"not done within {self.timeout_s} s")
+        if self.broker is not None and not self.broker.running:
+            raise ServiceError(f"the broker of this `up` ({self.broker.url}) died: see "
+                               f"{self.broker.directory / 'mosquitto.log'}")
+        for p in self.procs:
+            p.sample()
+        if self.on_sample is not None:
+            self.on_sample(self.procs)
+        supervise(self.procs, max_restarts=self.max_restarts)
+        if self.progress is not None and time.monotonic() >= self._next_look:
+            from daq.control import protocol as P
+
+            self._next_look = time.monotonic() + 0.5
+            self.figures = _monitor_figures(self.procs) or self.figures
+            self.progress({**(self.figures or {}), "run_state": self.run_document(),
+                           "trigger": self._ctl.seen(P.ACTIVE).get(P.ACTIVE),
+                           "restarts": {p.name: p.restarts for p in self.procs if p.restarts},
+                           "services": self.service_documents()})
+        await asyncio.sleep(0.1)
+
+    async def settle(self) -> None:
+        """The settled state, before anything is stopped: the last sample for `on_sample`
+        and the monitor's last figures."""
+        if self.on_sample is not None:
+            self.on_sample(self.procs)
+        self.figures = _monitor_figures(self.procs) or self.figures
+
+    async def __aexit__(self, *exc: Any) -> None:
+        """Every process stopped (run control first: it closes a run still open), then the
+        broker; a second signal cannot cut this short."""
+        try:
+            await self._exit.aclose()
+        finally:
+            self._ctl = None
+            with _signals_held():
+                await asyncio.to_thread(stop_all, self.procs)
+                if self.broker is not None:
+                    await asyncio.to_thread(self.broker.stop)
 
 
-async def _until_ready(procs: list[Proc], services: Callable[[], dict[str, Any]],
-                       step: Callable[[], Awaitable[None]], timeout_s: float = 120.0) -> None:
-    """Until run control sees every service online and the workers' kernels compiled. A
-    service that dies while starting stops the launch with its name, exit code and last
-    error line (never a hang)."""
-    deadline = time.monotonic() + timeout_s
-    expected = {p.name for p in procs if p.service != "control"}
-    while True:
-        dead = [p for p in procs if p.popen.poll() is not None]
-        if dead:
-            raise ServiceError("; ".join(
-                f"{p.name} exited with code {p.popen.returncode} while starting: "
-                f"{p.last_error() or '(no error line)'} (log: {p.log})" for p in dead))
-        docs = services()
-        pids = {p.name: p.popen.pid for p in procs}
-        # the documents of these very processes (a broker keeps those of earlier ones)
-        if all(docs.get(n, {}).get("status") == "online" and docs[n].get("pid") == pids[n]
-               and (not n.startswith("trigger-") or docs[n].get("ready")) for n in expected):
-            return
-        if time.monotonic() > deadline:
-            missing = sorted(n for n in expected if docs.get(n, {}).get("status") != "online")
-            raise ServiceError(f"not ready within {timeout_s} s: {', '.join(missing)}")
-        await step()

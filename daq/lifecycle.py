@@ -16,7 +16,7 @@ with one command). Sans I/O: no sockets, no event loop.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,3 +148,40 @@ class Lifecycle:
                 "context": self.context.to_json() if self.context else None,
                 "error": self.error, "runs_taken": self.runs_taken,
                 "allowed": allowed(self.phase)}
+
+
+# --- ready and settled: the one definition every stack and run control use ----------------
+
+#: run-control states in which a run is open (the retained run-state document's `state`)
+RUN_OPEN_STATES = frozenset({"running", "paused"})
+
+
+def not_ready(docs: Mapping[str, Mapping[str, Any]], expected: Iterable[str],
+              pids: Mapping[str, int] | None = None) -> list[str]:
+    """The services of `expected` that are not ready yet (empty: the stack is ready).
+
+    Ready means: the service's status document says `online`; it was sent by the very
+    process in question when `pids` are known (a broker keeps the retained documents of
+    earlier processes); and a service that reports `ready` (a trigger worker compiling
+    its kernels) says true. `docs` are the status documents by service name, as run
+    control holds them (Conductor.documents) or republishes them (`na64/services/<name>`).
+    """
+    missing = []
+    for name in expected:
+        d = docs.get(name) or {}
+        if (d.get("status") != "online" or d.get("ready") is False
+                or (pids is not None and d.get("pid") != pids.get(name))):
+            missing.append(name)
+    return missing
+
+
+def run_settled(state: Mapping[str, Any], run: int | None = None) -> bool:
+    """Run control's run-state document says the run is over: no run open, and, with
+    `run`, that very run was the last one (closed, drained: run control answers a stop
+    only once the recorder has closed the file and the monitor its last spill)."""
+    if state.get("state") in RUN_OPEN_STATES or not state.get("state"):
+        return False
+    if run is None:
+        return True
+    last = state.get("run") or {}
+    return last.get("run") == run or int(state.get("last_run") or 0) >= run

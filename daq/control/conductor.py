@@ -34,7 +34,7 @@ from daq.agent import dumps, loads
 from daq.control.core import Activation
 from daq.control.datapath import DataPath
 from daq.errors import DaqError, StateError
-from daq.lifecycle import RUN_OPEN, Phase
+from daq.lifecycle import RUN_OPEN, Phase, not_ready
 from daq.transport import context
 
 log = logging.getLogger("na64.conductor")
@@ -52,6 +52,10 @@ class DataPathError(DaqError):
         self.service = service
         self.command = command
         self.reason = reason
+
+
+#: commands for a service in the run: after a restart, sent once it has rejoined it
+_IN_RUN = frozenset({"stop", "pause", "resume"})
 
 
 def role(name: str) -> str:
@@ -94,6 +98,7 @@ class Conductor(DataPath):
     def __init__(self, endpoint: str, members: Sequence[str], *,
                  ctx: zmq.asyncio.Context | None = None, reply_timeout_s: float = 30.0,
                  close_timeout_s: float = 120.0, stale_s: float = 5.0,
+                 rejoin_timeout_s: float = 30.0,
                  clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -102,6 +107,9 @@ class Conductor(DataPath):
         self.members: dict[str, Member] = {n: Member(n) for n in members}
         self.reply_timeout_s = reply_timeout_s
         self.close_timeout_s = close_timeout_s
+        #: a command to a service that is not connected waits this long for it to come back
+        #: (a supervisor restarting it) before it fails
+        self.rejoin_timeout_s = rejoin_timeout_s
         self.stale_s = stale_s
         self.clock, self.monotonic = clock, monotonic
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -251,17 +259,44 @@ class Conductor(DataPath):
 
     # --- commands ---------------------------------------------------------------------
 
+    async def _send(self, name: str, cmd: str, frames: list[bytes]) -> None:
+        """Send a command; to a service that is not connected (ROUTER_MANDATORY raises),
+        once it is back: a supervisor restarts a crashed service, and a stop that reached
+        nobody would turn a recoverable crash into a failed run. In a run, "back" means
+        rejoined (its welcome brought it into the run), so that a stop never overtakes
+        the start that brings a restarted service into the run."""
+        deadline = self.monotonic() + self.rejoin_timeout_s
+        m = self.members.get(name)
+        waited = False
+        while True:
+            try:
+                await self.sock.send_multipart(frames)
+                return
+            except zmq.ZMQError as e:
+                if m is None or self.monotonic() >= deadline:
+                    raise DataPathError(name, cmd, f"not connected ({e.strerror})"
+                                        + (f"; not back within {self.rejoin_timeout_s:g} s"
+                                           if waited else "")) from None
+                if not waited:
+                    log.warning("%s is not connected: %s waits up to %g s for it to come "
+                                "back", name, cmd, self.rejoin_timeout_s)
+                    waited = True
+            while True:  # at least one wait: the document may still be the dead one's
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), 0.2)
+                if self.monotonic() >= deadline or (m.online and (
+                        self.open is None or cmd not in _IN_RUN or m.phase in RUN_OPEN)):
+                    break
+
     async def command(self, name: str, cmd: str, **args: Any) -> dict[str, Any]:
         """Send one command and wait for its reply; DataPathError if refused or silent."""
         rid = f"c{next(self._ids)}"
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiting[rid] = fut
         try:
-            try:
-                await self.sock.send_multipart(
-                    [name.encode(), dumps({"t": "cmd", "id": rid, "cmd": cmd, "args": args})])
-            except zmq.ZMQError as e:  # ROUTER_MANDATORY: nobody of that name connected
-                raise DataPathError(name, cmd, f"not connected ({e.strerror})") from None
+            await self._send(name, cmd, [name.encode(), dumps(
+                {"t": "cmd", "id": rid, "cmd": cmd, "args": args})])
             try:
                 reply = await asyncio.wait_for(fut, self.reply_timeout_s)
             except TimeoutError:
@@ -281,18 +316,18 @@ class Conductor(DataPath):
         names = self.names(role_)
         return list(await asyncio.gather(*(self.command(n, cmd, **args) for n in names)))
 
+    def not_ready(self) -> list[str]:
+        """The expected services not ready yet (daq.lifecycle.not_ready: the one definition)."""
+        return not_ready(self.documents(), self.members)
+
     def ready(self) -> bool:
         """Every expected service is connected, and the trigger workers have compiled."""
-        return all(m.online and (role(m.name) != "trigger" or m.doc.get("ready"))
-                   for m in self.members.values())
+        return not self.not_ready()
 
     async def wait_ready(self, timeout_s: float = 120.0) -> None:
         deadline = self.monotonic() + timeout_s
-        while not self.ready():
+        while missing := self.not_ready():
             if self.monotonic() > deadline:
-                missing = [m.name for m in self.members.values()
-                           if not (m.online and (role(m.name) != "trigger"
-                                                 or m.doc.get("ready")))]
                 raise DataPathError(", ".join(missing), "hello",
                                     f"not connected and ready within {timeout_s} s")
             self._changed.clear()

@@ -145,3 +145,44 @@ async def test_garbage_on_the_channel_is_counted_and_changes_nothing() -> None:
             sock.close(linger=0)
         assert cond.unknown == 4  # each counted once, whoever sent it
         await cond.start_run(1, {})  # the channel still works
+
+
+@pytest.mark.asyncio
+async def test_a_stop_while_a_service_is_restarting_waits_until_it_has_rejoined() -> None:
+    """A stop that finds the builder gone (killed, being restarted by its supervisor) is
+    sent once the new builder has been brought into the run, never before its start."""
+    async with channel("stop-rejoin", rejoin_timeout_s=20.0) as (cond, fakes, tasks):
+        await asyncio.wait_for(cond.wait_ready(), 10)
+        await cond.start_run(6, {})
+        tasks["builder"].cancel()
+        await asyncio.gather(tasks["builder"], return_exceptions=True)
+        stop_task = asyncio.create_task(cond.stop_run())
+        await asyncio.sleep(0.3)
+        assert not stop_task.done()  # waiting for the builder, not failed
+        new = Fake("builder")
+        new.agent = Agent(cond.endpoint, "builder", new, ctx=context(), heartbeat_s=0.05)
+        stop = asyncio.Event()
+        task = asyncio.create_task(new.agent.run(stop))
+        try:
+            for _ in range(500):
+                if ("stop", 6) in new.seen:
+                    break
+                await asyncio.sleep(0.02)
+            assert [t for t, _ in new.seen[:2]] == ["start", "stop"], new.seen
+            closes(fakes, 6)
+            await asyncio.wait_for(stop_task, 10)
+        finally:
+            stop.set()
+            await task
+
+
+@pytest.mark.asyncio
+async def test_a_stop_to_a_service_that_never_comes_back_fails_naming_it() -> None:
+    async with channel("stop-gone", rejoin_timeout_s=0.5) as (cond, _fakes, tasks):
+        await asyncio.wait_for(cond.wait_ready(), 10)
+        await cond.start_run(7, {})
+        tasks["builder"].cancel()
+        await asyncio.gather(tasks["builder"], return_exceptions=True)
+        with pytest.raises(DataPathError, match=r"not back within 0\.5 s") as e:
+            await asyncio.wait_for(cond.stop_run(), 10)
+        assert e.value.service == "builder"

@@ -52,3 +52,32 @@ def test_a_failure_keeps_the_reason_until_configured_again() -> None:
 def test_bad_start_arguments_name_what_is_wrong(args: dict) -> None:
     with pytest.raises(ValueError, match=r"run|max_spills|snapshot"):
         RunContext.from_args(args)
+
+
+def test_ready_is_online_from_this_process_and_compiled() -> None:
+    from daq.lifecycle import not_ready
+
+    docs = {"builder": {"status": "online", "pid": 10},
+            "trigger-0": {"status": "online", "pid": 11, "ready": False},
+            "recorder": {"status": "offline", "pid": 12}}
+    names = ["builder", "trigger-0", "recorder", "monitor"]
+    assert not_ready(docs, names) == ["trigger-0", "recorder", "monitor"]
+    docs["trigger-0"]["ready"] = True
+    docs["recorder"]["status"] = "online"
+    docs["monitor"] = {"status": "online", "pid": 13}
+    assert not_ready(docs, names) == []
+    # a retained document of an earlier process is not this one's
+    assert not_ready(docs, names, {"builder": 99, "trigger-0": 11, "recorder": 12,
+                                   "monitor": 13}) == ["builder"]
+
+
+def test_a_run_is_settled_once_run_control_has_closed_that_very_run() -> None:
+    from daq.lifecycle import run_settled
+
+    assert not run_settled({})  # nothing heard from run control yet
+    assert not run_settled({"state": "running", "run": {"run": 3}}, 3)
+    assert not run_settled({"state": "paused", "run": {"run": 3}})
+    assert run_settled({"state": "stopped", "run": {"run": 3}, "last_run": 3}, 3)
+    assert run_settled({"state": "error", "run": {"run": 3}, "last_run": 3}, 3)
+    assert not run_settled({"state": "stopped", "run": {"run": 2}, "last_run": 2}, 3)
+    assert run_settled({"state": "idle", "run": None, "last_run": 0})
