@@ -145,8 +145,8 @@ def _replay_run(args: argparse.Namespace, speed: float, spills: Any) -> int:
     from pathlib import Path
 
     from daq.control.localbroker import require_credentials
-    from daq.control.mqtt import MqttSettings
     from daq.errors import DaqError
+    from daq.mqtt import MqttSettings
     from daq.replay import replay_run
     from daq.stack import load_stack_config
 

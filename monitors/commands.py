@@ -26,8 +26,9 @@ def _monitor(a: argparse.Namespace) -> int:
 
     from daq.errors import ConfigError
     from daq.metrics import MetricsServer
+    from daq.mqtt import MqttSettings
     from monitors.config import load_config
-    from monitors.service import MonitorService, MqttSettings
+    from monitors.service import MonitorService
 
     cfg = load_config(a.config)
     mqtt = None

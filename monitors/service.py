@@ -7,23 +7,19 @@ import contextlib
 import json
 import logging
 import os
-import random
-import ssl
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-import aiomqtt
 import zmq
 import zmq.asyncio
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import Field
 
-from daq.config import StrictModel
 from daq.errors import WireError
 from daq.geometry import BOARD_NAMES
+from daq.mqtt import Client, MqttSettings, Session
 from daq.service import Loop, Service
 from daq.transport import context
 from daq.wire import Kind, Message, decode
@@ -38,33 +34,10 @@ from monitors.summary import SpillSummary
 SPILL_TOPIC = "na64/monitor/spill"
 RUN_TOPIC = "na64/monitor/run"  # retained: the last closed run's totals
 ALARM_TOPIC = "na64/alarms"
-STATUS_TOPIC = "na64/status/monitor"
 RUN_STOP_GRACE_S = 2.0  # after run_stop: how long open spills may still get features
 DRAIN_TIMEOUT_S = 5.0  # at stop: longest time spent taking what is still arriving
 _QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
 log = logging.getLogger("na64.monitors")
-
-
-class MqttSettings(StrictModel):
-    """Where the monitor publishes; absent means it runs without a broker."""
-
-    host: str = Field(default="127.0.0.1", min_length=1, max_length=253,
-                      description="Broker host.")
-    port: int = Field(default=1883, ge=1, le=65535, description="Broker port.")
-    client_id: str = Field(default="na64-monitor", min_length=1, max_length=64,
-                           description="MQTT client identifier.")
-    username: str | None = Field(default=None, max_length=64, description="Broker user.")
-    password: str | None = Field(default=None, max_length=256, description="Broker password.")
-    retry_max_s: float = Field(default=10.0, gt=0, le=600,
-                               description="Longest back-off between reconnection attempts.")
-    tls: bool = Field(default=False, description="TLS to the broker (an mqtts:// URL); the "
-                      "server's certificate and name are verified.")
-    ca: str | None = Field(default=None, max_length=4096,
-                           description="CA file (PEM) that signed the broker's certificate; "
-                           "None: the system's CAs.")
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        return ssl.create_default_context(cafile=self.ca) if self.tls else None
 
 
 class MonitorService(Service):
@@ -120,6 +93,7 @@ class MonitorService(Service):
         # Every topic is retained, so only its latest payload matters: the outbox keeps one
         # per topic (bounded by the number of topics however long the broker is away).
         self._outbox: dict[str, bytes] = {}
+        self._pending: tuple[str, bytes] | None = None  # taken from the outbox, not yet sent
         self._wake = asyncio.Event()
         self._ctx = ctx or context()
         self._sock: zmq.asyncio.Socket | None = None
@@ -412,44 +386,30 @@ class MonitorService(Service):
     # --- MQTT --------------------------------------------------------------------------------
 
     async def _publish(self) -> None:
+        """Every retained topic's latest payload, QoS 1, for as long as the monitor runs
+        (daq.mqtt.Session: status document, last will, reconnection with backoff)."""
         assert self.mqtt is not None
-        m = self.mqtt
-        delay = 0.1
-        pending: tuple[str, bytes] | None = None
+        session = Session(self.mqtt, "monitor", stopping=self.stopping, clock=self.clock)
+        await session.run(self._send_outbox)
+        lost = len(self._outbox) + (self._pending is not None)
+        if lost:
+            # stopping with no broker: what is left is retained state nobody can receive
+            # now; say so rather than hang the shutdown
+            log.warning("MQTT: stopping with %d message(s) unsent", lost)
+
+    async def _send_outbox(self, client: Client) -> None:
+        """Until stopping and everything has gone out (a message in hand when the
+        connection drops is sent again on the next one)."""
         while True:
-            try:
-                will = aiomqtt.Will(STATUS_TOPIC, _status("offline", self.clock()), qos=1,
-                                    retain=True)
-                async with aiomqtt.Client(m.host, m.port, identifier=m.client_id, will=will,
-                                          username=m.username, password=m.password,
-                                          tls_context=m.tls_context()) as client:
-                    await client.publish(STATUS_TOPIC, _status("online", self.clock()), qos=1,
-                                         retain=True)
-                    delay = 0.1
-                    while True:
-                        if pending is None:
-                            pending = await self._next_outgoing()
-                        if pending is None:
-                            await client.publish(STATUS_TOPIC, _status("offline", self.clock()),
-                                                 qos=1, retain=True)
-                            return
-                        topic, payload = pending
-                        # retained, QoS 1: the last spill summary and each alarm's last state
-                        await client.publish(topic, payload, qos=1, retain=True)
-                        self.published += 1
-                        pending = None
-            except aiomqtt.MqttError as e:
-                if self.stopping.is_set():
-                    # stopping with no broker: what is left is retained state nobody can
-                    # receive now; say so rather than hang the shutdown
-                    lost = len(self._outbox) + (pending is not None)
-                    if lost:
-                        log.warning("MQTT: %s; stopping with %d message(s) unsent", e, lost)
-                    return
-                log.warning("MQTT: %s; retrying in %.1f s", e, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), delay)
-                delay = min(m.retry_max_s, delay * 2) * random.uniform(0.8, 1.2)
+            if self._pending is None:
+                self._pending = await self._next_outgoing()
+            if self._pending is None:
+                return
+            topic, payload = self._pending
+            # retained, QoS 1: the last spill summary and each alarm's last state
+            await client.publish(topic, payload, qos=1, retain=True)
+            self.published += 1
+            self._pending = None
 
     async def _next_outgoing(self) -> tuple[str, bytes] | None:
         """The next message to publish; None once stopping and everything has gone out."""
@@ -469,10 +429,3 @@ class MonitorService(Service):
             finally:
                 for w in waits:
                     w.cancel()
-
-
-def _status(status: str, when: float) -> bytes:
-    """The retained status document every MQTT-connected service publishes (the same form
-    as run control's, daq.control.mqtt.status_payload)."""
-    return json.dumps({"service": "monitor", "status": status, "when": when},
-                      sort_keys=True).encode()

@@ -32,8 +32,8 @@ from daq.control.broker import (
     load_roles,
     render_acl,
 )
-from daq.control.mqtt import ENV_CA, ENV_PASSWORD, ENV_URL, ENV_USER
 from daq.errors import ConfigError
+from daq.mqtt import ENV_CA, ENV_PASSWORD, ENV_URL, ENV_USER
 
 DAYS = 825  # the longest server-certificate life current TLS clients accept
 

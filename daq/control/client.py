@@ -18,8 +18,9 @@ from typing import Any, Self
 import aiomqtt
 
 from daq.control import protocol as P
-from daq.control.mqtt import MqttSettings, client, request_properties, response_of
+from daq.control.mqtt import request_properties, response_of
 from daq.errors import DaqError
+from daq.mqtt import MqttSettings, client
 
 
 class ControlError(DaqError):
@@ -35,11 +36,12 @@ class ControlClient:
 
     def __init__(self, settings: MqttSettings, *, timeout: float | None = None) -> None:
         self.settings = settings
+        self.user = settings.account()
         self.timeout = settings.timeout if timeout is None else timeout
         self.client_id = f"ctl-{uuid.uuid4().hex}"
         # the reply topic is seen by others (services read na64/#): its last level is not
         # the client id, which would let them take this session over
-        self.reply_topic = P.reply_topic(settings.username, uuid.uuid4().hex[:12])
+        self.reply_topic = P.reply_topic(self.user, uuid.uuid4().hex[:12])
         self._mqtt = client(settings, identifier=self.client_id)
         self._replies: dict[bytes, asyncio.Future[dict[str, Any]]] = {}
         self._retained: dict[str, Any] = {}
@@ -51,7 +53,7 @@ class ControlClient:
             await self._mqtt.__aenter__()
         except aiomqtt.MqttError as e:
             raise ControlError(f"cannot connect to {self.settings.host}:{self.settings.port} as "
-                               f"{self.settings.username}: {e}") from None
+                               f"{self.user}: {e}") from None
         self._reader = asyncio.create_task(self._read(), name="ctl.reader")
         await self._mqtt.subscribe(self.reply_topic, qos=1)
         return self
@@ -99,14 +101,14 @@ class ControlClient:
                                  properties=request_properties(self.reply_topic, corr))
         if self._mqtt.refused_publishes > refused:
             self._replies.pop(corr, None)
-            raise RefusedError(f"the broker refused {topic} for user {self.settings.username}: "
+            raise RefusedError(f"the broker refused {topic} for user {self.user}: "
                                f"{self._mqtt.last_refusal} (not allowed for this role)")
         try:
             return await asyncio.wait_for(fut, self.timeout)
         except TimeoutError:
             raise ControlError(
                 f"no reply to {topic} within {self.timeout:g} s: run control is not running, "
-                f"or the broker refused the request (may {self.settings.username} send it?)"
+                f"or the broker refused the request (may {self.user} send it?)"
             ) from None
         finally:
             self._replies.pop(corr, None)
@@ -118,11 +120,11 @@ class ControlClient:
             body["params"] = params
         if reason is not None:
             body["reason"] = reason
-        return await self.request(P.run_topic(verb, self.settings.username), body)
+        return await self.request(P.run_topic(verb, self.user), body)
 
     async def trigger_set(self, overrides: list[str], *, comment: str = "") -> dict[str, Any]:
         body = {"set": overrides, "comment": comment}
-        return await self.request(P.user_topic(P.DESIRED, self.settings.username), body)
+        return await self.request(P.user_topic(P.DESIRED, self.user), body)
 
     async def retained(self, topic_filter: str, *, wait: float = 0.5) -> dict[str, Any]:
         """Retained messages on `topic_filter`: {topic: document}; waits `wait` s for them."""

@@ -20,8 +20,8 @@ from typing import Any
 
 from daq.control.client import ControlClient
 from daq.control.localbroker import require_credentials
-from daq.control.mqtt import ENV_URL, MqttSettings
 from daq.errors import ConfigError
+from daq.mqtt import ENV_URL, MqttSettings
 from daq.stack import load_stack_config
 
 RUN_VERBS = ("start", "stop", "pause", "resume", "configure", "reset")

@@ -35,8 +35,8 @@ from daq.control.broker import (
     plain_listener_only,
     render_acl,
 )
-from daq.control.mqtt import ENV_PASSWORD, ENV_URL, ENV_USER
 from daq.errors import ConfigError, ServiceError
+from daq.mqtt import ENV_PASSWORD, ENV_URL, ENV_USER
 
 SERVICE_ROLE = "service"
 SERVICE_ROLES = (SERVICE_ROLE, "runcontrol")  # accounts of processes, not of people

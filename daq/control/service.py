@@ -15,7 +15,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import random
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -29,18 +28,11 @@ from daq.control import protocol as P
 from daq.control.controller import Controller
 from daq.control.core import Plan
 from daq.control.datapath import DataPath, MemoryDataPath
-from daq.control.mqtt import (
-    MqttSettings,
-    client,
-    command_subscription,
-    offline_will,
-    reply_properties,
-    response_of,
-    status_payload,
-)
+from daq.control.mqtt import command_subscription, reply_properties, response_of
 from daq.control.store import StateStore
 from daq.errors import DaqError
 from daq.metrics import PREFIX, MetricsServer
+from daq.mqtt import Client, MqttSettings, Session
 from daq.service import Loop, Service
 
 HISTORY_LENGTH = 50
@@ -80,18 +72,23 @@ class RunControlService(Service):
                                  "Number of the current (or last) run.", registry=reg)
         self._run_open = Gauge(f"{PREFIX}control_run_open", "1 while a run is open.",
                                registry=reg)
-        self._client: aiomqtt.Client | None = None
         self._pending_audit: list[dict[str, Any]] = []  # audit entries not yet published
         self._reconnects = Counter(f"{PREFIX}control_reconnects",
                                    "Broker connections lost or refused.", registry=reg)
         self._restored = False
         self.last_failure: str | None = None
-        self.reconnect_min = 0.2
-        self.reconnect_max = 10.0
+        # a fresh, unguessable client id per connection (daq.mqtt.client): a fixed one let
+        # any account take this session over by connecting with it (issue 20)
+        self.session = Session(settings, settings.account(), stopping=self.stopping,
+                               clock=clock, backoff=(0.2, 10.0), on_lost=self._lost)
+
+    @property
+    def _client(self) -> Client | None:
+        return self.session.client
 
     @property
     def status_topic(self) -> str:
-        return f"{P.STATUS}/{self.settings.username}"
+        return self.session.topic
 
     def refused(self, kind: str, code: str) -> int:
         """How many requests of `kind` were answered with error `code` (or 'ok')."""
@@ -150,68 +147,49 @@ class RunControlService(Service):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed() if changed else asyncio.sleep(1.0), 1.0)
 
-    def _status(self, status: str) -> bytes:
-        return status_payload(self.settings.username, status, self._clock())
-
     async def _mqtt(self) -> None:
-        """Stay connected: reconnect with randomised exponential backoff until stopped."""
-        delay = self.reconnect_min
-        while not self.stopping.is_set():
-            connected = False
-            try:
-                connected = await self._session()
-            except aiomqtt.MqttError as e:
-                self.ready.clear()
-                self._client = None
-                self._reconnects.inc()
-                log.warning("broker connection lost or refused: %s", e)
-            if self.stopping.is_set():
-                return
-            delay = self.reconnect_min if connected else min(delay * 2, self.reconnect_max)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay * random.uniform(0.5, 1.5))
+        """Stay on the broker (daq.mqtt.Session: reconnects with backoff until stopped)."""
+        await self.session.run(self._serve, prepare=self._prepare)
 
-    async def _session(self) -> bool:
-        """One connection: publish what is retained, serve requests until stop or disconnect."""
-        will = offline_will(self.settings.username, self._clock())
-        # a fresh, unguessable client id per session (mqtt.client): a fixed one let any
-        # account take this session over by connecting with it (issue 20, docs/control.md)
-        async with client(self.settings, will=will) as c:
-            self._client = c
-            if self.core.state.trigger_active is not None and not self._restored:
-                # the data path starts empty: give it what was active before the restart
-                act = self.core.state.trigger_active
-                await self.datapath.resume_trigger_config(act["config"], act["who"])
-                self._restored = True
-            # subscribed before "online" is said: a request sent as soon as a client sees
-            # it must not arrive before the subscription (QoS 1 is not kept for nobody)
-            # retain-as-published: a command published retained arrives flagged as such
-            # even while subscribed (MQTT v5 clears the flag otherwise), and is refused
-            await c.subscribe(P.RUN_CMD_SUB, options=command_subscription())
-            await c.subscribe(P.DESIRED_SUB, options=command_subscription())
-            await self._publish_state()
-            await self._publish_trigger(history=True)
-            await c.publish(self.status_topic, self._status("online"), qos=1, retain=True)
-            self.ready.set()
-            tasks = [asyncio.create_task(self._commands(c), name=f"{self.name}.commands"),
-                     asyncio.create_task(self._activations(), name=f"{self.name}.activations"),
-                     asyncio.create_task(self._members(c), name=f"{self.name}.members"),
-                     asyncio.create_task(self.stopping.wait(), name=f"{self.name}.stopping")]
-            try:
-                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                async with self._lock:  # let the request in hand finish before leaving
-                    for t in tasks:
-                        t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
-            for t in done:
-                exc = None if t.cancelled() else t.exception()
-                if exc is not None:
-                    raise exc
-            await self._members_offline(c)
-            await c.publish(self.status_topic, self._status("offline"), qos=1, retain=True)
-            self._client = None
-        return True
+    def _lost(self, e: Exception) -> None:
+        self.ready.clear()
+        self._reconnects.inc()
+
+    async def _prepare(self, c: Client) -> None:
+        """Before "online": what a client that sees run control online may rely on."""
+        if self.core.state.trigger_active is not None and not self._restored:
+            # the data path starts empty: give it what was active before the restart
+            act = self.core.state.trigger_active
+            await self.datapath.resume_trigger_config(act["config"], act["who"])
+            self._restored = True
+        # subscribed before "online" is said: a request sent as soon as a client sees
+        # it must not arrive before the subscription (QoS 1 is not kept for nobody)
+        # retain-as-published: a command published retained arrives flagged as such
+        # even while subscribed (MQTT v5 clears the flag otherwise), and is refused
+        await c.subscribe(P.RUN_CMD_SUB, options=command_subscription())
+        await c.subscribe(P.DESIRED_SUB, options=command_subscription())
+        await self._publish_state()
+        await self._publish_trigger(history=True)
+
+    async def _serve(self, c: Client) -> None:
+        """One connection: serve requests until stop or disconnect."""
+        self.ready.set()
+        tasks = [asyncio.create_task(self._commands(c), name=f"{self.name}.commands"),
+                 asyncio.create_task(self._activations(), name=f"{self.name}.activations"),
+                 asyncio.create_task(self._members(c), name=f"{self.name}.members"),
+                 asyncio.create_task(self.stopping.wait(), name=f"{self.name}.stopping")]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            async with self._lock:  # let the request in hand finish before leaving
+                for t in tasks:
+                    t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for t in done:
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:
+                raise exc
+        await self._members_offline(c)
 
     # --- requests --------------------------------------------------------------------
 

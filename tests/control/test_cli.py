@@ -14,8 +14,8 @@ import pytest
 
 from daq.control import protocol as P
 from daq.control.client import ControlClient
-from daq.control.mqtt import MqttSettings
 from daq.errors import ConfigError
+from daq.mqtt import MqttSettings
 from tests.control.conftest import SecureBroker, ctl, env_for
 
 pytestmark = pytest.mark.mosquitto

@@ -9,7 +9,7 @@ import pytest
 
 from daq.app import LocalStack
 from daq.control.client import ControlClient
-from daq.control.mqtt import MqttSettings
+from daq.mqtt import MqttSettings
 from daq.runfile import RunFileReader
 from daq.stack import StackConfig
 from daq.wire import Kind

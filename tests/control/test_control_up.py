@@ -30,8 +30,8 @@ import tomli_w
 from daq.control import protocol as P
 from daq.control.client import ControlClient
 from daq.control.localbroker import local_credentials, mqtt_dir
-from daq.control.mqtt import MqttSettings
 from daq.launch import Proc, up
+from daq.mqtt import MqttSettings
 from daq.runfile import RunFileReader
 from daq.wire import Kind
 from tests.conftest import free_tcp_ports, require_binary

@@ -16,8 +16,9 @@ from daq.control import protocol as P
 from daq.control.client import ControlClient
 from daq.control.core import RunControl
 from daq.control.datapath import MemoryDataPath
-from daq.control.mqtt import MqttSettings, client, command_subscription
+from daq.control.mqtt import command_subscription
 from daq.control.state import ControlState
+from daq.mqtt import MqttSettings, client
 from tests.control.conftest import SecureBroker
 from tests.control.test_service import eventually, running, settings
 

@@ -19,10 +19,10 @@ from daq.control import protocol as P
 from daq.control.broker import BrokerError
 from daq.control.datapath import MemoryDataPath
 from daq.control.localbroker import LocalBroker, LocalBrokerError, local_credentials, render_conf
-from daq.control.mqtt import MqttSettings, client
 from daq.control.service import RunControlService
 from daq.control.store import StateStore
 from daq.errors import ConfigError
+from daq.mqtt import MqttSettings, client
 from tests.conftest import require_binary
 from tests.control.conftest import ctl
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from daq.app import LocalStack
-from daq.control.mqtt import MqttSettings
+from daq.mqtt import MqttSettings
 from daq.replay import ReplayRefused, replay_run
 from daq.runfile import RunFileReader
 from daq.stack import StackConfig

@@ -19,9 +19,9 @@ from paho.mqtt.client import MQTTv5
 from daq.control import protocol as P
 from daq.control.client import ControlClient, ControlError, RefusedError
 from daq.control.datapath import MemoryDataPath
-from daq.control.mqtt import MqttSettings
 from daq.control.service import RunControlService
 from daq.control.store import StateStore
+from daq.mqtt import MqttSettings
 from tests.conftest import require_binary, stop_pid, wait_for_port
 from tests.control.conftest import SecureBroker
 

@@ -13,8 +13,8 @@ import aiomqtt
 import pytest
 
 from daq.control.brokerinit import BrokerSetup, init_broker
-from daq.control.mqtt import MqttSettings, client
 from daq.errors import ConfigError
+from daq.mqtt import MqttSettings, client
 from tests.conftest import free_tcp_port, require_binary, stop_pid, wait_for_port
 
 pytestmark = pytest.mark.mosquitto

@@ -17,10 +17,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from daq.metrics import MetricsServer
+from daq.mqtt import MqttSettings, status_topic
 from daq.transport import asend, context
 from daq.wire import Kind, Message, encode
 from monitors.config import AlarmConfig, Band, MonitorConfig
-from monitors.service import SPILL_TOPIC, STATUS_TOPIC, MonitorService, MqttSettings
+from monitors.service import SPILL_TOPIC, MonitorService
 from tests.conftest import Broker, require_binary
 
 
@@ -107,7 +108,7 @@ async def test_service_scrape_promtool_and_mqtt(mosquitto: Broker) -> None:
     alarm = json.loads(retained["na64/alarms/veto_efficiency_low"])
     assert alarm["state"] == "raised" and alarm["spill"] == 2 and alarm["band"]["low"] == 0.9
     assert alarm["value"] < 0.8
-    status = json.loads(retained[STATUS_TOPIC])  # the same document as every service's
+    status = json.loads(retained[status_topic("monitor")])  # the same document as every service's
     assert status["status"] == "offline" and status["service"] == "monitor"
     assert svc.published >= 2  # spill summaries coalesce per topic while the broker lags
 
@@ -180,7 +181,7 @@ async def test_service_runs_and_stops_while_the_broker_is_unreachable() -> None:
     try:
         svc = MonitorService("inproc://monitor-nobroker", config=MonitorConfig(), registry=reg,
                              ctx=ctx, tick_s=0.02,
-                             mqtt=MqttSettings(port=free_tcp_port(), retry_max_s=0.2))
+                             mqtt=MqttSettings(port=free_tcp_port()))
         async with svc:
             push = ctx.socket(zmq.PUSH)
             push.connect("inproc://monitor-nobroker")
