@@ -20,7 +20,7 @@ from prom_stack import require
 from daq.cli import build_parser
 from daq.notify import sd_notify
 from daq.stack import SERVICES
-from tests.conftest import free_tcp_ports
+from tests.conftest import Broker, free_tcp_ports
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy/systemd"
@@ -160,30 +160,36 @@ def _accepts(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.slow
-@pytest.mark.multiprocess
-def test_the_recorder_units_command_says_ready_then_stopping(
-        tmp_path: Path, notify_socket: socket.socket) -> None:
-    """The exact ExecStart of na64daq@recorder (this interpreter in na64daq's place, a test
-    topology in /etc's): READY=1 once its input is bound, STOPPING=1 at SIGTERM, exit 0."""
-    p = free_tcp_ports(6)
+def _topology(tmp_path: Path, ports: list[int], mqtt: str | None = None) -> Path:
+    """Every endpoint on a free loopback port; /metrics of the recorder on ports[4], of run
+    control on ports[6]."""
+    p = ports
     topo = tmp_path / "topology.toml"
     topo.write_text(
-        f'run_dir = "{tmp_path / "runs"}"\nworkers = 1\n[endpoints]\n'
+        f'run_dir = "{tmp_path / "runs"}"\nworkers = 1\n'
+        + (f'mqtt = "{mqtt}"\n' if mqtt else "") + "[endpoints]\n"
         f'builder_in = "tcp://127.0.0.1:{p[0]}"\nbuilder_out = "tcp://127.0.0.1:{p[1]}"\n'
         f'recorder = "tcp://127.0.0.1:{p[2]}"\nmonitor = "tcp://127.0.0.1:{p[3]}"\n'
         f'control = "tcp://127.0.0.1:{p[5]}"\n'
         f"[metrics]\nrecorder = {p[4]}\nfrontend = 0\nbuilder = 0\nmonitor = 0\n"
-        "control = 0\ntrigger = 0\n")
-    argv = _exec_start("na64daq@recorder.service")
+        f"control = {p[6]}\ntrigger = 0\n")
+    return topo
+
+
+def _ready_then_stopping(instance: str, topo: Path, notify_socket: socket.socket,
+                         bound: list[int], env: dict[str, str] | None = None) -> None:
+    """Run the unit's exact ExecStart (this interpreter in na64daq's place, `topo` in
+    /etc's) with NOTIFY_SOCKET: READY=1 with `bound` ports accepting by then, STOPPING=1 at
+    SIGTERM, exit 0, and nothing else on the socket."""
+    argv = _exec_start(instance)
     argv = [sys.executable, "-m", "daq.cli", *argv[1:]]
     argv[argv.index(TOPOLOGY)] = str(topo)
-    env = {**os.environ, "NOTIFY_SOCKET": notify_socket.getsockname()}
+    env = {**os.environ, **(env or {}), "NOTIFY_SOCKET": notify_socket.getsockname()}
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
         assert notify_socket.recv(4096) == b"READY=1"
-        assert _accepts(p[2]) and _accepts(p[4])  # its input and /metrics are up by then
+        assert all(_accepts(port) for port in bound)
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert notify_socket.recv(4096) == b"STOPPING=1"
@@ -196,3 +202,26 @@ def test_the_recorder_units_command_says_ready_then_stopping(
     notify_socket.settimeout(0.5)
     with pytest.raises(TimeoutError):  # one of each, nothing else
         notify_socket.recv(4096)
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+def test_the_recorder_units_command_says_ready_then_stopping(
+        tmp_path: Path, notify_socket: socket.socket) -> None:
+    p = free_tcp_ports(7)
+    # its input and /metrics are up by READY=1
+    _ready_then_stopping("na64daq@recorder.service", _topology(tmp_path, p), notify_socket,
+                         bound=[p[2], p[4]])
+
+
+@pytest.mark.slow
+@pytest.mark.multiprocess
+@pytest.mark.mosquitto
+def test_run_controls_unit_command_says_ready_then_stopping(
+        tmp_path: Path, notify_socket: socket.socket, mosquitto: Broker) -> None:
+    p = free_tcp_ports(7)
+    # its command channel and /metrics are up by READY=1; the broker takes any account
+    _ready_then_stopping("na64daq@control.service",
+                         _topology(tmp_path, p, mqtt=mosquitto.url), notify_socket,
+                         bound=[p[5], p[6]], env={"NA64_MQTT_RUNCONTROL_USERNAME": "runcontrol",
+                                                  "NA64_MQTT_RUNCONTROL_PASSWORD": "x"})
