@@ -85,6 +85,8 @@ class Agent:
         self.refused = 0  # commands refused (state or malformed)
         self.unsent = 0  # documents dropped while run control was not there
         self.commands = 0
+        #: set once the hello is sent (or dropped: run control not there): readiness
+        self.greeted = asyncio.Event()
 
     def notify(self, event: str, **fields: Any) -> None:
         """Queue an event for run control (sent by the agent's loop, in order)."""
@@ -105,6 +107,7 @@ class Agent:
         sock.connect(self.endpoint)
         try:
             await self._send(sock, {"t": "hello", **self.document()})
+            self.greeted.set()
             next_beat = time.monotonic() + self.heartbeat_s
             stop_wait = asyncio.ensure_future(stopping.wait())
             try:

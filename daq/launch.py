@@ -18,6 +18,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from daq import notify
 from daq.app import Factory
 from daq.errors import ConfigError, ServiceError
 from daq.metrics import MetricsServer
@@ -95,7 +96,7 @@ async def _serve_control(cfg: StackConfig, registry: CollectorRegistry) -> None:
     bind(svc)  # its log lines carry the run it drives
     stop, channel_done = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
-    on_stop_signals(loop, stop.set)
+    on_stop_signals(loop, notify.stopping_then(stop.set))
     channel = asyncio.create_task(conductor.serve(channel_done), name="conductor")
     try:
         async with svc:
@@ -103,6 +104,7 @@ async def _serve_control(cfg: StackConfig, registry: CollectorRegistry) -> None:
             if adopted is not None:
                 print(f"control: the run left open was {'taken up' if adopted else 'closed'}",
                       flush=True)
+            notify.sd_notify("READY=1")
             waiter = asyncio.ensure_future(stop.wait())
             await asyncio.wait({waiter, asyncio.ensure_future(svc.wait())},
                                return_when=asyncio.FIRST_COMPLETED)
@@ -152,12 +154,13 @@ async def serve(name: str, cfg: StackConfig, *, index: int = 0,
         server.close()
         raise
     logs.bind(svc)
-    on_stop_signals(loop, svc.stop)
+    on_stop_signals(loop, notify.stopping_then(svc.stop))
     print(f"{name}{index if name == 'trigger' else ''}: metrics at {server.url}", flush=True)
     log = logging.getLogger("na64.serve")
     log.info("started, metrics at %s", server.url)
     try:
         async with svc:
+            await notify.ready(svc)  # systemd's Type=notify (deploy/systemd)
             await svc.wait()
     finally:
         log.info("stopped")
