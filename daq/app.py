@@ -292,13 +292,14 @@ class LocalStack:
         return reg
 
     def build(self) -> None:
-        from daq.control.conductor import Conductor
         from daq.control.controller import Controller
         from daq.control.store import StateStore
 
         cfg, m = self.cfg, self.cfg.metrics
-        self.conductor = Conductor(cfg.endpoints.control, member_names(cfg), ctx=self.ctx)
-        factory = Factory(cfg, ctx=self.ctx, control=self.conductor.endpoint)
+        factory = Factory(cfg, ctx=self.ctx)
+        reg = self._registry("control", m.control)
+        self.conductor = factory.conductor(reg)
+        factory.control = self.conductor.endpoint  # where a port 0 was bound
         # binders first (builder, recorder, monitor), then the sockets that connect
         self.services["builder"] = factory.builder(self._registry("builder", m.builder))
         self.services["recorder"] = factory.recorder(self._registry("recorder", m.recorder))
@@ -308,7 +309,6 @@ class LocalStack:
             self.services[name] = factory.worker(i, self._registry(name, m.port("trigger", i)))
         self.services["frontend"] = factory.frontend(self._registry("frontend", m.frontend))
         store = StateStore(Path(cfg.run_dir) / "control")
-        reg = self._registry("control", m.control)
         if cfg.mqtt is not None:
             from daq.control.service import RunControlService
 
