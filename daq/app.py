@@ -26,7 +26,7 @@ from daq.stack import Detector, StackConfig
 if TYPE_CHECKING:
     from daq.builder_service import BuilderService
     from daq.control.conductor import Conductor
-    from daq.curve import CurveAuthenticator, SocketHook
+    from daq.curve import CurveAuthenticator, CurveLinks, SocketHook
     from daq.lifecycle import RunContext
     from daq.recorder import RecorderService
     from monitors.service import MonitorService
@@ -77,7 +77,7 @@ class Factory:
         self.det = Detector(cfg)
         self.ctx = ctx
         self.control = control or cfg.endpoints.control
-        self.links: Any = None  # daq.curve.CurveLinks when the topology enables CURVE
+        self.links: CurveLinks | None = None  # when the topology enables CURVE
         if cfg.curve.enabled:
             from daq.curve import CurveLinks
 
