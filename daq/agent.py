@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import zmq
 import zmq.asyncio
 
+from daq.curve import SocketHook
 from daq.errors import DaqError, StateError
 from daq.lifecycle import Lifecycle, Phase, RunContext, Transition
 from daq.transport import context
@@ -73,8 +74,12 @@ class Agent:
 
     def __init__(self, endpoint: str, name: str, participant: Participant, *,
                  ctx: zmq.asyncio.Context | None = None, heartbeat_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 secure: SocketHook | None = None) -> None:
+        """`secure`: CURVE client options of the DEALER (daq.curve); with CURVE, run
+        control hears this agent only if its key is the one listed under `name`."""
         self.endpoint = endpoint
+        self.secure = secure
         self.name = name
         self.participant = participant
         self.ctx = ctx or context()
@@ -104,6 +109,8 @@ class Agent:
         sock.setsockopt(zmq.IDENTITY, self.name.encode())
         sock.setsockopt(zmq.LINGER, 500)
         sock.setsockopt(zmq.SNDHWM, 1000)
+        if self.secure is not None:
+            self.secure(sock, self.endpoint)
         sock.connect(self.endpoint)
         try:
             await self._send(sock, {"t": "hello", **self.document()})

@@ -24,6 +24,8 @@ from daq.system import Stack
 
 if TYPE_CHECKING:
     from daq.builder_service import BuilderService
+    from daq.control.conductor import Conductor
+    from daq.curve import CurveAuthenticator, CurveLinks, SocketHook
     from daq.lifecycle import RunContext
     from daq.recorder import RecorderService
     from monitors.service import MonitorService
@@ -63,42 +65,6 @@ def mqtt_settings(cfg: StackConfig, service: str | None = None) -> Any:
     return MqttSettings.from_mapping(env, source="the environment")
 
 
-def _curve_server(cfg: StackConfig, ctx: Any, registry: CollectorRegistry
-                  ) -> tuple[Any, Any]:
-    """The builder input's CURVE hook when configured: only listed client keys get in.
-
-    The context's ZAP authenticator starts here (it needs the running event loop); its
-    counts are exported on the builder's registry as na64_builder_curve_*_total.
-    """
-    if not cfg.curve:
-        return None, None
-    from daq.curve import CurveAuthenticator, CurveConfig, make_server
-
-    cc = CurveConfig.parse(cfg.curve)
-    if not cc.enabled:
-        return None, None
-    auth = CurveAuthenticator(ctx, cc.authorized_dir)
-    auth.start()
-    registry.register(_CurveCollector(auth))
-    return (lambda sock: make_server(sock, cc)), auth
-
-
-class _CurveCollector:
-    """Exports the authenticator's handshake counts at scrape time."""
-
-    def __init__(self, auth: Any) -> None:
-        self.auth = auth
-
-    def collect(self) -> Any:
-        from prometheus_client.core import CounterMetricFamily
-
-        yield CounterMetricFamily("na64_builder_curve_refused",
-                                  "Producers refused by CURVE (key not allowed)",
-                                  value=self.auth.refused)
-        yield CounterMetricFamily("na64_builder_curve_accepted",
-                                  "Producers admitted by CURVE", value=self.auth.accepted)
-
-
 class Factory:
     """Builds each service of a topology on a registry passed in."""
 
@@ -110,11 +76,54 @@ class Factory:
         self.det = Detector(cfg)
         self.ctx = ctx
         self.control = control or cfg.endpoints.control
+        self.links: CurveLinks | None = None  # when the topology enables CURVE
+        if cfg.curve.enabled:
+            from daq.curve import CurveLinks
+
+            self.links = CurveLinks(cfg.curve, cfg.endpoints.binders())
+        self._auth: CurveAuthenticator | None = None
 
     def _agent(self, svc: Service, name: str) -> None:
         from daq.agent import Agent
 
-        svc.agent = Agent(self.control, name, svc, ctx=self.ctx)
+        svc.agent = Agent(self.control, name, svc, ctx=self.ctx, secure=self._secure(name))
+
+    def _secure(self, name: str) -> SocketHook | None:
+        """Service `name`'s CURVE hook for each socket it binds or connects (daq.curve)."""
+        return None if self.links is None else self.links.hook(name)
+
+    def _authenticator(self, endpoint: str, registry: CollectorRegistry | None
+                       ) -> CurveAuthenticator | None:
+        """The ZAP handler of a service that binds `endpoint` over TCP with CURVE on; its
+        refusals are counted on `registry` (na64_curve_refused_total). One per context:
+        returned only to the first service, which stops it when it ends."""
+        if self.links is None or not endpoint.startswith("tcp://"):
+            return None
+        from daq.curve import CurveAuthenticator, CurveCollector
+        from daq.transport import context
+
+        first = self._auth is None
+        if self._auth is None:  # needs the running event loop: services are built in it
+            self._auth = CurveAuthenticator(self.ctx or context(), self.links.authorized_dir)
+            self._auth.start()
+        if registry is not None:
+            registry.register(CurveCollector(self._auth))
+        return self._auth if first else None
+
+    def conductor(self, registry: CollectorRegistry | None = None) -> Conductor:
+        """Run control's command channel. With CURVE a service is heard only from the
+        public key listed under its name (decision 0018)."""
+        from daq.control.conductor import Conductor
+
+        names = member_names(self.cfg)
+        keys = None
+        if self.links is not None and self.control.startswith("tcp://"):
+            keys = self.links.public_keys_of(names)
+        auth = self._authenticator(self.control, registry)
+        c = Conductor(self.control, names, ctx=self.ctx, secure=self._secure("control"),
+                      keys=keys)
+        c.authenticator = auth
+        return c
 
     def simulated_run(self, ctx: RunContext) -> FrontEnds:
         """The front ends' streams of one run: the topology's beam, numbered by run
@@ -142,7 +151,8 @@ class Factory:
             return _counted(self.simulated_run(ctx), sent)
 
         fe = FrontEnd(None, self.cfg.endpoints.builder_in, pace=s.pace, factor=s.factor,
-                      ctx=self.ctx, on_emit=on_emit, make_run=make_run)
+                      ctx=self.ctx, on_emit=on_emit, make_run=make_run,
+                      secure=self._secure("frontend"))
         self._agent(fe, "frontend")
         return fe
 
@@ -156,11 +166,8 @@ class Factory:
             fields.setdefault("with_crc", False)  # one process: nothing to corrupt in between
         core = EventBuilder(self.det.geometry, BuilderConfig.parse(fields),
                             calibration=self.det.calibration.hash)
-        from daq.transport import context
-
-        ctx = self.ctx or context()
-        hook, auth = _curve_server(self.cfg, ctx, registry)
-        svc = BuilderService(core, registry, ctx=ctx, input_hook=hook)
+        auth = self._authenticator(self.cfg.endpoints.builder_in, registry)
+        svc = BuilderService(core, registry, ctx=self.ctx, secure=self._secure("builder"))
         svc.authenticator = auth  # the builder stops it when it ends
         self._agent(svc, "builder")
         return svc
@@ -171,8 +178,10 @@ class Factory:
         e = self.cfg.endpoints
         wc = WorkerConfig(input=e.builder_out, recorder=e.recorder, monitors=(e.monitor,),
                           index=index, with_crc=not e.builder_out.startswith("inproc://"))
-        w = TriggerWorker(wc, self.det.geometry, self.det.calibration, registry, ctx=self.ctx)
-        self._agent(w, f"trigger-{index}")
+        name = f"trigger-{index}"
+        w = TriggerWorker(wc, self.det.geometry, self.det.calibration, registry, ctx=self.ctx,
+                          secure=self._secure(name))
+        self._agent(w, name)
         return w
 
     def recorder(self, registry: CollectorRegistry) -> RecorderService:
@@ -180,8 +189,13 @@ class Factory:
 
         d = Path(self.cfg.run_dir)
         d.mkdir(parents=True, exist_ok=True)
-        rec = RecorderService(d, registry, listen=self.cfg.endpoints.recorder,
-                              max_bytes=self.cfg.recorder_max_bytes, ctx=self.ctx)
+        listen, secure = self.cfg.endpoints.recorder, self._secure("recorder")
+        auth = self._authenticator(listen, registry)
+        rec = RecorderService(d, registry, listen=listen,
+                              max_bytes=self.cfg.recorder_max_bytes, ctx=self.ctx,
+                              input_hook=None if secure is None else (
+                                  lambda sock: secure(sock, listen)))
+        rec.authenticator = auth  # the recorder stops it when it ends
         self._agent(rec, "recorder")
         return rec
 
@@ -193,7 +207,9 @@ class Factory:
         mqtt = mqtt_settings(self.cfg, "monitor")
         mon = MonitorService(self.cfg.endpoints.monitor,
                              config=MonitorConfig.parse(self.cfg.monitor), registry=registry,
-                             mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx)
+                             mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx,
+                             secure=self._secure("monitor"))
+        mon.authenticator = self._authenticator(self.cfg.endpoints.monitor, registry)
         if self.cfg.metrics.web is not None:  # the shift page, one of the monitor's loops
             from monitors.web import ShiftPage
 
@@ -268,13 +284,14 @@ class LocalStack(Stack):
         return reg
 
     def build(self) -> None:
-        from daq.control.conductor import Conductor
         from daq.control.controller import Controller
         from daq.control.store import StateStore
 
         cfg, m = self.cfg, self.cfg.metrics
-        self.conductor = Conductor(cfg.endpoints.control, member_names(cfg), ctx=self.ctx)
-        factory = Factory(cfg, ctx=self.ctx, control=self.conductor.endpoint)
+        factory = Factory(cfg, ctx=self.ctx)
+        reg = self._registry("control", m.control)
+        self.conductor = factory.conductor(reg)
+        factory.control = self.conductor.endpoint  # where a port 0 was bound
         # binders first (builder, recorder, monitor), then the sockets that connect
         self.services["builder"] = factory.builder(self._registry("builder", m.builder))
         self.services["recorder"] = factory.recorder(self._registry("recorder", m.recorder))
@@ -284,7 +301,6 @@ class LocalStack(Stack):
             self.services[name] = factory.worker(i, self._registry(name, m.port("trigger", i)))
         self.services["frontend"] = factory.frontend(self._registry("frontend", m.frontend))
         store = StateStore(Path(cfg.run_dir) / "control")
-        reg = self._registry("control", m.control)
         if cfg.mqtt is not None:
             from daq.control.service import RunControlService
 

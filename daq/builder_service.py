@@ -24,14 +24,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from daq.builder import REFUSALS, EventBuilder, Stats
+from daq.curve import SocketHook
 from daq.errors import WireError
 from daq.lifecycle import RunContext, Transition
 from daq.service import Loop, Service
 from daq.transport import context
 from daq.wire import Kind, Message, decode, encode
-
-#: called with the input socket before it binds: where CURVE server options go.
-SocketHook = Callable[[zmq.Socket], None]
 
 # messages taken from the input in one event-loop turn (feature slices: ~5 ms of work)
 INPUT_BATCH = 64
@@ -121,12 +119,13 @@ class BuilderService(Service):
 
     def __init__(self, builder: EventBuilder, registry: CollectorRegistry, *,
                  ctx: zmq.asyncio.Context | None = None,
-                 input_hook: SocketHook | None = None,
+                 secure: SocketHook | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  poll_interval_s: float = 0.05, drain_timeout_s: float = 5.0,
                  welcome_timeout_s: float = 2.0) -> None:
         """`welcome_timeout_s`: under run control, how long the input waits for run
-        control's first word (see `_welcome`)."""
+        control's first word (see `_welcome`). `secure`: CURVE server options of both
+        sockets (daq.curve), before they bind."""
         super().__init__()
         self.builder = builder
         self.cfg = builder.config
@@ -153,15 +152,16 @@ class BuilderService(Service):
         self.push.setsockopt(zmq.LINGER, 0)
         self.push.setsockopt(zmq.SNDHWM, self.cfg.output_hwm)
         self.pull.setsockopt(zmq.RCVHWM, self.cfg.input_hwm)  # before bind: per connection
-        if input_hook is not None:
-            input_hook(self.pull)
+        if secure is not None:
+            secure(self.pull, self.cfg.input)
+            secure(self.push, self.cfg.output)
         self.pull.bind(self.cfg.input)
         self.push.bind(self.cfg.output)
         self.input_endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         self.output_endpoint = self.push.getsockopt_string(zmq.LAST_ENDPOINT)
         registry.register(BuilderCollector(self))
         builder.on_activate = self._activated
-        #: the CURVE authenticator of the input, when configured (daq.curve): stopped here
+        #: the CURVE authenticator of this process, when configured (daq.curve): stopped here
         self.authenticator: Any = None
 
     # -- run lifecycle (daq.lifecycle), driven by run control -----------------------------

@@ -5,11 +5,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 
 def register(sub: argparse._SubParsersAction[Any]) -> None:
     """Add this package's subcommands to the na64daq parser."""
+    p = sub.add_parser("curve", help="CURVE keys of an installation (daq.curve)")
+    cv = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    k = cv.add_parser("keys", help="write a key pair per service: DIR/public/<name>.key (to "
+                      "every host) and DIR/secret/<name>.key_secret (only to its host)",
+                      description="Existing pairs are kept. Name the services with --names "
+                      "or take every service of a topology (and run control) with --config.")
+    k.add_argument("dir", type=Path, metavar="DIR")
+    names = k.add_mutually_exclusive_group(required=True)
+    names.add_argument("--names", metavar="A,B,...", help="service names, comma separated")
+    names.add_argument("--config", type=Path, metavar="FILE", help="topology TOML")
+    k.set_defaults(func=_curve_keys)
+
     p = sub.add_parser("inspect", help="summarise a run file per spill")
     p.add_argument("file", help="run file (closed or .partial)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -186,3 +199,20 @@ def _port(url: str | None) -> int:
     from urllib.parse import urlsplit
 
     return urlsplit(url or "").port or 1883
+
+
+def _curve_keys(a: argparse.Namespace) -> int:
+    from daq.curve import generate_installation
+
+    if a.config is not None:
+        from daq.app import member_names
+        from daq.stack import load_stack_config
+
+        names = [*member_names(load_stack_config(a.config)), "control"]
+    else:
+        names = [n.strip() for n in a.names.split(",") if n.strip()]
+    made = generate_installation(a.dir, names)
+    kept = [n for n in names if n not in made]
+    print(f"wrote {len(made)} key pair(s) into {a.dir}: {', '.join(made) or '-'}"
+          + (f"; kept existing: {', '.join(kept)}" if kept else ""))
+    return 0

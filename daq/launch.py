@@ -58,7 +58,7 @@ class _ConductorCollector:
         self.conductor = conductor
 
     def collect(self) -> Any:
-        from prometheus_client.core import GaugeMetricFamily
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         from daq.lifecycle import Phase
 
@@ -72,14 +72,16 @@ class _ConductorCollector:
                 phase.add_metric([name, p.value], float(m.online and m.phase is p))
         yield up
         yield phase
+        yield CounterMetricFamily("na64_control_impostors", "Command-channel messages "
+                                  "refused: sent under a service's name by a CURVE key not "
+                                  "its own", value=self.conductor.impostors)
 
 
 async def _serve_control(cfg: StackConfig, registry: CollectorRegistry) -> None:
     """Run control in its own process: the conductor (every service's command channel)
     and run control over MQTT. SIGTERM stops a run still open (drained, recorded), then
     leaves the broker with status "offline"."""
-    from daq.app import member_names, mqtt_settings
-    from daq.control.conductor import Conductor
+    from daq.app import mqtt_settings
     from daq.control.service import RunControlService
     from daq.control.store import StateStore
 
@@ -87,7 +89,7 @@ async def _serve_control(cfg: StackConfig, registry: CollectorRegistry) -> None:
     if settings is None:
         raise ConfigError("mqtt", None, "run control needs a broker: set mqtt in the "
                           "topology, or let `na64daq up` start its own")
-    conductor = Conductor(cfg.endpoints.control, member_names(cfg))
+    conductor = Factory(cfg).conductor(registry)  # with CURVE: each name from its own key
     registry.register(_ConductorCollector(conductor))
     svc = RunControlService(settings, StateStore(Path(cfg.run_dir) / "control"), conductor,
                             registry=registry, adopt=True)

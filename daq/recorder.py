@@ -356,6 +356,8 @@ class RecorderService(Service):
         self.pull.bind(listen)
         self.endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
         self.last_closed: dict[str, Any] | None = None
+        #: the CURVE authenticator of this process, when configured (daq.curve): stopped here
+        self.authenticator: Any = None
 
     def loops(self) -> dict[str, Loop]:
         return {"input": self._input}
@@ -437,6 +439,8 @@ class RecorderService(Service):
             src = "replay" if self.rec.replay else "live"
             self._account(src, self.rec.close)
             self.pull.close()
+            if self.authenticator is not None:
+                await self.authenticator.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from daq.config import StrictModel
+from daq.curve import CurveTopology
 from daq.errors import ConfigError
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
 
@@ -32,6 +33,11 @@ class Endpoints(StrictModel):
     control: Endpoint = Field(default="tcp://127.0.0.1:5554", pattern=_EP, max_length=256,
                               description="Run control's ROUTER: every service's command "
                               "channel (daq.agent) connects here.")
+
+    def binders(self) -> dict[str, str]:
+        """Each endpoint and the service that binds it (the CURVE server of that link)."""
+        return {self.builder_in: "builder", self.builder_out: "builder",
+                self.recorder: "recorder", self.monitor: "monitor", self.control: "control"}
 
 
 class MetricsPorts(StrictModel):
@@ -92,7 +98,8 @@ class StackConfig(StrictModel):
     mqtt: str | None = Field(default=None, pattern=r"^mqtt://.+$", max_length=512,
                              description="Broker URL for status, alarms and run control; "
                              "credentials come from NA64_MQTT_USERNAME/NA64_MQTT_PASSWORD.")
-    curve: dict[str, Any] | None = Field(default=None, description="daq.curve.CurveConfig fields.")
+    curve: CurveTopology = Field(default_factory=CurveTopology,
+                                 description="CURVE on every TCP link (daq.curve).")
 
     def inproc(self, tag: str = "demo") -> StackConfig:
         """The same topology on in-process transports (one process, one zmq context)."""
@@ -119,6 +126,7 @@ def load_stack_config(path: str | Path) -> StackConfig:
         v = getattr(cfg, key)
         if v is not None and not Path(v).is_absolute():
             update[key] = str(base / v)
+    update["curve"] = cfg.curve.relative_to(base)
     return cfg.model_copy(update=update)
 
 

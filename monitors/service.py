@@ -17,6 +17,7 @@ import zmq
 import zmq.asyncio
 from prometheus_client import CollectorRegistry, Counter
 
+from daq.curve import SocketHook
 from daq.errors import WireError
 from daq.geometry import BOARD_NAMES
 from daq.mqtt import Client, MqttSettings, Session
@@ -48,7 +49,8 @@ class MonitorService(Service):
     def __init__(self, endpoint: str, *, config: MonitorConfig, registry: CollectorRegistry,
                  mqtt: MqttSettings | None = None, boards: Sequence[str] = BOARD_NAMES,
                  clock: Callable[[], float] = time.time, tick_s: float = 1.0,
-                 ctx: zmq.asyncio.Context | None = None, keep_summaries: int = 256) -> None:
+                 ctx: zmq.asyncio.Context | None = None, keep_summaries: int = 256,
+                 secure: SocketHook | None = None) -> None:
         super().__init__()
         self.endpoint = endpoint
         self.cfg = config
@@ -96,6 +98,9 @@ class MonitorService(Service):
         self._pending: tuple[str, bytes] | None = None  # taken from the outbox, not yet sent
         self._wake = asyncio.Event()
         self._ctx = ctx or context()
+        self.secure = secure
+        #: the CURVE authenticator of this process, when configured (daq.curve): stopped here
+        self.authenticator: Any = None
         self._sock: zmq.asyncio.Socket | None = None
         self.bound = endpoint
         self._runs_closed: set[tuple[Source, int]] = set()
@@ -110,6 +115,8 @@ class MonitorService(Service):
         sock = self._ctx.socket(zmq.PULL)
         sock.setsockopt(zmq.LINGER, 0)
         try:
+            if self.secure is not None:  # CURVE server options (daq.curve)
+                self.secure(sock, self.endpoint)
             sock.bind(self.endpoint)
             # tcp://127.0.0.1:0 style endpoints: report where we really are
             self.bound = str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
@@ -127,6 +134,8 @@ class MonitorService(Service):
                         tb: TracebackType | None) -> None:
         try:
             await super().__aexit__(et, e, tb)
+            if self.authenticator is not None:
+                await self.authenticator.aclose()
         finally:
             self._close_socket()  # cancelled before the receive loop ever ran
 

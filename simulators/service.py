@@ -12,6 +12,7 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
+from daq.curve import SocketHook
 from daq.errors import StateError
 from daq.lifecycle import RunContext, Transition
 from daq.service import Loop, Service, next_or_stop
@@ -44,7 +45,8 @@ class FrontEnd(Service):
                  ctx: zmq.asyncio.Context | None = None, sleep: Sleep | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  on_emit: Callable[[Emission], object] | None = None,
-                 make_run: Callable[[RunContext], FrontEnds] | None = None) -> None:
+                 make_run: Callable[[RunContext], FrontEnds] | None = None,
+                 secure: SocketHook | None = None) -> None:
         super().__init__()
         if pace not in ("max", "realtime", "factor"):
             raise ValueError(f"pace={pace!r} is not one of max, realtime, factor")
@@ -58,6 +60,7 @@ class FrontEnd(Service):
         self.speed = {"max": 0.0, "realtime": 1.0, "factor": factor}[pace]
         self.truth_sink = truth_sink
         self.ctx = ctx or context()
+        self.secure = secure  # CURVE client options of each board's socket (daq.curve)
         self.sleep = sleep or self._interruptible_sleep
         self.clock, self.on_emit = clock, on_emit
         self.sent = 0
@@ -122,6 +125,8 @@ class FrontEnd(Service):
                 if b not in socks:
                     s = self.ctx.socket(zmq.PUSH)
                     s.setsockopt(zmq.LINGER, 5000)  # let queued messages go on close
+                    if self.secure is not None:
+                        self.secure(s, self.endpoint)
                     s.connect(self.endpoint)
                     socks[b] = s
 

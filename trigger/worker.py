@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import Field
 
 from daq.config import StrictModel
+from daq.curve import SocketHook
 from daq.errors import WireError
 from daq.geometry import Calibration, Geometry
 from daq.service import Loop, Service
@@ -114,7 +115,8 @@ class TriggerWorker(Service):
     name = "trigger"
 
     def __init__(self, config: WorkerConfig, geometry: Geometry, calibration: Calibration,
-                 registry: CollectorRegistry, *, ctx: zmq.asyncio.Context | None = None) -> None:
+                 registry: CollectorRegistry, *, ctx: zmq.asyncio.Context | None = None,
+                 secure: SocketHook | None = None) -> None:
         super().__init__()
         self.config = config
         self.src = f"trigger-{config.index}"
@@ -128,6 +130,8 @@ class TriggerWorker(Service):
         self.pull = self.ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.RCVHWM, config.input_hwm)
+        if secure is not None:  # CURVE client options (daq.curve), before connect
+            secure(self.pull, config.input)
         self.pull.connect(config.input)
         self.outputs: list[tuple[zmq.asyncio.Socket, Stamper, bool]] = []  # (sock, seq, rec?)
         for ep, is_rec in [(config.recorder, True), *((m, False) for m in config.monitors)]:
@@ -136,6 +140,8 @@ class TriggerWorker(Service):
             sock = self.ctx.socket(zmq.PUSH)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, config.output_hwm)
+            if secure is not None:
+                secure(sock, ep)
             sock.connect(ep)
             self.outputs.append((sock, Stamper(self.src), is_rec))
         self._deadline: float | None = None

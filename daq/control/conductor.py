@@ -14,6 +14,13 @@ A service that says hello while a run is open (it was restarted) is brought into
 (`start` with `joined`); the builder first gets the active trigger configuration, applied
 at once. Front ends that end a run by themselves (`max_spills`) raise `run_ended`, which
 run control answers with its ordinary stop.
+
+With CURVE (`keys`: each service's public key, daq.curve) the name is bound to the key: a
+message whose ZAP-authenticated key (its User-Id) is not the one listed under the name it
+claims is refused and counted (`impostors`), and the name counts as offline until its
+own key speaks again: the impostor's connection holds the name's route meanwhile
+(ROUTER_HANDOVER, which a restarted service needs), so commands to it would go astray
+(decision 0018).
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ import zmq.asyncio
 from daq.agent import dumps, loads
 from daq.control.core import Activation
 from daq.control.datapath import DataPath
+from daq.curve import SocketHook
 from daq.errors import DaqError, StateError
 from daq.lifecycle import RUN_OPEN, Phase, not_ready
 from daq.transport import context
@@ -100,7 +108,11 @@ class Conductor(DataPath):
                  close_timeout_s: float = 120.0, stale_s: float = 5.0,
                  rejoin_timeout_s: float = 30.0,
                  clock: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 secure: SocketHook | None = None,
+                 keys: Mapping[str, bytes] | None = None) -> None:
+        """`secure`: CURVE server options of the ROUTER; `keys`: name -> z85 public key,
+        the only key each name is heard from."""
         super().__init__()
         self.ctx = ctx or context()
         self.expected = tuple(members)
@@ -115,7 +127,10 @@ class Conductor(DataPath):
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a restarted service takes its name
+        self.keys = dict(keys) if keys is not None else None
         self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to nobody raises, not drops
+        if secure is not None:
+            secure(self.sock, endpoint)
         self.sock.bind(endpoint)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._ids = itertools.count(1)
@@ -128,6 +143,9 @@ class Conductor(DataPath):
         self.paused = False
         self.trigger: tuple[dict[str, Any], str] | None = None  # last configuration given
         self.unknown = 0  # messages from names not in the topology, or malformed
+        self.impostors = 0  # messages refused: the name's listed key did not send them
+        #: the CURVE authenticator of this process, when configured (daq.curve): stopped here
+        self.authenticator: Any = None
         self.refusals: list[dict[str, Any]] = []
 
     # --- the channel ------------------------------------------------------------------
@@ -140,8 +158,9 @@ class Conductor(DataPath):
                     self._expire()
                     continue
                 while await self.sock.poll(0):
-                    ident, raw = await self._recv()
-                    self._take(ident, raw)
+                    got = await self._recv()
+                    if got is not None:
+                        self._take(*got)
                 self._expire()
         finally:
             for t in list(self._rejoins):
@@ -151,12 +170,23 @@ class Conductor(DataPath):
                 if not fut.done():
                     fut.set_exception(DataPathError("run control", "stop", "shutting down"))
             self.sock.close()
+            if self.authenticator is not None:
+                await self.authenticator.aclose()
 
-    async def _recv(self) -> tuple[str, bytes]:
-        frames = await self.sock.recv_multipart()
+    async def _recv(self) -> tuple[str, bytes] | None:
+        """(name, document); None: refused, not the key of that name."""
+        frames = await self.sock.recv_multipart(copy=False)
         if len(frames) != 2:
             return "", b""
-        return frames[0].decode(errors="replace"), frames[1]
+        ident = frames[0].bytes.decode(errors="replace")
+        if self.keys is not None and ident in self.members \
+                and str(frames[1].get("User-Id")).encode() != self.keys.get(ident):
+            self.impostors += 1  # refused unread: another key claims this name
+            self.members[ident].online = False  # and holds its route for now
+            self._changed.set()
+            log.warning("command channel: %r claimed by a key not its own: refused", ident)
+            return None
+        return ident, frames[1].bytes
 
     def _take(self, ident: str, raw: bytes) -> None:
         m = self.members.get(ident)

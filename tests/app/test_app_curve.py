@@ -12,7 +12,7 @@ import zmq.asyncio
 from prometheus_client import CollectorRegistry
 
 from daq.app import Factory
-from daq.curve import CurveConfig, generate_keys, make_client
+from daq.curve import CurveConfig, generate_installation, generate_keys, make_client
 from daq.stack import StackConfig
 from daq.transport import arecv, asend
 from daq.wire import Kind
@@ -40,24 +40,24 @@ async def _drain(sock: zmq.asyncio.Socket, wait: float) -> list:
 
 @pytest.mark.asyncio
 async def test_builder_admits_only_allowed_producers(tmp_path: Path) -> None:
-    pub_s, sec_s = generate_keys(tmp_path / "server", "builder")
-    pub_p, sec_p = generate_keys(tmp_path / "clients", "frontend")
+    keys = tmp_path / "keys"
+    generate_installation(keys, ["builder", "frontend", "recorder", "monitor", "control"])
+    pub_s, sec_p = keys / "public" / "builder.key", keys / "secret" / "frontend.key_secret"
     _, sec_i = generate_keys(tmp_path / "elsewhere", "intruder")
-    allowed = tmp_path / "authorized"
-    allowed.mkdir()
-    (allowed / pub_p.name).write_bytes(pub_p.read_bytes())
     ports = free_tcp_ports(4)
     cfg = StackConfig.parse({
         "endpoints": {"builder_in": f"tcp://127.0.0.1:{ports[0]}",
                       "builder_out": f"tcp://127.0.0.1:{ports[1]}",
                       "recorder": f"tcp://127.0.0.1:{ports[2]}",
                       "monitor": f"tcp://127.0.0.1:{ports[3]}"},
-        "curve": {"enabled": True, "secret_key": str(sec_s), "authorized_dir": str(allowed)},
+        "curve": {"enabled": True, "public_keys": str(keys / "public"),
+                  "secret_keys": str(keys / "secret")},
     })
     ctx = zmq.asyncio.Context()
     registry = CollectorRegistry()
     builder = Factory(cfg, ctx=ctx).builder(registry)
-    out = ctx.socket(zmq.PULL)
+    out = ctx.socket(zmq.PULL)  # the builder's output is a CURVE server too: a worker's key
+    make_client(out, CurveConfig(enabled=True, secret_key=sec_p, server_public_key=pub_s))
     out.connect(cfg.endpoints.builder_out)
     socks = []
 
@@ -77,7 +77,7 @@ async def test_builder_admits_only_allowed_producers(tmp_path: Path) -> None:
                 with contextlib.suppress(zmq.Again):
                     await asend(intruder, m, flags=zmq.NOBLOCK)
             assert await _drain(out, 1.0) == []  # nothing got in
-            refused = registry.get_sample_value("na64_builder_curve_refused_total")
+            refused = registry.get_sample_value("na64_curve_refused_total")
             assert refused is not None and refused >= 1
             frontend = producer(sec_p)
             for m in stream:
