@@ -147,6 +147,18 @@ async def test_garbage_on_the_channel_is_counted_and_changes_nothing() -> None:
         await cond.start_run(1, {})  # the channel still works
 
 
+async def gone(cond: Conductor, name: str) -> None:
+    """Until the ROUTER has no route to `name` any more (a closed socket's pipe ends a
+    moment after close() returns): what a SIGKILL leaves behind."""
+    for _ in range(500):
+        try:
+            await cond.sock.send_multipart([name.encode(), b"{}"])
+        except zmq.ZMQError:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{name} still routable")
+
+
 @pytest.mark.asyncio
 async def test_a_stop_while_a_service_is_restarting_waits_until_it_has_rejoined() -> None:
     """A stop that finds the builder gone (killed, being restarted by its supervisor) is
@@ -156,6 +168,7 @@ async def test_a_stop_while_a_service_is_restarting_waits_until_it_has_rejoined(
         await cond.start_run(6, {})
         tasks["builder"].cancel()
         await asyncio.gather(tasks["builder"], return_exceptions=True)
+        await gone(cond, "builder")
         stop_task = asyncio.create_task(cond.stop_run())
         await asyncio.sleep(0.3)
         assert not stop_task.done()  # waiting for the builder, not failed
@@ -183,6 +196,7 @@ async def test_a_stop_to_a_service_that_never_comes_back_fails_naming_it() -> No
         await cond.start_run(7, {})
         tasks["builder"].cancel()
         await asyncio.gather(tasks["builder"], return_exceptions=True)
+        await gone(cond, "builder")
         with pytest.raises(DataPathError, match=r"not back within 0\.5 s") as e:
             await asyncio.wait_for(cond.stop_run(), 10)
         assert e.value.service == "builder"
