@@ -22,6 +22,21 @@ def _ports() -> list[int]:
 
 
 def _check_common(r: object) -> dict:
+    try:
+        return _checked(r)
+    except AssertionError:
+        _print_logs(Path(r.report["run_dir"]) / "logs")  # type: ignore[attr-defined]
+        raise
+
+
+def _print_logs(logs: Path, lines: int = 15) -> None:
+    """What went wrong, in the failure's output (the tmp directory is gone by then)."""
+    for log in sorted(logs.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"--- {log.name}\n" + "\n".join(tail))
+
+
+def _checked(r: object) -> dict:
     f = r.figures  # type: ignore[attr-defined]
     print(json.dumps({"victim": r.service, "killed_at_event": r.killed_at_event,  # type: ignore[attr-defined]
                       "figures": f,
