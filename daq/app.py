@@ -109,6 +109,7 @@ class Factory:
         every service built here takes its lifecycle from there."""
         self.cfg = cfg
         self.det = Detector(cfg)
+        self.max_message_bytes = cfg.max_message_bytes(self.det.geometry)
         self.ctx = ctx
         self.control = control or cfg.endpoints.control
 
@@ -161,7 +162,8 @@ class Factory:
 
         ctx = self.ctx or context()
         hook, auth = _curve_server(self.cfg, ctx, registry)
-        svc = BuilderService(core, registry, ctx=ctx, input_hook=hook)
+        svc = BuilderService(core, registry, ctx=ctx, input_hook=hook,
+                             max_message_bytes=self.max_message_bytes)
         svc.authenticator = auth  # the builder stops it when it ends
         self._agent(svc, "builder")
         return svc
@@ -171,7 +173,8 @@ class Factory:
 
         e = self.cfg.endpoints
         wc = WorkerConfig(input=e.builder_out, recorder=e.recorder, monitors=(e.monitor,),
-                          index=index, with_crc=not e.builder_out.startswith("inproc://"))
+                          index=index, with_crc=not e.builder_out.startswith("inproc://"),
+                          max_message_bytes=self.max_message_bytes)
         w = TriggerWorker(wc, self.det.geometry, self.det.calibration, registry, ctx=self.ctx)
         self._agent(w, f"trigger-{index}")
         return w
@@ -182,7 +185,8 @@ class Factory:
         d = Path(self.cfg.run_dir)
         d.mkdir(parents=True, exist_ok=True)
         rec = RecorderService(d, registry, listen=self.cfg.endpoints.recorder,
-                              max_bytes=self.cfg.recorder_max_bytes, ctx=self.ctx)
+                              max_bytes=self.cfg.recorder_max_bytes, ctx=self.ctx,
+                              max_message_bytes=self.max_message_bytes)
         self._agent(rec, "recorder")
         return rec
 
@@ -201,7 +205,8 @@ class Factory:
             ca=str(ms.ca) if ms.ca else None)
         mon = MonitorService(self.cfg.endpoints.monitor,
                              config=MonitorConfig.parse(self.cfg.monitor), registry=registry,
-                             mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx)
+                             mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx,
+                             max_message_bytes=self.max_message_bytes)
         if self.cfg.metrics.web is not None:  # the shift page, one of the monitor's loops
             from monitors.web import ShiftPage
 
