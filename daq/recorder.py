@@ -460,6 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-bytes", type=int, default=None, help="rotate files at this size")
     p.add_argument("--raw", action="store_true", help="also record raw slices")
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                   help="refuse larger messages (daq.inlet; default %(default)s)")
     args = p.parse_args(argv)
     try:
         return asyncio.run(_serve(args))
@@ -473,7 +475,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     reg = CollectorRegistry()
     svc = RecorderService(args.dir, reg, listen=args.listen, max_bytes=args.max_bytes,
-                          raw=args.raw)
+                          raw=args.raw, max_message_bytes=args.max_message_bytes)
     metrics = MetricsServer(reg, port=args.metrics_port) if args.metrics_port is not None \
         else None
     loop = asyncio.get_running_loop()
