@@ -15,8 +15,19 @@ import pytest_asyncio
 import zmq
 import zmq.utils.monitor
 
-from daq.inlet import REASONS, Inlet, Outlet, Received, Refusals, ZmqInlet, ZmqOutlet, \
-    drain, limit_for, memory_pipe, slice_bytes
+from daq.inlet import (
+    REASONS,
+    Inlet,
+    Outlet,
+    Received,
+    Refusals,
+    ZmqInlet,
+    ZmqOutlet,
+    drain,
+    limit_for,
+    memory_pipe,
+    slice_bytes,
+)
 from daq.transport import context
 from daq.wire import Kind, Message, decode, encode
 
