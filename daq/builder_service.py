@@ -73,17 +73,15 @@ class BuilderCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         b = self.svc.builder
-        boards = [*b.boards, "unknown"]
         stats: dict[str, Stats] = dict(b.stats)
         for attr, (name, doc) in _PER_BOARD.items():
             fam = CounterMetricFamily(f"na64_builder_{name}", doc, labels=["board", "source"])
             for source, st in stats.items():
                 values = dict(getattr(st, attr))
-                for board in boards:
-                    if board != "unknown" or attr == "decode_errors":
-                        fam.add_metric([board, source], values.get(board, 0))
+                for board in b.boards:
+                    fam.add_metric([board, source], values.get(board, 0))
             yield fam
-        yield self._decode_errors(boards, stats)
+        yield self._decode_errors([*b.boards, "unknown"], stats)
         for attr, (name, doc) in _TOTALS.items():
             fam = CounterMetricFamily(f"na64_builder_{name}", doc, labels=["source"])
             for source, st in stats.items():

@@ -53,10 +53,15 @@ log = logging.getLogger("na64.ingress")
 
 @dataclass(frozen=True, slots=True)
 class Received:
-    """One message as it came in: its frames (buffers) and the peer that sent it."""
+    """One message as it came in: its frames (buffers) and where it came from: the peer's
+    address, or the first zmq.Frame (its address is read only when a refusal names it)."""
 
     frames: list[Any]
-    peer: str = ""
+    origin: str | zmq.Frame = ""
+
+    @property
+    def peer(self) -> str:
+        return _peer(self.origin) if isinstance(self.origin, zmq.Frame) else self.origin
 
     @property
     def nbytes(self) -> int:
@@ -228,7 +233,7 @@ class ZmqInlet(Inlet):
             frames = cast("asyncio.Future[list[zmq.Frame]]", ready).result()
         except zmq.Again:
             return None
-        return Received([f.buffer for f in frames], _peer(frames[0]))
+        return Received([f.buffer for f in frames], frames[0])
 
     def close(self) -> None:
         self.socket.close(linger=0)

@@ -179,7 +179,7 @@ class MonitorService(Service):
                 if not await inlet.wait(self.tick_s):
                     continue
                 while (rx := inlet.take()) is not None:  # what is queued, before waiting
-                    self.handle_frames(rx.frames, rx.peer)
+                    self._received(rx)
             # stopping: take what the workers still send (their drain) before closing
             await drain(inlet, self._drained, quiet_s=_QUIET_S, timeout_s=DRAIN_TIMEOUT_S)
         finally:
@@ -187,13 +187,16 @@ class MonitorService(Service):
 
     async def _drained(self, rx: Received) -> bool:
         """One message taken by the drain at stop (never the end: workers send eos each)."""
-        self.handle_frames(rx.frames, rx.peer)
+        self._received(rx)
         return False
 
     def handle_frames(self, frames: list[Any], peer: str = "") -> list[SpillSummary]:
-        """Decode and process one received message; bad input is counted, never raised."""
+        """Decode and process one message from `peer`; bad input is counted, never raised."""
+        return self._received(Received(frames, peer))
+
+    def _received(self, rx: Received) -> list[SpillSummary]:
         t0 = time.perf_counter()
-        msg = self.refusals.decode(Received(frames, peer))
+        msg = self.refusals.decode(rx)
         if msg is None:
             return []
         try:
