@@ -74,6 +74,7 @@ class Factory:
         every service built here takes its lifecycle from there."""
         self.cfg = cfg
         self.det = Detector(cfg)
+        self.max_message_bytes = cfg.max_message_bytes(self.det.geometry)
         self.ctx = ctx
         self.control = control or cfg.endpoints.control
         self.links: CurveLinks | None = None  # when the topology enables CURVE
@@ -167,7 +168,8 @@ class Factory:
         core = EventBuilder(self.det.geometry, BuilderConfig.parse(fields),
                             calibration=self.det.calibration.hash)
         auth = self._authenticator(self.cfg.endpoints.builder_in, registry)
-        svc = BuilderService(core, registry, ctx=self.ctx, secure=self._secure("builder"))
+        svc = BuilderService(core, registry, ctx=self.ctx, secure=self._secure("builder"),
+                             max_message_bytes=self.max_message_bytes)
         svc.authenticator = auth  # the builder stops it when it ends
         self._agent(svc, "builder")
         return svc
@@ -177,7 +179,8 @@ class Factory:
 
         e = self.cfg.endpoints
         wc = WorkerConfig(input=e.builder_out, recorder=e.recorder, monitors=(e.monitor,),
-                          index=index, with_crc=not e.builder_out.startswith("inproc://"))
+                          index=index, with_crc=not e.builder_out.startswith("inproc://"),
+                          max_message_bytes=self.max_message_bytes)
         name = f"trigger-{index}"
         w = TriggerWorker(wc, self.det.geometry, self.det.calibration, registry, ctx=self.ctx,
                           secure=self._secure(name))
@@ -189,12 +192,12 @@ class Factory:
 
         d = Path(self.cfg.run_dir)
         d.mkdir(parents=True, exist_ok=True)
-        listen, secure = self.cfg.endpoints.recorder, self._secure("recorder")
+        listen = self.cfg.endpoints.recorder
         auth = self._authenticator(listen, registry)
         rec = RecorderService(d, registry, listen=listen,
                               max_bytes=self.cfg.recorder_max_bytes, ctx=self.ctx,
-                              input_hook=None if secure is None else (
-                                  lambda sock: secure(sock, listen)))
+                              secure=self._secure("recorder"),
+                              max_message_bytes=self.max_message_bytes)
         rec.authenticator = auth  # the recorder stops it when it ends
         self._agent(rec, "recorder")
         return rec
@@ -208,7 +211,8 @@ class Factory:
         mon = MonitorService(self.cfg.endpoints.monitor,
                              config=MonitorConfig.parse(self.cfg.monitor), registry=registry,
                              mqtt=mqtt, boards=self.det.geometry.board_names, ctx=self.ctx,
-                             secure=self._secure("monitor"))
+                             secure=self._secure("monitor"),
+                             max_message_bytes=self.max_message_bytes)
         mon.authenticator = self._authenticator(self.cfg.endpoints.monitor, registry)
         if self.cfg.metrics.web is not None:  # the shift page, one of the monitor's loops
             from monitors.web import ShiftPage

@@ -270,11 +270,6 @@ class EventBuilder:
 
     # -- input -----------------------------------------------------------------------------
 
-    def count_decode_error(self, board: str, *, replay: bool = False) -> None:
-        """Count a message refused before it reached `feed` (board 'unknown' if unknown)."""
-        key = board if board in self.bit else "unknown"
-        self.stats["replay" if replay else "live"].decode_errors[key] += 1
-
     def feed(self, msg: Message, now: float) -> list[Message]:
         """Take one board message; return what to send downstream, in order."""
         out: list[Message] = []

@@ -4,7 +4,10 @@ Three named loops: `input` (receive, decode, feed; stops reading under backpress
 `output` (send built messages in order), `timeouts` (poll the core's timeouts). Counters
 live in the core and are exported at scrape time by a collector on the service's own
 registry, labelled by `board` and by `source` ("live" | "replay") so that dashboards
-never mix replayed data with live data.
+never mix replayed data with live data. `na64_builder_decode_errors` also has a `reason`:
+one of daq.inlet.REASONS for a message refused at the input (malformed, too large), or
+`content` for one that decoded but does not fit the geometry or the stream (counted by
+the core).
 """
 
 from __future__ import annotations
@@ -14,9 +17,8 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, cast
+from typing import Any
 
-import msgpack
 import zmq
 import zmq.asyncio
 from prometheus_client import CollectorRegistry
@@ -25,11 +27,22 @@ from prometheus_client.registry import Collector
 
 from daq.builder import REFUSALS, EventBuilder, Stats
 from daq.curve import SocketHook
-from daq.errors import WireError
+from daq.inlet import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    REASONS,
+    Received,
+    Refusals,
+    ZmqInlet,
+    ZmqOutlet,
+)
 from daq.lifecycle import RunContext, Transition
 from daq.service import Loop, Service
 from daq.transport import context
-from daq.wire import Kind, Message, decode, encode
+from daq.wire import Kind, Message, encode
+
+#: the reason label of decode errors the core counts (the message decoded, its content
+#: does not fit the geometry or the stream)
+CONTENT = "content"
 
 # messages taken from the input in one event-loop turn (feature slices: ~5 ms of work)
 INPUT_BATCH = 64
@@ -42,7 +55,6 @@ _PER_BOARD = {
     "late": ("late_fragments", "Fragments that arrived after their slice was built"),
     "incomplete": ("incomplete_events", "Built events in which the board was missing"),
     "empty": ("empty_fragments", "Zero-suppressed fragments (no data arrays)"),
-    "decode_errors": ("decode_errors", "Messages refused as malformed"),
 }
 _TOTALS = {
     "events": ("events", "Events built and sent downstream"),
@@ -61,16 +73,15 @@ class BuilderCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         b = self.svc.builder
-        boards = [*b.boards, "unknown"]
         stats: dict[str, Stats] = dict(b.stats)
         for attr, (name, doc) in _PER_BOARD.items():
             fam = CounterMetricFamily(f"na64_builder_{name}", doc, labels=["board", "source"])
             for source, st in stats.items():
                 values = dict(getattr(st, attr))
-                for board in boards:
-                    if board != "unknown" or attr == "decode_errors":
-                        fam.add_metric([board, source], values.get(board, 0))
+                for board in b.boards:
+                    fam.add_metric([board, source], values.get(board, 0))
             yield fam
+        yield self._decode_errors([*b.boards, "unknown"], stats)
         for attr, (name, doc) in _TOTALS.items():
             fam = CounterMetricFamily(f"na64_builder_{name}", doc, labels=["source"])
             for source, st in stats.items():
@@ -102,14 +113,20 @@ class BuilderCollector(Collector):
         for name, (doc, v) in gauges.items():
             yield GaugeMetricFamily(f"na64_builder_{name}", doc, value=v)
 
-
-def _peek_board(head: Any) -> str:
-    """The board named by an undecodable message's header, if the header itself parses."""
-    with contextlib.suppress(Exception):
-        h = msgpack.unpackb(head, raw=False, max_bin_len=0, max_ext_len=0)
-        if isinstance(h, dict) and isinstance(h.get("board"), str):
-            return str(h["board"])
-    return "unknown"
+    def _decode_errors(self, boards: list[str], stats: dict[str, Stats]) -> Metric:
+        """Refused at the input (daq.inlet, live: its source is unknown), by reason; and
+        refused by the core (`content`), by source."""
+        fam = CounterMetricFamily("na64_builder_decode_errors", "Messages refused as "
+                                  "malformed, too large or not fitting the geometry",
+                                  labels=["board", "source", "reason"])
+        refused = self.svc.inlet.refusals.counts
+        for source, st in stats.items():
+            for board in boards:
+                fam.add_metric([board, source, CONTENT], st.decode_errors.get(board, 0))
+                if source == "live":
+                    for reason in REASONS:
+                        fam.add_metric([board, source, reason], refused[(reason, board)])
+        return fam
 
 
 class BuilderService(Service):
@@ -122,10 +139,12 @@ class BuilderService(Service):
                  secure: SocketHook | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  poll_interval_s: float = 0.05, drain_timeout_s: float = 5.0,
-                 welcome_timeout_s: float = 2.0) -> None:
+                 welcome_timeout_s: float = 2.0,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         """`welcome_timeout_s`: under run control, how long the input waits for run
         control's first word (see `_welcome`). `secure`: CURVE server options of both
-        sockets (daq.curve), before they bind."""
+        sockets (daq.curve), before they bind. `max_message_bytes`: the input's limit
+        (daq.inlet)."""
         super().__init__()
         self.builder = builder
         self.cfg = builder.config
@@ -146,19 +165,14 @@ class BuilderService(Service):
         self._space = asyncio.Event()
         self._finished = False
         self._eos: set[str] = set()
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.push = self.ctx.socket(zmq.PUSH)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self.push.setsockopt(zmq.LINGER, 0)
-        self.push.setsockopt(zmq.SNDHWM, self.cfg.output_hwm)
-        self.pull.setsockopt(zmq.RCVHWM, self.cfg.input_hwm)  # before bind: per connection
-        if secure is not None:
-            secure(self.pull, self.cfg.input)
-            secure(self.push, self.cfg.output)
-        self.pull.bind(self.cfg.input)
-        self.push.bind(self.cfg.output)
-        self.input_endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.output_endpoint = self.push.getsockopt_string(zmq.LAST_ENDPOINT)
+        refusals = Refusals("builder", boards=builder.boards)
+        # RCVHWM before bind: per connection
+        self.inlet = ZmqInlet(self.ctx, self.cfg.input, refusals, hwm=self.cfg.input_hwm,
+                              max_message_bytes=max_message_bytes, hook=secure)
+        self.outlet = ZmqOutlet(self.ctx, self.cfg.output, bind=True, hwm=self.cfg.output_hwm,
+                                hook=secure)
+        self.input_endpoint = self.inlet.endpoint
+        self.output_endpoint = self.outlet.endpoint
         registry.register(BuilderCollector(self))
         builder.on_activate = self._activated
         #: the CURVE authenticator of this process, when configured (daq.curve): stopped here
@@ -247,7 +261,7 @@ class BuilderService(Service):
 
     def _caught_up(self) -> bool:
         """Nothing waits at the input: the front ends are not being held back."""
-        return not int(self.pull.get(zmq.EVENTS)) & zmq.POLLIN
+        return not self.inlet.waiting()
 
     def _relieve(self) -> None:
         """Congestion lasts until the input has caught up: while something waits at the
@@ -295,7 +309,7 @@ class BuilderService(Service):
             await self._welcome()
             while not self.stopping.is_set() and not self._finished:
                 await self._wait_for_space()
-                if await self.pull.poll(100):
+                if await self.inlet.wait(0.1):
                     self._take_waiting()
         finally:
             if not self._finished:
@@ -309,20 +323,15 @@ class BuilderService(Service):
         for _ in range(INPUT_BATCH):
             if self._finished or (self._full() and not self.builder.shedding):
                 return
-            # DONTWAIT: an already resolved future, the frames or zmq.Again
-            ready = self.pull.recv_multipart(zmq.DONTWAIT, copy=False)
-            try:
-                frames = cast("asyncio.Future[list[zmq.Frame]]", ready).result()
-            except zmq.Again:
+            rx = self.inlet.take()
+            if rx is None:
                 self._relieve()  # caught up
                 return
-            self._handle([f.buffer for f in frames])
+            self._handle(rx)
 
-    def _handle(self, frames: list[Any]) -> None:
-        try:
-            msg = decode(frames)
-        except WireError:
-            self.builder.count_decode_error(_peek_board(frames[0]) if frames else "unknown")
+    def _handle(self, rx: Received) -> None:
+        msg = self.inlet.refusals.decode(rx)
+        if msg is None:
             return
         self._enqueue(self.builder.feed(msg, self.clock()))
         if msg.kind is Kind.END_OF_STREAM and msg.board in self.builder.bit:
@@ -344,13 +353,8 @@ class BuilderService(Service):
                 deadline = self.clock() + self.drain_timeout_s
             msg = self.queue[0]
             frames = encode(msg, with_crc=self.cfg.with_crc)
-            try:
-                if deadline is None:
-                    await self.push.send_multipart(frames, copy=False)
-                else:  # draining at stop: nobody may be listening any more
-                    left = max(deadline - self.clock(), 0.0)
-                    await asyncio.wait_for(self.push.send_multipart(frames, copy=False), left)
-            except TimeoutError:
+            # draining at stop (a deadline): nobody may be listening any more
+            if not await self.outlet.send(frames, deadline=deadline, clock=self.clock):
                 self.dropped_at_stop = len(self.queue)
                 self.queue.clear()
                 self.queued_events = self.queued_bytes = 0
@@ -378,7 +382,7 @@ class BuilderService(Service):
             if self.authenticator is not None:
                 await self.authenticator.aclose()
         finally:
-            self.pull.close()
+            self.inlet.close()
             # a sent message is only queued in zmq: linger so that the end of the stream
             # (last spill_end, run_stop, eos) reaches the workers after this process ends
-            self.push.close(linger=int(self.drain_timeout_s * 1000))
+            self.outlet.close(self.drain_timeout_s)

@@ -22,22 +22,30 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import zmq
 import zmq.asyncio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from daq.errors import DaqError, RunFileError, WireError
+from daq.curve import SocketHook
+from daq.errors import DaqError, RunFileError
+from daq.inlet import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    REASONS,
+    Received,
+    Refusals,
+    ZmqInlet,
+    drain,
+)
 from daq.runfile import RunFileWriter, partial_path
 from daq.service import Loop, Service
 from daq.transport import close_transport, context
-from daq.wire import Kind, Message, decode
+from daq.wire import Kind, Message
 
 #: kinds recorded besides ACCEPTED (SLICE too in raw mode)
 MARKERS = frozenset({Kind.RUN_START, Kind.RUN_STOP, Kind.SPILL_START, Kind.SPILL_END,
                      Kind.CONFIG})
 
 
-_QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
+_QUIET_S = 0.25  # at stop: the input is drained once nothing has come for this long
 
 
 _MAX_EARLY = 4096  # messages held while waiting for a run_start (then resume)
@@ -304,8 +312,9 @@ class RecorderService(Service):
     def __init__(self, directory: str | Path, registry: CollectorRegistry, *, listen: str,
                  max_bytes: int | None = None, raw: bool = False,
                  ctx: zmq.asyncio.Context | None = None,
-                 input_hook: Callable[[zmq.Socket], None] | None = None,
-                 spill_timeout_s: float = 10.0, drain_timeout_s: float = 5.0) -> None:
+                 secure: SocketHook | None = None,
+                 spill_timeout_s: float = 10.0, drain_timeout_s: float = 5.0,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         super().__init__()
         self.drain_timeout_s = drain_timeout_s
         d = Path(directory)
@@ -321,7 +330,10 @@ class RecorderService(Service):
         self.m_files = Counter("na64_recorder_files", "Run files closed", labels,
                                registry=registry)
         self.m_errors = Counter("na64_recorder_decode_errors",
-                                "Messages refused as malformed", registry=registry)
+                                "Messages refused as malformed or too large, by reason "
+                                "(daq.inlet.REASONS)", ["reason"], registry=registry)
+        for reason in REASONS:
+            self.m_errors.labels(reason)
         self.m_write_errors = Counter("na64_recorder_write_errors",
                                       "Messages that could not be written", registry=registry)
         self.m_ignored = Counter("na64_recorder_ignored",
@@ -349,12 +361,11 @@ class RecorderService(Service):
         self.rec = Recording(d, max_bytes=max_bytes, raw=raw, spill_timeout_s=spill_timeout_s,
                              on_fsync=self.m_fsync.observe)
         self.ctx = ctx or context()
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        if input_hook is not None:
-            input_hook(self.pull)
-        self.pull.bind(listen)
-        self.endpoint = self.pull.getsockopt_string(zmq.LAST_ENDPOINT)
+        refusals = Refusals("recorder",
+                            on_refused=lambda reason, _: self.m_errors.labels(reason).inc())
+        self.inlet = ZmqInlet(self.ctx, listen, refusals, max_message_bytes=max_message_bytes,
+                              hook=secure)
+        self.endpoint = self.inlet.endpoint
         self.last_closed: dict[str, Any] | None = None
         #: the CURVE authenticator of this process, when configured (daq.curve): stopped here
         self.authenticator: Any = None
@@ -362,20 +373,23 @@ class RecorderService(Service):
     def loops(self) -> dict[str, Loop]:
         return {"input": self._input}
 
-    async def _take(self) -> None:
+    def _take(self) -> None:
         """Take what is there (up to 256 messages), then hand it to the OS in one flush."""
         for _ in range(256):
-            frames = await self.pull.recv_multipart(copy=False)
-            self._handle([f.buffer for f in frames])
-            if not await self.pull.poll(0):
+            rx = self.inlet.take()
+            if rx is None:
                 break
+            self._handle(rx)
         self.rec.flush()
 
-    def _handle(self, frames: list[Any]) -> None:
-        try:
-            msg = decode(frames)
-        except WireError:
-            self.m_errors.inc()
+    async def _drained(self, rx: Received) -> bool:
+        """One message taken by the drain at stop (never the end: workers send eos each)."""
+        self._handle(rx)
+        return False
+
+    def _handle(self, rx: Received) -> None:
+        msg = self.inlet.refusals.decode(rx)
+        if msg is None:
             return
         src = "replay" if (self.rec.replay or msg.replay) else "live"
         try:
@@ -427,18 +441,17 @@ class RecorderService(Service):
     async def _input(self) -> None:
         try:
             while not self.stopping.is_set():
-                if await self.pull.poll(100):
-                    await self._take()
+                if await self.inlet.wait(0.1):
+                    self._take()
                 src = "replay" if self.rec.replay else "live"
                 self._account(src, lambda: self.rec.poll(time.monotonic()))
             # stopping: what the workers still send (their drain) goes into the file too
-            deadline = time.monotonic() + self.drain_timeout_s
-            while time.monotonic() < deadline and await self.pull.poll(_QUIET_MS):
-                await self._take()
+            await drain(self.inlet, self._drained, quiet_s=_QUIET_S,
+                        timeout_s=self.drain_timeout_s)
         finally:
             src = "replay" if self.rec.replay else "live"
             self._account(src, self.rec.close)
-            self.pull.close()
+            self.inlet.close()
             if self.authenticator is not None:
                 await self.authenticator.aclose()
 
@@ -451,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-bytes", type=int, default=None, help="rotate files at this size")
     p.add_argument("--raw", action="store_true", help="also record raw slices")
     p.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here")
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
+                   help="refuse larger messages (daq.inlet; default %(default)s)")
     args = p.parse_args(argv)
     try:
         return asyncio.run(_serve(args))
@@ -464,7 +479,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     reg = CollectorRegistry()
     svc = RecorderService(args.dir, reg, listen=args.listen, max_bytes=args.max_bytes,
-                          raw=args.raw)
+                          raw=args.raw, max_message_bytes=args.max_message_bytes)
     metrics = MetricsServer(reg, port=args.metrics_port) if args.metrics_port is not None \
         else None
     loop = asyncio.get_running_loop()

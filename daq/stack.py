@@ -12,6 +12,7 @@ from daq.config import StrictModel
 from daq.curve import CurveTopology
 from daq.errors import ConfigError
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
+from daq.inlet import limit_for, slice_bytes
 
 SERVICES = ("frontend", "builder", "trigger", "recorder", "monitor", "control")
 Endpoint = str
@@ -75,6 +76,29 @@ class SimulatorSection(StrictModel):
                                    description="simulators.config.FaultConfig fields.")
 
 
+class IngressSection(StrictModel):
+    """Limits on what every ZeroMQ input takes in (daq.inlet)."""
+
+    max_message_bytes: int | None = Field(
+        default=None, ge=1 << 16, le=1 << 40,
+        description="Largest message any input takes (libzmq's MAXMSGSIZE, before it "
+        "allocates; the inlet checks inproc too). None: twice the largest built waveform "
+        "slice of the geometry at `slice_events` events, rounded up to a MiB "
+        "(daq.inlet.limit_for).")
+    slice_events: int = Field(default=4096, ge=1, le=1 << 20,
+                              description="Events in the largest slice a front end sends "
+                              "(the simulator's slice_events).")
+
+    def limit(self, geometry: Geometry, slice_events: int) -> int:
+        """The configured limit, or the one computed from the geometry."""
+        if self.max_message_bytes is not None:
+            return self.max_message_bytes
+        channels = sum(len(b.channels) for b in geometry.boards)
+        largest = slice_bytes(slice_events, geometry.detector.samples, channels,
+                              len(geometry.boards))
+        return limit_for(largest)
+
+
 class StackConfig(StrictModel):
     """One topology file for `na64daq up`, `serve` and `demo`."""
 
@@ -100,6 +124,16 @@ class StackConfig(StrictModel):
                              "credentials come from NA64_MQTT_USERNAME/NA64_MQTT_PASSWORD.")
     curve: CurveTopology = Field(default_factory=CurveTopology,
                                  description="CURVE on every TCP link (daq.curve).")
+    ingress: IngressSection = Field(default_factory=IngressSection,
+                                    description="Limits of every ZeroMQ input.")
+
+    def max_message_bytes(self, geometry: Geometry) -> int:
+        """Every input's message size limit: `ingress.max_message_bytes`, or computed from
+        the geometry and the largest slice (`ingress.slice_events`, or the simulator's
+        slice_events when it is larger)."""
+        simulated = self.simulator.sim.get("slice_events")
+        events = max(self.ingress.slice_events, simulated if isinstance(simulated, int) else 0)
+        return self.ingress.limit(geometry, events)
 
     def inproc(self, tag: str = "demo") -> StackConfig:
         """The same topology on in-process transports (one process, one zmq context)."""

@@ -1,7 +1,9 @@
 """Move wire messages over ZeroMQ sockets, sync and asyncio, without copying arrays.
 
 The same functions serve tcp://, ipc:// and inproc:// endpoints; inproc is the in-memory
-transport of the single-process demo and of most tests.
+transport of the single-process demo and of most tests. Services receive and send through
+daq.inlet (its size limit, counted refusals and drain policy); the helpers here serve
+tests and tools.
 """
 
 from __future__ import annotations

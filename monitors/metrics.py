@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from daq.geometry import BOARD_NAMES
+from daq.inlet import REASONS as INGRESS_REASONS
 from monitors.aggregate import MonitorInputError
 from monitors.alarms import ALARMS
 from monitors.config import MonitorConfig
@@ -169,7 +170,7 @@ class MonitorMetrics:
                 self.counter(name).labels(source)
             for t in TRIGGER_TYPES:
                 self.counter("na64_trigger_events_total").labels(source, t)
-        for reason in (*MonitorInputError.REASONS, "wire"):
+        for reason in (*MonitorInputError.REASONS, *INGRESS_REASONS):
             self.counter("na64_monitor_refused_total").labels(reason)
 
     def counter(self, name: str) -> Counter:

@@ -18,12 +18,12 @@ import zmq.asyncio
 from prometheus_client import CollectorRegistry, Counter
 
 from daq.curve import SocketHook
-from daq.errors import WireError
 from daq.geometry import BOARD_NAMES
+from daq.inlet import DEFAULT_MAX_MESSAGE_BYTES, Received, Refusals, ZmqInlet, drain
 from daq.mqtt import Client, MqttSettings, Session
 from daq.service import Loop, Service
 from daq.transport import context
-from daq.wire import Kind, Message, decode
+from daq.wire import Kind, Message
 from monitors import alarmtext
 from monitors.aggregate import MonitorInputError, RunAnalysis, Source
 from monitors.alarms import Alarms, Transition
@@ -37,7 +37,7 @@ RUN_TOPIC = "na64/monitor/run"  # retained: the last closed run's totals
 ALARM_TOPIC = "na64/alarms"
 RUN_STOP_GRACE_S = 2.0  # after run_stop: how long open spills may still get features
 DRAIN_TIMEOUT_S = 5.0  # at stop: longest time spent taking what is still arriving
-_QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
+_QUIET_S = 0.25  # at stop: the input is drained once nothing has come for this long
 log = logging.getLogger("na64.monitors")
 
 
@@ -50,9 +50,11 @@ class MonitorService(Service):
                  mqtt: MqttSettings | None = None, boards: Sequence[str] = BOARD_NAMES,
                  clock: Callable[[], float] = time.time, tick_s: float = 1.0,
                  ctx: zmq.asyncio.Context | None = None, keep_summaries: int = 256,
-                 secure: SocketHook | None = None) -> None:
+                 secure: SocketHook | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         super().__init__()
         self.endpoint = endpoint
+        self.max_message_bytes = max_message_bytes
         self.cfg = config
         self.mqtt = mqtt
         self.boards = tuple(boards)
@@ -101,7 +103,9 @@ class MonitorService(Service):
         self.secure = secure
         #: the CURVE authenticator of this process, when configured (daq.curve): stopped here
         self.authenticator: Any = None
-        self._sock: zmq.asyncio.Socket | None = None
+        self.refusals = Refusals("monitor", boards=self.boards,
+                                 on_refused=lambda reason, _: self.metrics.on_refused(reason))
+        self._inlet: ZmqInlet | None = None
         self.bound = endpoint
         self._runs_closed: set[tuple[Source, int]] = set()
         #: the last closed runs' totals, newest last (bounded)
@@ -112,18 +116,10 @@ class MonitorService(Service):
     async def __aenter__(self) -> Self:
         # The socket exists only while the service runs, so that `handle` can be used (and
         # tested) without one and a never-started service holds no socket open.
-        sock = self._ctx.socket(zmq.PULL)
-        sock.setsockopt(zmq.LINGER, 0)
-        try:
-            if self.secure is not None:  # CURVE server options (daq.curve)
-                self.secure(sock, self.endpoint)
-            sock.bind(self.endpoint)
-            # tcp://127.0.0.1:0 style endpoints: report where we really are
-            self.bound = str(sock.getsockopt_string(zmq.LAST_ENDPOINT))
-        except zmq.ZMQError:
-            sock.close(linger=0)
-            raise
-        self._sock = sock
+        self._inlet = ZmqInlet(self._ctx, self.endpoint, self.refusals,
+                               max_message_bytes=self.max_message_bytes, hook=self.secure)
+        # tcp://127.0.0.1:0 style endpoints: report where we really are
+        self.bound = self._inlet.endpoint
         try:
             return await super().__aenter__()
         except BaseException:
@@ -140,9 +136,9 @@ class MonitorService(Service):
             self._close_socket()  # cancelled before the receive loop ever ran
 
     def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close(linger=0)
-            self._sock = None
+        if self._inlet is not None:
+            self._inlet.close()
+            self._inlet = None
 
     def loops(self) -> dict[str, Loop]:
         loops: dict[str, Loop] = {"receive": self._receive, "timer": self._timer}
@@ -155,39 +151,35 @@ class MonitorService(Service):
     # --- receive -----------------------------------------------------------------------------
 
     async def _receive(self) -> None:
-        sock = self._sock
-        assert sock is not None
+        inlet = self._inlet
+        assert inlet is not None
         try:
             # compile (or load from the cache) the aggregation kernel before the first slice,
             # off the loop: what arrives meanwhile waits in the socket
             await asyncio.to_thread(warm_up, self.cfg)
             while not self.stopping.is_set():
-                if await sock.poll(timeout=int(self.tick_s * 1000)) == 0:
+                if not await inlet.wait(self.tick_s):
                     continue
-                await self._take(sock)
+                while (rx := inlet.take()) is not None:  # what is queued, before waiting
+                    self._received(rx)
             # stopping: take what the workers still send (their drain) before closing
-            deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while time.monotonic() < deadline and await sock.poll(timeout=_QUIET_MS):
-                await self._take(sock)
+            await drain(inlet, self._drained, quiet_s=_QUIET_S, timeout_s=DRAIN_TIMEOUT_S)
         finally:
             self._close_socket()
 
-    async def _take(self, sock: zmq.asyncio.Socket) -> None:
-        while True:  # drain what is queued before polling again
-            try:
-                frames = await sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
-            self.handle_frames([f.buffer for f in frames])
+    async def _drained(self, rx: Received) -> bool:
+        """One message taken by the drain at stop (never the end: workers send eos each)."""
+        self._received(rx)
+        return False
 
-    def handle_frames(self, frames: list[Any]) -> list[SpillSummary]:
-        """Decode and process one received message; bad input is counted, never raised."""
+    def handle_frames(self, frames: list[Any], peer: str = "") -> list[SpillSummary]:
+        """Decode and process one message from `peer`; bad input is counted, never raised."""
+        return self._received(Received(frames, peer))
+
+    def _received(self, rx: Received) -> list[SpillSummary]:
         t0 = time.perf_counter()
-        try:
-            msg = decode(frames)
-        except WireError as e:
-            self.metrics.on_refused("wire")
-            log.warning("refused undecodable message: %s", e)
+        msg = self.refusals.decode(rx)
+        if msg is None:
             return []
         try:
             closed = self.handle(msg)

@@ -9,11 +9,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-import zmq
 import zmq.asyncio
 
 from daq.curve import SocketHook
 from daq.errors import StateError
+from daq.inlet import ZmqOutlet
 from daq.lifecycle import RunContext, Transition
 from daq.service import Loop, Service, next_or_stop
 from daq.transport import context
@@ -118,17 +118,13 @@ class FrontEnd(Service):
     # --- streaming ------------------------------------------------------------------------
 
     async def _emit(self) -> None:
-        socks: dict[str, zmq.asyncio.Socket] = {}
+        socks: dict[str, ZmqOutlet] = {}
 
         def sockets(boards: list[str]) -> None:
             for b in boards:
-                if b not in socks:
-                    s = self.ctx.socket(zmq.PUSH)
-                    s.setsockopt(zmq.LINGER, 5000)  # let queued messages go on close
-                    if self.secure is not None:
-                        self.secure(s, self.endpoint)
-                    s.connect(self.endpoint)
-                    socks[b] = s
+                if b not in socks:  # linger: let queued messages go on close
+                    socks[b] = ZmqOutlet(self.ctx, self.endpoint, linger_s=5.0,
+                                         hook=self.secure)
 
         try:
             if self.fe is not None:
@@ -162,7 +158,7 @@ class FrontEnd(Service):
                 sockets(last.streams)
                 for end in last.eos(0):
                     if end.src in socks:
-                        await socks[end.src].send_multipart(end.frames(), copy=False)
+                        await socks[end.src].send(end.frames())
         finally:
             for s in socks.values():
                 s.close()
@@ -170,7 +166,7 @@ class FrontEnd(Service):
     async def _next_run(self) -> RunContext | None:
         return await next_or_stop(self._runs, self.stopping)
 
-    async def _stream(self, fe: FrontEnds, socks: dict[str, zmq.asyncio.Socket], *,
+    async def _stream(self, fe: FrontEnds, socks: dict[str, ZmqOutlet], *,
                       end: str) -> str:
         """Send one run. Returns how its streams ended: "ended" (its last spill, then
         `end`: max_spills), "stopped" (run control's stop: run_stop) or "eos" (shutdown)."""
@@ -192,7 +188,7 @@ class FrontEnd(Service):
                                                               "stopped by run control")
                 for e in ends:
                     if e.src != TRUTH:
-                        await socks[e.src].send_multipart(e.frames(), copy=False)
+                        await socks[e.src].send(e.frames())
                 return "eos" if eos else "stopped"
             em = await asyncio.to_thread(_next, it)
             if em is None:
@@ -228,7 +224,7 @@ class FrontEnd(Service):
                 if self.truth_sink is not None:
                     self.truth_sink(em.msg)
             else:
-                await socks[em.src].send_multipart(em.frames(), copy=False)
+                await socks[em.src].send(em.frames())
                 self.sent += 1
                 if em.src == "BEAM" and em.msg.kind is Kind.SLICE:
                     self.run_events += em.msg.count

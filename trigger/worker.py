@@ -10,29 +10,35 @@ configuration, run, spill and event numbers), never on which worker ran it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import Any
 
-import zmq
 import zmq.asyncio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pydantic import Field
 
 from daq.config import StrictModel
 from daq.curve import SocketHook
-from daq.errors import WireError
 from daq.geometry import Calibration, Geometry
+from daq.inlet import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    REASONS,
+    Received,
+    Refusals,
+    ZmqInlet,
+    ZmqOutlet,
+    drain,
+)
 from daq.service import Loop, Service
 from daq.transport import context
-from daq.wire import Kind, Message, decode, encode
+from daq.wire import Kind, Message, encode
 from trigger.config import TRIGGER_BITS
 from trigger.core import warm_up
 from trigger.errors import SliceError
 from trigger.processor import MARKERS, SliceProcessor, SliceResult, Stamper
 
 Endpoint = str
-_QUIET_MS = 250  # at stop: the input is drained once nothing has come for this long
+_QUIET_S = 0.25  # at stop: the input is drained once nothing has come for this long
 _ENDPOINT = r"^(tcp|ipc|inproc)://.+$"
 
 
@@ -57,6 +63,8 @@ class WorkerConfig(StrictModel):
     with_crc: bool = Field(default=True, description="Compute CRC32C of outgoing frames.")
     drain_timeout_s: float = Field(default=5.0, gt=0, le=600,
                                    description="At stop: how long to try sending what is left.")
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1 << 16, le=1 << 40,
+                                   description="Largest message the input takes (daq.inlet).")
 
 
 class TriggerMetrics:
@@ -73,8 +81,9 @@ class TriggerMetrics:
                               "Events the shadow configuration would have fired, per type",
                               ["type"], registry=registry)
         self.slices = Counter("na64_trigger_slices", "Built slices processed", registry=registry)
-        self.refused = Counter("na64_trigger_refused", "Messages refused, by reason",
-                               ["reason"], registry=registry)
+        self.refused = Counter("na64_trigger_refused", "Messages refused, by reason (those "
+                               "of daq.inlet.REASONS at the input, then kind, calibration, "
+                               "config, shape, mode)", ["reason"], registry=registry)
         self.markers = Counter("na64_trigger_markers", "Markers forwarded", registry=registry)
         self.seconds = Histogram("na64_trigger_processing_seconds",
                                  "Time to process one built slice",
@@ -92,7 +101,7 @@ class TriggerMetrics:
         for t in TRIGGER_BITS:
             self.accepted.labels(t)
             self.shadow.labels(t)
-        for r in ("wire", "kind", "calibration", "config", "shape", "mode"):
+        for r in (*REASONS, "calibration", "config", "mode"):
             self.refused.labels(r)
 
     def record(self, res: SliceResult, msg: Message, seconds: float) -> None:
@@ -127,23 +136,18 @@ class TriggerWorker(Service):
         self.metrics = TriggerMetrics(registry)
         self.ready = asyncio.Event()
         self.ctx = ctx or context()
-        self.pull = self.ctx.socket(zmq.PULL)
-        self.pull.setsockopt(zmq.LINGER, 0)
-        self.pull.setsockopt(zmq.RCVHWM, config.input_hwm)
-        if secure is not None:  # CURVE client options (daq.curve), before connect
-            secure(self.pull, config.input)
-        self.pull.connect(config.input)
-        self.outputs: list[tuple[zmq.asyncio.Socket, Stamper, bool]] = []  # (sock, seq, rec?)
+        refusals = Refusals(self.src, on_refused=lambda reason, _: self.metrics.refused
+                            .labels(reason).inc())
+        # CURVE client options (daq.curve) go on before connect
+        self.inlet = ZmqInlet(self.ctx, config.input, refusals, bind=False,
+                              hwm=config.input_hwm, max_message_bytes=config.max_message_bytes,
+                              hook=secure)
+        self.outputs: list[tuple[ZmqOutlet, Stamper, bool]] = []  # (outlet, seq, recorder?)
         for ep, is_rec in [(config.recorder, True), *((m, False) for m in config.monitors)]:
             if ep is None:
                 continue
-            sock = self.ctx.socket(zmq.PUSH)
-            sock.setsockopt(zmq.LINGER, 0)
-            sock.setsockopt(zmq.SNDHWM, config.output_hwm)
-            if secure is not None:
-                secure(sock, ep)
-            sock.connect(ep)
-            self.outputs.append((sock, Stamper(self.src), is_rec))
+            out = ZmqOutlet(self.ctx, ep, hwm=config.output_hwm, hook=secure)
+            self.outputs.append((out, Stamper(self.src), is_rec))
         self._deadline: float | None = None
 
     def loops(self) -> dict[str, Loop]:
@@ -160,25 +164,24 @@ class TriggerWorker(Service):
         self.ready.set()
         if self.agent is not None:  # say so now, not at the next heartbeat
             self.agent.notify("ready")
-        while True:
-            if self.stopping.is_set():
-                # drain: the builder may still be sending its queue; go on until the input
-                # has been quiet for a moment (or the drain deadline passes)
-                self._deadline = self._deadline or time.monotonic() + self.config.drain_timeout_s
-                if time.monotonic() > self._deadline or not await self.pull.poll(_QUIET_MS):
-                    return
-            elif not await self.pull.poll(100):
+        while not self.stopping.is_set():
+            if not await self.inlet.wait(0.1):
                 continue
-            frames = [f.buffer for f in await self.pull.recv_multipart(copy=False)]
-            if await self._handle(frames):
-                return
+            while (rx := self.inlet.take()) is not None:
+                if await self._handle(rx):
+                    return
+                if self.stopping.is_set():
+                    break
+        # drain: the builder may still be sending its queue; go on until the input has
+        # been quiet for a moment (or the drain deadline passes)
+        self._deadline = self._deadline or time.monotonic() + self.config.drain_timeout_s
+        await drain(self.inlet, self._handle, quiet_s=_QUIET_S,
+                    timeout_s=max(self._deadline - time.monotonic(), 0.0))
 
-    async def _handle(self, frames: list[Any]) -> bool:
+    async def _handle(self, rx: Received) -> bool:
         """Process one received message; True when it ended the stream (eos)."""
-        try:
-            msg = decode(frames)
-        except WireError:
-            self.metrics.refused.labels("wire").inc()
+        msg = self.inlet.refusals.decode(rx)
+        if msg is None:
             return False
         if msg.kind in MARKERS:
             self.metrics.markers.inc()
@@ -199,28 +202,22 @@ class TriggerWorker(Service):
         return False
 
     async def _send(self, msg: Message, *, recorder: bool, monitors: bool) -> None:
-        for sock, stamp, is_rec in self.outputs:
+        for out, stamp, is_rec in self.outputs:
             if (is_rec and not recorder) or (not is_rec and not monitors):
                 continue
             frames = encode(stamp(msg), with_crc=self.config.with_crc)
             if self.stopping.is_set() and self._deadline is None:
                 self._deadline = time.monotonic() + self.config.drain_timeout_s
-            if self._deadline is None:
-                await sock.send_multipart(frames, copy=False)
-                continue
             # stopping: a consumer may be gone; give up at the drain deadline
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(sock.send_multipart(frames, copy=False),
-                                       max(self._deadline - time.monotonic(), 0.0))
+            await out.send(frames, deadline=self._deadline)
 
     async def __aexit__(self, *exc: Any) -> None:
         try:
             await super().__aexit__(*exc)
         finally:
-            self.pull.close()
-            linger = int(self.config.drain_timeout_s * 1000)
-            for sock, _, _ in self.outputs:
-                sock.close(linger=linger)  # let zmq flush what is queued (eos last)
+            self.inlet.close()
+            for out, _, _ in self.outputs:
+                out.close(self.config.drain_timeout_s)  # let zmq flush what is queued (eos last)
 
 
 async def run_worker(config: WorkerConfig, *, metrics_port: int | None = None,

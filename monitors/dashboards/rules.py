@@ -124,6 +124,11 @@ RECORDS: tuple[Record, ...] = (
 )
 
 
+# the refused-message series of the alert's examples (each with one of its reasons)
+_BUILDER_REFUSED = 'na64_builder_decode_errors_total{job="builder",board="ECAL",reason="checksum"}'
+_TRIGGER_REFUSED = 'na64_trigger_refused_total{job="trigger",reason="checksum"}'
+_MONITOR_REFUSED = 'na64_monitor_refused_total{job="monitor",reason="header"}'
+_RECORDER_REFUSED = 'na64_recorder_decode_errors_total{job="recorder",reason="too_large"}'
 #: counters of messages a service refused (each one is data lost)
 _REFUSED = ("na64_builder_decode_errors_total", "na64_trigger_refused_total",
             "na64_monitor_refused_total")
@@ -305,19 +310,19 @@ def alerts(a: AlarmConfig | None = None) -> tuple[Alert, ...]:
                      "write error means the run-file disk: check its free space; call the "
                      "DAQ expert."),
             examples=(
-                Example({'na64_builder_decode_errors_total{job="builder",board="ECAL"}': "0x20",
-                         'na64_trigger_refused_total{job="trigger",reason="wire"}': "0x4 1x16",
-                         'na64_monitor_refused_total{job="monitor",reason="wire"}': "0x20",
-                         'na64_recorder_decode_errors_total{job="recorder"}': "0x20",
+                Example({_BUILDER_REFUSED: "0x20",
+                         _TRIGGER_REFUSED: "0x4 1x16",
+                         _MONITOR_REFUSED: "0x20",
+                         _RECORDER_REFUSED: "0x20",
                          'na64_recorder_write_errors_total{job="recorder"}': "0x20"}, "2m",
                         [{"job": "trigger"}], shown="1"),
-                Example({'na64_recorder_decode_errors_total{job="recorder"}': "0x20",
+                Example({_RECORDER_REFUSED: "0x20",
                          'na64_recorder_write_errors_total{job="recorder"}': "0x4 1x16"},
                         "2m", [{"job": "recorder"}], shown="1"),
-                Example({'na64_builder_decode_errors_total{job="builder",board="ECAL"}': "0x20",
-                         'na64_trigger_refused_total{job="trigger",reason="wire"}': "0x20",
-                         'na64_monitor_refused_total{job="monitor",reason="wire"}': "0x20",
-                         'na64_recorder_decode_errors_total{job="recorder"}': "0x20",
+                Example({_BUILDER_REFUSED: "0x20",
+                         _TRIGGER_REFUSED: "0x20",
+                         _MONITOR_REFUSED: "0x20",
+                         _RECORDER_REFUSED: "0x20",
                          'na64_recorder_write_errors_total{job="recorder"}': "0x20"}, "2m"),
             )),
     )

@@ -164,7 +164,7 @@ async def test_reordered_duplicated_and_garbage_input_is_counted() -> None:
     assert m[("na64_builder_out_of_order_total", lab)] == 1
     assert m[("na64_builder_seq_gaps_total", lab)] == 0
     assert m[("na64_builder_decode_errors_total",
-              (("board", "unknown"), ("source", "live")))] == 1
+              (("board", "unknown"), ("reason", "header"), ("source", "live")))] == 1
 
 
 async def test_slow_downstream_backpressure_then_shedding_is_bounded() -> None:
@@ -219,7 +219,7 @@ async def test_congestion_and_shedding_last_until_the_input_has_caught_up() -> N
     try:
         await _send_all(svc.input_endpoint, _streams(1, 32 * 4, eos=False))
         async with asyncio.timeout(10):
-            while not await svc.pull.poll(10):
+            while not await svc.inlet.wait(0.01):
                 pass
         svc._congested_since = 1.0  # held back since t = 1, the queue now empty
         svc.builder.shedding = True
@@ -237,5 +237,5 @@ async def test_congestion_and_shedding_last_until_the_input_has_caught_up() -> N
         svc._relieve()
         assert svc.builder.shedding
     finally:
-        svc.pull.close()
-        svc.push.close()
+        svc.inlet.close()
+        svc.outlet.close()

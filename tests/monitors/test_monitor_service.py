@@ -86,7 +86,7 @@ async def test_service_scrape_promtool_and_mqtt(mosquitto: Broker) -> None:
     assert _value(text, "na64_spill_number", source="live") == 2
     assert _value(text, "na64_run_number", source="live") == 7
     assert _value(text, "na64_events_total", source="live") == 3000
-    assert _value(text, "na64_monitor_refused_total", reason="wire") == 1
+    assert _value(text, "na64_monitor_refused_total", reason="header") == 1
     assert _value(text, "na64_alarm_active", source="live", alarm="veto_efficiency_low") == 1
     eff = _value(text, "na64_efficiency_ratio", source="live", detector="veto", bound="value")
     assert eff == pytest.approx(svc.summaries[1].veto_efficiency.value)
@@ -164,7 +164,7 @@ async def test_service_refuses_bad_input_and_follows_new_runs() -> None:
         assert [(s.run, s.spill) for s in closed] == [(1, 1), (2, 1)]
         assert closed[0].incomplete_by_board == {"HCAL": 2}
         assert reg.get_sample_value("na64_monitor_refused_total", {"reason": "arrays"}) == 1
-        assert reg.get_sample_value("na64_monitor_refused_total", {"reason": "wire"}) == 1
+        assert reg.get_sample_value("na64_monitor_refused_total", {"reason": "header"}) == 1
         assert reg.get_sample_value("na64_run_number", {"source": "live"}) == 2
         assert reg.get_sample_value("na64_incomplete_events_total",
                                     {"source": "live", "board": "HCAL"}) == 2

@@ -12,6 +12,7 @@ from rel_helpers import CALIB, GEOM, board_stream, garbage, sample, total
 
 from daq.builder import BuilderConfig, EventBuilder
 from daq.builder_service import BuilderService
+from daq.inlet import REASONS, Received
 from daq.runfile import read_all
 from daq.wire import Kind, Message, encode
 from monitors.config import MonitorConfig
@@ -53,16 +54,16 @@ async def test_builder_counts_garbage_and_builds_the_same() -> None:
     dirty, reg = _builder("dirty")
     try:
         for f in stream:
-            clean._handle(f)
+            clean._handle(Received(f))
         for f in _interleave(stream, BAD):
-            dirty._handle(f)
+            dirty._handle(Received(f))
         assert _built(dirty) == _built(clean)
         assert sum(m.count for m in dirty.queue if m.kind is Kind.SLICE) > 0
         assert total(reg, "na64_builder_decode_errors_total") == len(BAD)
     finally:
         for s in (clean, dirty):
-            s.pull.close()
-            s.push.close()
+            s.inlet.close()
+            s.outlet.close()
 
 
 async def test_worker_counts_garbage_and_goes_on(tmp_path: Path) -> None:
@@ -70,13 +71,14 @@ async def test_worker_counts_garbage_and_goes_on(tmp_path: Path) -> None:
     w = TriggerWorker(WorkerConfig(input="inproc://w-in"), GEOM, CALIB, reg)
     try:
         for f in BAD:
-            assert await w._handle(f) is False
-        assert sample(reg, "na64_trigger_refused_total", reason="wire") == len(BAD)
+            assert await w._handle(Received(f)) is False
+        assert sum(sample(reg, "na64_trigger_refused_total", reason=r)
+                   for r in REASONS) == len(BAD)
         marker = Message(kind=Kind.SPILL_START, run=1, spill=0, src="builder")
-        assert await w._handle(encode(marker)) is False
+        assert await w._handle(Received(encode(marker))) is False
         assert sample(reg, "na64_trigger_markers_total") == 1
     finally:
-        w.pull.close()
+        w.inlet.close()
 
 
 async def test_recorder_counts_garbage_and_keeps_every_record(tmp_path: Path) -> None:
@@ -87,11 +89,11 @@ async def test_recorder_counts_garbage_and_keeps_every_record(tmp_path: Path) ->
     svc = RecorderService(tmp_path, reg, listen="inproc://rec-fuzz")
     try:
         for f in _interleave([encode(m) for m in stream], BAD):
-            svc._handle(f)
+            svc._handle(Received(f))
         svc.rec.close()
     finally:
-        svc.pull.close()
-    assert sample(reg, "na64_recorder_decode_errors_total") == len(BAD)
+        svc.inlet.close()
+    assert total(reg, "na64_recorder_decode_errors_total") == len(BAD)
     msgs, rep = read_all(svc.rec.files[0])
     assert rep.closed_cleanly and not rep.torn
     assert [(m.kind, m.spill, m.first) for m in msgs] == \
@@ -104,7 +106,8 @@ async def test_monitor_counts_garbage_and_closes_every_spill() -> None:
     mon = MonitorService("inproc://mon-fuzz", config=MonitorConfig(), registry=reg)
     for f in _interleave([encode(m) for m in stream], BAD):
         mon.handle_frames(f)
-    assert sample(reg, "na64_monitor_refused_total", reason="wire") == len(BAD)
+    assert sum(sample(reg, "na64_monitor_refused_total", reason=r)
+               for r in REASONS) == len(BAD)
     assert [s.closed for s in mon.summaries] == ["complete", "complete"]
     want = sum(m.count for m in stream if m.kind is Kind.FEATURES)
     assert sum(s.events for s in mon.summaries) == want

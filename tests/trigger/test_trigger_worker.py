@@ -172,7 +172,7 @@ async def test_bad_input_is_refused_and_counted_and_the_worker_goes_on() -> None
             text = resp.read().decode()
     finally:
         server.close()
-    for reason, n in (("wire", 1), ("calibration", 1), ("config", 2), ("mode", 1)):
+    for reason, n in (("header", 1), ("calibration", 1), ("config", 2), ("mode", 1)):
         assert reg.get_sample_value("na64_trigger_refused_total", {"reason": reason}) == n
     slices = [m for m in stream if m.kind is Kind.SLICE]
     assert len(_by_slice(out["mon"], Kind.FEATURES)) == len(slices)
