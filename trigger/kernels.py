@@ -371,12 +371,11 @@ def wave_peak_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, peak
         mxs[h] = mx
         tots[h] = tot
         peaks[h] = -1.0
-        a0 = np.float32(mx - tot * inv) if pow2 else np.float32(mx - tot / n_ped)
+        # tot / n_ped: the pedestal peak_hits sums again in float64, where integers below
+        # 2**53 add exactly (n_ped <= samples)
+        ped = tot * inv if pow2 else tot / n_ped
+        a0 = np.float32(mx - ped)
         if a0 >= peak_thr:
-            ftot = 0.0
-            for i in range(n_ped):
-                ftot += flat[base + np.uint64(i)]
-            ped = ftot / n_ped
             imx = ns - 1
             for i in range(ns):
                 if flat[base + np.uint64(i)] == mx:

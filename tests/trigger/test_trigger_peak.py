@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from daq import hits
 from daq.geometry import peak_correction, pulse_shape
 from trigger import kernels, reference
 
@@ -134,3 +135,33 @@ def test_board_pass_takes_the_first_of_equal_maxima() -> None:
     assert amp[0, 0] != amp[0, 1]
     last = len(corr) - 1
     assert amp[0, 0] == np.float32(1000.0 * corr[last])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 6), nch=st.integers(1, 40),
+       samples=st.integers(1, 40), data=st.data(), thr=st.floats(1.0, 500.0),
+       peak_thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8), pulses=st.booleans())
+def test_hits_pass_corrects_like_peak_hits(seed: int, n: int, nch: int, samples: int,
+                                           data: st.DataObject, thr: float, peak_thr: float,
+                                           n_ped: int, pulses: bool) -> None:
+    """wave_peak_hits (the correction in the hits' own pass, from their integer pedestal
+    sum) gives what wave_hits then peak_hits give, and what the reference gives, to the bit."""
+    n_ped = min(n_ped, samples)
+    nhit, h = hits.sparsify(np.random.default_rng(seed).random((n, nch)) < 0.5, {})
+    ch = h["hit_ch"]
+    wave = data.draw(hnp.arrays(np.int16, (len(ch), samples), elements=_sample))
+    live = np.ones(nch, np.uint8)
+    corr = peak_correction(20.0, SAMPLE_NS)
+
+    def outputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.empty(len(ch), np.float32), np.zeros(len(ch), np.uint8), np.empty(n, np.uint8)
+
+    apart = outputs()
+    kernels.wave_hits(nhit, ch, wave, live, n_ped, thr, 4095, pulses, *apart)
+    kernels.peak_hits(wave, n_ped, peak_thr, corr, apart[0])
+    for backend in (kernels, reference):
+        o = outputs()
+        backend.wave_peak_hits(nhit, ch, wave, live, n_ped, thr, 4095, pulses, peak_thr, corr,
+                               *o)
+        for a, b in zip(o, apart, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=backend.__name__)
