@@ -31,12 +31,13 @@ SLICE = 4096
 ZS_ADC = 6.0
 
 
-def _best(fn: Callable[[], object], repeat: int) -> float:
+def _best(fn: Callable[[], object], repeat: int,
+          clock: Callable[[], float] = time.perf_counter) -> float:
     best = float("inf")
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -190,3 +191,47 @@ def kernel_bench(events: int = 16384, repeat: int = 5) -> dict[str, float | int]
     }
 
 
+
+
+def kernel_ab(baseline: ModuleType, events: int = 16384, repeat: int = 5,
+              rounds: int = 3) -> dict[str, list[float]]:
+    """This tree's waveform kernels against `baseline` (trigger.kernels of another version),
+    in one process on the same data, interleaved so that a busy machine slows both alike,
+    and timed in this thread's CPU time (time.thread_time), so that other processes
+    sharing the core do not count: per round, the best of `repeat` in M events/s (of CPU
+    time) for full waveforms (the amplitudes, as
+    waveform_kernel_events_per_s_1core) and zero-suppressed ones (the whole trigger, as
+    waveform_zs_kernel_events_per_s). Raises AssertionError if the features differ."""
+    g = load_geometry()
+    cal = load_calibration(g)
+    warm_up(g, cal)
+    p = build_params(TriggerConfig(), g, cal)
+    data = _data(events)
+    slices = [{k: v[i:i + SLICE] for k, v in data.items()} for i in range(0, events, SLICE)]
+    zs_slices = [_suppress_waves(s, p.n_ped) for s in slices]
+    for s in slices + zs_slices:
+        fa = compute_features(s, _count(s), "waveform", p, baseline)
+        fb = compute_features(s, _count(s), "waveform", p, kernels)
+        for name in ("sums", "mult", "sat", "beam_amp", "beam_npulse"):
+            assert np.array_equal(getattr(fa, name), getattr(fb, name)), name
+
+    def full(be: ModuleType) -> Callable[[], None]:
+        def run() -> None:
+            for s in slices:
+                board_amplitudes(s, _count(s), "waveform", p, be)
+        return run
+
+    def zs(be: ModuleType) -> Callable[[], None]:
+        def run() -> None:
+            for s in zs_slices:
+                decide(compute_features(s, _count(s), "waveform", p, be), p, run=1, spill=0,
+                       first=0)
+        return run
+
+    cases = {"full_baseline": full(baseline), "full": full(kernels),
+             "zs_baseline": zs(baseline), "zs": zs(kernels)}
+    out: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            out[name].append(events / _best(fn, repeat, time.thread_time) / 1e6)
+    return out

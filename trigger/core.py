@@ -249,10 +249,9 @@ def _full_waveforms(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams
                     p: TriggerParams, backend: ModuleType, sat: np.ndarray) -> BoardAmplitudes:
     wave = _need(arrays, f"{b.name}.wave", "<i2", (count, p.samples, b.nch))
     amp, npulse = np.empty((count, b.nch), np.float32), np.empty((count, b.nch), np.uint8)
-    backend.wave_board(wave, b.live, p.n_ped, p.config.pulse_threshold_adc, p.adc_max,
-                       p.trigger_sample, p.sample_ns, False, b.name in PULSE_BOARDS, amp,
-                       _NO_EXTRA, npulse, _NO_EXTRA, sat)
-    backend.peak_board(wave, p.n_ped, _peak_thr(p), b.corr, amp)
+    backend.wave_peak_board(wave, b.live, p.n_ped, p.config.pulse_threshold_adc, p.adc_max,
+                            p.trigger_sample, p.sample_ns, False, b.name in PULSE_BOARDS,
+                            _peak_thr(p), b.corr, amp, _NO_EXTRA, npulse, _NO_EXTRA, sat)
     return BoardAmplitudes(amp, npulse)
 
 

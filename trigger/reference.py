@@ -251,3 +251,14 @@ def wave_peak_hits(nhit: np.ndarray, ch: np.ndarray, wave: np.ndarray, live: np.
     wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npulse, sat)
     peak_hits(wave, n_ped, peak_thr, corr, amp)
     return 0
+
+
+def wave_peak_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float,
+                    adc_max: int, trig: int, sample_ns: float, extra: bool, pulses: bool,
+                    peak_thr: float, corr: np.ndarray, amp: np.ndarray, tpeak: np.ndarray,
+                    npulse: np.ndarray, integral: np.ndarray, sat: np.ndarray) -> int:
+    """wave_board, then peak_board (the compiled kernel does both in one pass)."""
+    wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pulses, amp,
+               tpeak, npulse, integral, sat)
+    peak_board(wave, n_ped, peak_thr, corr, amp)
+    return 0

@@ -295,7 +295,7 @@ def _wire_slice(arrays: dict[str, np.ndarray], count: int, mode: str) -> Message
 def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
     warm_up(GEOM, CAL)
     dispatchers = [getattr(kernels, name) for name in (
-        "wave_board", "wave_hits", "feature_hits", "accumulate", "accumulate_hits",
+        "wave_peak_board", "wave_peak_hits", "feature_hits", "accumulate", "accumulate_hits",
         "beam_dense", "beam_dense_hits", "multiplicity", "decide", "feature_columns",
         "hit_starts", "gather_hits")]
     before = [len(cast(Any, d).signatures) for d in dispatchers]

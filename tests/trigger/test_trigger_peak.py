@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
+from daq import hits
 from daq.geometry import peak_correction, pulse_shape
 from trigger import kernels, reference
 
@@ -73,3 +77,91 @@ def test_hits_correct_like_the_board() -> None:
         h = raw.copy()
         backend.peak_hits(np.ascontiguousarray(wave[:, :, 0]), N_PED, 30.0, corr, h)
         np.testing.assert_array_equal(h, board[:, 0])
+
+
+# samples near the pedestal (ties of the maximum), anywhere, and at the ADC's ends
+_sample = st.one_of(st.integers(395, 405), st.integers(0, 4095), st.just(4095), st.just(0))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wave=hnp.arrays(np.int16, st.tuples(st.integers(0, 5), st.integers(1, 40),
+                                           st.integers(0, 40)), elements=_sample),
+       thr=st.floats(1.0, 500.0), peak_thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8),
+       masked=st.integers(0, 63), pulses=st.booleans(), extra=st.booleans())
+def test_board_pass_corrects_like_peak_board(wave: np.ndarray, thr: float, peak_thr: float,
+                                             n_ped: int, masked: int, pulses: bool,
+                                             extra: bool) -> None:
+    """wave_peak_board (the correction in the board's own pass) gives what wave_board then
+    peak_board give, and what the reference gives, to the bit: ties of the maximum (its first
+    position counts), saturated and clipped samples, maxima on the first or last sample."""
+    n, ns, nch = wave.shape
+    n_ped = min(n_ped, ns)  # the pedestal lies before the trigger sample (build_params)
+    live = np.array([(masked >> c) & 1 == 0 for c in range(nch)], np.uint8)
+    corr = peak_correction(20.0, SAMPLE_NS)
+
+    def outputs() -> tuple[np.ndarray, ...]:
+        return (np.empty((n, nch), np.float32), np.empty((n, nch), np.float32),
+                np.empty((n, nch), np.uint8), np.empty((n, nch), np.float32),
+                np.empty(n, np.uint8))
+
+    apart = outputs()
+    kernels.wave_board(wave, live, n_ped, thr, 4095, TRIG, SAMPLE_NS, extra, pulses, *apart)
+    kernels.peak_board(wave, n_ped, peak_thr, corr, apart[0])
+    for backend in (kernels, reference):
+        o = outputs()
+        backend.wave_peak_board(wave, live, n_ped, thr, 4095, TRIG, SAMPLE_NS, extra, pulses,
+                                peak_thr, corr, *o)
+        for i in (0, 1, 2, 3, 4) if extra else (0, 2, 4):  # peak time, integral: if extra
+            np.testing.assert_array_equal(o[i], apart[i], err_msg=f"{backend.__name__} {i}")
+
+
+def test_board_pass_takes_the_first_of_equal_maxima() -> None:
+    """Two samples at the maximum: the correction uses the neighbours of the first one (a
+    flat top, then a pulse as high with other neighbours), in the board's pass as apart."""
+    wave = np.full((1, NS, 2), 400, np.int16)
+    wave[0, 9:11, 0] = 1400  # flat top: the first maximum's neighbours are 400 and 1400
+    wave[0, 20, 0] = 1400  # as high, later, neighbours 400 and 400
+    wave[0, 9, 1], wave[0, 10, 1] = 1000, 1400  # one maximum: neighbours 1000 and 400
+    corr = peak_correction(20.0, SAMPLE_NS)
+    amp = np.empty((1, 2), np.float32)
+    none = np.zeros((0, 0), np.float32)
+    kernels.wave_peak_board(wave, np.ones(2, np.uint8), N_PED, 30.0, 4095, TRIG, SAMPLE_NS,
+                            False, False, 30.0, corr, amp, none, np.empty((1, 2), np.uint8),
+                            none, np.empty(1, np.uint8))
+    ref = np.array([[1000.0, 1000.0]], np.float32)
+    reference.peak_board(wave, N_PED, 30.0, corr, ref)
+    np.testing.assert_array_equal(amp, ref)
+    # the first maximum's ratio (1400 - 400) / 1000 = 1, the other's 0: different corrections
+    assert amp[0, 0] != amp[0, 1]
+    last = len(corr) - 1
+    assert amp[0, 0] == np.float32(1000.0 * corr[last])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 6), nch=st.integers(1, 40),
+       samples=st.integers(1, 40), data=st.data(), thr=st.floats(1.0, 500.0),
+       peak_thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8), pulses=st.booleans())
+def test_hits_pass_corrects_like_peak_hits(seed: int, n: int, nch: int, samples: int,
+                                           data: st.DataObject, thr: float, peak_thr: float,
+                                           n_ped: int, pulses: bool) -> None:
+    """wave_peak_hits (the correction in the hits' own pass, from their integer pedestal
+    sum) gives what wave_hits then peak_hits give, and what the reference gives, to the bit."""
+    n_ped = min(n_ped, samples)
+    nhit, h = hits.sparsify(np.random.default_rng(seed).random((n, nch)) < 0.5, {})
+    ch = h["hit_ch"]
+    wave = data.draw(hnp.arrays(np.int16, (len(ch), samples), elements=_sample))
+    live = np.ones(nch, np.uint8)
+    corr = peak_correction(20.0, SAMPLE_NS)
+
+    def outputs() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return np.empty(len(ch), np.float32), np.zeros(len(ch), np.uint8), np.empty(n, np.uint8)
+
+    apart = outputs()
+    kernels.wave_hits(nhit, ch, wave, live, n_ped, thr, 4095, pulses, *apart)
+    kernels.peak_hits(wave, n_ped, peak_thr, corr, apart[0])
+    for backend in (kernels, reference):
+        o = outputs()
+        backend.wave_peak_hits(nhit, ch, wave, live, n_ped, thr, 4095, pulses, peak_thr, corr,
+                               *o)
+        for a, b in zip(o, apart, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=backend.__name__)
