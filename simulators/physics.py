@@ -158,8 +158,6 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     _scale(e_shower, lost, lambda k: rng.uniform(0.1, 0.9, k))
     # the loss is upstream of the spectrometer: it measures what reaches the target
     p_true = np.where(lost, e_shower, e_true)
-    if layout.track is not None:
-        _spectrometer(dep["BEAM"], layout.track, p_true, rng, cfg.tracker_resolution)
     dm = process == Process.DIMUON
     _scale(e_shower, dm, lambda k: 1 - rng.uniform(0.2, 0.8, k))
     # A' takes x with density 2x on [0, 0.99]: the recoil electron keeps 1 - x.
@@ -207,6 +205,8 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     srd = srd_sample(rng, n)
     srd[other] = 0
     split_srd(rng.random((n, 3), dtype=f32), srd, dep["SRD"])
+    if layout.track is not None:  # drawn last: every other quantity is as without it
+        _spectrometer(dep["BEAM"], layout.track, p_true, rng, cfg.tracker_resolution)
     return Particles(species, process, e_true, p_true, dep, _halo(layout, rng, n))
 
 
