@@ -325,9 +325,13 @@ def sums_from_amplitudes(amps: Mapping[str, BoardAmplitudes], sat: np.ndarray, c
 def _track(f: Features, p: TriggerParams, backend: ModuleType) -> dict[str, np.ndarray]:
     """The spectrometer's momentum (GeV) and track count, from its BEAM channels: tracks
     are counted in the TRK channel as the counters count particles (`multiplicity`: the
-    pulses, plus the overlapping ones its amplitude holds)."""
+    pulses, plus the overlapping ones its amplitude holds). Empty when no event of the slice
+    has a momentum: a stream from before the spectrometer, where no cut on it is possible
+    (the monitors count such events as untracked)."""
     c = int(p.p_idx[0])
     mom = f.beam_amp[:, c] * np.float32(_beam_weight(p)[c])
+    if not mom.any():
+        return {}
     ntrk = np.empty(f.count, np.uint8)
     backend.multiplicity(f.beam_amp, f.beam_npulse, _beam_weight(p), p.trk_idx, ntrk)
     return {"p": mom.astype(np.float32, copy=False), "ntrk": ntrk}
