@@ -97,7 +97,7 @@ def _flow_index(z, n):
 
 @kernel
 def _two_mips(v, lo, hi):
-    return np.int64((v >= lo) & (v <= hi))
+    return np.uint8((v >= lo) & (v <= hi))
 
 
 @kernel
@@ -238,7 +238,7 @@ def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, p, ntrk, missing, cond
     n_px, n_py = np.uint64(h_plane.shape[0]) - _U2, np.uint64(h_plane.shape[1]) - _U2
     hcal_copies = np.zeros(_HCAL_COPIES * nh, np.int64)
     every = np.empty(_CHUNK, np.bool_)
-    two = np.empty(_CHUNK, np.int64)
+    two = np.empty(_CHUNK, np.uint8)
     ie, ih = np.empty(_CHUNK, np.uint32), np.empty(_CHUNK, np.uint32)
     px, py = np.empty(_CHUNK, np.uint32), np.empty(_CHUNK, np.uint32)
     c_missing, c_cond = np.zeros(9, np.int64), np.zeros(9, np.int64)
