@@ -76,6 +76,8 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
                    help="recorded files: the events of the per-spill figures (as analyze)")
     p.add_argument("--monitor-config", metavar="FILE", help="monitor configuration (signal "
                    "box, cuts, blind) as TOML or JSON")
+    p.add_argument("--unblind", action="store_true",
+                   help="show the signal box's events and count (blind by default)")
     add_trigger_config_args(p)
     p.set_defaults(func=_plot)
 
@@ -113,7 +115,10 @@ def _plot(args: argparse.Namespace) -> int:
     from monitors.config import load_config
     from trigger.commands import trigger_config_from_args
 
-    for path in plot_file(args.file, args.out, monitor_config=load_config(args.monitor_config),
+    mcfg = load_config(args.monitor_config)
+    if args.unblind:
+        mcfg = mcfg.model_copy(update={"blind": False})
+    for path in plot_file(args.file, args.out, monitor_config=mcfg,
                           sample=args.sample, trigger_config=trigger_config_from_args(args)):
         print(f"wrote {path}")
     return 0

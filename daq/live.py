@@ -182,6 +182,15 @@ def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | No
         t.add_row("pileup fraction", _pct(totals.get("pileup_fraction")))
         trig = totals.get("triggers") or {}
         t.add_row("triggers", ", ".join(f"{k} {v}" for k, v in trig.items()))
+        box_ = totals.get("signal_box")
+        t.add_row("signal box", "blind (--unblind shows it)" if box_ is None else f"{box_:,}")
+        t.add_row("sideband C", f"{totals.get('sideband_c', 0):,}")
+        rate = totals.get("dimuons_per_eot")
+        t.add_row("dimuons", f"{totals.get('dimuons', 0):,}"
+                  + ("" if rate is None else f" ({rate:.2e} per EOT)"))
+        if totals.get("untracked_events"):
+            t.add_row("no spectrometer", f"{totals['untracked_events']:,} events without "
+                      "momentum or tracks: the box had no cut (i) for them")
     if alarms is not None:
         t.add_row("alarms raised", ", ".join(alarms) or "none")
     return t

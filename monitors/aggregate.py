@@ -18,7 +18,7 @@ from daq.errors import DaqError
 from daq.geometry import BOARD_NAMES
 from daq.wire import Kind, Message
 from monitors.config import MonitorConfig
-from monitors.identify import FEATURE_ARRAYS
+from monitors.identify import FEATURE_ARRAYS, TRACK_ARRAYS
 from monitors.kernels import aggregate
 from monitors.spectra import Spectra
 from monitors.summary import Counts, RunTotals, SpillSummary, figures, int_map
@@ -42,7 +42,8 @@ class MonitorInputError(DaqError):
 def check_features(msg: Message) -> Mapping[str, np.ndarray]:
     """The arrays of a features message, checked against docs/dataflow.md."""
     a = msg.arrays
-    for name, (dtype, ndim) in FEATURE_ARRAYS.items():
+    optional = TRACK_ARRAYS if any(k in a for k in TRACK_ARRAYS) else {}  # both or neither
+    for name, (dtype, ndim) in {**FEATURE_ARRAYS, **optional}.items():
         arr = a.get(name)
         if arr is None:
             raise MonitorInputError("arrays", f"features of spill {msg.spill} lack {name!r}")

@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 
 from daq.config import StrictModel
 from daq.errors import ConfigError
-from trigger.config import PS_MIN_GEV
+from trigger.config import ECAL_MAX_GEV, PS_MIN_GEV
 
 
 class Band(StrictModel):
@@ -87,8 +87,29 @@ class MonitorConfig(StrictModel):
                                        description="Signal box: E_ECAL below this.")
     signal_hcal_max_gev: float = Field(default=1.0, gt=0, le=1000,
                                        description="Signal box: E_HCAL below this.")
-    blind: bool = Field(default=False,
-                        description="Hide the signal box count (None in summaries, no metric).")
+    signal_p_min_gev: float = Field(default=90.0, ge=0, le=1000,
+                                    description="Signal box and sidebands: the spectrometer's "
+                                    "momentum at least this (paper cut (i): 100 +- 10 GeV).")
+    signal_p_max_gev: float = Field(default=110.0, gt=0, le=1000,
+                                    description="Signal box and sidebands: momentum at most "
+                                    "this.")
+    signal_max_tracks: int = Field(default=1, ge=1, le=255,
+                                   description="Signal box and sidebands: at most this many "
+                                   "spectrometer tracks in the gate (1: a single track).")
+    trigger_ecal_max_gev: float = Field(
+        default=ECAL_MAX_GEV, gt=0, le=1000,
+        description="The physics trigger's E_ECAL cut (trigger.config.ECAL_MAX_GEV): the upper "
+        "E_ECAL edge of sideband C and of the dimuon selection.")
+    dimuon_module_min_gev: float = Field(default=3.0, ge=0, le=100,
+                                         description="Dimuon: an HCAL module with two MIPs "
+                                         "(2 x ~2 GeV) sees at least this.")
+    dimuon_module_max_gev: float = Field(default=6.0, gt=0, le=100,
+                                         description="Dimuon: and at most this (no shower).")
+    dimuon_min_modules: int = Field(default=2, ge=1, le=16,
+                                    description="Dimuon: HCAL modules in that range, at least.")
+    blind: bool = Field(default=True,
+                        description="Blind analysis: withhold the signal box count (None in "
+                        "summaries, no metric, the box's bins masked on the shift page).")
     confidence: float = Field(default=0.6827, gt=0, lt=1,
                               description="Confidence level of the reported intervals.")
     ecal_bins: int = Field(default=120, ge=4, le=2000, description="Bins of the E_ECAL spectrum.")
@@ -107,6 +128,12 @@ class MonitorConfig(StrictModel):
         if self.srd_min_gev >= self.srd_max_gev:
             raise ValueError(f"srd_min_gev {self.srd_min_gev} must be below srd_max_gev "
                              f"{self.srd_max_gev}")
+        for lo, hi in (("signal_p_min_gev", "signal_p_max_gev"),
+                       ("signal_ecal_max_gev", "trigger_ecal_max_gev"),
+                       ("dimuon_module_min_gev", "dimuon_module_max_gev")):
+            if getattr(self, lo) >= getattr(self, hi):
+                raise ValueError(f"{lo} {getattr(self, lo)} must be below {hi} "
+                                 f"{getattr(self, hi)}")
         return self
 
 

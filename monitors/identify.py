@@ -2,7 +2,9 @@
 
 The electron sample of the efficiency measurement uses SRD, E_PS and E_ECAL only: a cut on
 VETO or HCAL would bias their efficiencies, and a cut on beam multiplicity would remove the
-very pileup that makes them inefficient. Definitions: docs/monitors.md.
+very pileup that makes them inefficient. The signal box, sideband C and the dimuons are
+defined here once, for the monitors, `na64daq analyze` and the shift page. Definitions:
+docs/monitors.md.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ FEATURE_ARRAYS = {
     "e_srd": ("<f4", 1), "mult": ("|u1", 1), "missing": ("|u1", 1), "cond": ("|u1", 1),
     "bits": ("|u1", 1), "shadow": ("|u1", 1),
 }
+#: the spectrometer's features, absent from streams recorded before it existed: without
+#: them no momentum or track cut can be made (`has_track`).
+TRACK_ARRAYS = {"p": ("<f4", 1), "ntrk": ("|u1", 1)}
 
 
 class Species(enum.IntEnum):
@@ -92,15 +97,73 @@ def classify(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
     return out
 
 
+def has_track(f: Mapping[str, np.ndarray]) -> bool:
+    """Whether the features carry the spectrometer's momentum and track count."""
+    return "p" in f and "ntrk" in f
+
+
+def single_track_in_window(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
+    """Paper cut (i): one track (at most `signal_max_tracks`) of momentum within the
+    window; every event passes when the features have no spectrometer (`has_track`)."""
+    if not has_track(f):
+        return np.ones(len(f["e_ecal"]), bool)
+    p = f["p"]
+    return ((p >= cfg.signal_p_min_gev) & (p <= cfg.signal_p_max_gev)
+            & (f["ntrk"] <= cfg.signal_max_tracks))
+
+
+def box_candidate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
+                  tag: np.ndarray | None = None) -> np.ndarray:
+    """The signal box's cuts but those on E_ECAL and E_HCAL: one incoming electron of the
+    beam's momentum (spectrometer), SRD-tagged, its shower starting in the preshower (the
+    physics trigger's E_PS cut), nothing in the VETO."""
+    tag = srd_tagged(f, cfg) if tag is None else tag
+    return (tag & (f["e_ps"] >= cfg.ps_min_gev) & (f["e_veto"] < cfg.veto_zero_gev)
+            & single_track_in_window(f, cfg))
+
+
+def regions(cfg: MonitorConfig) -> dict[str, dict[str, float]]:
+    """The signal box and sideband C in the E_ECAL-E_HCAL plane, GeV (lo inclusive, hi
+    exclusive): {name: {ecal_lo, ecal_hi, hcal_lo, hcal_hi}}. C is the paper's low-E_HCAL
+    band above the box (E_ECAL >= the box's edge), up to the physics trigger's E_ECAL cut."""
+    return {
+        "signal": {"ecal_lo": 0.0, "ecal_hi": cfg.signal_ecal_max_gev,
+                   "hcal_lo": 0.0, "hcal_hi": cfg.signal_hcal_max_gev},
+        "C": {"ecal_lo": cfg.signal_ecal_max_gev, "ecal_hi": cfg.trigger_ecal_max_gev,
+              "hcal_lo": 0.0, "hcal_hi": cfg.signal_hcal_max_gev},
+    }
+
+
 def signal_box(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
                tag: np.ndarray | None = None, hcal: np.ndarray | None = None) -> np.ndarray:
-    """Missing-energy candidates: identified electron (SRD, PS) with little E_ECAL and E_HCAL.
+    """Missing-energy candidates: a box candidate with little E_ECAL and E_HCAL.
 
     `tag` (srd_tagged) and `hcal` (hcal_total), when given, are used instead of computed.
     """
-    tag = srd_tagged(f, cfg) if tag is None else tag
     eh = hcal_total(f) if hcal is None else hcal
-    return (tag & (f["e_ps"] >= cfg.ps_min_gev)
-            & (f["e_ecal"] < cfg.signal_ecal_max_gev)
-            & (eh < cfg.signal_hcal_max_gev)
-            & (f["e_veto"] < cfg.veto_zero_gev))
+    return (box_candidate(f, cfg, tag=tag) & (f["e_ecal"] < cfg.signal_ecal_max_gev)
+            & (eh < cfg.signal_hcal_max_gev))
+
+
+def sideband_c(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
+               tag: np.ndarray | None = None, hcal: np.ndarray | None = None) -> np.ndarray:
+    """Sideband C: a box candidate in the `regions` C rectangle (E_ECAL from the box's edge
+    to the physics trigger's cut, E_HCAL in the box's range)."""
+    eh = hcal_total(f) if hcal is None else hcal
+    e = f["e_ecal"]
+    return (box_candidate(f, cfg, tag=tag) & (e >= cfg.signal_ecal_max_gev)
+            & (e < cfg.trigger_ecal_max_gev) & (eh < cfg.signal_hcal_max_gev))
+
+
+def dimuon(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
+           tag: np.ndarray | None = None) -> np.ndarray:
+    """e Z -> e Z mu+ mu-: an incoming electron of the beam's momentum (SRD, E_PS,
+    spectrometer) below the physics trigger's E_ECAL cut, and two MIPs (2 x ~2 GeV) in at
+    least `dimuon_min_modules` HCAL modules. Nothing on the VETO, which the pair crosses."""
+    tag = srd_tagged(f, cfg) if tag is None else tag
+    e = f["e_hcal"]
+    two = np.zeros(len(e), np.int64)
+    for j in range(e.shape[1]):
+        two += (e[:, j] >= cfg.dimuon_module_min_gev) & (e[:, j] <= cfg.dimuon_module_max_gev)
+    return (tag & (f["e_ps"] >= cfg.ps_min_gev) & single_track_in_window(f, cfg)
+            & (f["e_ecal"] < cfg.trigger_ecal_max_gev) & (two >= cfg.dimuon_min_modules))

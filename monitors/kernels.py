@@ -20,18 +20,21 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from monitors.config import MonitorConfig
+from monitors.identify import has_track
 from monitors.spectra import Spectra, spectrum_range
 from monitors.summary import BEAM_BIT, Counts
 from trigger.jit import kernel, prefetch
 
 # thresholds (float32, `_thresholds`)
 (T_SRD_MIN, T_SRD_MAX, T_PS_MIN, T_ECAL_MIN, T_VETO_ZERO, T_HCAL_ZERO, T_MU_MODULE,
- T_MU_HCAL_MAX, T_HAD_MIN, T_SIG_ECAL, T_SIG_HCAL) = range(11)
+ T_MU_HCAL_MAX, T_HAD_MIN, T_SIG_ECAL, T_SIG_HCAL, T_P_MIN, T_P_MAX, T_TRK_MAX, T_C_ECAL,
+ T_DIMU_MIN, T_DIMU_MAX, T_DIMU_MODULES) = range(18)
 # slots of the int64 counts that `_aggregate` adds to
 (C_BEAM_COND, C_ACCEPTED, C_INCOMPLETE, C_PILEUP, C_MULT_SUM, C_ELECTRONS, C_VETO_ZERO,
  C_HCAL_ZERO, C_SIGNAL_BOX, C_NAN) = range(10)
 C_TRIGGERS, C_SHADOW, C_SPECIES, C_MISSING = 10, 14, 18, 22  # 4, 4, 4 and 8 slots
-N_COUNTS = C_MISSING + 8  # one slot per bit of `missing` (uint8: at most 8 boards)
+C_SIDEBAND_C, C_DIMUON = C_MISSING + 8, C_MISSING + 9  # after one slot per `missing` bit
+N_COUNTS = C_MISSING + 10
 _BEAM = BEAM_BIT.bit_length() - 1  # BEAM_BIT is one bit: its position
 _ELECTRON, _HADRON, _MUON = 0, 1, 2  # monitors.identify.Species; OTHER is the rest
 
@@ -93,10 +96,17 @@ def _flow_index(z, n):
 
 
 @kernel
-def _hcal_chunk(e_hcal, i0, nb, mu_module, eh, every):
+def _two_mips(v, lo, hi):
+    return np.uint8((v >= lo) & (v <= hi))
+
+
+@kernel
+def _hcal_chunk(e_hcal, i0, nb, thr, eh, every, two):
     # eh[k]: E_HCAL of event i0 + k, float32, summed in module order as identify.hcal_total;
-    # every[k]: each module >= mu_module (identify._every_module)
+    # every[k]: each module >= the muon's MIP cut (identify._every_module); two[k]: modules
+    # in the dimuon's two-MIP range (identify.dimuon)
     nmod = e_hcal.shape[1]
+    mu_module, lo, hi = thr[T_MU_MODULE], thr[T_DIMU_MIN], thr[T_DIMU_MAX]
     if nmod == 4:  # the geometry's four modules, written out so that the loop vectorises
         for k in range(nb):
             i = i0 + k
@@ -104,18 +114,23 @@ def _hcal_chunk(e_hcal, i0, nb, mu_module, eh, every):
             eh[k] = ((a + b) + c) + d
             every[k] = (a >= mu_module) & (b >= mu_module) & (c >= mu_module) & (
                 d >= mu_module)
+            two[k] = (_two_mips(a, lo, hi) + _two_mips(b, lo, hi) + _two_mips(c, lo, hi)
+                      + _two_mips(d, lo, hi))
         return
     for k in range(nb):
         i = i0 + k
         v = e_hcal[i, 0]
         s = v
         ev = v >= mu_module
+        n2 = _two_mips(v, lo, hi)
         for j in range(1, nmod):
             v = e_hcal[i, j]
             s += v
             ev &= v >= mu_module
+            n2 += _two_mips(v, lo, hi)
         eh[k] = s
         every[k] = ev
+        two[k] = n2
 
 
 @kernel
@@ -132,14 +147,17 @@ def _bins_chunk(e_ecal, eh, i0, nb, lo, delta, n_ecal, n_hcal, n_px, n_py, ie, i
 
 
 @kernel
-def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, missing, thr, i0, nb, eh, every, out):
+def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, thr, i0, nb, eh, every,
+                   two, out):
     # monitors.identify's definitions on the complete events of the chunk, branch-free
     srd_min, srd_max, ps_min = thr[T_SRD_MIN], thr[T_SRD_MAX], thr[T_PS_MIN]
     ecal_min, veto_zero, hcal_zero = thr[T_ECAL_MIN], thr[T_VETO_ZERO], thr[T_HCAL_ZERO]
     mu_max, had_min = thr[T_MU_HCAL_MAX], thr[T_HAD_MIN]
-    sig_ecal, sig_hcal = thr[T_SIG_ECAL], thr[T_SIG_HCAL]
+    sig_ecal, sig_hcal, c_ecal = thr[T_SIG_ECAL], thr[T_SIG_HCAL], thr[T_C_ECAL]
+    p_min, p_max, trk_max = thr[T_P_MIN], thr[T_P_MAX], thr[T_TRK_MAX]
+    dimu_modules = thr[T_DIMU_MODULES]
     pileup = mult_sum = electrons = v_zero = h_zero = signal = electron = hadron = muon = 0
-    nan = 0
+    nan = side_c = dimu = 0
     for k in range(nb):
         i = i0 + k
         ok = missing[i] == 0
@@ -156,7 +174,11 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, missing, thr, i0, nb, eh, 
         electrons += ele
         v_zero += ele & quiet_veto
         h_zero += ele & (h < hcal_zero)
-        signal += eps & (ec < sig_ecal) & (h < sig_hcal) & quiet_veto
+        track = (p[i] >= p_min) & (p[i] <= p_max) & (ntrk[i] <= trk_max)  # cut (i)
+        cand = eps & quiet_veto & track & (h < sig_hcal)
+        signal += cand & (ec < sig_ecal)
+        side_c += cand & (ec >= sig_ecal) & (ec < c_ecal)
+        dimu += eps & track & (ec < c_ecal) & (two[k] >= dimu_modules)
         is_muon = ok & ~tag & every[k] & (h <= mu_max)
         muon += is_muon
         hadron += ok & ~tag & ~is_muon & (h >= had_min)
@@ -170,6 +192,8 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, missing, thr, i0, nb, eh, 
     out[C_SPECIES + _HADRON] += hadron
     out[C_SPECIES + _MUON] += muon
     out[C_NAN] += nan
+    out[C_SIDEBAND_C] += side_c
+    out[C_DIMUON] += dimu
 
 
 @kernel
@@ -204,8 +228,8 @@ def _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plan
 
 
 @kernel
-def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, missing, cond, bits, shadow, thr,
-               lo, delta, h_ecal, h_hcal, h_plane, out, hcal_out):
+def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, p, ntrk, missing, cond, bits, shadow,
+               thr, lo, delta, h_ecal, h_hcal, h_plane, out, hcal_out):
     # Add the counts of one slice to `out` (slots C_*) and its complete events to the
     # spectra's flow views h_*; their E_HCAL (float32) is left in hcal_out[:complete].
     n = e_hcal.shape[0]
@@ -214,6 +238,7 @@ def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, missing, cond, bits, s
     n_px, n_py = np.uint64(h_plane.shape[0]) - _U2, np.uint64(h_plane.shape[1]) - _U2
     hcal_copies = np.zeros(_HCAL_COPIES * nh, np.int64)
     every = np.empty(_CHUNK, np.bool_)
+    two = np.empty(_CHUNK, np.uint8)
     ie, ih = np.empty(_CHUNK, np.uint32), np.empty(_CHUNK, np.uint32)
     px, py = np.empty(_CHUNK, np.uint32), np.empty(_CHUNK, np.uint32)
     c_missing, c_cond = np.zeros(9, np.int64), np.zeros(9, np.int64)
@@ -228,9 +253,10 @@ def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, missing, cond, bits, s
         _bit_counts(bits[i0:i1], c_bits)
         _bit_counts(shadow[i0:i1], c_shadow)
         eh = hcal_out[i0:i1]  # every event's E_HCAL in place; incomplete ones dropped below
-        _hcal_chunk(e_hcal, i0, nb, thr[T_MU_MODULE], eh, every)
+        _hcal_chunk(e_hcal, i0, nb, thr, eh, every, two)
         _bins_chunk(e_ecal, eh, i0, nb, lo, delta, n_ecal, n_hcal, n_px, n_py, ie, ih, px, py)
-        _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, missing, thr, i0, nb, eh, every, out)
+        _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, thr, i0, nb, eh,
+                       every, two, out)
         _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plane,
                     e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, cond, bits, shadow)
         i0 = i1
@@ -253,13 +279,17 @@ def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, missing, cond, bits, s
         out[C_MISSING + bit] += c_missing[bit]
 
 
-def _thresholds(cfg: MonitorConfig) -> np.ndarray:
-    """The cuts as float32: NumPy compares a float32 array with a Python float in float32."""
+def _thresholds(cfg: MonitorConfig, *, track: bool) -> np.ndarray:
+    """The cuts as float32: NumPy compares a float32 array with a Python float in float32.
+    Without the spectrometer (`track` false) its cuts pass every event."""
+    p_min, p_max, trk = ((cfg.signal_p_min_gev, cfg.signal_p_max_gev, cfg.signal_max_tracks)
+                         if track else (-np.inf, np.inf, np.inf))
     return np.array([cfg.srd_min_gev, cfg.srd_max_gev, cfg.ps_min_gev,
                      cfg.ecal_min_ratio * cfg.beam_energy_gev, cfg.veto_zero_gev,
                      cfg.hcal_zero_gev, cfg.muon_module_min_gev, cfg.muon_hcal_max_gev,
-                     cfg.hadron_hcal_min_gev, cfg.signal_ecal_max_gev, cfg.signal_hcal_max_gev],
-                    np.float32)
+                     cfg.hadron_hcal_min_gev, cfg.signal_ecal_max_gev, cfg.signal_hcal_max_gev,
+                     p_min, p_max, trk, cfg.trigger_ecal_max_gev, cfg.dimuon_module_min_gev,
+                     cfg.dimuon_module_max_gev, cfg.dimuon_min_modules], np.float32)
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
@@ -280,10 +310,14 @@ def aggregate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, boards: Sequence[
     out = np.zeros(N_COUNTS, np.int64)
     hcal = np.empty(n, np.float32)
     lo, hi = spectrum_range(cfg)  # the range of every axis of `spectra` (Spectra.empty)
+    track = has_track(f)
+    p = _ro(f["p"]) if track else _ro(np.zeros(n, np.float32))  # (cuts that pass every event)
+    ntrk = _ro(f["ntrk"]) if track else _ro(np.zeros(n, np.uint8))
     _aggregate(e_ecal, _ro(f["e_ps"]), _ro(f["e_hcal"]), _ro(f["e_veto"]), _ro(f["e_srd"]),
-               _ro(f["mult"]), missing, _ro(f["cond"]), _ro(f["bits"]), _ro(f["shadow"]),
-               _thresholds(cfg), lo, hi - lo, spectra.ecal.view(flow=True),
-               spectra.hcal.view(flow=True), spectra.plane.view(flow=True), out, hcal)
+               _ro(f["mult"]), p, ntrk, missing, _ro(f["cond"]), _ro(f["bits"]),
+               _ro(f["shadow"]), _thresholds(cfg, track=track), lo, hi - lo,
+               spectra.ecal.view(flow=True), spectra.hcal.view(flow=True),
+               spectra.plane.view(flow=True), out, hcal)
     incomplete = int(out[C_INCOMPLETE])
     species = out[C_SPECIES:C_SPECIES + 4].copy()
     species[3] = n - incomplete - int(species[:3].sum())  # other: complete, none of those
@@ -292,6 +326,8 @@ def aggregate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, boards: Sequence[
                pileup=int(out[C_PILEUP]), mult_sum=int(out[C_MULT_SUM]),
                electrons=int(out[C_ELECTRONS]), veto_zero=int(out[C_VETO_ZERO]),
                hcal_zero=int(out[C_HCAL_ZERO]), signal_box=int(out[C_SIGNAL_BOX]),
+               sideband_c=int(out[C_SIDEBAND_C]), dimuons=int(out[C_DIMUON]),
+               untracked=0 if track else n - incomplete,
                triggers=out[C_TRIGGERS:C_TRIGGERS + 4].copy(),
                shadow=out[C_SHADOW:C_SHADOW + 4].copy(), species=species)
     # a board beyond bit 7 cannot be flagged missing in the uint8 `missing`
@@ -313,3 +349,4 @@ def warm_up(cfg: MonitorConfig | None = None) -> None:
         "e_ecal": f32, "e_ps": f32, "e_hcal": np.zeros((1, 4), np.float32), "e_veto": f32,
         "e_srd": f32, "mult": u8, "missing": u8, "cond": u8, "bits": u8, "shadow": u8}
     aggregate(block, cfg, (), Spectra.empty(cfg))
+    aggregate({**block, "p": f32, "ntrk": u8}, cfg, (), Spectra.empty(cfg))

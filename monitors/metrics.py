@@ -64,6 +64,11 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                           "Unix time the last spill closed."),
     "na64_signal_box_events": ("gauge", ("source",),
                                "Signal-box events of the last spill (absent when blind)."),
+    "na64_sideband_c_events": ("gauge", ("source",),
+                               "Box candidates in sideband C in the last spill."),
+    "na64_dimuon_events": ("gauge", ("source",), "Dimuon candidates in the last spill."),
+    "na64_dimuons_per_eot": ("gauge", ("source",),
+                             "Dimuon candidates per electron on target, last spill."),
     "na64_alarm_active": ("gauge", ("source", "alarm"), "1 while the alarm is raised."),
     "na64_alarms_raised_total": ("counter", ("source", "alarm"),
                                  "Times the alarm was raised (a run's end clears alarms)."),
@@ -272,6 +277,9 @@ class MonitorMetrics:
         g("na64_last_spill_timestamp_seconds").labels(src).set(now)
         if s.signal_box is not None and "na64_signal_box_events" in self._m:
             g("na64_signal_box_events").labels(src).set(s.signal_box)
+        g("na64_sideband_c_events").labels(src).set(s.sideband_c)
+        g("na64_dimuon_events").labels(src).set(s.dimuons)
+        self._maybe(g("na64_dimuons_per_eot").labels(src), s.dimuons_per_eot)
         if spectra is not None:
             self.last_spectra[src] = spectra
             if src not in self._spectra.spectra:

@@ -13,9 +13,13 @@ import numpy as np
 from monitors.config import MonitorConfig
 from monitors.identify import (
     FEATURE_ARRAYS,
+    TRACK_ARRAYS,
     classify,
+    dimuon,
     electron_sample,
+    has_track,
     hcal_total,
+    sideband_c,
     signal_box,
     srd_tagged,
 )
@@ -45,7 +49,8 @@ def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
     c.shadow = np.array([_nz(shadow & np.uint8(1 << i)) for i in range(4)], np.int64)
     # Physics figures use complete events only: a missing VETO reads zero and would pass.
     # (no copy when every event is complete, as nearly always)
-    g = f if c.incomplete == 0 else {k: v[ok] for k, v in f.items() if k in FEATURE_ARRAYS}
+    g = f if c.incomplete == 0 else {k: v[ok] for k, v in f.items()
+                                     if k in FEATURE_ARRAYS or k in TRACK_ARRAYS}
     tag, hcal = srd_tagged(g, cfg), hcal_total(g)  # each used by several figures below
     mult = g["mult"]
     c.pileup = _nz(mult > 1)
@@ -56,6 +61,9 @@ def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
     c.hcal_zero = _nz(ele & (hcal < cfg.hcal_zero_gev))
     c.species = np.bincount(classify(g, cfg, tag=tag, hcal=hcal), minlength=4).astype(np.int64)
     c.signal_box = _nz(signal_box(g, cfg, tag=tag, hcal=hcal))
+    c.sideband_c = _nz(sideband_c(g, cfg, tag=tag, hcal=hcal))
+    c.dimuons = _nz(dimuon(g, cfg, tag=tag))
+    c.untracked = 0 if has_track(g) else c.complete
     return c, ok, hcal
 
 

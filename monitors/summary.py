@@ -38,6 +38,9 @@ class Counts:
     veto_zero: int = 0  # electrons with E_VETO below its zero threshold
     hcal_zero: int = 0  # electrons with E_HCAL below its zero threshold
     signal_box: int = 0
+    sideband_c: int = 0  # box candidates in sideband C (identify.sideband_c)
+    dimuons: int = 0  # identify.dimuon
+    untracked: int = 0  # complete events whose features had no spectrometer arrays
     shadow_seen: int = 0  # features messages that carried a shadow configuration
     triggers: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
     shadow: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
@@ -89,6 +92,13 @@ class Figures(BaseModel):
         description="Incomplete events per board (builder's count, else the missing bits).")
     builder_gaps: dict[str, int] = Field(description="Sequence gaps the builder saw per board.")
     signal_box: int | None = Field(description="Signal-box events; None when blind.")
+    sideband_c: int = Field(description="Box candidates in sideband C (E_ECAL from the box's "
+                            "edge to the trigger's cut, E_HCAL in the box's range).")
+    dimuons: int = Field(description="Dimuon (e Z -> e Z mu mu) candidates.")
+    dimuons_per_eot: float | None = Field(description="dimuons / eot.")
+    untracked_events: int = Field(description="Complete events without the spectrometer's "
+                                  "arrays (streams recorded before it): no momentum or track "
+                                  "cut was possible for them.")
 
 
 class SpillSummary(Figures):
@@ -154,6 +164,10 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
         "incomplete_by_board": _by_board(c),
         "builder_gaps": dict(c.builder_gaps),
         "signal_box": None if cfg.blind else c.signal_box,
+        "sideband_c": c.sideband_c,
+        "dimuons": c.dimuons,
+        "dimuons_per_eot": c.dimuons / (c.beam_cond / live) if c.beam_cond and live else None,
+        "untracked_events": c.untracked,
     }
 
 

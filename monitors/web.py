@@ -212,8 +212,6 @@ class ShiftPage:
         doc = webdata.spectra_docs(sp, m.cfg, scope=scope,
                                    run=ra.run if ra is not None else None, spill=spill)[name]
         if fmt == "root":
-            from monitors.spectra import Spectra
-
-            h = getattr(sp or Spectra.empty(m.cfg), name)
+            h = getattr(webdata.shown(sp, m.cfg), name)
             return webdata.jsroot(h, f"{name}_{scope}", title=f"{doc['title']} ({scope})")
         return doc

@@ -17,27 +17,34 @@ import numpy as np
 
 from monitors.alarms import ALARMS, spill_values
 from monitors.config import MonitorConfig
+from monitors.identify import regions
 from monitors.spectra import SPECTRA, Spectra
 from monitors.summary import TRIGGER_TYPES, SpillSummary
 
 #: how many recent spills the efficiency and rate plots show
 RECENT_SPILLS = 30
-#: E_ECAL upper edge of sideband C as a fraction of the beam energy: C is the low-E_HCAL
-#: band next to the signal box (E_ECAL from the box's edge up to the missing-energy
-#: trigger's threshold, ~90 GeV), whose E_ECAL tail is extrapolated into the box
-SIDEBAND_C_ECAL_MAX_RATIO = 0.9
 _TITLES = {"ecal": "E_ECAL", "hcal": "E_HCAL", "plane": "E_ECAL vs E_HCAL"}
 
 
-def regions(cfg: MonitorConfig) -> dict[str, dict[str, float]]:
-    """The boxes drawn on the plane: {name: {ecal_lo, ecal_hi, hcal_lo, hcal_hi}} in GeV."""
-    return {
-        "signal": {"ecal_lo": 0.0, "ecal_hi": cfg.signal_ecal_max_gev,
-                   "hcal_lo": 0.0, "hcal_hi": cfg.signal_hcal_max_gev},
-        "C": {"ecal_lo": cfg.signal_ecal_max_gev,
-              "ecal_hi": SIDEBAND_C_ECAL_MAX_RATIO * cfg.beam_energy_gev,
-              "hcal_lo": 0.0, "hcal_hi": cfg.signal_hcal_max_gev},
-    }
+def shown(spectra: Spectra | None, cfg: MonitorConfig) -> Spectra:
+    """The spectra as the page may show them: blind (`cfg.blind`), the plane's bins that
+    overlap the signal box (`identify.regions`, their underflow included) read zero; an
+    empty set when none. (What they held, every event with no identification cut, follows
+    from the totals; the box's count, after its cuts, does not.)"""
+    sp = spectra or Spectra.empty(cfg)
+    if not cfg.blind:
+        return sp
+    out = sp.copy()
+    box = regions(cfg)["signal"]
+    ex, eh = (np.asarray(ax.edges) for ax in out.plane.axes)
+    view = out.plane.view(flow=True)
+    # storage index 0 is the underflow bin: bin i (from 0) is storage i + 1
+    in_x = np.concatenate([[True], (ex[:-1] < box["ecal_hi"]) & (ex[1:] > box["ecal_lo"]),
+                           [False]])
+    in_y = np.concatenate([[True], (eh[:-1] < box["hcal_hi"]) & (eh[1:] > box["hcal_lo"]),
+                           [False]])
+    view[np.ix_(in_x, in_y)] = 0
+    return out
 
 
 def histogram(h: hist.Hist, name: str, *, scope: str, run: int | None,
@@ -98,8 +105,9 @@ def jsroot(h: hist.Hist, name: str, *, title: str | None = None) -> dict[str, An
 
 def spectra_docs(spectra: Spectra | None, cfg: MonitorConfig, *, scope: str,
                  run: int | None, spill: int | None) -> dict[str, dict[str, Any]]:
-    """{ecal|hcal|plane: histogram(...)}; an empty histogram when nothing closed yet."""
-    sp = spectra or Spectra.empty(cfg)
+    """{ecal|hcal|plane: histogram(...)}, the plane blinded (`shown`); an empty histogram
+    when nothing closed yet."""
+    sp = shown(spectra, cfg)
     return {n: histogram(getattr(sp, n), n, scope=scope, run=run, spill=spill)
             for n in SPECTRA}
 
@@ -174,6 +182,11 @@ def state(*, cfg: MonitorConfig, run: int | None, run_state: str, source: str,
                     "gaps_run": int(gaps_run.get(b, 0))} for b in boards],
         "lost_run": lost_run, "shed_run": int(t.shed) if t is not None else 0,
         "alarms": alarms, "recent": recent, "regions": regions(cfg),
-        "thresholds": {"trigger_ecal_gev": SIDEBAND_C_ECAL_MAX_RATIO * cfg.beam_energy_gev,
+        "blind": cfg.blind,
+        "signal_box": last.signal_box if last is not None else None,
+        "sideband_c": last.sideband_c if last is not None else None,
+        "dimuons": last.dimuons if last is not None else None,
+        "dimuons_per_eot": last.dimuons_per_eot if last is not None else None,
+        "thresholds": {"trigger_ecal_gev": cfg.trigger_ecal_max_gev,
                        "beam_gev": cfg.beam_energy_gev},
     }

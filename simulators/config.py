@@ -26,6 +26,9 @@ class SimConfig(StrictModel):
         "Short values keep pileup right while keeping events few.")
     beam_energy_gev: float = Field(100.0, ge=1, le=400, description="Nominal beam energy, GeV.")
     momentum_spread: float = Field(0.01, ge=0, le=0.2, description="Relative momentum RMS.")
+    tracker_resolution: float = Field(
+        0.01, ge=0, le=0.2,
+        description="The spectrometer's relative momentum resolution sigma_p / p (Gaussian).")
     hadron_fraction: float = Field(1e-2, ge=0, le=0.5, description="Hadrons per beam particle.")
     muon_fraction: float = Field(2e-3, ge=0, le=0.5, description="Muons per beam particle.")
     upstream_loss_rate: float = Field(

@@ -156,6 +156,7 @@ class Simulator:
             np.concatenate([p.species for p in blocks]),
             np.concatenate([p.process for p in blocks]),
             np.concatenate([p.e_true for p in blocks]),
+            np.concatenate([p.p_true for p in blocks]),
             {n: np.concatenate([p.dep[n] for p in blocks]) for n in blocks[0].dep},
             {n: Halo(blocks[0].halo[n].lines,
                      np.concatenate([p.halo[n].line for p in blocks]),
@@ -228,13 +229,13 @@ class Simulator:
                ts: np.ndarray, pileup: np.ndarray) -> dict[str, np.ndarray]:
         return {
             "ts": ts, "species": p.species[ev], "process": p.process[ev],
-            "e_true": p.e_true[ev], **sums, "pileup": pileup,
+            "e_true": p.e_true[ev], "p_true": p.p_true[ev], **sums, "pileup": pileup,
             "signal": p.process[ev] == Process.SIGNAL,
         }
 
 
 def _cut(p: Particles, a: int, b: int) -> Particles:
-    return Particles(p.species[a:b], p.process[a:b], p.e_true[a:b],
+    return Particles(p.species[a:b], p.process[a:b], p.e_true[a:b], p.p_true[a:b],
                      {n: v[a:b] for n, v in p.dep.items()},
                      {n: Halo(h.lines, h.line[a:b], h.amp[a:b]) for n, h in p.halo.items()},
                      {n: v[a:b] for n, v in p.touched.items()}, p.reach)

@@ -57,6 +57,9 @@ class Layout:
     hcal: np.ndarray  # (4, 9) channel indices of each module's 3x3; entry 4 the centre
     veto_pmts: np.ndarray  # (3, 2) the two PMT channels of each VETO counter
     n: dict[str, int]
+    #: BEAM channels of the spectrometer's momentum (P) and track count (TRK); None in a
+    #: geometry without them (nothing is measured then)
+    track: tuple[int, int] | None = None
 
     @classmethod
     def of(cls, geom: Geometry) -> Layout:
@@ -67,10 +70,13 @@ class Layout:
 
         veto = geom.board("VETO").channels
         pmts = np.array([[i for i, c in enumerate(veto) if c.x == k] for k in range(3)])
+        beam = geom.board("BEAM")
+        p, trk = beam.indices("P"), beam.indices("TRK")
         return cls(
             ecal_ps=grid("ECAL", "PS", *SPOT), ecal_main=grid("ECAL", "MAIN", *SPOT),
             hcal=np.stack([grid("HCAL", f"HCAL{m}", *HCAL_CENTRE) for m in range(1, 5)]),
-            veto_pmts=pmts, n={b.name: len(b.channels) for b in geom.boards})
+            veto_pmts=pmts, n={b.name: len(b.channels) for b in geom.boards},
+            track=(int(p[0]), int(trk[0])) if len(p) and len(trk) else None)
 
 
 @dataclass
@@ -80,6 +86,7 @@ class Particles:
     species: np.ndarray  # uint8
     process: np.ndarray  # uint8
     e_true: np.ndarray  # float32, particle energy, GeV
+    p_true: np.ndarray  # float32, momentum at the spectrometer (upstream loss taken), GeV
     dep: dict[str, np.ndarray]  # board -> (n, nch) float32 deposit when in time
     halo: dict[str, Halo]  # board -> extra deposit when a pileup neighbour (VETO, HCAL)
     #: board -> uint8 (n,): the particle deposits in some channel (set by calibrate.to_adc)
@@ -147,7 +154,10 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     dep["BEAM"][halo_v1, 3] = _mip(rng, len(halo_v1), 1.0)
 
     e_shower = np.where(ele, e_true, f32(0))
-    _scale(e_shower, process == Process.UPSTREAM_LOSS, lambda k: rng.uniform(0.1, 0.9, k))
+    lost = process == Process.UPSTREAM_LOSS
+    _scale(e_shower, lost, lambda k: rng.uniform(0.1, 0.9, k))
+    # the loss is upstream of the spectrometer: it measures what reaches the target
+    p_true = np.where(lost, e_shower, e_true)
     dm = process == Process.DIMUON
     _scale(e_shower, dm, lambda k: 1 - rng.uniform(0.2, 0.8, k))
     # A' takes x with density 2x on [0, 0.99]: the recoil electron keeps 1 - x.
@@ -195,7 +205,21 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     srd = srd_sample(rng, n)
     srd[other] = 0
     split_srd(rng.random((n, 3), dtype=f32), srd, dep["SRD"])
-    return Particles(species, process, e_true, dep, _halo(layout, rng, n))
+    if layout.track is not None:  # drawn last: every other quantity is as without it
+        _spectrometer(dep["BEAM"], layout.track, p_true, rng, cfg.tracker_resolution)
+    return Particles(species, process, e_true, p_true, dep, _halo(layout, rng, n))
+
+
+def _spectrometer(beam: np.ndarray, track: tuple[int, int], p_true: np.ndarray,
+                  rng: np.random.Generator, resolution: float) -> None:
+    """The spectrometer's reading of each particle: one track, its momentum measured with
+    Gaussian relative resolution `resolution` (sigma_p / p), floored at zero."""
+    p, trk = track
+    z = rng.standard_normal(len(p_true), dtype=np.float32)
+    z *= np.float32(resolution)
+    z += 1
+    beam[:, p] = np.maximum(p_true * z, 0)
+    beam[:, trk] = 1.0
 
 
 def _scale(e: np.ndarray, mask: np.ndarray, factor: Callable[[int], np.ndarray]) -> None:

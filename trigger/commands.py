@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
     p.add_argument("--sample", choices=("unbiased", "accepted"), default="unbiased",
                    help="recorded files: the accepted events the monitor figures are made "
                    "of (default unbiased: those with the prescaled beam or random bit)")
+    p.add_argument("--unblind", action="store_true",
+                   help="show the signal box's count (withheld by default: blind analysis, "
+                   "docs/monitors.md)")
     p.set_defaults(func=_analyze)
 
     w = sub.add_parser("trigger-worker", help="run one trigger worker service",
@@ -47,10 +50,12 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _analyze(a: argparse.Namespace) -> int:
     from daq.analysis.reanalyze import analyze_file
+    from monitors.config import MonitorConfig
 
     cfg = trigger_config_from_args(a)
     if len(a.file) == 1 and a.scheduler is None:
-        result = analyze_file(a.file[0], cfg, sample=a.sample)
+        result = analyze_file(a.file[0], cfg, MonitorConfig(blind=not a.unblind),
+                              sample=a.sample)
         if a.json:
             json.dump(result, sys.stdout, indent=1)
             print()
@@ -92,9 +97,11 @@ def _analyze_many(a: argparse.Namespace, cfg: Any) -> list[dict[str, Any]]:
             bar.update(task, completed=done, total=total)
 
         if a.serial:
-            return analyze_serial(a.file, trigger_config=cfg, sample=a.sample, progress=show)
+            return analyze_serial(a.file, trigger_config=cfg, sample=a.sample, progress=show,
+                                  blind=not a.unblind)
         return analyze_many(a.file, scheduler=a.scheduler, workers=a.workers,
-                            trigger_config=cfg, sample=a.sample, progress=show)
+                            trigger_config=cfg, sample=a.sample, progress=show,
+                            blind=not a.unblind)
 
 
 def add_trigger_config_args(p: argparse.ArgumentParser) -> None:

@@ -27,6 +27,9 @@ CALIBRATION = 8
 #: electron tag and signal box: one cut, so the box keeps what the trigger kept (issue 19).
 #: 5 MIP: a MIP leaves ~0.02 GeV in the preshower; higher cuts lose low-energy signal.
 PS_MIN_GEV = 0.1
+#: E_ECAL threshold (GeV) of the physics (missing-energy) trigger, and the monitors' upper
+#: E_ECAL edge of sideband C and of the dimuon selection: the physics sample ends there.
+ECAL_MAX_GEV = 90.0
 
 TriggerType = Literal["physics", "beam", "random", "calibration"]
 
@@ -56,7 +59,7 @@ class TriggerConfig(StrictModel):
 
     version: int = Field(default=1, ge=0, le=2**31 - 1,
                          description="Human-facing version number, set by whoever edits it.")
-    ecal_max_gev: float = Field(default=90.0, gt=0.0, le=1000.0,
+    ecal_max_gev: float = Field(default=ECAL_MAX_GEV, gt=0.0, le=1000.0,
                                 description="Physics trigger: E_ECAL must be below this, GeV.")
     ps_min_gev: float = Field(default=PS_MIN_GEV, ge=0.0, le=100.0,
                               description="Physics trigger: E_PS must be at least this, GeV.")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
@@ -60,6 +60,10 @@ class TriggerParams:
     samples: int
     s_idx: np.ndarray
     v_idx: np.ndarray
+    #: the spectrometer's BEAM channels, empty in a geometry without them: momentum (P,
+    #: at most one) and track count (TRK)
+    p_idx: np.ndarray
+    trk_idx: np.ndarray
     fpar: np.ndarray
     ipar: np.ndarray
 
@@ -85,14 +89,13 @@ def build_params(cfg: TriggerConfig, geometry: Geometry, calib: Calibration) -> 
         limit = np.where(live != 0, top, np.inf)
         corr = peak_correction(b.pulse_tp_ns, det.sample_ns)
         boards.append(BoardParams(b.name, len(b.channels), live, group, weight, limit, corr))
-    s_idx = v_idx = np.zeros(0, np.int64)
+    beam_idx = {g: np.zeros(0, np.int64) for g in ("S", "V", "P", "TRK")}
     if "BEAM" in geometry.board_names:
         beam = geometry.board("BEAM")
         masked = cfg.masked("BEAM")
-        s_idx = np.array([i for i, c in enumerate(beam.channels)
-                          if c.group == "S" and c.name not in masked], np.int64)
-        v_idx = np.array([i for i, c in enumerate(beam.channels)
-                          if c.group == "V" and c.name not in masked], np.int64)
+        beam_idx = {g: np.array([i for i, c in enumerate(beam.channels)
+                                 if c.group == g and c.name not in masked], np.int64)
+                    for g in beam_idx}
     fpar = np.array([cfg.s_min_mip, cfg.v1_max_mip, cfg.ps_min_gev, cfg.ecal_max_gev,
                      cfg.calib_ecal_min_gev, cfg.calib_ecal_max_gev], np.float64)
     ipar = np.array([cfg.prescale_beam, cfg.prescale_random, cfg.prescale_calibration,
@@ -101,7 +104,8 @@ def build_params(cfg: TriggerConfig, geometry: Geometry, calib: Calibration) -> 
         config=cfg, cfg_hash=cfg.content_hash(), boards=tuple(boards),
         n_ped=max(1, det.trigger_sample // 2), adc_max=det.adc_max,
         trigger_sample=det.trigger_sample, sample_ns=det.sample_ns, samples=det.samples,
-        s_idx=s_idx, v_idx=v_idx, fpar=fpar, ipar=ipar)
+        s_idx=beam_idx["S"], v_idx=beam_idx["V"], p_idx=beam_idx["P"][:1],
+        trk_idx=beam_idx["TRK"], fpar=fpar, ipar=ipar)
 
 
 @dataclass
@@ -116,6 +120,8 @@ class Features:
     beam_amp: np.ndarray
     #: uint8, as beam_amp: pulse counts (0 below the zero threshold)
     beam_npulse: np.ndarray
+    #: the spectrometer's `p` (float32, GeV) and `ntrk` (uint8), when the geometry has it
+    track: dict[str, np.ndarray] = field(default_factory=dict)
 
     @functools.cached_property
     def e_ecal(self) -> np.ndarray:
@@ -132,7 +138,7 @@ class Features:
                "e_hcal": np.empty((n, 4), np.float32), "e_veto": np.empty(n, np.float32),
                "e_srd": np.empty(n, np.float32)}
         backend.feature_columns(self.sums, *out.values())
-        return {**out, "mult": self.mult, "sat": self.sat}
+        return {**out, "mult": self.mult, "sat": self.sat, **self.track}
 
 
 @dataclass(frozen=True)
@@ -310,7 +316,24 @@ def sums_from_amplitudes(amps: Mapping[str, BoardAmplitudes], sat: np.ndarray, c
         backend.beam_dense_hits(ba.nhit, ba.ch, ba.amp, ba.npulse, zthr, f.beam_amp,
                                 f.beam_npulse)
     backend.multiplicity(f.beam_amp, f.beam_npulse, _beam_weight(p), p.s_idx, f.mult)
+    if len(p.p_idx) and len(p.trk_idx):
+        f.track = _track(f, p, backend)
     return f
+
+
+def _track(f: Features, p: TriggerParams, backend: ModuleType) -> dict[str, np.ndarray]:
+    """The spectrometer's momentum (GeV) and track count, from its BEAM channels: tracks
+    are counted in the TRK channel as the counters count particles (`multiplicity`: the
+    pulses, plus the overlapping ones its amplitude holds). Empty when no event of the slice
+    has a momentum: a stream from before the spectrometer, where no cut on it is possible
+    (the monitors count such events as untracked)."""
+    c = int(p.p_idx[0])
+    mom = f.beam_amp[:, c] * np.float32(_beam_weight(p)[c])
+    if not mom.any():
+        return {}
+    ntrk = np.empty(f.count, np.uint8)
+    backend.multiplicity(f.beam_amp, f.beam_npulse, _beam_weight(p), p.trk_idx, ntrk)
+    return {"p": mom.astype(np.float32, copy=False), "ntrk": ntrk}
 
 
 def _beam(p: TriggerParams) -> BoardParams | None:

@@ -26,27 +26,30 @@ Progress = Callable[[int, int], None]  # (files done, files)
 
 
 def analyze_one(path: str, trigger_config: dict[str, Any] | None = None,
-                sample: str = "unbiased") -> dict[str, Any]:
+                sample: str = "unbiased", blind: bool = True) -> dict[str, Any]:
     """One file's report, or `{"file", "error"}` for a file that cannot be analysed. A
-    module-level function of plain arguments, so that Dask can ship it to any worker."""
+    module-level function of plain arguments, so that Dask can ship it to any worker.
+    `blind`: the signal box's count withheld (MonitorConfig.blind)."""
     from daq.analysis.reanalyze import analyze_file
+    from monitors.config import MonitorConfig
     from trigger.config import TriggerConfig
 
     cfg = TriggerConfig.model_validate(trigger_config) if trigger_config is not None else None
     try:
-        return analyze_file(path, cfg, sample=sample)  # type: ignore[arg-type]
+        return analyze_file(path, cfg, MonitorConfig(blind=blind),
+                            sample=sample)  # type: ignore[arg-type]
     except DaqError as e:
         return {"file": path, "error": str(e)}
 
 
 def analyze_serial(paths: Sequence[str | Path], *, trigger_config: Any = None,
-                   sample: str = "unbiased", progress: Progress | None = None
-                   ) -> list[dict[str, Any]]:
+                   sample: str = "unbiased", progress: Progress | None = None,
+                   blind: bool = True) -> list[dict[str, Any]]:
     """The reports of `paths` one after the other, in this process."""
     cfg = trigger_config.model_dump(mode="json") if trigger_config is not None else None
     out = []
     for i, p in enumerate(paths):
-        out.append(analyze_one(str(p), cfg, sample))
+        out.append(analyze_one(str(p), cfg, sample, blind))
         if progress is not None:
             progress(i + 1, len(paths))
     return out
@@ -54,8 +57,8 @@ def analyze_serial(paths: Sequence[str | Path], *, trigger_config: Any = None,
 
 def analyze_many(paths: Sequence[str | Path], *, scheduler: str | None = None,
                  workers: int = 2, processes: bool = True, trigger_config: Any = None,
-                 sample: str = "unbiased", progress: Progress | None = None
-                 ) -> list[dict[str, Any]]:
+                 sample: str = "unbiased", progress: Progress | None = None,
+                 blind: bool = True) -> list[dict[str, Any]]:
     """The reports of `paths` computed on Dask (module docstring), in the order of
     `paths`. `workers`, `processes`: the local cluster started when no `scheduler` is
     given (threads are for tests: the GIL serialises the Python between kernels)."""
@@ -72,7 +75,7 @@ def analyze_many(paths: Sequence[str | Path], *, scheduler: str | None = None,
     try:
         with Client(cluster if cluster is not None else scheduler) as client:
             futures = client.map(analyze_one, files, trigger_config=cfg, sample=sample,
-                                 pure=False)
+                                 blind=blind, pure=False)
             for done, _ in enumerate(as_completed(futures), start=1):
                 if progress is not None:
                     progress(done, len(futures))

@@ -5,11 +5,11 @@
   a recorded file's accepted events per trigger type, a raw file's events with and
   without the physics bit.
 - `ecal_hcal_plane.png`: E_ECAL against E_HCAL (the sum of the four modules; E_HCAL on a
-  scale linear to 1 GeV and logarithmic above) with the signal box (E_ECAL below
-  `signal_ecal_max_gev`, E_HCAL below `signal_hcal_max_gev`: MonitorConfig) and sideband C
-  (the same E_ECAL range, E_HCAL above the box: the events whose tail into the box is
-  extrapolated in NA64's background estimate) drawn and counted. With `blind = true` the
-  events inside the box are not shown.
+  scale linear to 1 GeV and logarithmic above) with the signal box and sideband C drawn
+  (`monitors.identify.regions`) and counted (their cuts: `identify.signal_box`,
+  `identify.sideband_c`; docs/monitors.md). Blind (`blind = true`, the default; `analyze
+  --unblind` and `plot --unblind` lift it) the box's count is withheld and no event inside
+  its rectangle is shown.
 - `plots.json`: the numbers drawn (bin edges and counts, the region counts, the spill
   points), for checks and other tools.
 - `spill_figures.png`: per spill, the VETO and HCAL zero-threshold efficiencies and the
@@ -32,6 +32,8 @@ from daq.analysis.reanalyze import analyze_file
 from daq.analysis.recorded import Sample, poisson_interval
 from daq.analysis.source import FileKind
 from monitors.config import MonitorConfig
+from monitors.identify import regions as rectangles
+from monitors.identify import sideband_c, signal_box
 from monitors.stats import estimate
 from trigger.config import TRIGGER_BITS
 
@@ -132,12 +134,8 @@ def plot_file(path: str | Path, out_dir: str | Path, *,
 
 
 def regions(cols: dict[str, np.ndarray], mcfg: MonitorConfig) -> dict[str, np.ndarray]:
-    """Event masks of the signal box and sideband C in the E_ECAL-E_HCAL plane."""
-    e = cols["e_ecal"]
-    eh = cols["e_hcal"].sum(axis=1) if cols["e_hcal"].ndim == 2 else cols["e_hcal"]
-    low = e < mcfg.signal_ecal_max_gev
-    return {"signal_box": low & (eh < mcfg.signal_hcal_max_gev),
-            "sideband_c": low & (eh >= mcfg.signal_hcal_max_gev)}
+    """Event masks of the signal box and sideband C, the monitors' definitions."""
+    return {"signal_box": signal_box(cols, mcfg), "sideband_c": sideband_c(cols, mcfg)}
 
 
 def _numbers(path: Path, cols: dict[str, np.ndarray], mcfg: MonitorConfig,
@@ -210,7 +208,8 @@ def _plane(ax: Any, cols: dict[str, np.ndarray], mcfg: MonitorConfig, kind: File
     eh = cols["e_hcal"].sum(axis=1) if cols["e_hcal"].ndim == 2 else cols["e_hcal"]
     reg = regions(cols, mcfg)
     in_box, in_c = reg["signal_box"], reg["sideband_c"]
-    keep = ~in_box if mcfg.blind else np.ones(len(e), bool)
+    c = rectangles(mcfg)["C"]
+    keep = ~((e < box_e) & (eh < box_h)) if mcfg.blind else np.ones(len(e), bool)
     xb = np.arange(0.0, top + 1e-9, 1.25)
     yb = hcal_edges(top, box_h)
     h2, _, _ = np.histogram2d(np.clip(e[keep], 0, top - 1e-6), np.clip(eh[keep], 0, top - 1e-6),
@@ -224,9 +223,11 @@ def _plane(ax: Any, cols: dict[str, np.ndarray], mcfg: MonitorConfig, kind: File
                                   f"{box_h:g} GeV"
                                   + (" (blind)" if mcfg.blind
                                      else f" ({int(in_box.sum()):,} events)"))))
-    ax.add_patch(Rectangle((0, box_h), box_e, top - box_h, fill=False, edgecolor="tab:orange",
-                           lw=2, ls="--", label=rf"sideband C: $E_{{ECAL}}$ < {box_e:g}, "
-                           rf"$E_{{HCAL}}$ $\geq$ {box_h:g} GeV ({int(in_c.sum()):,} events)"))
+    ax.add_patch(Rectangle((c["ecal_lo"], c["hcal_lo"]), c["ecal_hi"] - c["ecal_lo"],
+                           c["hcal_hi"] - c["hcal_lo"], fill=False, edgecolor="tab:orange",
+                           lw=2, ls="--", label=rf"sideband C: {c['ecal_lo']:g} $\leq$ "
+                           rf"$E_{{ECAL}}$ < {c['ecal_hi']:g}, $E_{{HCAL}}$ < {c['hcal_hi']:g}"
+                           f" GeV ({int(in_c.sum()):,} events)"))
     ax.axvline(threshold, color="white", ls=":", lw=1.2)
     ax.set_xlabel(r"$E_{ECAL}$ [GeV]")
     ax.set_ylabel(r"$E_{HCAL}$ [GeV]")

@@ -34,7 +34,7 @@ from daq.runfile import RunFileReader
 from daq.wire import Kind, Message
 from monitors.analysis import analyze as monitor_analysis
 from monitors.config import MonitorConfig
-from monitors.identify import FEATURE_ARRAYS
+from monitors.identify import FEATURE_ARRAYS, TRACK_ARRAYS
 from monitors.stats import ONE_SIGMA, z_score
 from trigger.analyze import decide_at
 from trigger.config import BEAM, RANDOM, TRIGGER_BITS, TriggerConfig
@@ -49,7 +49,7 @@ SAMPLES: dict[str, str] = {
     "accepted": "every accepted event (biased by the physics and calibration triggers)",
 }
 #: features a re-derivation is compared on (ts, missing and the bits are not features)
-FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat")
+FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk")
 #: figures of the monitors that describe the beam, not the sample: left out of `monitor`
 _BEAM_FIGURES = ("eot", "live_time_ratio", "shed")
 
@@ -152,8 +152,8 @@ class _Rerun:
     def _compare(msg: Message, again: dict[str, np.ndarray], sp: _Spill) -> None:
         bad = np.zeros(msg.count, bool)
         for name in FEATURES:
-            a, b = again[name], msg.arrays.get(name)
-            if b is None:
+            a, b = again.get(name), msg.arrays.get(name)
+            if a is None or b is None:  # p, ntrk: absent without the spectrometer
                 continue
             diff = a != b
             bad |= diff.reshape(msg.count, -1).any(axis=1) if diff.ndim > 1 else diff
@@ -165,7 +165,7 @@ def _sample_features(msg: Message, sample: Sample) -> Message:
     """An ACCEPTED message as the FEATURES message of its events in `sample`."""
     bits = msg.arrays["bits"]
     keep = (bits & (BEAM | RANDOM)) != 0 if sample == "unbiased" else np.ones(msg.count, bool)
-    names = ("ts", *FEATURE_ARRAYS)
+    names = ("ts", *FEATURE_ARRAYS, *TRACK_ARRAYS)
     arrays = {n: msg.arrays[n][keep] for n in names if n in msg.arrays}
     meta = {k: msg.meta.get(k) for k in ("slice_index", "cfg", "mode", "calib")}
     return Message(Kind.FEATURES, run=msg.run, spill=msg.spill, seq=msg.seq, src=msg.src,

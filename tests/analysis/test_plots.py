@@ -15,6 +15,8 @@ from daq.analysis import open_run
 from daq.analysis.plots import PNGS, hcal_edges, spectrum_edges
 from daq.analysis.reanalyze import analyze_file
 from daq.cli import main
+from monitors.config import MonitorConfig
+from monitors.identify import sideband_c, signal_box
 
 pytestmark = pytest.mark.slow  # the session's files take a standing run (~5 s)
 
@@ -31,13 +33,16 @@ def test_plots_of_every_kind_draw_the_files_numbers(
         assert img.ndim == 3 and img.shape[0] > 500 and img.shape[1] > 500, name
     doc = json.loads((tmp_path / "plots.json").read_text())
     cols = open_run(src).arrays().columns
-    e, eh = cols["e_ecal"], cols["e_hcal"].sum(axis=1)
+    e = cols["e_ecal"]
     assert doc["events"] == len(e) > 0
     edges = np.array(doc["ecal_spectrum"]["edges"])
     assert sum(doc["ecal_spectrum"]["counts"]) == int(np.count_nonzero(
         (e >= edges[0]) & (e <= edges[-1])))
-    assert doc["plane"]["signal_box"] == int(np.count_nonzero((e < 50) & (eh < 1)))
-    assert doc["plane"]["sideband_c"] == int(np.count_nonzero((e < 50) & (eh >= 1)))
+    # the monitors' definitions, cut (i) included (the file's events carry p and ntrk);
+    # the box blind by default
+    assert "p" in cols and "ntrk" in cols
+    assert doc["plane"]["signal_box"] is None
+    assert doc["plane"]["sideband_c"] == int(np.count_nonzero(sideband_c(cols, MonitorConfig())))
     report = analyze_file(src)
     assert [p["spill"] for p in doc["spills"]] == [s["spill"] for s in report["spills"]]
     for p, s in zip(doc["spills"], report["spills"], strict=True):
@@ -54,14 +59,20 @@ def test_plots_of_every_kind_draw_the_files_numbers(
             assert p["pileup"][1] <= p["pileup"][0] <= p["pileup"][2]
 
 
-def test_blind_box_and_a_file_without_events(
+def test_unblind_box_and_a_file_without_events(
         run_files: RunFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "monitor.toml"
-    cfg.write_text("blind = true\n")
+    cfg.write_text("blind = false\nsignal_ecal_max_gev = 95.0\ntrigger_ecal_max_gev = 99.0\n")
     assert main(["plot", str(run_files.raw), "--out", str(tmp_path / "p"),
                  "--monitor-config", str(cfg)]) == 0
     doc = json.loads((tmp_path / "p" / "plots.json").read_text())
-    assert doc["plane"]["signal_box"] is None and doc["plane"]["sideband_c"] > 0
+    cols = open_run(run_files.raw).arrays().columns
+    wide = MonitorConfig(blind=False, signal_ecal_max_gev=95.0, trigger_ecal_max_gev=99.0)
+    assert doc["plane"]["signal_box"] == int(np.count_nonzero(signal_box(cols, wide))) > 0
+    assert main(["plot", str(run_files.raw), "--out", str(tmp_path / "u"), "--unblind"]) == 0
+    doc = json.loads((tmp_path / "u" / "plots.json").read_text())
+    assert doc["plane"]["signal_box"] == int(np.count_nonzero(signal_box(cols,
+                                                                         MonitorConfig())))
     assert main(["plot", str(run_files.truth), "--out", str(tmp_path / "t")]) == 2
     assert "nothing to analyze: it is the simulator's truth" in capsys.readouterr().err
     assert not (tmp_path / "t").exists()

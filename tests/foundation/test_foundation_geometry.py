@@ -26,7 +26,7 @@ def _write(tmp_path: Path, data: dict, name: str = "g.toml") -> Path:
 def test_default_geometry_matches_the_design() -> None:
     g = load_geometry()
     assert g.board_names == ["BEAM", "SRD", "ECAL", "VETO", "HCAL"]
-    assert [c.name for c in g.board("BEAM").channels] == ["S1", "S2", "S3", "V1"]
+    assert [c.name for c in g.board("BEAM").channels] == ["S1", "S2", "S3", "V1", "P", "TRK"]
     assert g.n_channels("SRD") == 3
     assert g.n_channels("ECAL") == 60
     assert len(g.board("ECAL").indices("PS")) == 30

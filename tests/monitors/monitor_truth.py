@@ -23,13 +23,15 @@ def detector() -> tuple[Geometry, Calibration]:
 
 def simulate(*, intensity: float, generated_s: float, seed: int, spills: int = 1,
              run: int = 1, slice_events: int = 4096, hadron: float = 0.01, muon: float = 0.002,
-             mode: str = "feature") -> tuple[list[Message], dict[str, np.ndarray], SimConfig]:
+             mode: str = "feature", **rates: float
+             ) -> tuple[list[Message], dict[str, np.ndarray], SimConfig]:
     """Features messages (via the trigger's processor) of `spills` simulated spills, each
-    followed by the builder's spill_end, and the concatenated truth of every event."""
+    followed by the builder's spill_end, and the concatenated truth of every event.
+    `rates`: other SimConfig fields (signal_rate, dimuon_rate, ...)."""
     geom, cal = detector()
     cfg = SimConfig.parse({"intensity": intensity, "generated_s": generated_s, "seed": seed,
                            "slice_events": slice_events, "hadron_fraction": hadron,
-                           "muon_fraction": muon, "run": run, "mode": mode})
+                           "muon_fraction": muon, "run": run, "mode": mode, **rates})
     sim = Simulator(cfg, geom, cal)
     proc = SliceProcessor(geom, cal)
     tc = TriggerConfig().model_dump(mode="json")

@@ -68,15 +68,15 @@ def test_composition_matches_injection() -> None:
 def test_live_time_eot_triggers_and_signal_box() -> None:
     rng = np.random.default_rng(13)
     msgs, _ = spill_messages(rng, slices=4, slice_events=1000, shed=1000)
-    [s] = _run(msgs).summaries
+    [s] = _run(msgs, MonitorConfig(blind=False)).summaries
     assert s.live_time_ratio == pytest.approx(4000 / 5000)
     assert s.beam_triggers == 4000  # every synthetic event meets the beam condition
     assert s.eot == pytest.approx(5000.0)
     assert s.triggers["beam"] == 40 and s.triggers["random"] == 0
     assert s.accepted == sum(int(m.arrays["bits"].astype(bool).sum()) for m in msgs[:-1])
     assert s.signal_box == 0 and s.shadow_triggers is None and s.scalers == {"beam": 123}
-    blind = _run(msgs, MonitorConfig(blind=True)).summaries[0]
-    assert blind.signal_box is None
+    blind = _run(msgs).summaries[0]
+    assert MonitorConfig().blind and blind.signal_box is None  # blind by default
 
 
 def test_signal_box_counts_missing_energy_electrons() -> None:
@@ -87,7 +87,7 @@ def test_signal_box_counts_missing_energy_electrons() -> None:
                          & (truths[0].n_hcal == 0))[:7]
     f["e_ecal"][ele] = 20.0
     f["e_ps"][ele] = 2.0
-    [s] = _run(msgs).summaries
+    [s] = _run(msgs, MonitorConfig(blind=False)).summaries
     assert s.signal_box == 7
 
 

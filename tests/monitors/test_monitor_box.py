@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
+
+from daq.wire import Kind, Message
+from monitors.aggregate import RunAnalysis
 from monitors.config import MonitorConfig
 from monitors.identify import signal_box
 from tests.trigger.trigger_data import built_arrays, detector, sim_slices
@@ -35,3 +39,49 @@ def test_box_keeps_the_injected_signal_the_trigger_kept() -> None:
         in_box += int((clean & phys & box).sum())
     assert kept > 100, kept
     assert in_box == kept, (in_box, kept)
+
+
+def _without_spectrometer(arrays: dict[str, np.ndarray], count: int, beam: list[str]
+                          ) -> dict[str, np.ndarray]:
+    """A feature-mode built slice as a BEAM board from before the spectrometer sent it:
+    only the counters' hits (S1-S3, V1)."""
+    nhit = arrays["BEAM.nhit"]
+    keep = np.isin(arrays["BEAM.hit_ch"], [beam.index(c) for c in ("S1", "S2", "S3", "V1")])
+    event = np.repeat(np.arange(count), nhit)
+    out = dict(arrays)
+    out["BEAM.nhit"] = np.bincount(event[keep], minlength=count).astype(np.uint8)
+    for k in ("hit_ch", "hit_amp", "hit_t", "hit_np"):
+        out[f"BEAM.{k}"] = arrays[f"BEAM.{k}"][keep]
+    return out
+
+
+def test_a_stream_from_before_the_spectrometer_has_no_momentum_to_cut_on() -> None:
+    """Its slices carry no p/ntrk (not zeros, which would empty the box): the monitors count
+    the events as untracked and make no cut (i); the same slice with the spectrometer has
+    them, and the box cuts on them."""
+    geom, cal = detector()
+    p = build_params(TriggerConfig(), geom, cal)
+    beam = [c.name for c in geom.board("BEAM").channels]
+    mcfg = MonitorConfig(blind=False)
+    s = next(iter(sim_slices("feature", seed=12, generated_s=0.005, signal_rate=0.05)))
+    new = compute_features(built_arrays(s), s.count, "feature", p).arrays()
+    old = compute_features(_without_spectrometer(built_arrays(s), s.count, beam), s.count,
+                           "feature", p).arrays()
+    assert "p" in new and "ntrk" in new and (new["ntrk"] >= 1).all()
+    assert "p" not in old and "ntrk" not in old
+    for k in ("e_ecal", "e_hcal", "mult"):
+        np.testing.assert_array_equal(old[k], new[k])
+    extra = {"missing": np.zeros(s.count, np.uint8), "cond": np.zeros(s.count, np.uint8),
+             "bits": np.zeros(s.count, np.uint8), "shadow": np.zeros(s.count, np.uint8)}
+    counts = {}
+    for name, cols in (("old", old), ("new", new)):
+        msg = Message(Kind.FEATURES, run=1, spill=1, count=s.count, arrays={**cols, **extra})
+        ra = RunAnalysis(mcfg)
+        ra.feed(msg)
+        ra.finish()
+        counts[name] = ra.totals()
+    assert counts["old"].untracked_events == s.count and counts["new"].untracked_events == 0
+    wide = mcfg.model_copy(update={"signal_p_min_gev": 0.0, "signal_p_max_gev": 1000.0,
+                                   "signal_max_tracks": 255})
+    assert counts["old"].signal_box == int(signal_box(new, wide).sum()) > 0
+    assert counts["new"].signal_box == int(signal_box(new, mcfg).sum())

@@ -228,6 +228,9 @@ def test_a_threshold_that_float32_rounds_down_is_met_by_its_float32_value() -> N
 def _configs(draw: st.DrawFn) -> MonitorConfig:
     fl = st.floats
     srd_min = draw(fl(0.0, 0.5))
+    sig_ecal = draw(fl(0.1, 900.0))
+    p_min = draw(st.sampled_from([90.0, 0.0]) | fl(0.0, 500.0))
+    dimu_min = draw(st.sampled_from([3.0, 0.0]) | fl(0.0, 50.0))
     return MonitorConfig(
         beam_energy_gev=draw(st.sampled_from([100.0, 0.37, 333.3]) | fl(0.01, 1000.0)),
         srd_min_gev=srd_min, srd_max_gev=draw(fl(srd_min + 1e-3, 10.0)),
@@ -235,7 +238,12 @@ def _configs(draw: st.DrawFn) -> MonitorConfig:
         ecal_min_ratio=draw(fl(0.0, 2.0)), veto_zero_gev=draw(fl(1e-4, 1.0)),
         hcal_zero_gev=draw(fl(1e-3, 100.0)), muon_module_min_gev=draw(fl(0.0, 100.0)),
         muon_hcal_max_gev=draw(fl(0.1, 1000.0)), hadron_hcal_min_gev=draw(fl(0.1, 1000.0)),
-        signal_ecal_max_gev=draw(fl(0.1, 1000.0)), signal_hcal_max_gev=draw(fl(0.1, 1000.0)),
+        signal_ecal_max_gev=sig_ecal, signal_hcal_max_gev=draw(fl(0.1, 1000.0)),
+        trigger_ecal_max_gev=draw(fl(sig_ecal + 0.01, 1000.0)), signal_p_min_gev=p_min,
+        signal_p_max_gev=draw(fl(p_min + 0.01, 1000.0)),
+        signal_max_tracks=draw(st.sampled_from([1, 255]) | st.integers(1, 255)),
+        dimuon_module_min_gev=dimu_min, dimuon_module_max_gev=draw(fl(dimu_min + 0.01, 100.0)),
+        dimuon_min_modules=draw(st.sampled_from([2, 1]) | st.integers(1, 16)),
         ecal_bins=draw(st.sampled_from([4, 7, 120, 2000]) | st.integers(4, 300)),
         hcal_bins=draw(st.sampled_from([4, 13, 120]) | st.integers(4, 300)),
         plane_bins=draw(st.sampled_from([4, 5, 60]) | st.integers(4, 80)),
@@ -244,7 +252,7 @@ def _configs(draw: st.DrawFn) -> MonitorConfig:
 
 def _specials(cfg: MonitorConfig) -> list[float]:
     """float32 values on and beside every threshold and edge, and the IEEE specials."""
-    t = kernels._thresholds(cfg)
+    t = kernels._thresholds(cfg, track=True)
     cuts = np.concatenate([t, np.nextafter(t, F32(np.inf)), np.nextafter(t, F32(-np.inf)),
                            -t])
     return [float(x) for x in np.concatenate([cuts, _edge_values(cfg)])]
@@ -266,6 +274,9 @@ def _slices(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], MonitorConfig, tupl
          "e_veto": floats(n), "e_srd": floats(n)}
     for name in BYTES:
         f[name] = draw(hnp.arrays(np.uint8, n))
+    if draw(st.booleans()):  # the spectrometer's arrays, or a stream from before it
+        f["p"] = floats(n)
+        f["ntrk"] = draw(hnp.arrays(np.uint8, n))
     missing = draw(st.sampled_from(["none", "some", "all"]))
     if missing == "none":
         f["missing"][:] = 0

@@ -33,7 +33,7 @@ def _samples(reg: CollectorRegistry) -> dict[tuple[str, tuple], float]:
 
 
 def test_spill_figures_become_series() -> None:
-    cfg = MonitorConfig()
+    cfg = MonitorConfig(blind=False)
     reg = CollectorRegistry()
     mm = MonitorMetrics(reg, cfg)
     ra = _closed(cfg)
@@ -63,7 +63,7 @@ def test_spill_figures_become_series() -> None:
 
 
 def test_blind_run_has_no_signal_box_series() -> None:
-    cfg = MonitorConfig(blind=True)
+    cfg = MonitorConfig()  # blind by default
     reg = CollectorRegistry()
     mm = MonitorMetrics(reg, cfg)
     ra = _closed(cfg)

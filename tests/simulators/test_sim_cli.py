@@ -105,7 +105,7 @@ def test_waveform_mode_run_file_follows_the_contract(tmp_path: Path) -> None:
     msgs = list(RunFileReader(out))
     starts = [m for m in msgs if m.kind is Kind.RUN_START]
     assert len(starts) == 5 and all(m.meta["mode"] == "waveform" for m in starts)
-    nch = {"BEAM": 4, "SRD": 3, "ECAL": 60, "VETO": 6, "HCAL": 36}
+    nch = {"BEAM": 6, "SRD": 3, "ECAL": 60, "VETO": 6, "HCAL": 36}
     slices = [m for m in msgs if m.kind is Kind.SLICE]
     assert slices and all(m.first % 1024 == 0 for m in slices)
     for m in slices:
@@ -119,7 +119,7 @@ def test_zero_suppressed_waveform_run_file(tmp_path: Path) -> None:
     out = tmp_path / "zs.raw"
     assert main([*BASE, "--spills", "1", "--mode", "waveform", "--zero-suppress",
                  "--zs-adc", "8", "--generated-s", "0.001", "--out", str(out)]) == 0
-    nch = {"BEAM": 4, "SRD": 3, "ECAL": 60, "VETO": 6, "HCAL": 36}
+    nch = {"BEAM": 6, "SRD": 3, "ECAL": 60, "VETO": 6, "HCAL": 36}
     slices = [m for m in RunFileReader(out) if m.kind is Kind.SLICE]
     assert slices
     for m in slices:

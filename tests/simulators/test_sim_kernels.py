@@ -97,7 +97,7 @@ def test_to_adc_sums_any_board_width(seed: int, n: int, nch: int) -> None:
     rng = np.random.default_rng(seed)
     dep = np.where(rng.random((n, nch)) < 0.5, rng.exponential(3.0, (n, nch)), 0.0)
     blk = Particles(np.zeros(n, np.uint8), np.zeros(n, np.uint8), np.zeros(n, np.float32),
-                    {"X": dep.astype(np.float32)}, {})
+                    np.zeros(n, np.float32), {"X": dep.astype(np.float32)}, {})
     subset = rng.permutation(nch)[:rng.integers(1, nch + 1)]
     spec = {"all": ("X", [None]), "some": ("X", [subset, subset[::-1]])}
     gain = {"X": rng.uniform(1, 100, nch).astype(np.float32)}

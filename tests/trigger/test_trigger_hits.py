@@ -166,7 +166,8 @@ def _malformed() -> list[tuple[str, str, dict[str, np.ndarray], str]]:
          dict(wave, **{"VETO.hit_wave": np.ascontiguousarray(wave["VETO.hit_wave"][:, :5])}),
          "VETO.hit_wave"),
         ("more hits than channels", "waveform",
-         dict(wave, **{"BEAM.nhit": np.full(n, 5, np.uint8)}), "BEAM.nhit"),
+         dict(wave, **{"BEAM.nhit": np.full(n, len(GEOM.board("BEAM").channels) + 1,
+                                             np.uint8)}), "BEAM.nhit"),
         ("dense feature layout", "feature",
          {k: v for k, v in feat.items() if not k.startswith("ECAL.")}
          | {"ECAL.amp": np.zeros((n, 60), np.float32), "ECAL.npulse": np.zeros((n, 60), np.uint8)},
