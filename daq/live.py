@@ -40,12 +40,18 @@ def _eff(e: dict[str, Any] | None, *, full: bool = False) -> str:
 
 #: the spill table's columns, as shown left to right; trigger rates in Hz (the spill's
 #: events over the time since the spill before closed: per second of the SPS cycle)
-_COLUMNS = ("spill", "events", "EOT", "live", "pileup", "VETO eff", "HCAL eff", "hadron",
-            "muon", "phys Hz", "beam Hz", "lost/shed", "incompl", "sig box", "cfg")
+_COLUMNS = ("spill", "events", "EOT", "live", "pileup", "VETO eff", "HCAL eff", "ECAL scale",
+            "hadron", "muon", "phys Hz", "beam Hz", "lost/shed", "incompl", "sig box", "cfg")
 #: on a terminal too narrow for all of them, columns are left out whole, last of this
 #: order first (rather than every figure shortened to an ellipsis)
 _KEEP_FIRST = ("spill", "events", "EOT", "VETO eff", "HCAL eff", "pileup", "incompl",
-               "lost/shed", "cfg", "live", "phys Hz", "beam Hz", "hadron", "muon", "sig box")
+               "lost/shed", "cfg", "live", "ECAL scale", "phys Hz", "beam Hz", "hadron", "muon",
+               "sig box")
+
+
+def _scale(e: dict[str, Any] | None) -> str:
+    """The ECAL energy scale (calibration peak / nominal) and its statistical error."""
+    return "-" if not e else f"{e['value']:.3f}±{e['error']:.3f}"
 
 
 def _hz(n: int, seconds: float | None) -> str:
@@ -80,7 +86,7 @@ class SpillTable:
         return (str(s["spill"]), _si(s["events"]), _si(s.get("eot")),
                 _pct(s.get("live_time_ratio"), 1), _pct(s.get("pileup_fraction")),
                 _eff(s.get("veto_efficiency")), _eff(s.get("hcal_efficiency")),
-                _pct(c.get("hadron")), _pct(c.get("muon")),
+                _scale(s.get("ecal_scale")), _pct(c.get("hadron")), _pct(c.get("muon")),
                 _hz(trig.get("physics", 0), seconds), _hz(trig.get("beam", 0), seconds),
                 _lost_shed(s),
                 str(s.get("incomplete_events", 0)), "blind" if box_ is None else str(box_),
@@ -180,6 +186,7 @@ def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | No
         for key in ("veto_efficiency", "hcal_efficiency"):
             t.add_row(key.replace("_", " "), _eff(totals.get(key), full=True))
         t.add_row("pileup fraction", _pct(totals.get("pileup_fraction")))
+        t.add_row("ECAL scale (run)", _scale(totals.get("ecal_scale")))
         trig = totals.get("triggers") or {}
         t.add_row("triggers", ", ".join(f"{k} {v}" for k, v in trig.items()))
     if alarms is not None:

@@ -17,11 +17,21 @@ import numpy as np
 from daq.errors import DaqError
 from daq.geometry import BOARD_NAMES
 from daq.wire import Kind, Message
+from monitors import calibration
+from monitors.alarms import judge_spills
 from monitors.config import MonitorConfig
 from monitors.identify import FEATURE_ARRAYS
 from monitors.kernels import aggregate
 from monitors.spectra import Spectra
-from monitors.summary import Counts, RunTotals, SpillSummary, figures, int_map
+from monitors.summary import (
+    BEAM_BIT,
+    CALIBRATION_BIT,
+    Counts,
+    RunTotals,
+    SpillSummary,
+    figures,
+    int_map,
+)
 
 Source = Literal["live", "replay"]
 _PASSIVE = frozenset({Kind.SPILL_START, Kind.RUN_START, Kind.RUN_STOP, Kind.CONFIG,
@@ -53,6 +63,16 @@ def check_features(msg: Message) -> Mapping[str, np.ndarray]:
     if a["e_hcal"].shape[1] < 1:
         raise MonitorInputError("arrays", "e_hcal has no modules")
     return a
+
+
+def live_counts(f: Mapping[str, np.ndarray], counts: Counts, cfg: MonitorConfig) -> None:
+    """Add what needs the complete events beside the compiled pass: the beam-condition
+    events among them (EOT: a board that stopped mid-spill makes the rest of the spill
+    dead, not beam-less) and the calibration events' E_ECAL (the energy scale)."""
+    complete = f["missing"] == 0
+    counts.beam_cond_complete += int(np.count_nonzero(complete & ((f["cond"] & BEAM_BIT) != 0)))
+    calib = complete & ((f["bits"] & CALIBRATION_BIT) != 0)
+    calibration.fill(counts.calib_hist, f["e_ecal"][calib], cfg.beam_energy_gev)
 
 
 @dataclass
@@ -161,7 +181,9 @@ class RunAnalysis:
         f = check_features(msg)
         sp = self._spill(msg.spill)
         # one compiled pass (monitors.kernels); monitors.reference is its NumPy twin
-        sp.counts.add(aggregate(f, self.cfg, self.boards, sp.spectra))
+        c = aggregate(f, self.cfg, self.boards, sp.spectra)
+        live_counts(f, c, self.cfg)
+        sp.counts.add(c)
         sp.slices_seen += 1
         sp.shadow_ran |= msg.meta.get("shadow_cfg") is not None
         cfg = msg.meta.get("cfg")
@@ -287,7 +309,10 @@ class RunAnalysis:
             **figures(self.totals_counts, self.cfg, shadow_ran=self.shadow_ran))
 
     def report(self) -> dict:
-        """The `analyze --json` object: run, spills, totals."""
+        """The `analyze --json` object: run, spills, totals, and the alarm transitions the
+        spills (in spill order) cause."""
+        ordered = sorted(self.summaries, key=lambda s: s.spill)
         return {"run": self.run, "source": self.source,
                 "spills": [s.model_dump(mode="json") for s in self.summaries],
-                "totals": self.totals().model_dump(mode="json")}
+                "totals": self.totals().model_dump(mode="json"),
+                "alarms": judge_spills(ordered, self.cfg.alarms, source=self.source)}

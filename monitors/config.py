@@ -44,6 +44,9 @@ class AlarmConfig(StrictModel):
                                   description="Band of the hadron fraction of the beam.")
     incomplete_fraction: Band = Field(default=Band(high=0.01),
                                       description="Band of the fraction of incomplete events.")
+    ecal_scale: Band = Field(default=Band(low=0.97, high=1.03),
+                             description="Band of the ECAL energy scale (calibration peak / "
+                             "nominal): +-3 %.")
     min_sample: int = Field(default=200, ge=1, le=10**9,
                             description="Efficiency and composition alarms are only judged on a "
                             "spill whose sample has at least this many events.")
@@ -97,6 +100,12 @@ class MonitorConfig(StrictModel):
                             description="Bins per axis of the E_ECAL-E_HCAL plane.")
     spectrum_max_ratio: float = Field(default=1.5, gt=0, le=10,
                                       description="Spectra extend to this x beam energy.")
+    calib_reference: float = Field(default=1.0, gt=0.5, lt=1.5,
+                                   description="Peak of E_ECAL / beam energy of calibration "
+                                   "electrons with the nominal calibration (the scale's 1.0).")
+    calib_min_events: int = Field(default=100, ge=2, le=10**9,
+                                  description="Calibration events (inside the peak's window) "
+                                  "a spill needs for an energy scale.")
     max_open_spills: int = Field(default=4, ge=1, le=1000,
                                  description="A spill still open when this many later spills "
                                  "have closed is closed as incomplete (lost messages).")

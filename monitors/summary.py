@@ -13,6 +13,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from monitors import calibration
+from monitors.calibration import ScaleEstimate
 from monitors.config import MonitorConfig
 from monitors.identify import SPECIES_NAMES
 from monitors.stats import Estimate, estimate
@@ -20,6 +22,7 @@ from monitors.stats import Estimate, estimate
 #: trigger types by bit position (docs/dataflow.md): PHYSICS=1 BEAM=2 RANDOM=4 CALIBRATION=8.
 TRIGGER_TYPES = ("physics", "beam", "random", "calibration")
 BEAM_BIT = 2
+CALIBRATION_BIT = 8
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Counts:
     complete: int = 0  # events with every board present (the physics sample)
     incomplete: int = 0  # events with at least one board missing
     beam_cond: int = 0  # events meeting the beam condition (cond & BEAM)
+    beam_cond_complete: int = 0  # the same among complete events (the EOT count)
     accepted: int = 0  # events with bits != 0
     shed: int = 0  # events dropped for dead time (builder spill_end)
     pileup: int = 0  # complete events with beam multiplicity > 1
@@ -45,6 +49,8 @@ class Counts:
     missing_board: dict[str, int] = field(default_factory=dict)  # from the `missing` bits
     incomplete_board: dict[str, int] = field(default_factory=dict)  # builder's account
     builder_gaps: dict[str, int] = field(default_factory=dict)
+    #: E_ECAL / beam energy of calibration-trigger events (monitors.calibration)
+    calib_hist: np.ndarray = field(default_factory=calibration.empty_hist)
 
     def add(self, other: Counts) -> None:
         for f in fields(self):
@@ -67,11 +73,15 @@ class Figures(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: int = Field(description="Processed events (features received).")
-    eot: float | None = Field(description="Electrons on target: beam-condition events / "
-                              "live_time_ratio; None when every event was shed.")
-    live_time_ratio: float = Field(description="processed / (processed + shed).")
+    eot: float | None = Field(description="Electrons on target: beam-condition events "
+                              "among complete events / live_time_ratio; None when no event "
+                              "was live.")
+    live_time_ratio: float = Field(description="complete / (processed + shed): the part of "
+                                   "the spill in which every board delivered and nothing "
+                                   "was shed.")
     shed: int = Field(description="Events the builder dropped for dead time.")
-    beam_triggers: int = Field(description="Processed events meeting the beam condition.")
+    beam_triggers: int = Field(description="Processed events meeting the beam condition "
+                               "(complete or not).")
     triggers: dict[str, int] = Field(description="Events per fired trigger type.")
     accepted: int = Field(description="Events with any trigger bit fired.")
     accepted_ratio: float | None = Field(description="accepted / events.")
@@ -89,6 +99,9 @@ class Figures(BaseModel):
         description="Incomplete events per board (builder's count, else the missing bits).")
     builder_gaps: dict[str, int] = Field(description="Sequence gaps the builder saw per board.")
     signal_box: int | None = Field(description="Signal-box events; None when blind.")
+    ecal_scale: ScaleEstimate | None = Field(default=None, description=(
+        "ECAL energy scale: peak of E_ECAL of the calibration-trigger events / (calib_"
+        "reference x beam energy), 1.0 nominal; None with fewer than calib_min_events."))
 
 
 class SpillSummary(Figures):
@@ -128,11 +141,11 @@ def _by_board(c: Counts) -> dict[str, int]:
 def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) -> dict:
     """The Figures fields (as a dict for model construction) from counts."""
     total = c.events + c.shed
-    live = c.events / total if total else 1.0
+    live = c.complete / total if total else 1.0
     ran = c.shadow_seen > 0 if shadow_ran is None else shadow_ran
     return {
         "events": c.events,
-        "eot": (c.beam_cond / live) if live > 0 else None,
+        "eot": (c.beam_cond_complete / live) if live > 0 else None,
         "live_time_ratio": live,
         "shed": c.shed,
         "beam_triggers": c.beam_cond,
@@ -154,6 +167,8 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
         "incomplete_by_board": _by_board(c),
         "builder_gaps": dict(c.builder_gaps),
         "signal_box": None if cfg.blind else c.signal_box,
+        "ecal_scale": calibration.peak(c.calib_hist, reference=cfg.calib_reference,
+                                       min_events=cfg.calib_min_events),
     }
 
 

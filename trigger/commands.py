@@ -125,6 +125,8 @@ def _print_analysis(result: dict[str, Any]) -> None:
     from rich.console import Console
 
     from daq.live import run_summary, spill_table
+    from monitors.alarmtext import line as alarm_line
+    from monitors.config import Band
 
     # into a file or a pipe rich assumes 80 columns and cuts every figure to an ellipsis
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -134,7 +136,13 @@ def _print_analysis(result: dict[str, Any]) -> None:
         console.print(_recorded_table(result))
     else:
         console.print(spill_table(result["spills"], last=len(result["spills"])))
-        console.print(run_summary(result["spills"], result.get("totals")))
+        raised = sorted({a["alarm"] for a in result.get("alarms", [])
+                         if a["state"] == "raised"})
+        console.print(run_summary(result["spills"], result.get("totals"), raised))
+        for a in result.get("alarms", []):
+            console.print("alarm " + alarm_line(a["alarm"], a["state"], a["value"],
+                                                Band(**a["band"]), spill=a["spill"]),
+                          highlight=False, soft_wrap=True)
     for line in result.get("derived", []):
         console.print(f"derived: {line}", highlight=False, soft_wrap=True)
     for line in result.get("not_derived", []):

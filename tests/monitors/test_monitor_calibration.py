@@ -1,0 +1,117 @@
+"""The ECAL energy scale from the calibration trigger, and its alarm, against injected gains.
+
+Statistics (seed 3, 6e6 e-/spill, 0.05 s of each spill generated: ~62,000 events): the
+calibration trigger (prescale 100) keeps ~540 electrons a spill, ~510 inside the peak's
+window; the peak's relative width is 1.8 % (ECAL 1.74 % with the 1 % momentum spread),
+so a spill measures the scale to 0.09 % (0.0009). A whole 4.8 s spill has 96 times the
+events: 0.009 %. The alarm's band is +-3 %: an 8 % drop is ~55 sigma outside it in the
+first spill at the new gain, and at the nominal gain the band is ~33 sigma away (false
+alarm probability per spill ~1e-240: none in any number of spills).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+
+from monitors import calibration
+from monitors.alarms import Alarms
+from monitors.analysis import analyze
+from monitors.config import MonitorConfig
+from monitors.summary import SpillSummary
+from simulators.physics import PS_BETA
+from tests.monitors.monitor_truth import simulate
+
+SIGMAS = 4.0  # tolerance of a measured scale against the truth, in its statistical errors
+
+
+@cache
+def _spills(spills: int = 1, **sim: float | str) -> list[SpillSummary]:
+    msgs, _, _ = simulate(intensity=6e6, generated_s=0.05, seed=3, spills=spills, **sim)
+    return analyze(msgs, MonitorConfig()).summaries
+
+
+def test_peak_error_is_the_spread_of_the_peak_estimate() -> None:
+    """300 peaks of 1000 Gaussian electrons (width 1.7 %, scale 0.92) on a flat 3 %
+    background: the pulls (estimate - truth) / error have mean 0 and RMS 1 within their
+    3-sigma sampling errors (0.17 and 0.12)."""
+    rng = np.random.default_rng(11)
+    pulls = []
+    for _ in range(300):
+        h = calibration.empty_hist()
+        e = np.concatenate([rng.normal(92.0, 1.7, 1000), rng.uniform(80, 120, 30)])
+        calibration.fill(h, e, 100.0)
+        est = calibration.peak(h)
+        assert est is not None
+        pulls.append((est.value - 0.92) / est.error)
+    p = np.array(pulls)
+    assert abs(p.mean()) < 3 / np.sqrt(len(p))
+    assert abs(p.std() - 1) < 3 / np.sqrt(2 * len(p))
+
+
+def test_too_few_calibration_events_give_no_scale() -> None:
+    h = calibration.empty_hist()
+    calibration.fill(h, np.full(50, 100.0), 100.0)
+    assert calibration.peak(h, min_events=100) is None
+    assert calibration.peak(calibration.empty_hist()) is None
+
+
+@pytest.mark.slow
+def test_nominal_gain_measures_scale_one_and_raises_no_alarm() -> None:
+    """Five spills at the nominal gain: each scale is 1 within 4 errors, no alarm."""
+    sums = _spills(5)
+    assert len(sums) == 5
+    for s in sums:
+        sc = s.ecal_scale
+        assert sc is not None and sc.n > 400, s.spill
+        assert abs(sc.value - 1.0) < SIGMAS * sc.error, (s.spill, sc)
+    alarms = Alarms(MonitorConfig().alarms)
+    assert [t for s in sums for t in alarms.on_spill(s)] == []  # not even a clearing
+
+
+@pytest.mark.slow
+def test_an_8_percent_gain_drop_is_measured_and_raises_the_alarm_at_once() -> None:
+    """ecal_gain_scale=0.92: every spill measures 0.92 within 4 errors, and the first
+    spill raises ecal_scale_drift (55 sigma beyond the band)."""
+    sums = _spills(3, ecal_gain_scale=0.92)
+    for s in sums:
+        sc = s.ecal_scale
+        assert sc is not None
+        assert abs(sc.value - 0.92) < SIGMAS * sc.error, (s.spill, sc)
+    alarms = Alarms(MonitorConfig().alarms)
+    first = alarms.on_spill(sums[0])
+    assert [(t.name, str(t.state)) for t in first] == [("ecal_scale_drift", "raised")]
+    assert first[0].value == pytest.approx(0.92, abs=SIGMAS * sums[0].ecal_scale.error)
+
+
+@pytest.mark.slow
+def test_a_drifting_gain_raises_the_alarm_in_the_spill_it_leaves_the_band() -> None:
+    """-1.2 % a spill: spill s has gain 1 - 0.012 s (spills 1, 2, 3: 0.988, 0.976, 0.964);
+    each is measured within 4 errors, and the alarm is raised at spill 3, the first
+    beyond 3 % (spill 2 is 2.4 %, 6 errors inside the band)."""
+    sums = _spills(4, ecal_gain_drift=-0.012)
+    alarms = Alarms(MonitorConfig().alarms)
+    raised_at = []
+    for s in sums:
+        sc = s.ecal_scale
+        assert sc is not None
+        assert abs(sc.value - (1 - 0.012 * s.spill)) < SIGMAS * sc.error, (s.spill, sc)
+        raised_at += [s.spill for t in alarms.on_spill(s) if str(t.state) == "raised"]
+    assert raised_at == [3]
+
+
+@pytest.mark.slow
+def test_a_cell_drift_moves_the_scale_by_that_cells_share() -> None:
+    """A 10 % drop of the beam spot's cell (MAIN_2_2) lowers the scale by that cell's share
+    of E_ECAL: the simulator puts 1 - E[PS share] = 32/36 of a shower in the main section
+    and on average 75 % of that in the centre cell (physics.PS_BETA, _lateral centre),
+    0.667: expected 0.933. The same drop of a corner cell far from the spot (MAIN_0_0,
+    no deposit) leaves the scale at 1."""
+    spot = _spills(1, ecal_gain_drift=-0.1, ecal_drift_cell="MAIN_2_2")[0].ecal_scale
+    far = _spills(1, ecal_gain_drift=-0.1, ecal_drift_cell="MAIN_0_0")[0].ecal_scale
+    assert spot is not None and far is not None
+    assert abs(far.value - 1.0) < SIGMAS * far.error
+    share = PS_BETA[1] / (PS_BETA[0] + PS_BETA[1]) * 0.75
+    assert abs(spot.value - (1 - 0.1 * share)) < SIGMAS * spot.error, spot
