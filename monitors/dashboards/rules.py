@@ -341,8 +341,8 @@ def _scale_alert(lo: float, hi: float, for_s: float) -> Alert:
                      "moved out of its band for several spills: the ECAL gains changed "
                      "(HV, temperature) and every energy, the physics trigger's E_ECAL "
                      "threshold included, is off by that much."),
-        runbook=("Open the shift page's calibration panel: a step in the scale points at "
-                 "HV or a power cut, a slow drift at temperature. Check the ECAL HV and "
+        runbook=("Look at the ECAL energy scale panel of the shift dashboard: a step in "
+                 "the scale points at HV or a power cut, a slow drift at temperature. Check the ECAL HV and "
                  "temperature; call the ECAL expert, who decides on a new calibration; note "
                  "the spill range in the logbook (those spills need the corrected scale)."),
         examples=(
