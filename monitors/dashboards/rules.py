@@ -342,9 +342,10 @@ def _scale_alert(lo: float, hi: float, for_s: float) -> Alert:
                      "(HV, temperature) and every energy, the physics trigger's E_ECAL "
                      "threshold included, is off by that much."),
         runbook=("Look at the ECAL energy scale panel of the shift dashboard: a step in "
-                 "the scale points at HV or a power cut, a slow drift at temperature. Check the ECAL HV and "
-                 "temperature; call the ECAL expert, who decides on a new calibration; note "
-                 "the spill range in the logbook (those spills need the corrected scale)."),
+                 "the scale points at HV or a power cut, a slow drift at temperature. "
+                 "Check the ECAL HV and temperature; call the ECAL expert, who decides on "
+                 "a new calibration; note the spill range in the logbook (those spills "
+                 "need the corrected scale)."),
         examples=(
             Example({scale: "0.92x10"}, "2m", [{"source": "live"}], shown="92%"),
             Example({scale: "1.05x10"}, "2m", [{"source": "live"}], shown="105%"),
