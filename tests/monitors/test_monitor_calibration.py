@@ -11,11 +11,13 @@ alarm probability per spill ~1e-240: none in any number of spills).
 
 from __future__ import annotations
 
+import math
 from functools import cache
 from pathlib import Path
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from daq.app import LocalStack
 from daq.stack import StackConfig
@@ -23,6 +25,7 @@ from monitors import calibration
 from monitors.alarms import Alarms
 from monitors.analysis import analyze
 from monitors.config import MonitorConfig
+from monitors.metrics import MonitorMetrics
 from monitors.summary import SpillSummary
 from monitors.webdata import spill_row
 from simulators.physics import PS_BETA
@@ -154,3 +157,25 @@ async def test_the_standing_system_raises_the_alarm_on_an_8_percent_drop(tmp_pat
                                     {"source": "live", "alarm": "ecal_scale_drift"}) == 1
         row = spill_row(sums[-1], None)
         assert row["ecal_scale"]["value"] == last.value
+
+
+@pytest.mark.slow
+def test_metrics_carry_the_scale_and_nan_without_one() -> None:
+    """na64_monitor_ecal_scale{bound=value|low|high}: the scale and value -/+ error; a
+    spill without enough calibration events sets NaN (unknown), not the last value."""
+    s = _spills(3, ecal_gain_scale=0.92)[0]
+    sc = s.ecal_scale
+    assert sc is not None
+    reg = CollectorRegistry()
+    m = MonitorMetrics(reg, MonitorConfig())
+
+    def get(bound: str) -> float | None:
+        return reg.get_sample_value("na64_monitor_ecal_scale",
+                                    {"source": "live", "bound": bound})
+
+    m.on_spill(s, None, now=1.0)
+    assert (get("value"), get("low"), get("high")) == (sc.value, sc.value - sc.error,
+                                                       sc.value + sc.error)
+    assert reg.get_sample_value("na64_monitor_ecal_scale_events", {"source": "live"}) == sc.n
+    m.on_spill(s.model_copy(update={"ecal_scale": None, "spill": s.spill + 1}), None, now=2.0)
+    assert all(math.isnan(get(b) or 0.0) for b in ("value", "low", "high"))
