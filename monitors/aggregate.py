@@ -65,7 +65,7 @@ def check_features(msg: Message) -> Mapping[str, np.ndarray]:
     return a
 
 
-def live_counts(f: Mapping[str, np.ndarray], counts: Counts, cfg: MonitorConfig) -> None:
+def complete_counts(f: Mapping[str, np.ndarray], counts: Counts, cfg: MonitorConfig) -> None:
     """Add what needs the complete events beside the compiled pass: the beam-condition
     events among them (EOT: a board that stopped mid-spill makes the rest of the spill
     dead, not beam-less) and the calibration events' E_ECAL (the energy scale)."""
@@ -180,9 +180,10 @@ class RunAnalysis:
     def _features(self, msg: Message) -> None:
         f = check_features(msg)
         sp = self._spill(msg.spill)
-        # one compiled pass (monitors.kernels); monitors.reference is its NumPy twin
+        # one compiled pass (monitors.kernels); monitors.reference is its NumPy twin; then
+        # the two counts on complete events it does not make (NumPy, a few cheap passes)
         c = aggregate(f, self.cfg, self.boards, sp.spectra)
-        live_counts(f, c, self.cfg)
+        complete_counts(f, c, self.cfg)
         sp.counts.add(c)
         sp.slices_seen += 1
         sp.shadow_ran |= msg.meta.get("shadow_cfg") is not None

@@ -97,8 +97,8 @@ class Simulator:
         self._v1: dict[int, int] = {}
         self._sums: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         hcal = geom.board("HCAL")
+        self._drift_ch = self._drift_channel(geom)  # ECAL channel of the per-cell drift
         #: the truth's per-particle energy sums (GeV), taken before the conversion to ADC
-        self._drift_ch = self._drift_channel(geom)
         self.sum_spec: SumSpec = {
             "e_ecal": ("ECAL", [None]), "e_ps": ("ECAL", [geom.board("ECAL").indices("PS")]),
             "e_hcal": ("HCAL", [hcal.indices(f"HCAL{m}") for m in range(1, 5)]),
