@@ -66,12 +66,18 @@ def check_features(msg: Message) -> Mapping[str, np.ndarray]:
 
 
 def complete_counts(f: Mapping[str, np.ndarray], counts: Counts, cfg: MonitorConfig) -> None:
-    """Add what needs the complete events beside the compiled pass: the beam-condition
-    events among them (EOT: a board that stopped mid-spill makes the rest of the spill
-    dead, not beam-less) and the calibration events' E_ECAL (the energy scale)."""
-    complete = f["missing"] == 0
-    counts.beam_cond_complete += int(np.count_nonzero(complete & ((f["cond"] & BEAM_BIT) != 0)))
-    calib = complete & ((f["bits"] & CALIBRATION_BIT) != 0)
+    """Add to a slice's `counts` (from the compiled pass) what it does not count: the
+    beam-condition events among complete events (EOT: a board that stopped mid-spill makes
+    the rest of the spill dead, not beam-less) and the calibration events' E_ECAL (the
+    energy scale). With every event complete, as nearly always, one pass over `bits`."""
+    calib = (f["bits"] & CALIBRATION_BIT) != 0
+    if counts.incomplete == 0:
+        counts.beam_cond_complete += counts.beam_cond
+    else:
+        complete = f["missing"] == 0
+        counts.beam_cond_complete += int(np.count_nonzero(
+            complete & ((f["cond"] & BEAM_BIT) != 0)))
+        calib &= complete
     calibration.fill(counts.calib_hist, f["e_ecal"][calib], cfg.beam_energy_gev)
 
 
