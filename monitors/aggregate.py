@@ -8,6 +8,7 @@ or when the run is finished. Bad input raises MonitorInputError and is counted b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -79,6 +80,35 @@ def complete_counts(f: Mapping[str, np.ndarray], counts: Counts, cfg: MonitorCon
             complete & ((f["cond"] & BEAM_BIT) != 0)))
         calib &= complete
     calibration.fill(counts.calib_hist, f["e_ecal"][calib], cfg.beam_energy_gev)
+
+
+def _cell_sums(m: object) -> dict[str, float] | None:
+    """{ECAL cell: finite non-negative number}, or None if `m` is not one."""
+    if not isinstance(m, Mapping):
+        return None
+    out: dict[str, float] = {}
+    for k, x in m.items():
+        if (k not in calibration.ecal_cells() or isinstance(x, bool)
+                or not isinstance(x, int | float) or not (math.isfinite(x) and x >= 0)):
+            return None
+        out[k] = float(x)
+    return out
+
+
+def calib_cells(meta: Mapping) -> tuple[int, dict[str, float], dict[str, float]] | None:
+    """The features meta `calib_cells` (trigger.processor.calib_cells) checked: `n` events,
+    and per ECAL cell of the geometry the `sum` and `sum2` of its energy."""
+    v = meta.get("calib_cells")
+    if v is None:
+        return None
+    n = v.get("n") if isinstance(v, Mapping) else None
+    total = _cell_sums(v.get("sum")) if isinstance(v, Mapping) else None
+    total2 = _cell_sums(v.get("sum2")) if isinstance(v, Mapping) else None
+    if (not isinstance(n, int) or isinstance(n, bool) or n < 0 or total is None
+            or total2 is None):
+        raise MonitorInputError("meta", f"calib_cells {v!r} is not n events and per-cell "
+                                "energy sums of ECAL cells")
+    return n, total, total2
 
 
 @dataclass
@@ -185,11 +215,14 @@ class RunAnalysis:
 
     def _features(self, msg: Message) -> None:
         f = check_features(msg)
+        cells = calib_cells(msg.meta)
         sp = self._spill(msg.spill)
         # one compiled pass (monitors.kernels); monitors.reference is its NumPy twin; then
         # the two counts on complete events it does not make (NumPy, a few cheap passes)
         c = aggregate(f, self.cfg, self.boards, sp.spectra)
         complete_counts(f, c, self.cfg)
+        if cells is not None:
+            c.calib_cells_n, c.calib_cell_sum, c.calib_cell_sum2 = cells
         sp.counts.add(c)
         sp.slices_seen += 1
         sp.shadow_ran |= msg.meta.get("shadow_cfg") is not None

@@ -13,10 +13,14 @@ docs/monitors.md ("Calibration") states the statistics it has per spill.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Mapping
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
+
+from daq.geometry import load_geometry
 
 #: E_ECAL / beam energy range and bins of the calibration histogram (0.25 % per bin: the
 #: peak's width, ~1.7 %, spans seven bins)
@@ -43,6 +47,56 @@ class ScaleEstimate(BaseModel):
     error: float = Field(ge=0, description="Statistical error (1 sigma) of value.")
     width: float = Field(ge=0, description="Relative RMS of the peak (Gaussian-equivalent).")
     n: int = Field(ge=0, description="Calibration events inside the truncation window.")
+
+
+class CellEnergy(BaseModel):
+    """One ECAL cell in the calibration events: its mean energy, its share of their
+    summed ECAL energy, and its scale against the reference (`calib_cell_reference`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mean_gev: float = Field(description="Mean energy of the cell per calibration event, GeV.")
+    error_gev: float = Field(ge=0, description="Statistical error of mean_gev.")
+    fraction: float = Field(ge=0, description="The cell's share of the events' ECAL energy.")
+    scale: float | None = Field(description="fraction / the reference's fraction x the "
+                                "global energy scale; None without a reference for the cell "
+                                "or a global scale.")
+    scale_error: float | None = Field(description="Statistical error of scale (this "
+                                      "spill's; the reference's own is not included).")
+
+
+@functools.cache
+def ecal_cells() -> frozenset[str]:
+    """The ECAL channel names of the geometry: the only cells a message may name (metric
+    labels stay bounded)."""
+    return frozenset(c.name for c in load_geometry().board("ECAL").channels)
+
+
+def cell_energies(n: int, total: Mapping[str, float], total2: Mapping[str, float],
+                  reference: Mapping[str, float], scale: ScaleEstimate | None, *,
+                  min_events: int) -> dict[str, CellEnergy] | None:
+    """Each cell's mean energy and share from the sums of `n` calibration events (None with
+    fewer than `min_events`), and its scale: a gain change of one cell changes its share
+    of the ECAL energy, and the global `scale` says how the sum itself moved. Shares, not
+    means, against the reference: the calibration trigger's fixed E_ECAL window lets a
+    lowered gain take in pileup events that were above it, raising every cell's mean
+    (~0.8 % for a 10 % drop of the beam's cell) but hardly the shares."""
+    if n < min_events:
+        return None
+    energy, ref_energy = sum(total.values()), sum(reference.values())
+    out = {}
+    for cell in sorted(total):
+        mean = total[cell] / n
+        err = math.sqrt(max(total2.get(cell, 0.0) / n - mean * mean, 0.0) / n)
+        frac = total[cell] / energy
+        ref = reference.get(cell)
+        value = error = None
+        if ref and scale is not None and mean > 0:
+            value = frac / (ref / ref_energy) * scale.value
+            error = value * math.hypot(err / mean, scale.error / scale.value)
+        out[cell] = CellEnergy(mean_gev=mean, error_gev=err, fraction=frac, scale=value,
+                               scale_error=error)
+    return out
 
 
 def empty_hist() -> np.ndarray:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pydantic import Field, model_validator
 
 from daq.config import StrictModel
 from daq.errors import ConfigError
+from monitors.calibration import ecal_cells
 from trigger.config import PS_MIN_GEV
 
 
@@ -106,10 +108,24 @@ class MonitorConfig(StrictModel):
     calib_min_events: int = Field(default=100, ge=2, le=10**9,
                                   description="Calibration events (inside the peak's window) "
                                   "a spill needs for an energy scale.")
+    calib_cell_reference: dict[str, float] = Field(
+        default_factory=dict, max_length=1000,
+        description="Mean energy (GeV) per ECAL cell of the calibration events with the "
+        "nominal gains, e.g. a reference run's `ecal_cells` means (analyze --json): each "
+        "cell's scale is its mean over this. Empty: cell energies without scales.")
     max_open_spills: int = Field(default=4, ge=1, le=1000,
                                  description="A spill still open when this many later spills "
                                  "have closed is closed as incomplete (lost messages).")
     alarms: AlarmConfig = Field(default=AlarmConfig(), description="Alarm bands.")
+
+    @model_validator(mode="after")
+    def _cells(self) -> MonitorConfig:
+        for cell, mean in self.calib_cell_reference.items():
+            if cell not in ecal_cells():
+                raise ValueError(f"calib_cell_reference: {cell!r} is not an ECAL cell")
+            if not (math.isfinite(mean) and mean > 0):
+                raise ValueError(f"calib_cell_reference[{cell!r}] = {mean} must be above 0")
+        return self
 
     @model_validator(mode="after")
     def _srd_range(self) -> MonitorConfig:

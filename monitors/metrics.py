@@ -59,6 +59,10 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "na64_monitor_ecal_scale": ("gauge", ("source", "bound"),
                                 "ECAL energy scale of the last spill: calibration-trigger "
                                 "peak / nominal (value, value - error, value + error)."),
+    "na64_monitor_ecal_cell_scale": ("gauge", ("source", "cell"),
+                                     "Last spill's energy scale of each ECAL cell with a "
+                                     "reference (calib_cell_reference): mean energy / "
+                                     "reference; NaN when the spill had none."),
     "na64_monitor_ecal_scale_events": ("gauge", ("source",),
                                        "Calibration events the last spill's scale is "
                                        "measured on (inside the peak's window)."),
@@ -292,6 +296,11 @@ class MonitorMetrics:
         g.labels(src, "low").set(sc.value - sc.error if sc else float("nan"))
         g.labels(src, "high").set(sc.value + sc.error if sc else float("nan"))
         self.gauge("na64_monitor_ecal_scale_events").labels(src).set(sc.n if sc else 0)
+        cells = s.ecal_cells or {}
+        for cell in self.cfg.calib_cell_reference:  # the label set: the configured cells
+            c = cells.get(cell)
+            self._maybe(self.gauge("na64_monitor_ecal_cell_scale").labels(src, cell),
+                        c.scale if c is not None else None)
 
     @staticmethod
     def _maybe(child: Gauge, value: float | None) -> None:

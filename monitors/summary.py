@@ -14,7 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from monitors import calibration
-from monitors.calibration import ScaleEstimate
+from monitors.calibration import CellEnergy, ScaleEstimate
 from monitors.config import MonitorConfig
 from monitors.identify import SPECIES_NAMES
 from monitors.stats import Estimate, estimate
@@ -51,6 +51,11 @@ class Counts:
     builder_gaps: dict[str, int] = field(default_factory=dict)
     #: E_ECAL / beam energy of calibration-trigger events (monitors.calibration)
     calib_hist: np.ndarray = field(default_factory=calibration.empty_hist)
+    #: per ECAL cell: summed energy and squared energy of the complete calibration events
+    #: (features meta `calib_cells`), and how many events those sums are over
+    calib_cells_n: int = 0
+    calib_cell_sum: dict[str, float] = field(default_factory=dict)
+    calib_cell_sum2: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Counts) -> None:
         for f in fields(self):
@@ -102,6 +107,9 @@ class Figures(BaseModel):
     ecal_scale: ScaleEstimate | None = Field(default=None, description=(
         "ECAL energy scale: peak of E_ECAL of the calibration-trigger events / (calib_"
         "reference x beam energy), 1.0 nominal; None with fewer than calib_min_events."))
+    ecal_cells: dict[str, CellEnergy] | None = Field(default=None, description=(
+        "Per ECAL cell with energy in the calibration events: its mean energy, share and "
+        "scale against calib_cell_reference; None with fewer than calib_min_events."))
 
 
 class SpillSummary(Figures):
@@ -143,6 +151,8 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
     total = c.events + c.shed
     live = c.complete / total if total else 1.0
     ran = c.shadow_seen > 0 if shadow_ran is None else shadow_ran
+    scale = calibration.peak(c.calib_hist, reference=cfg.calib_reference,
+                             min_events=cfg.calib_min_events)
     return {
         "events": c.events,
         "eot": (c.beam_cond_complete / live) if live > 0 else None,
@@ -167,8 +177,10 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
         "incomplete_by_board": _by_board(c),
         "builder_gaps": dict(c.builder_gaps),
         "signal_box": None if cfg.blind else c.signal_box,
-        "ecal_scale": calibration.peak(c.calib_hist, reference=cfg.calib_reference,
-                                       min_events=cfg.calib_min_events),
+        "ecal_scale": scale,
+        "ecal_cells": calibration.cell_energies(
+            c.calib_cells_n, c.calib_cell_sum, c.calib_cell_sum2, cfg.calib_cell_reference,
+            scale, min_events=cfg.calib_min_events),
     }
 
 

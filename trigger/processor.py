@@ -15,15 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from daq import hits
 from daq.config import content_hash
 from daq.errors import ConfigError
 from daq.geometry import Calibration, Geometry
 from daq.wire import Kind, Message
 from trigger import kernels
-from trigger.config import TRIGGER_BITS, parse_config
+from trigger.config import CALIBRATION, TRIGGER_BITS, parse_config
 from trigger.core import (
     Features,
     TriggerParams,
+    board_amplitudes,
     build_params,
     compute_features,
     decide,
@@ -116,8 +118,11 @@ class SliceProcessor:
         cond, bits = decide(f, p, run=msg.run, spill=msg.spill, first=msg.first,
                             backend=self.backend)
         shadow, shadow_hash, shadow_error = self._shadow(msg, mode, p, f)
-        res = SliceResult(self._features(msg, f, cond, bits, shadow, shadow_hash, mode,
-                                         self.backend),
+        feat = self._features(msg, f, cond, bits, shadow, shadow_hash, mode, self.backend)
+        cells = calib_cells(msg, bits, mode, p, self.geometry, self.backend)
+        if cells is not None:
+            feat.meta["calib_cells"] = cells
+        res = SliceResult(feat,
                           Message(Kind.ACCEPTED), p, _fired(bits),
                           _fired(shadow) if shadow_hash else {},
                           int(np.count_nonzero(bits)), int(np.count_nonzero(shadow)),
@@ -173,3 +178,38 @@ class SliceProcessor:
         return Message(Kind.ACCEPTED, run=msg.run, spill=msg.spill, board="ALL",
                        first=msg.first, count=len(idx), arrays=arrays, meta=meta,
                        replay=msg.replay)
+
+
+def calib_cells(msg: Message, bits: np.ndarray, mode: str, p: TriggerParams,
+                geometry: Geometry, backend: ModuleType = kernels) -> dict[str, Any] | None:
+    """The ECAL energy per cell of the slice's complete calibration-trigger events, summed
+    (`sum`) and squared (`sum2`) per channel that saw any, with their number `n`: what the
+    monitors track each cell's energy scale with (docs/monitors.md, "Calibration"). Energies
+    as the trigger sums them (amplitude / gain from the zero threshold on, masked channels
+    out). None when the slice has no such event or no ECAL."""
+    missing = msg.arrays.get("missing")
+    take = (bits & CALIBRATION) != 0
+    if missing is not None:
+        take &= missing == 0
+    idx = np.flatnonzero(take)
+    ecal = next((b for b in p.boards if b.name == "ECAL"), None)
+    if not len(idx) or ecal is None:
+        return None
+    sub = select_events({k: a for k, a in msg.arrays.items() if k.startswith("ECAL.")},
+                        idx, backend)
+    amps, _ = board_amplitudes(sub, len(idx), mode, p, backend)
+    ba = amps.get("ECAL")
+    if ba is None:
+        return None
+    if ba.nhit is None:
+        amp = ba.amp.astype(np.float64)
+    else:
+        assert ba.ch is not None  # hits come with their channels
+        amp = hits.densify(ba.nhit, ba.ch, ba.amp, ecal.nch).astype(np.float64)
+    use = (amp >= p.config.zero_threshold_adc) & (ecal.group >= 0)[None, :]
+    e = np.where(use, amp * ecal.weight[None, :], 0.0)
+    total, total2 = e.sum(axis=0), (e * e).sum(axis=0)
+    names = [c.name for c in geometry.board("ECAL").channels]
+    seen = np.flatnonzero(total > 0)
+    return {"n": len(idx), "sum": {names[c]: float(total[c]) for c in seen},
+            "sum2": {names[c]: float(total2[c]) for c in seen}}

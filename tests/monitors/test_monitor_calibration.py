@@ -20,8 +20,11 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from daq.app import LocalStack
+from daq.errors import ConfigError
 from daq.stack import StackConfig
+from daq.wire import Kind, Message
 from monitors import calibration
+from monitors.aggregate import MonitorInputError, RunAnalysis
 from monitors.alarms import Alarms
 from monitors.analysis import analyze
 from monitors.config import MonitorConfig
@@ -179,3 +182,85 @@ def test_metrics_carry_the_scale_and_nan_without_one() -> None:
     assert reg.get_sample_value("na64_monitor_ecal_scale_events", {"source": "live"}) == sc.n
     m.on_spill(s.model_copy(update={"ecal_scale": None, "spill": s.spill + 1}), None, now=2.0)
     assert all(math.isnan(get(b) or 0.0) for b in ("value", "low", "high"))
+
+
+@cache
+def _reference() -> dict[str, tuple[float, float]]:
+    """Each cell's mean energy (and its error) in a nominal spill of another seed: the
+    reference run an ECAL expert would take."""
+    msgs, _, _ = simulate(intensity=6e6, generated_s=0.05, seed=4)
+    [s] = analyze(msgs, MonitorConfig()).summaries
+    assert s.ecal_cells is not None
+    return {k: (c.mean_gev, c.error_gev) for k, c in s.ecal_cells.items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["MAIN_2_2", "MAIN_2_3"])
+def test_a_cell_drift_is_seen_in_that_cell_only(cell: str) -> None:
+    """-10 % on the spot cell or on an edge neighbour (4.4 GeV a shower): against the
+    reference (a nominal spill of another seed) that cell's scale is 0.9 and every other
+    cell's 1.0, each within 4 errors (this spill's and the reference's), and the drifted
+    cell is more than 4 errors below 1. The 18 cells are the 3x3 around the beam in both
+    sections: the others see nothing."""
+    ref = _reference()
+    cfg = MonitorConfig(calib_cell_reference={k: m for k, (m, _) in ref.items()})
+    msgs, _, _ = simulate(intensity=6e6, generated_s=0.05, seed=3, ecal_gain_drift=-0.1,
+                          ecal_drift_cell=cell)
+    [s] = analyze(msgs, cfg).summaries
+    assert s.ecal_cells is not None and len(s.ecal_cells) == len(ref) == 18
+    sigma = {}
+    for k, c in s.ecal_cells.items():
+        assert c.scale is not None and c.scale_error is not None
+        mean, err = ref[k]
+        sigma[k] = math.hypot(c.scale_error, c.scale * err / mean)
+        expect = 0.9 if k == cell else 1.0
+        assert abs(c.scale - expect) < SIGMAS * sigma[k], (k, c, sigma[k])
+    drifted = s.ecal_cells[cell].scale
+    assert drifted is not None and 1 - drifted > SIGMAS * sigma[cell]  # not a 1
+    reg = CollectorRegistry()
+    MonitorMetrics(reg, cfg).on_spill(s, None, now=1.0)
+    assert reg.get_sample_value("na64_monitor_ecal_cell_scale",
+                                {"source": "live", "cell": cell}) == drifted
+
+
+def test_a_cell_reference_names_ecal_cells() -> None:
+    with pytest.raises(ConfigError, match="'MAIN_9_9' is not an ECAL cell"):
+        MonitorConfig.parse({"calib_cell_reference": {"MAIN_9_9": 4.4}})
+    with pytest.raises(ConfigError, match="must be above 0"):
+        MonitorConfig.parse({"calib_cell_reference": {"MAIN_2_2": 0.0}})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["feature", "waveform"])
+def test_cell_sums_add_up_to_the_triggers_e_ecal(mode: str) -> None:
+    """Each features message's `calib_cells`: its `n` is the slice's complete
+    calibration-trigger events and its cells add up to their E_ECAL (the trigger's sum of
+    the same energies, float32 on the wire)."""
+    msgs, _, _ = simulate(intensity=6e6, generated_s=0.01, seed=3, mode=mode)
+    feats = [m for m in msgs if m.kind is Kind.FEATURES]
+    for m in feats:
+        sel = ((m.arrays["bits"] & 8) != 0) & (m.arrays["missing"] == 0)
+        cells = m.meta.get("calib_cells")
+        if not sel.any():
+            assert cells is None
+            continue
+        assert cells["n"] == int(sel.sum())
+        want = float(m.arrays["e_ecal"][sel].astype(np.float64).sum())
+        assert sum(cells["sum"].values()) == pytest.approx(want, rel=1e-6)
+        assert set(cells["sum"]) == set(cells["sum2"])
+    assert sum(m.meta.get("calib_cells", {}).get("n", 0) for m in feats) > 50
+
+
+@pytest.mark.parametrize("bad", [
+    {"n": -1, "sum": {}, "sum2": {}}, {"n": 3, "sum": {"MAIN_9_9": 1.0}, "sum2": {}},
+    {"n": 3, "sum": {"MAIN_2_2": float("nan")}, "sum2": {}}, {"n": 3, "sum": [1.0]},
+    "cells"])
+def test_malformed_cell_sums_are_refused_and_counted(bad: object) -> None:
+    msgs, _, _ = simulate(intensity=6e5, generated_s=0.002, seed=3)
+    feat = next(m for m in msgs if m.kind is Kind.FEATURES)
+    ra = RunAnalysis(MonitorConfig())
+    with pytest.raises(MonitorInputError, match="calib_cells"):
+        ra.feed(Message(Kind.FEATURES, run=feat.run, spill=feat.spill, seq=0, src="t",
+                        board="ALL", first=0, count=feat.count, arrays=feat.arrays,
+                        meta={**feat.meta, "calib_cells": bad}))
+    assert ra.refused == {"meta": 1} and ra.open_spills == 0
