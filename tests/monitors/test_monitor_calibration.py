@@ -231,12 +231,15 @@ def test_a_cell_reference_names_ecal_cells() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["feature", "waveform"])
-def test_cell_sums_add_up_to_the_triggers_e_ecal(mode: str) -> None:
-    """Each features message's `calib_cells`: its `n` is the slice's complete
-    calibration-trigger events and its cells add up to their E_ECAL (the trigger's sum of
-    the same energies, float32 on the wire)."""
-    msgs, _, _ = simulate(intensity=6e6, generated_s=0.01, seed=3, mode=mode)
+@pytest.mark.parametrize(("mode", "zs"), [("feature", False), ("waveform", False),
+                                          ("waveform", True)])
+def test_cell_sums_add_up_to_the_triggers_e_ecal(mode: str, zs: bool) -> None:
+    """Each features message's `calib_cells`, in every readout layout (feature hits, full
+    and zero-suppressed waveforms): its `n` is the slice's complete calibration-trigger
+    events and its cells add up to their E_ECAL (the trigger's sum of the same energies,
+    float32 on the wire)."""
+    msgs, _, _ = simulate(intensity=6e6, generated_s=0.01, seed=3, mode=mode,
+                          zero_suppress=zs)
     feats = [m for m in msgs if m.kind is Kind.FEATURES]
     for m in feats:
         sel = ((m.arrays["bits"] & 8) != 0) & (m.arrays["missing"] == 0)
