@@ -54,7 +54,7 @@ def _scale(e: dict[str, Any] | None, *, full: bool = False) -> str:
     error (a spill's is ~0.001 at 6e6: the last digit shown)."""
     if not e:
         return "-"
-    return f"{e['value']:.3f}±{e['error']:.3f}" if full else f"{e['value']:.3f}"
+    return f"{e['value']:.4f}±{e['error']:.4f}" if full else f"{e['value']:.3f}"
 
 
 def _hz(n: int, seconds: float | None) -> str:

@@ -95,10 +95,15 @@ class Alarms:
         """Judge a closed spill; a spill also clears `no_spill`."""
         out = self._set("no_spill", False, elapsed_s, s.run, s.spill)
         for name, value in spill_values(s, self.cfg.min_sample).items():
-            if value is not None:
-                out += self._set(name, not self.band(name).contains(value), value, s.run,
-                                 s.spill)
+            out += self.judge(name, value, run=s.run, spill=s.spill)
         return out
+
+    def judge(self, name: str, value: float | None, *, run: int | None,
+              spill: int | None) -> list[Transition]:
+        """Judge one figure of a spill against its band (None: not judged)."""
+        if value is None:
+            return []
+        return self._set(name, not self.band(name).contains(value), value, run, spill)
 
     def on_clock(self, since_last_spill_s: float, *, run: int | None = None,
                  spill: int | None = None) -> list[Transition]:

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
+from daq.analysis.reanalyze import analyze_file
 from daq.app import LocalStack
 from daq.errors import ConfigError
 from daq.stack import StackConfig
@@ -160,6 +161,15 @@ async def test_the_standing_system_raises_the_alarm_on_an_8_percent_drop(tmp_pat
                                     {"source": "live", "alarm": "ecal_scale_drift"}) == 1
         row = spill_row(sums[-1], None)
         assert row["ecal_scale"]["value"] == last.value
+    # `na64daq analyze` of the run file the recorder wrote: the same scale from the recorded
+    # calibration events (every one is recorded), and the alarm at the first spill
+    [run_file] = tmp_path.glob("run*.na64")
+    report = analyze_file(run_file)
+    scales = [s["ecal_scale"] for s in report["spills"]]
+    assert [sc["value"] for sc in scales] == pytest.approx(
+        [s.ecal_scale.value for s in sums if s.ecal_scale is not None], abs=1e-12)
+    assert [(a["alarm"], a["state"], a["spill"]) for a in report["alarms"]] == [
+        ("ecal_scale_drift", "raised", sums[0].spill)]
 
 
 @pytest.mark.slow
