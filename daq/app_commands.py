@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
         "published there (credentials from NA64_MQTT_USERNAME / NA64_MQTT_PASSWORD)"))
     p.add_argument("--run-dir", default="runs", help="where run files go (default ./runs)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other simulation setting (e.g. ecal_gain_scale=0.92: an 8 %% "
+                   "ECAL gain drop the calibration does not know of)")
     p.add_argument("--pace", choices=("max", "realtime", "factor"), default="max")
     p.add_argument("--factor", type=float, default=1.0)
     p.add_argument("--no-live", action="store_true", help="no live view (logs and summary only)")
@@ -87,6 +90,7 @@ def register(sub: argparse._SubParsersAction[Any]) -> None:
 
 def _demo_config(a: argparse.Namespace) -> StackConfig:
     from daq.metrics import free_port_block
+    from simulators.commands import settings
 
     port = a.metrics_port
     if port == 0 and a.mqtt:
@@ -102,7 +106,7 @@ def _demo_config(a: argparse.Namespace) -> StackConfig:
         "run_dir": a.run_dir, "workers": a.workers, "metrics": ports, "mqtt": a.mqtt,
         "simulator": {"spills": a.spills, "pace": a.pace, "factor": a.factor,
                       "sim": {"intensity": a.intensity, "mode": a.mode, "seed": a.seed,
-                              "generated_s": a.generated_s}},
+                              "generated_s": a.generated_s, **settings(a.set)}},
     }).inproc()
 
 

@@ -40,12 +40,21 @@ def _eff(e: dict[str, Any] | None, *, full: bool = False) -> str:
 
 #: the spill table's columns, as shown left to right; trigger rates in Hz (the spill's
 #: events over the time since the spill before closed: per second of the SPS cycle)
-_COLUMNS = ("spill", "events", "EOT", "live", "pileup", "VETO eff", "HCAL eff", "hadron",
-            "muon", "phys Hz", "beam Hz", "lost/shed", "incompl", "sig box", "cfg")
+_COLUMNS = ("spill", "events", "EOT", "live", "pileup", "VETO eff", "HCAL eff", "ECAL scale",
+            "hadron", "muon", "phys Hz", "beam Hz", "lost/shed", "incompl", "sig box", "cfg")
 #: on a terminal too narrow for all of them, columns are left out whole, last of this
 #: order first (rather than every figure shortened to an ellipsis)
 _KEEP_FIRST = ("spill", "events", "EOT", "VETO eff", "HCAL eff", "pileup", "incompl",
-               "lost/shed", "cfg", "live", "phys Hz", "beam Hz", "hadron", "muon", "sig box")
+               "lost/shed", "cfg", "live", "phys Hz", "beam Hz", "hadron", "muon", "ECAL scale",
+               "sig box")
+
+
+def _scale(e: dict[str, Any] | None, *, full: bool = False) -> str:
+    """The ECAL energy scale (calibration peak / nominal); `full`: with its statistical
+    error (a spill's is ~0.001 at 6e6: the last digit shown)."""
+    if not e:
+        return "-"
+    return f"{e['value']:.4f}±{e['error']:.4f}" if full else f"{e['value']:.3f}"
 
 
 def _hz(n: int, seconds: float | None) -> str:
@@ -62,8 +71,9 @@ def _lost_shed(s: dict[str, Any]) -> str:
 
 class SpillTable:
     """One row per recent spill: the figures the shift crew reads first. A 120-column
-    terminal shows all but the muon fraction and the signal box (~130 columns show every
-    one); a narrower one shows the most important columns whole.
+    terminal shows all but the muon fraction, the ECAL scale and the signal box (~150
+    columns show every one; a raised ecal_scale_drift alarm's line shows the scale
+    anyway); a narrower one shows the most important columns whole.
     `intervals`: seconds between each spill's close and the one before (the rates' time
     base, `MonitorMetrics.intervals`); without it the rates show "-"."""
 
@@ -80,7 +90,7 @@ class SpillTable:
         return (str(s["spill"]), _si(s["events"]), _si(s.get("eot")),
                 _pct(s.get("live_time_ratio"), 1), _pct(s.get("pileup_fraction")),
                 _eff(s.get("veto_efficiency")), _eff(s.get("hcal_efficiency")),
-                _pct(c.get("hadron")), _pct(c.get("muon")),
+                _scale(s.get("ecal_scale")), _pct(c.get("hadron")), _pct(c.get("muon")),
                 _hz(trig.get("physics", 0), seconds), _hz(trig.get("beam", 0), seconds),
                 _lost_shed(s),
                 str(s.get("incomplete_events", 0)), "blind" if box_ is None else str(box_),
@@ -180,6 +190,7 @@ def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | No
         for key in ("veto_efficiency", "hcal_efficiency"):
             t.add_row(key.replace("_", " "), _eff(totals.get(key), full=True))
         t.add_row("pileup fraction", _pct(totals.get("pileup_fraction")))
+        t.add_row("ECAL scale (run)", _scale(totals.get("ecal_scale"), full=True))
         trig = totals.get("triggers") or {}
         t.add_row("triggers", ", ".join(f"{k} {v}" for k, v in trig.items()))
         box_ = totals.get("signal_box")

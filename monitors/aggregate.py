@@ -8,6 +8,7 @@ or when the run is finished. Bad input raises MonitorInputError and is counted b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,11 +18,21 @@ import numpy as np
 from daq.errors import DaqError
 from daq.geometry import BOARD_NAMES
 from daq.wire import Kind, Message
+from monitors import calibration
+from monitors.alarms import judge_spills
 from monitors.config import MonitorConfig
 from monitors.identify import FEATURE_ARRAYS, TRACK_ARRAYS
 from monitors.kernels import aggregate
 from monitors.spectra import Spectra
-from monitors.summary import Counts, RunTotals, SpillSummary, figures, int_map
+from monitors.summary import (
+    BEAM_BIT,
+    CALIBRATION_BIT,
+    Counts,
+    RunTotals,
+    SpillSummary,
+    figures,
+    int_map,
+)
 
 Source = Literal["live", "replay"]
 _PASSIVE = frozenset({Kind.SPILL_START, Kind.RUN_START, Kind.RUN_STOP, Kind.CONFIG,
@@ -54,6 +65,51 @@ def check_features(msg: Message) -> Mapping[str, np.ndarray]:
     if a["e_hcal"].shape[1] < 1:
         raise MonitorInputError("arrays", "e_hcal has no modules")
     return a
+
+
+def complete_counts(f: Mapping[str, np.ndarray], counts: Counts, cfg: MonitorConfig) -> None:
+    """Add to a slice's `counts` (from the compiled pass) what it does not count: the
+    beam-condition events among complete events (EOT: a board that stopped mid-spill makes
+    the rest of the spill dead, not beam-less) and the calibration events' E_ECAL (the
+    energy scale). With every event complete, as nearly always, one pass over `bits`."""
+    calib = (f["bits"] & CALIBRATION_BIT) != 0
+    if counts.incomplete == 0:
+        counts.beam_cond_complete += counts.beam_cond
+    else:
+        complete = f["missing"] == 0
+        counts.beam_cond_complete += int(np.count_nonzero(
+            complete & ((f["cond"] & BEAM_BIT) != 0)))
+        calib &= complete
+    calibration.fill(counts.calib_hist, f["e_ecal"][calib], cfg.beam_energy_gev)
+
+
+def _cell_sums(m: object) -> dict[str, float] | None:
+    """{ECAL cell: finite non-negative number}, or None if `m` is not one."""
+    if not isinstance(m, Mapping):
+        return None
+    out: dict[str, float] = {}
+    for k, x in m.items():
+        if (k not in calibration.ecal_cells() or isinstance(x, bool)
+                or not isinstance(x, int | float) or not (math.isfinite(x) and x >= 0)):
+            return None
+        out[k] = float(x)
+    return out
+
+
+def calib_cells(meta: Mapping) -> tuple[int, dict[str, float], dict[str, float]] | None:
+    """The features meta `calib_cells` (trigger.processor.calib_cells) checked: `n` events,
+    and per ECAL cell of the geometry the `sum` and `sum2` of its energy."""
+    v = meta.get("calib_cells")
+    if v is None:
+        return None
+    n = v.get("n") if isinstance(v, Mapping) else None
+    total = _cell_sums(v.get("sum")) if isinstance(v, Mapping) else None
+    total2 = _cell_sums(v.get("sum2")) if isinstance(v, Mapping) else None
+    if (not isinstance(n, int) or isinstance(n, bool) or n < 0 or total is None
+            or total2 is None):
+        raise MonitorInputError("meta", f"calib_cells {v!r} is not n events and per-cell "
+                                "energy sums of ECAL cells")
+    return n, total, total2
 
 
 @dataclass
@@ -160,9 +216,15 @@ class RunAnalysis:
 
     def _features(self, msg: Message) -> None:
         f = check_features(msg)
+        cells = calib_cells(msg.meta)
         sp = self._spill(msg.spill)
-        # one compiled pass (monitors.kernels); monitors.reference is its NumPy twin
-        sp.counts.add(aggregate(f, self.cfg, self.boards, sp.spectra))
+        # one compiled pass (monitors.kernels); monitors.reference is its NumPy twin; then
+        # the two counts on complete events it does not make (NumPy, a few cheap passes)
+        c = aggregate(f, self.cfg, self.boards, sp.spectra)
+        complete_counts(f, c, self.cfg)
+        if cells is not None:
+            c.calib_cells_n, c.calib_cell_sum, c.calib_cell_sum2 = cells
+        sp.counts.add(c)
         sp.slices_seen += 1
         sp.shadow_ran |= msg.meta.get("shadow_cfg") is not None
         cfg = msg.meta.get("cfg")
@@ -288,7 +350,10 @@ class RunAnalysis:
             **figures(self.totals_counts, self.cfg, shadow_ran=self.shadow_ran))
 
     def report(self) -> dict:
-        """The `analyze --json` object: run, spills, totals."""
+        """The `analyze --json` object: run, spills, totals, and the alarm transitions the
+        spills (in spill order) cause."""
+        ordered = sorted(self.summaries, key=lambda s: s.spill)
         return {"run": self.run, "source": self.source,
                 "spills": [s.model_dump(mode="json") for s in self.summaries],
-                "totals": self.totals().model_dump(mode="json")}
+                "totals": self.totals().model_dump(mode="json"),
+                "alarms": judge_spills(ordered, self.cfg.alarms, source=self.source)}

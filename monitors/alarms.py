@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ ALARMS: dict[str, tuple[str, str]] = {
     "pileup_high": ("pileup", "fraction of events with beam multiplicity > 1"),
     "hadron_fraction_high": ("hadron_fraction", "hadron fraction of the beam"),
     "incomplete_high": ("incomplete_fraction", "fraction of incomplete events"),
+    "ecal_scale_drift": ("ecal_scale", "ECAL energy scale (calibration peak / nominal)"),
     "no_spill": ("", "seconds since the last spill closed"),
 }
 
@@ -57,6 +59,8 @@ def spill_values(s: SpillSummary, min_sample: int) -> dict[str, float | None]:
         "pileup_high": judged(s.pileup_fraction, had.n),
         "hadron_fraction_high": judged(had.value, had.n),
         "incomplete_high": judged(s.incomplete_fraction, s.events),
+        # judged when the spill had calib_min_events calibration electrons (else None)
+        "ecal_scale_drift": s.ecal_scale.value if s.ecal_scale is not None else None,
     }
 
 
@@ -91,10 +95,15 @@ class Alarms:
         """Judge a closed spill; a spill also clears `no_spill`."""
         out = self._set("no_spill", False, elapsed_s, s.run, s.spill)
         for name, value in spill_values(s, self.cfg.min_sample).items():
-            if value is not None:
-                out += self._set(name, not self.band(name).contains(value), value, s.run,
-                                 s.spill)
+            out += self.judge(name, value, run=s.run, spill=s.spill)
         return out
+
+    def judge(self, name: str, value: float | None, *, run: int | None,
+              spill: int | None) -> list[Transition]:
+        """Judge one figure of a spill against its band (None: not judged)."""
+        if value is None:
+            return []
+        return self._set(name, not self.band(name).contains(value), value, run, spill)
 
     def on_clock(self, since_last_spill_s: float, *, run: int | None = None,
                  spill: int | None = None) -> list[Transition]:
@@ -108,3 +117,12 @@ class Alarms:
         for name in ALARMS:
             out += self._set(name, False, None, run, None)
         return out
+
+
+def judge_spills(summaries: Iterable[SpillSummary], cfg: AlarmConfig, *,
+                 source: str = "live") -> list[dict[str, Any]]:
+    """The spill alarms' transitions over closed spills in order, as the live monitor would
+    publish them (what `na64daq analyze` reports: no clock, so no `no_spill`)."""
+    alarms = Alarms(cfg, source=source)
+    return [t.payload() for s in summaries for t in alarms.on_spill(s)
+            if t.name != "no_spill"]

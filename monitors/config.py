@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pydantic import Field, model_validator
 
 from daq.config import StrictModel
 from daq.errors import ConfigError
+from monitors.calibration import ecal_cells
 from trigger.config import ECAL_MAX_GEV, PS_MIN_GEV
 
 
@@ -44,6 +46,9 @@ class AlarmConfig(StrictModel):
                                   description="Band of the hadron fraction of the beam.")
     incomplete_fraction: Band = Field(default=Band(high=0.01),
                                       description="Band of the fraction of incomplete events.")
+    ecal_scale: Band = Field(default=Band(low=0.97, high=1.03),
+                             description="Band of the ECAL energy scale (calibration peak / "
+                             "nominal): +-3 %.")
     min_sample: int = Field(default=200, ge=1, le=10**9,
                             description="Efficiency and composition alarms are only judged on a "
                             "spill whose sample has at least this many events.")
@@ -118,10 +123,30 @@ class MonitorConfig(StrictModel):
                             description="Bins per axis of the E_ECAL-E_HCAL plane.")
     spectrum_max_ratio: float = Field(default=1.5, gt=0, le=10,
                                       description="Spectra extend to this x beam energy.")
+    calib_reference: float = Field(default=1.0, gt=0.5, lt=1.5,
+                                   description="Peak of E_ECAL / beam energy of calibration "
+                                   "electrons with the nominal calibration (the scale's 1.0).")
+    calib_min_events: int = Field(default=100, ge=2, le=10**9,
+                                  description="Calibration events (inside the peak's window) "
+                                  "a spill needs for an energy scale.")
+    calib_cell_reference: dict[str, float] = Field(
+        default_factory=dict, max_length=1000,
+        description="Mean energy (GeV) per ECAL cell of the calibration events with the "
+        "nominal gains, e.g. a reference run's `ecal_cells` means (analyze --json): each "
+        "cell's scale is its mean over this. Empty: cell energies without scales.")
     max_open_spills: int = Field(default=4, ge=1, le=1000,
                                  description="A spill still open when this many later spills "
                                  "have closed is closed as incomplete (lost messages).")
     alarms: AlarmConfig = Field(default=AlarmConfig(), description="Alarm bands.")
+
+    @model_validator(mode="after")
+    def _cells(self) -> MonitorConfig:
+        for cell, mean in self.calib_cell_reference.items():
+            if cell not in ecal_cells():
+                raise ValueError(f"calib_cell_reference: {cell!r} is not an ECAL cell")
+            if not (math.isfinite(mean) and mean > 0):
+                raise ValueError(f"calib_cell_reference[{cell!r}] = {mean} must be above 0")
+        return self
 
     @model_validator(mode="after")
     def _srd_range(self) -> MonitorConfig:

@@ -57,6 +57,16 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "na64_efficiency_sample_size": ("gauge", ("source", "detector"),
                                     "Identified electrons the efficiency is measured on."),
     "na64_composition_ratio": ("gauge", ("source", "species"), "Beam composition fraction."),
+    "na64_monitor_ecal_scale": ("gauge", ("source", "bound"),
+                                "ECAL energy scale of the last spill: calibration-trigger "
+                                "peak / nominal (value, value - error, value + error)."),
+    "na64_monitor_ecal_cell_scale": ("gauge", ("source", "cell"),
+                                     "Last spill's energy scale of each ECAL cell with a "
+                                     "reference (calib_cell_reference): mean energy / "
+                                     "reference; NaN when the spill had none."),
+    "na64_monitor_ecal_scale_events": ("gauge", ("source",),
+                                       "Calibration events the last spill's scale is "
+                                       "measured on (inside the peak's window)."),
     "na64_incomplete_ratio": ("gauge", ("source",), "Incomplete fraction of the last spill."),
     "na64_run_number": ("gauge", ("source",), "Run of the last closed spill."),
     "na64_spill_number": ("gauge", ("source",), "Number of the last closed spill."),
@@ -272,6 +282,7 @@ class MonitorMetrics:
                 g("na64_efficiency_ratio").labels(src, det, "high").set(est.high)
         for sp in SPECIES_NAMES:
             self._maybe(g("na64_composition_ratio").labels(src, sp), s.composition[sp])
+        self._scale(src, s)
         g("na64_run_number").labels(src).set(s.run)
         g("na64_spill_number").labels(src).set(s.spill)
         g("na64_last_spill_timestamp_seconds").labels(src).set(now)
@@ -285,6 +296,20 @@ class MonitorMetrics:
             if src not in self._spectra.spectra:
                 self._spectra.spectra[src] = Spectra.empty(self.cfg)
             self._spectra.spectra[src].add(spectra)
+
+    def _scale(self, src: str, s: SpillSummary) -> None:
+        """The energy scale and its 1-sigma bounds; NaN when the spill had too few
+        calibration events."""
+        sc, g = s.ecal_scale, self.gauge("na64_monitor_ecal_scale")
+        g.labels(src, "value").set(sc.value if sc else float("nan"))
+        g.labels(src, "low").set(sc.value - sc.error if sc else float("nan"))
+        g.labels(src, "high").set(sc.value + sc.error if sc else float("nan"))
+        self.gauge("na64_monitor_ecal_scale_events").labels(src).set(sc.n if sc else 0)
+        cells = s.ecal_cells or {}
+        for cell in self.cfg.calib_cell_reference:  # the label set: the configured cells
+            c = cells.get(cell)
+            self._maybe(self.gauge("na64_monitor_ecal_cell_scale").labels(src, cell),
+                        c.scale if c is not None else None)
 
     @staticmethod
     def _maybe(child: Gauge, value: float | None) -> None:

@@ -13,6 +13,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from monitors import calibration
+from monitors.calibration import CellEnergy, ScaleEstimate
 from monitors.config import MonitorConfig
 from monitors.identify import SPECIES_NAMES
 from monitors.stats import Estimate, estimate
@@ -20,6 +22,7 @@ from monitors.stats import Estimate, estimate
 #: trigger types by bit position (docs/dataflow.md): PHYSICS=1 BEAM=2 RANDOM=4 CALIBRATION=8.
 TRIGGER_TYPES = ("physics", "beam", "random", "calibration")
 BEAM_BIT = 2
+CALIBRATION_BIT = 8
 
 
 @dataclass
@@ -30,6 +33,7 @@ class Counts:
     complete: int = 0  # events with every board present (the physics sample)
     incomplete: int = 0  # events with at least one board missing
     beam_cond: int = 0  # events meeting the beam condition (cond & BEAM)
+    beam_cond_complete: int = 0  # the same among complete events (the EOT count)
     accepted: int = 0  # events with bits != 0
     shed: int = 0  # events dropped for dead time (builder spill_end)
     pileup: int = 0  # complete events with beam multiplicity > 1
@@ -48,6 +52,13 @@ class Counts:
     missing_board: dict[str, int] = field(default_factory=dict)  # from the `missing` bits
     incomplete_board: dict[str, int] = field(default_factory=dict)  # builder's account
     builder_gaps: dict[str, int] = field(default_factory=dict)
+    #: E_ECAL / beam energy of calibration-trigger events (monitors.calibration)
+    calib_hist: np.ndarray = field(default_factory=calibration.empty_hist)
+    #: per ECAL cell: summed energy and squared energy of the complete calibration events
+    #: (features meta `calib_cells`), and how many events those sums are over
+    calib_cells_n: int = 0
+    calib_cell_sum: dict[str, float] = field(default_factory=dict)
+    calib_cell_sum2: dict[str, float] = field(default_factory=dict)
 
     def add(self, other: Counts) -> None:
         for f in fields(self):
@@ -70,11 +81,15 @@ class Figures(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     events: int = Field(description="Processed events (features received).")
-    eot: float | None = Field(description="Electrons on target: beam-condition events / "
-                              "live_time_ratio; None when every event was shed.")
-    live_time_ratio: float = Field(description="processed / (processed + shed).")
+    eot: float | None = Field(description="Electrons on target: beam-condition events "
+                              "among complete events / live_time_ratio; None when no event "
+                              "was live.")
+    live_time_ratio: float = Field(description="complete / (processed + shed): the part of "
+                                   "the spill in which every board delivered and nothing "
+                                   "was shed.")
     shed: int = Field(description="Events the builder dropped for dead time.")
-    beam_triggers: int = Field(description="Processed events meeting the beam condition.")
+    beam_triggers: int = Field(description="Processed events meeting the beam condition "
+                               "(complete or not).")
     triggers: dict[str, int] = Field(description="Events per fired trigger type.")
     accepted: int = Field(description="Events with any trigger bit fired.")
     accepted_ratio: float | None = Field(description="accepted / events.")
@@ -99,6 +114,12 @@ class Figures(BaseModel):
     untracked_events: int = Field(description="Complete events without the spectrometer's "
                                   "arrays (streams recorded before it): no momentum or track "
                                   "cut was possible for them.")
+    ecal_scale: ScaleEstimate | None = Field(default=None, description=(
+        "ECAL energy scale: peak of E_ECAL of the calibration-trigger events / (calib_"
+        "reference x beam energy), 1.0 nominal; None with fewer than calib_min_events."))
+    ecal_cells: dict[str, CellEnergy] | None = Field(default=None, description=(
+        "Per ECAL cell with energy in the calibration events: its mean energy, share and "
+        "scale against calib_cell_reference; None with fewer than calib_min_events."))
 
 
 class SpillSummary(Figures):
@@ -138,11 +159,13 @@ def _by_board(c: Counts) -> dict[str, int]:
 def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) -> dict:
     """The Figures fields (as a dict for model construction) from counts."""
     total = c.events + c.shed
-    live = c.events / total if total else 1.0
+    live = c.complete / total if total else 1.0
     ran = c.shadow_seen > 0 if shadow_ran is None else shadow_ran
+    scale = calibration.peak(c.calib_hist, reference=cfg.calib_reference,
+                             min_events=cfg.calib_min_events)
     return {
         "events": c.events,
-        "eot": (c.beam_cond / live) if live > 0 else None,
+        "eot": (c.beam_cond_complete / live) if live > 0 else None,
         "live_time_ratio": live,
         "shed": c.shed,
         "beam_triggers": c.beam_cond,
@@ -168,6 +191,10 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
         "dimuons": c.dimuons,
         "dimuons_per_eot": c.dimuons / (c.beam_cond / live) if c.beam_cond and live else None,
         "untracked_events": c.untracked,
+        "ecal_scale": scale,
+        "ecal_cells": calibration.cell_energies(
+            c.calib_cells_n, c.calib_cell_sum, c.calib_cell_sum2, cfg.calib_cell_reference,
+            scale, min_events=cfg.calib_min_events),
     }
 
 

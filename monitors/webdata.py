@@ -16,6 +16,7 @@ import hist
 import numpy as np
 
 from monitors.alarms import ALARMS, spill_values
+from monitors.calibration import ScaleEstimate
 from monitors.config import MonitorConfig
 from monitors.identify import regions
 from monitors.spectra import SPECTRA, Spectra
@@ -129,7 +130,11 @@ def spill_row(s: SpillSummary, seconds: float | None) -> dict[str, Any]:
             "veto": _est(s.veto_efficiency), "hcal": _est(s.hcal_efficiency),
             "composition": dict(s.composition), "rates_hz": _rates(s, seconds),
             "incomplete_by_board": dict(s.incomplete_by_board), "closed": s.closed,
-            "seconds": seconds}
+            "ecal_scale": _scale(s.ecal_scale), "seconds": seconds}
+
+
+def _scale(e: ScaleEstimate | None) -> dict[str, Any] | None:
+    return None if e is None else e.model_dump()
 
 
 def state(*, cfg: MonitorConfig, run: int | None, run_state: str, source: str,
@@ -177,6 +182,11 @@ def state(*, cfg: MonitorConfig, run: int | None, run_state: str, source: str,
                        "hcal_run": _est(t.hcal_efficiency) if t is not None else None},
         "composition": dict(last.composition) if last is not None else {},
         "composition_run": dict(t.composition) if t is not None else {},
+        "calibration": {"scale": _scale(last.ecal_scale) if last is not None else None,
+                        "scale_run": _scale(t.ecal_scale) if t is not None else None,
+                        "band": cfg.alarms.ecal_scale.model_dump(),
+                        "cells": ({k: c.model_dump() for k, c in last.ecal_cells.items()}
+                                  if last is not None and last.ecal_cells else {})},
         "boards": [{"board": b, "incomplete_spill": int(spill_board.get(b, 0)),
                     "incomplete_run": int(incomplete_run.get(b, 0)),
                     "gaps_run": int(gaps_run.get(b, 0))} for b in boards],

@@ -76,7 +76,13 @@ def _sim_dict(a: argparse.Namespace) -> dict[str, Any]:
         d["zero_suppress"] = True
     if a.zs_adc is not None:
         d["zs_adc"] = a.zs_adc
-    for item in a.set:
+    return {**d, **settings(a.set)}
+
+
+def settings(items: list[str]) -> dict[str, str]:
+    """`--set KEY=VALUE` items as a dict (the values validated by SimConfig)."""
+    d: dict[str, str] = {}
+    for item in items:
         key, eq, value = item.partition("=")
         if not eq:
             raise ConfigError("--set", item, "expected KEY=VALUE")

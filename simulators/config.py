@@ -51,6 +51,18 @@ class SimConfig(StrictModel):
         "noise). Feature mode: rounded amplitude >= zs_adc; waveform mode: largest sample "
         "minus the pedestal estimate >= zs_adc.")
     run: int = Field(1, ge=0, le=2**31, description="Run number stamped on every message.")
+    ecal_gain_scale: float = Field(
+        1.0, ge=0.5, le=1.5,
+        description="True gain of every ECAL channel / the calibration's gain (0.92: an 8 % "
+        "gain drop the calibration does not know of).")
+    ecal_gain_drift: float = Field(
+        0.0, ge=-0.2, le=0.2,
+        description="Relative change of the ECAL gain per spill: spill s has its gain times "
+        "(1 + drift s), floored at 0.5; on ecal_drift_cell only, else every ECAL channel.")
+    ecal_drift_cell: str | None = Field(
+        None, min_length=1, max_length=32,
+        description="ECAL channel (e.g. MAIN_2_2, the beam spot's) the drift applies to; "
+        "None: every ECAL channel.")
 
     @model_validator(mode="after")
     def _check(self) -> SimConfig:
@@ -63,6 +75,14 @@ class SimConfig(StrictModel):
         if self.spill_period_s < self.spill_length_s:
             raise ValueError("spill_period_s must not be shorter than spill_length_s")
         return self
+
+    def ecal_gain_factor(self, spill: int) -> tuple[float, float]:
+        """(every ECAL channel's, ecal_drift_cell's) true gain / calibration gain in `spill`
+        (equal when the drift applies to every channel)."""
+        drift = max(0.5, 1.0 + self.ecal_gain_drift * spill)
+        if self.ecal_drift_cell is None:
+            return self.ecal_gain_scale * drift, self.ecal_gain_scale * drift
+        return self.ecal_gain_scale, self.ecal_gain_scale * drift
 
     @property
     def gen_s(self) -> float:

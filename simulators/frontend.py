@@ -164,7 +164,9 @@ class FrontEnds:
                 sent[TRUTH] += sl.count
                 yield Emission(TRUTH, self._msg(TRUTH, Kind.SLICE, plan.spill, first=sl.first,
                                                 count=sl.count, arrays=dict(sl.truth),
-                                                meta={"slice_index": sl.index}), t_ns)
+                                                meta={"slice_index": sl.index,
+                                                      "ecal_gain": self.sim.ecal_gain(
+                                                          plan.spill)}), t_ns)
         t_end = t0 + round(self.sim.cfg.gen_s * 1e9)
         for s in self.streams:
             if stop_after is not None and s == f.stop_board:

@@ -97,11 +97,42 @@ class Simulator:
         self._v1: dict[int, int] = {}
         self._sums: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         hcal = geom.board("HCAL")
+        self._drift_ch = self._drift_channel(geom)  # ECAL channel of the per-cell drift
         #: the truth's per-particle energy sums (GeV), taken before the conversion to ADC
         self.sum_spec: SumSpec = {
             "e_ecal": ("ECAL", [None]), "e_ps": ("ECAL", [geom.board("ECAL").indices("PS")]),
             "e_hcal": ("HCAL", [hcal.indices(f"HCAL{m}") for m in range(1, 5)]),
             "e_veto": ("VETO", [None]), "e_srd": ("SRD", [None])}
+
+    def _drift_channel(self, geom: Geometry) -> int | None:
+        name = self.cfg.ecal_drift_cell
+        if name is None:
+            return None
+        names = [c.name for c in geom.board("ECAL").channels]
+        if name not in names:
+            raise SimulatorError(f"ecal_drift_cell {name!r} is not an ECAL channel "
+                                 f"({names[0]} ... {names[-1]})")
+        return names.index(name)
+
+    def ecal_gain(self, spill: int) -> dict[str, float]:
+        """The truth of the ECAL gains in `spill`: true / calibration gain, for every
+        channel (`scale`) and, with a per-cell drift, for that channel."""
+        every, cell = self.cfg.ecal_gain_factor(spill)
+        out = {"scale": every}
+        if self.cfg.ecal_drift_cell is not None:
+            out[self.cfg.ecal_drift_cell] = cell
+        return out
+
+    def _gains(self, spill: int) -> dict[str, np.ndarray]:
+        """The true gains of `spill`: the calibration's, with the ECAL's scale and drift
+        (the trigger still divides by the calibration's: a gain change shifts E_ECAL)."""
+        every, cell = self.cfg.ecal_gain_factor(spill)
+        if every == cell == 1.0:
+            return self.calib.gain
+        ecal = self.calib.gain["ECAL"] * every
+        if self._drift_ch is not None:
+            ecal[self._drift_ch] = self.calib.gain["ECAL"][self._drift_ch] * cell
+        return {**self.calib.gain, "ECAL": ecal}
 
     def v1_count(self, plan: SpillPlan) -> int:
         """Events of the spill's generated slices whose particle fired V1 (the V1 scaler)."""
@@ -134,7 +165,7 @@ class Simulator:
             n = min(plan.events, (k + 1) * plan.slice_events) - k * plan.slice_events
             blk = generate_block(self.cfg, self.layout, rng, n)
             v1 = blk.dep["BEAM"][:, 3] > 0
-            sums = to_adc(blk, self.calib.gain, self.sum_spec)  # deposits -> ADC counts
+            sums = to_adc(blk, self._gains(plan.spill), self.sum_spec)  # deposits -> ADC
             self._sums[key] = {**sums, "v1": v1}
             self._blocks[key] = blk
             for old in [b for b in self._blocks if b[0] != plan.spill or b[1] < k - 1]:

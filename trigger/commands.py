@@ -132,6 +132,8 @@ def _print_analysis(result: dict[str, Any]) -> None:
     from rich.console import Console
 
     from daq.live import run_summary, spill_table
+    from monitors.alarmtext import line as alarm_line
+    from monitors.config import Band
 
     # into a file or a pipe rich assumes 80 columns and cuts every figure to an ellipsis
     console = Console(width=None if sys.stdout.isatty() else 160)
@@ -141,7 +143,13 @@ def _print_analysis(result: dict[str, Any]) -> None:
         console.print(_recorded_table(result))
     else:
         console.print(spill_table(result["spills"], last=len(result["spills"])))
-        console.print(run_summary(result["spills"], result.get("totals")))
+        raised = sorted({a["alarm"] for a in result.get("alarms", [])
+                         if a["state"] == "raised"})
+        console.print(run_summary(result["spills"], result.get("totals"), raised))
+    for a in result.get("alarms", []):  # judged on the spills in order, as online
+        console.print("alarm " + alarm_line(a["alarm"], a["state"], a["value"],
+                                            Band(**a["band"]), spill=a["spill"]),
+                      highlight=False, soft_wrap=True)
     for line in result.get("derived", []):
         console.print(f"derived: {line}", highlight=False, soft_wrap=True)
     for line in result.get("not_derived", []):
@@ -160,7 +168,7 @@ def _recorded_table(result: dict[str, Any]) -> Any:
     t = Table(title="Spills of a recorded file (accepted events)", box=box.SIMPLE_HEAD,
               show_edge=False)
     for col in ("spill", "events", "accepted", "phys", "beam", "rand", "calib", "EOT",
-                "features ok", "re-run same", "VETO eff", "HCAL eff", "cfg"):
+                "E scale", "features ok", "re-run same", "VETO eff", "HCAL eff", "cfg"):
         t.add_column(col, justify="right")
 
     def eff(e: dict[str, Any] | None) -> str:
@@ -170,10 +178,12 @@ def _recorded_table(result: dict[str, Any]) -> Any:
 
     for s in [*result["spills"], {**result["totals"], "spill": "all", "trigger_cfg": None}]:
         trig, eot, mon = s["triggers"], s.get("eot"), s.get("monitor") or {}
+        scale = s.get("ecal_scale")
         feat, rerun = s["features"], s.get("rerun") or {}
         t.add_row(str(s["spill"]), f"{s['events'] or 0:,}", f"{s['accepted']:,}",
                   *(str(trig[k]) for k in ("physics", "beam", "random", "calibration")),
                   "-" if not eot else f"{eot['value']:,.0f}",
+                  "-" if not scale else f"{scale['value']:.3f}",
                   f"{feat['checked'] - feat['differ']}/{feat['checked']}",
                   f"{rerun.get('same_bits', 0)}/{rerun.get('events', 0)}",
                   eff(mon.get("veto_efficiency")), eff(mon.get("hcal_efficiency")),

@@ -9,6 +9,7 @@ a replay. Messages leave without `seq`: each output stream numbers its own (`Sta
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -20,10 +21,11 @@ from daq.errors import ConfigError
 from daq.geometry import Calibration, Geometry
 from daq.wire import Kind, Message
 from trigger import kernels
-from trigger.config import TRIGGER_BITS, parse_config
+from trigger.config import CALIBRATION, TRIGGER_BITS, parse_config
 from trigger.core import (
     Features,
     TriggerParams,
+    board_amplitudes,
     build_params,
     compute_features,
     decide,
@@ -79,6 +81,8 @@ class SliceProcessor:
         self.calibration = calibration
         self.backend = backend
         self._cache: OrderedDict[str, TriggerParams | ConfigError] = OrderedDict()
+        self._ecal_names = (tuple(c.name for c in geometry.board("ECAL").channels)
+                            if "ECAL" in geometry.board_names else ())
 
     def params(self, data: Any, cfg_hash: Any) -> TriggerParams:
         """The validated params of a stamped configuration (cached by hash)."""
@@ -116,8 +120,11 @@ class SliceProcessor:
         cond, bits = decide(f, p, run=msg.run, spill=msg.spill, first=msg.first,
                             backend=self.backend)
         shadow, shadow_hash, shadow_error = self._shadow(msg, mode, p, f)
-        res = SliceResult(self._features(msg, f, cond, bits, shadow, shadow_hash, mode,
-                                         self.backend),
+        feat = self._features(msg, f, cond, bits, shadow, shadow_hash, mode, self.backend)
+        cells = calib_cells(msg, bits, mode, p, self._ecal_names, self.backend)
+        if cells is not None:
+            feat.meta["calib_cells"] = cells
+        res = SliceResult(feat,
                           Message(Kind.ACCEPTED), p, _fired(bits),
                           _fired(shadow) if shadow_hash else {},
                           int(np.count_nonzero(bits)), int(np.count_nonzero(shadow)),
@@ -173,3 +180,52 @@ class SliceProcessor:
         return Message(Kind.ACCEPTED, run=msg.run, spill=msg.spill, board="ALL",
                        first=msg.first, count=len(idx), arrays=arrays, meta=meta,
                        replay=msg.replay)
+
+
+def calib_cells(msg: Message, bits: np.ndarray, mode: str, p: TriggerParams,
+                names: tuple[str, ...], backend: ModuleType = kernels) -> dict[str, Any] | None:
+    """The ECAL energy per cell of the slice's complete calibration-trigger events, summed
+    (`sum`) and squared (`sum2`) per channel that saw any, with their number `n`: what the
+    monitors track each cell's energy scale with (docs/monitors.md, "Calibration").
+    Energies as the trigger sums them (amplitude / gain from the zero threshold on, masked
+    channels out); `names` are the ECAL's channels. None when the slice has no such event
+    or no ECAL. Runs after compute_features, which checked the arrays."""
+    idx = np.flatnonzero((bits & CALIBRATION) != 0)  # a bool mask: numpy's fast path
+    missing = msg.arrays.get("missing")
+    if missing is not None:
+        idx = idx[missing[idx] == 0]
+    ecal = next((b for b in p.boards if b.name == "ECAL"), None)
+    read = "ECAL.nhit" in msg.arrays or "ECAL.wave" in msg.arrays  # else: ECAL read nothing
+    if not len(idx) or ecal is None or not read:
+        return None
+    if "ECAL.hit_amp" in msg.arrays:  # feature hits, the usual case: no pulse search
+        ch, amp = _feature_hits(msg.arrays, idx, backend)
+    else:
+        sub = select_events({k: a for k, a in msg.arrays.items() if k.startswith("ECAL.")},
+                            idx, backend)
+        ba = board_amplitudes(sub, len(idx), mode, p, backend)[0]["ECAL"]
+        if ba.nhit is None:
+            ch, amp = np.indices(ba.amp.shape)[1].ravel(), ba.amp.ravel()
+        else:
+            assert ba.ch is not None  # hits come with their channels
+            ch, amp = ba.ch, ba.amp
+    a = amp.astype(np.float64)
+    ok = (a >= p.config.zero_threshold_adc) & (ecal.group[ch] >= 0)
+    c = ch[ok].astype(np.int64)
+    e = a[ok] * ecal.weight[c]  # one (event, channel) per hit: channels are in order
+    total = np.bincount(c, weights=e, minlength=ecal.nch)
+    total2 = np.bincount(c, weights=e * e, minlength=ecal.nch)
+    seen = np.flatnonzero(total > 0)
+    return {"n": len(idx), "sum": {names[c]: float(total[c]) for c in seen},
+            "sum2": {names[c]: float(total2[c]) for c in seen}}
+
+
+def _feature_hits(arrays: Mapping[str, np.ndarray], idx: np.ndarray, backend: ModuleType
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(channel, amplitude) of every ECAL feature hit of events `idx`."""
+    nhit = arrays["ECAL.nhit"]
+    starts = np.empty(len(idx), np.int64)
+    backend.hit_starts(nhit, idx, starts)
+    lens = nhit[idx].astype(np.int64)
+    h = np.arange(int(lens.sum())) + np.repeat(starts - (np.cumsum(lens) - lens), lens)
+    return arrays["ECAL.hit_ch"][h], arrays["ECAL.hit_amp"][h]

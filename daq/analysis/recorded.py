@@ -17,7 +17,10 @@ many events each spill had and how many were shed. From that this module re-deri
   select on E_ECAL and would bias the efficiencies and the composition), or every accepted
   event (`sample="accepted"`);
 - electrons on target per spill from the prescaled beam trigger: beam-bit events x the beam
-  prescale / the live-time ratio, with the Poisson score interval of the count.
+  prescale / the live-time ratio, with the Poisson score interval of the count;
+- the ECAL energy scale per spill from the calibration-trigger events (all of them are
+  recorded: the same figure as online, monitors.calibration), and the transitions of the
+  `ecal_scale_drift` alarm it causes.
 """
 
 from __future__ import annotations
@@ -32,12 +35,14 @@ import numpy as np
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
 from daq.runfile import RunFileReader
 from daq.wire import Kind, Message
+from monitors import calibration
+from monitors.alarms import Alarms
 from monitors.analysis import analyze as monitor_analysis
 from monitors.config import MonitorConfig
 from monitors.identify import FEATURE_ARRAYS, TRACK_ARRAYS
 from monitors.stats import ONE_SIGMA, z_score
 from trigger.analyze import decide_at
-from trigger.config import BEAM, RANDOM, TRIGGER_BITS, TriggerConfig
+from trigger.config import BEAM, CALIBRATION, RANDOM, TRIGGER_BITS, TriggerConfig
 from trigger.core import build_params, compute_features
 from trigger.errors import SliceError
 from trigger.processor import SliceProcessor
@@ -80,6 +85,14 @@ class _Spill:
     rerun_fired: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRIGGER_BITS, 0))
     rerun_kept: int = 0
     not_rerun: dict[str, int] = field(default_factory=dict)
+    #: E_ECAL / beam energy of the complete calibration-trigger events (the energy scale)
+    calib_hist: np.ndarray = field(default_factory=calibration.empty_hist)
+
+    def ecal_scale(self, cfg: MonitorConfig) -> dict[str, Any] | None:
+        """The ECAL energy scale of the recorded calibration events (monitors.calibration)."""
+        sc = calibration.peak(self.calib_hist, reference=cfg.calib_reference,
+                              min_events=cfg.calib_min_events)
+        return sc.model_dump() if sc is not None else None
 
     def eot(self, confidence: float) -> dict[str, Any] | None:
         """EOT from the prescaled beam trigger, None without a beam prescale or events."""
@@ -93,13 +106,14 @@ class _Spill:
         return {"value": n * scale, "low": lo * scale, "high": hi * scale, "beam_triggers": n,
                 "prescale": self.prescale_beam, "live_time_ratio": live}
 
-    def as_dict(self, confidence: float, rerun: bool) -> dict[str, Any]:
+    def as_dict(self, cfg: MonitorConfig, rerun: bool) -> dict[str, Any]:
+        confidence = cfg.confidence
         out: dict[str, Any] = {
             "spill": self.spill, "events": self.events, "shed": self.shed,
             "slices": self.slices, "accepted": self.accepted,
             "accept_rate": self.accepted / self.events if self.events else None,
             "triggers": dict(self.fired), "trigger_cfg": ",".join(sorted(self.cfgs)) or None,
-            "eot": self.eot(confidence),
+            "eot": self.eot(confidence), "ecal_scale": self.ecal_scale(cfg),
             "features": {"checked": self.checked, "differ": self.differ}}
         if rerun:
             out["rerun"] = {"events": self.rerun, "same_bits": self.same,
@@ -194,7 +208,7 @@ def analyze_recorded(path: str | Path, trigger_config: TriggerConfig | None = No
             sp = spills.setdefault(m.spill, _Spill(m.spill)) \
                 if m.kind not in (Kind.RUN_START, Kind.RUN_STOP) else None
             if sp is not None and m.kind is Kind.ACCEPTED:
-                _account(m, sp)
+                _account(m, sp, mcfg)
                 if m.count:
                     rerun(m, sp)
                 yield _sample_features(m, sample)
@@ -209,12 +223,18 @@ def analyze_recorded(path: str | Path, trigger_config: TriggerConfig | None = No
     monitor = {s["spill"]: s for s in report["spills"]}
     rows = [s for _, s in sorted(spills.items()) if s.messages or s.events is not None]
     out_spills = []
+    alarms = Alarms(mcfg.alarms, source="replay" if head["replay"] else "live")
+    transitions = []
     for s in rows:
-        d = s.as_dict(mcfg.confidence, rerun=True)
+        d = s.as_dict(mcfg, rerun=True)
+        scale = d["ecal_scale"]
+        transitions += [t.payload() for t in alarms.judge(
+            "ecal_scale_drift", scale["value"] if scale else None, run=ra.run,
+            spill=s.spill)]
         fig = monitor.get(s.spill)
         d["monitor"] = {k: v for k, v in fig.items() if k not in _BEAM_FIGURES} if fig else None
         out_spills.append(d)
-    totals = _totals(rows, report["totals"], mcfg.confidence)
+    totals = _totals(rows, report["totals"], mcfg)
     return {"file": str(path), "kind": "recorded", "run": head["run"],
             "replay": head["replay"], "mode": head["mode"],
             "derived": _derived(rows, trigger_config),
@@ -222,18 +242,24 @@ def analyze_recorded(path: str | Path, trigger_config: TriggerConfig | None = No
             "monitor_sample": f"{sample}: {SAMPLES[sample]}",
             "trigger_config": (trigger_config.model_dump(mode="json")
                                if trigger_config is not None else None),
-            "spills": out_spills, "totals": totals,
+            "spills": out_spills, "totals": totals, "alarms": transitions,
             "events": totals["events"], "accepted": totals["accepted"],
             "refused": report["totals"]["refused"]}
 
 
-def _account(m: Message, sp: _Spill) -> None:
+def _account(m: Message, sp: _Spill, mcfg: MonitorConfig) -> None:
     sp.messages += 1
     sp.accepted += m.count
     bits = m.arrays.get("bits")
     if bits is not None:
         for name, bit in TRIGGER_BITS.items():
             sp.fired[name] += int(np.count_nonzero(bits & bit))
+        calib = (bits & CALIBRATION) != 0
+        missing, e_ecal = m.arrays.get("missing"), m.arrays.get("e_ecal")
+        if missing is not None:
+            calib &= missing == 0
+        if e_ecal is not None:
+            calibration.fill(sp.calib_hist, e_ecal[calib], mcfg.beam_energy_gev)
     cfg, tc = m.meta.get("cfg"), m.meta.get("trigger_config")
     if isinstance(cfg, str):
         sp.cfgs.add(cfg)
@@ -251,7 +277,8 @@ def _spill_end(m: Message, sp: _Spill) -> None:
         sp.slices = int(meta["slices"])
 
 
-def _totals(rows: list[_Spill], monitor: dict[str, Any], confidence: float) -> dict[str, Any]:
+def _totals(rows: list[_Spill], monitor: dict[str, Any], cfg: MonitorConfig
+            ) -> dict[str, Any]:
     t = _Spill(-1)
     t.events = sum(s.events or 0 for s in rows)
     for s in rows:
@@ -268,9 +295,10 @@ def _totals(rows: list[_Spill], monitor: dict[str, Any], confidence: float) -> d
         for k, v in s.not_rerun.items():
             t.not_rerun[k] = t.not_rerun.get(k, 0) + v
         t.cfgs |= s.cfgs
-    d = t.as_dict(confidence, rerun=True)
+        t.calib_hist += s.calib_hist
+    d = t.as_dict(cfg, rerun=True)
     del d["spill"], d["slices"]
-    eots = [s.eot(confidence) for s in rows]
+    eots = [s.eot(cfg.confidence) for s in rows]
     d["eot"] = (None if not eots or any(e is None for e in eots) else
                 {"value": sum(e["value"] for e in eots if e),
                  "beam_triggers": sum(e["beam_triggers"] for e in eots if e)})
@@ -295,6 +323,9 @@ def _derived(rows: list[_Spill], override: TriggerConfig | None) -> list[str]:
         out.append(f"the trigger re-run on {rerun} accepted events with {what} "
                    f"({same} with the same bits)")
     out.append("monitor figures over the sample named in monitor_sample")
+    if any(s.calib_hist.any() for s in rows):
+        out.append("the ECAL energy scale per spill from the recorded calibration-trigger "
+                   "events, and its alarm")
     return out
 
 

@@ -95,6 +95,14 @@ SHIFT = Dashboard(
                unit="percentunit", lo=0, hi=1),
             ts("EOT rate", Query(f"sum(rate(na64_eot_total{{{S}}}[{RI}]))", "EOT/s"),
                unit="hertz"),
+            ts("ECAL energy scale",
+               Query(f'max by (bound) (na64_monitor_ecal_scale{{{S}}})', "{{bound}}"),
+               unit="percentunit", lo=0.85, hi=1.15,
+               thresholds=((None, "red"), (_BANDS.ecal_scale.low or 0.97, "green"),
+                           (_BANDS.ecal_scale.high or 1.03, "red")),
+               description="Peak of E_ECAL of the calibration trigger's electrons / "
+               "nominal, last spill (value, value -/+ its error); the lines are the "
+               "EcalScaleDrift band."),
             stat("Firing alerts", 'count(ALERTS{alertstate="firing"}) or vector(0)',
                  thresholds=ZERO_IS_GOOD),
         )),

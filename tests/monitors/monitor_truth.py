@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -23,15 +24,15 @@ def detector() -> tuple[Geometry, Calibration]:
 
 def simulate(*, intensity: float, generated_s: float, seed: int, spills: int = 1,
              run: int = 1, slice_events: int = 4096, hadron: float = 0.01, muon: float = 0.002,
-             mode: str = "feature", **rates: float
+             mode: str = "feature", **sim: Any
              ) -> tuple[list[Message], dict[str, np.ndarray], SimConfig]:
     """Features messages (via the trigger's processor) of `spills` simulated spills, each
-    followed by the builder's spill_end, and the concatenated truth of every event.
-    `rates`: other SimConfig fields (signal_rate, dimuon_rate, ...)."""
+    followed by the builder's spill_end, and the concatenated truth of every event; `sim`:
+    any other SimConfig setting (e.g. ecal_gain_scale)."""
     geom, cal = detector()
     cfg = SimConfig.parse({"intensity": intensity, "generated_s": generated_s, "seed": seed,
                            "slice_events": slice_events, "hadron_fraction": hadron,
-                           "muon_fraction": muon, "run": run, "mode": mode, **rates})
+                           "muon_fraction": muon, "run": run, "mode": mode, **sim})
     sim = Simulator(cfg, geom, cal)
     proc = SliceProcessor(geom, cal)
     tc = TriggerConfig().model_dump(mode="json")

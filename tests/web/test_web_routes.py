@@ -75,7 +75,10 @@ def test_state_has_every_figure_of_the_last_spill_and_the_run(page: ShiftPage) -
     assert {b["board"] for b in s["boards"]} == {"BEAM", "SRD", "ECAL", "VETO", "HCAL"}
     assert {a["name"] for a in s["alarms"]} == {
         "veto_efficiency_low", "hcal_efficiency_low", "pileup_high", "hadron_fraction_high",
-        "incomplete_high", "no_spill"}
+        "incomplete_high", "ecal_scale_drift", "no_spill"}
+    scale = last.ecal_scale.model_dump() if last.ecal_scale is not None else None
+    assert s["calibration"]["scale"] == scale == s["recent"][-1]["ecal_scale"]
+    assert s["calibration"]["band"] == {"low": 0.97, "high": 1.03}
     pile = next(a for a in s["alarms"] if a["name"] == "pileup_high")
     assert pile["value"] == last.pileup_fraction and "intensity" in pile["runbook"]
     box = s["regions"]["signal"]
