@@ -25,6 +25,7 @@ import zmq.asyncio
 from daq.curve import SocketHook
 from daq.errors import DaqError, StateError
 from daq.lifecycle import Lifecycle, Phase, RunContext, Transition
+from daq.service import release_freed_memory
 from daq.transport import context
 
 log = logging.getLogger("na64.agent")
@@ -186,6 +187,8 @@ class Agent:
             lc.check(transition)
             extra = await self.participant.on_transition(transition, ctx, args)
             lc.apply(transition, ctx)
+            if transition is Transition.STOP:
+                await release_freed_memory()  # the run's backlog, freed, back to the system
             return self._reply(rid, True, **extra)
         except StateError as e:
             self.refused += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -107,7 +108,8 @@ class MonitorService(Service):
                                  on_refused=lambda reason, _: self.metrics.on_refused(reason))
         self._inlet: ZmqInlet | None = None
         self.bound = endpoint
-        self._runs_closed: set[tuple[Source, int]] = set()
+        # runs already closed (once per run), the latest few: a monitor runs for months
+        self._runs_closed: collections.deque[tuple[Source, int]] = collections.deque(maxlen=64)
         #: the last closed runs' totals, newest last (bounded)
         self.run_summaries: list[dict[str, Any]] = []
         #: the shift page served from this process (monitors.web.ShiftPage), or None
@@ -236,7 +238,7 @@ class MonitorService(Service):
         and tell run control (which answers a stop only then). Once per run."""
         if ra.run is None or (ra.source, ra.run) in self._runs_closed:
             return
-        self._runs_closed.add((ra.source, ra.run))
+        self._runs_closed.append((ra.source, ra.run))
         t = self._totals.get(ra.source, {})
         same = t.get("run") == ra.run
         doc = {"run": ra.run, "replay": ra.source == "replay", "source": ra.source,

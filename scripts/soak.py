@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
-import ctypes.util
 import json
 import os
 import sys
@@ -37,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daq.app import LocalStack
 from daq.runfile import read_all
+from daq.service import MALLOC_TRIM
 from daq.stack import StackConfig
 from daq.wire import Kind
 
@@ -52,15 +51,6 @@ def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _libc_trim() -> Any:
-    """glibc's malloc_trim, or None (another C library: the raw figure is used)."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-MALLOC_TRIM = _libc_trim()
 
 
 def held_bytes() -> int:
