@@ -194,7 +194,7 @@ def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | No
         trig = totals.get("triggers") or {}
         t.add_row("triggers", ", ".join(f"{k} {v}" for k, v in trig.items()))
         box_ = totals.get("signal_box")
-        t.add_row("signal box", "blind (--unblind shows it)" if box_ is None else f"{box_:,}")
+        t.add_row("signal box", "blind (analyze --unblind; live: [monitor] blind = false)" if box_ is None else f"{box_:,}")
         t.add_row("sideband C", f"{totals.get('sideband_c', 0):,}")
         rate = totals.get("dimuons_per_eot")
         t.add_row("dimuons", f"{totals.get('dimuons', 0):,}"
