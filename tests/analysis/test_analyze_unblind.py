@@ -42,7 +42,7 @@ def test_the_table_says_blind_and_counts_c_and_dimuons(
         raw: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(raw)]) == 0
     out = capsys.readouterr().out
-    assert "signal box" in out and "blind (--unblind shows it)" in out
+    assert "signal box" in out and "blind (analyze --unblind" in out
     assert "sideband C" in out and "dimuons" in out
     assert main(["analyze", str(raw), "--unblind"]) == 0
     assert "blind (--unblind" not in capsys.readouterr().out
