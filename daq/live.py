@@ -13,7 +13,6 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-
 #: what a blinded signal box shows, and where it is unblinded
 BLIND = "blind (analyze --unblind; live: [monitor] blind = false)"
 
