@@ -90,6 +90,16 @@ function render(s) {
   table("composition", ["electron", "hadron", "muon", "other"].map(sp =>
     [sp, { text: fmtPct(s.composition[sp]), value: s.composition[sp], key: `comp_${sp}` },
      { text: fmtPct(s.composition_run[sp]), value: s.composition_run[sp] }]));
+  const cal = s.calibration, band = cal.band;
+  const scaleText = e => e ? `${e.value.toFixed(4)} ± ${e.error.toFixed(4)}` : "-";
+  setKey("ecal_scale", cal.scale ? cal.scale.value : null, scaleText(cal.scale),
+         alarm.ecal_scale_drift && alarm.ecal_scale_drift.raised ? "bad" : cal.scale ? "ok" : "");
+  setKey("ecal_scale_run", cal.scale_run ? cal.scale_run.value : null, scaleText(cal.scale_run));
+  // blind: the count is withheld (analyze --unblind, or the monitor's blind = false)
+  setKey("signal_box", s.signal_box, s.blind ? "blind" : String(s.signal_box ?? "-"));
+  setKey("sideband_c", s.sideband_c, String(s.sideband_c ?? "-"));
+  setKey("dimuons", s.dimuons, String(s.dimuons ?? "-"));
+  setKey("dimuons_per_eot", s.dimuons_per_eot, fmtSci(s.dimuons_per_eot));
   table("boards", s.boards.map(b => [b.board,
     { text: String(b.incomplete_spill), value: b.incomplete_spill },
     { text: String(b.incomplete_run), value: b.incomplete_run },

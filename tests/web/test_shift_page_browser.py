@@ -31,6 +31,9 @@ AGAINST_METRICS: dict[str, tuple[str, dict[str, str]]] = {
     "hcal": ("na64_efficiency_ratio", {"detector": "hcal", "bound": "value"}),
     **{f"comp_{sp}": ("na64_composition_ratio", {"species": sp})
        for sp in ("electron", "hadron", "muon", "other")},
+    "ecal_scale": ("na64_monitor_ecal_scale", {"bound": "value"}),
+    "sideband_c": ("na64_sideband_c_events", {}),
+    "dimuons": ("na64_dimuon_events", {}),
 }
 
 _CANVAS_INK = """el => {
@@ -108,6 +111,9 @@ def test_page_draws_every_plot_matches_metrics_and_follows_the_next_spill(
         want = metrics[(name, tuple(sorted({**labels, "source": "live"}.items())))]
         got = float(before[key]) if before[key] != "" else math.nan
         assert got == pytest.approx(want, rel=1e-9, nan_ok=True), (key, got, want)
+    # blind by default: the page shows no box count, and has none to show
+    assert page.text_content("[data-key=signal_box]") == "blind"
+    assert before["signal_box"] == ""
     raised = dict(page.eval_on_selector_all(
         "#alarms li", "els => els.map(e => [e.dataset.alarm, e.dataset.raised])"))
     for alarm, up in raised.items():
