@@ -19,6 +19,7 @@ import crc32c
 import msgpack
 import numpy as np
 
+from daq import markers
 from daq.errors import WireError
 
 FORMAT_VERSION = 2
@@ -72,7 +73,9 @@ class Message:
     """One decoded wire message.
 
     `arrays` keeps insertion order; that order is the frame order on the wire.
-    `meta` holds kind-specific fields (scalers, configuration, reasons), msgpack-able only.
+    `meta` holds kind-specific fields (scalers, configuration, reasons), msgpack-able only;
+    read and write it through its kind's typed payload (`daq.markers`: `SpillEnd.of(msg)`,
+    `SpillEnd(...).to_meta()`), which `decode` checks.
     """
 
     kind: Kind
@@ -215,6 +218,7 @@ def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
     count = _need_uint(h, "count")
     specs = _need(h, "arrays", list)
     meta = _need(h, "meta", dict)
+    markers.check(kind, meta)
     if len(specs) > _MAX_ARRAYS:
         raise WireError("shape", f"{len(specs)} arrays, limit {_MAX_ARRAYS}")
     if len(frames) - 1 != len(specs):
