@@ -156,7 +156,10 @@ def encode(msg: Message, *, with_crc: bool = True) -> list[Any]:
     """Encode to frames: header bytes, then the arrays themselves (zero-copy buffers).
 
     `with_crc=False` writes crc 0 meaning "not computed" (allowed on trusted inproc links).
+    Refuses (WireError) a meta that `decode` would refuse: nothing unreadable is sent or
+    written to a run file.
     """
+    markers.check(msg.kind, msg.meta)
     arrays = {n: _wire_array(n, a) for n, a in msg.arrays.items()}
     if arrays is not msg.arrays:
         msg.arrays = arrays

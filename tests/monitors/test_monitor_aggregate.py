@@ -138,7 +138,8 @@ def test_bad_input_is_refused_and_counted() -> None:
     with pytest.raises(MonitorInputError, match="expected <f4"):
         ra.feed(wrong)
     with pytest.raises(MonitorInputError, match="slices"):
-        ra.feed(Message(Kind.SPILL_END, run=1, spill=1, seq=6, src="x", meta={"slices": "3"}))
+        ra.feed(Message(Kind.SPILL_END, run=1, spill=1, seq=6, src="x",
+                        meta={"events": 3, "slices": "3"}))
     with pytest.raises(MonitorInputError, match="run 2"):
         ra.feed(Message(Kind.SPILL_END, run=2, spill=1, seq=7, src="x", meta={"slices": 1}))
     with pytest.raises(MonitorInputError, match="duplicate"):
