@@ -76,6 +76,8 @@ class Payload:
 
     KIND: ClassVar[str] = ""
     FIELDS: ClassVar[tuple[_Field, ...]] = ()
+    BY_NAME: ClassVar[dict[str, _Field]] = {}
+    REQUIRED: ClassVar[tuple[_Field, ...]] = ()
 
     @classmethod
     def of(cls, msg: Message) -> Self:
@@ -89,31 +91,31 @@ class Payload:
         """Checked payload from a meta map (WireError naming the field if it is not one)."""
         cls.check(meta, where)
         kw = {}
-        for f in cls.FIELDS:
-            v = meta.get(f.name)
-            if v is not None:
-                kw[f.name] = f.nested.from_meta(v) if f.nested is not None else v
+        for name, v in meta.items():
+            f = cls.BY_NAME.get(name)
+            if f is not None and v is not None:
+                kw[name] = f.nested.from_meta(v) if f.nested is not None else v
         return cls(**kw)
 
     @classmethod
     def check(cls, meta: Mapping[str, Any], where: str = "") -> None:
         """Raise WireError("meta", ...) unless `meta` holds every required field and every
-        field it holds has its type (unknown keys pass)."""
-        where = where or f"{cls.KIND} meta"
-        for f in cls.FIELDS:
-            v = meta.get(f.name)
-            if v is None:
-                if f.required:
-                    raise WireError("meta", f"{where} lacks required field {f.name!r} "
-                                            f"({f.expected})")
-            elif f.nested is not None:
-                if not isinstance(v, dict):
-                    raise WireError("meta", f"{where} field {f.name!r} is {_short(v)}, "
-                                            f"expected {f.expected}")
-                f.nested.check(v, f"{where} field {f.name!r}:")
-            elif not f.test(v):
-                raise WireError("meta", f"{where} field {f.name!r} is {_short(v)}, "
-                                        f"expected {f.expected}")
+        field it holds has its type (unknown keys pass). Walks the keys present, not every
+        field: a board's slice meta is one key of seven fields (decode's hot path)."""
+        by_name = cls.BY_NAME
+        for name, v in meta.items():
+            f = by_name.get(name)
+            if f is None or v is None:
+                continue
+            if not f.test(v):
+                raise WireError("meta", f"{where or cls.KIND + ' meta'} field {name!r} is "
+                                        f"{_short(v)}, expected {f.expected}")
+            if f.nested is not None:
+                f.nested.check(v, f"{where or cls.KIND + ' meta'} field {name!r}:")
+        for f in cls.REQUIRED:
+            if meta.get(f.name) is None:  # nil on the wire is absent
+                raise WireError("meta", f"{where or cls.KIND + ' meta'} lacks required field "
+                                        f"{f.name!r} ({f.expected})")
 
     def to_meta(self) -> dict[str, Any]:
         """The meta map to send: every field that is not None (checked, so that a writer
@@ -152,6 +154,8 @@ def _payload(kind: str) -> Callable[[_P], _P]:
                               else (lambda v: isinstance(v, dict), f"a map ({ann.__name__})"))
             fields.append(_Field(fd.name, test, expected, required, nested))
         cls.KIND, cls.FIELDS = kind, tuple(fields)
+        cls.BY_NAME = {f.name: f for f in fields}
+        cls.REQUIRED = tuple(f for f in fields if f.required)
         return cls
 
     return wrap
