@@ -260,3 +260,37 @@ def test_an_old_recorded_file_summarises() -> None:
     s = summarize(DATA / OLD_FILES[1])
     assert {sp.spill: sp.events for sp in s.spills} == accepted
     assert all(sp.trigger_cfg for sp in s.spills)
+
+
+def _doc_sections() -> dict[str, tuple[set[str], set[str]]]:
+    """docs/wire-format.md's meta tables: heading -> (fields, required fields)."""
+    text = (Path(__file__).parents[2] / "docs" / "wire-format.md").read_text()
+    part = text.split("## Meta fields of each kind", 1)[1].split("\n## ", 1)[0]
+    out = {}
+    for sec in part.split("\n### ")[1:]:
+        heading, *lines = sec.splitlines()
+        rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines
+                if ln.startswith("| ") and not ln.startswith("| ---")]
+        head, body = rows[0] if rows else [], rows[1:]
+        fields, must = set(), set()
+        for r in body:
+            names = {n.strip(" `") for n in r[0].split(",")}
+            fields |= names
+            if "required" in head and r[head.index("required")].startswith("yes"):
+                must |= names
+        out[heading] = (fields, must)
+    return out
+
+
+def test_the_doc_tables_are_the_payloads() -> None:
+    """An outside front-end author writes from docs/wire-format.md: it must say what the
+    decoder checks."""
+    payloads = {**{p.KIND: p for p in PAYLOADS.values()}, "previous_end": PreviousEnd}
+    seen = set()
+    for heading, (fields, must) in _doc_sections().items():
+        kinds = [k for k in payloads if f"`{k}`" in heading.split("(")[0].split(":")[0]]
+        assert kinds, heading
+        seen.update(kinds)
+        assert fields == {f.name for k in kinds for f in payloads[k].FIELDS}, heading
+        assert must == {f.name for k in kinds for f in payloads[k].REQUIRED}, heading
+    assert seen == set(payloads)
