@@ -161,7 +161,7 @@ def _payload(kind: str) -> Callable[[_P], _P]:
     return wrap
 
 
-# --- the payloads, by kind (docs/wire-format.md, "Marker and meta fields") -------------
+# --- the payloads, by kind (docs/wire-format.md, "Meta fields of each kind") -----------
 
 
 @_payload("run_start")
