@@ -29,7 +29,8 @@ BAD: dict[object, list[object]] = {
 _VALUES: dict[object, st.SearchStrategy[Any]] = {
     int: st.integers(0, 2**63 - 1), float: st.floats(allow_nan=False), str: st.text(max_size=10),
     bool: st.booleans(),
-    dict[str, Any]: st.dictionaries(st.text(max_size=5), st.integers() | st.text(max_size=5),
+    dict[str, Any]: st.dictionaries(st.text(max_size=5),
+                                    st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
                                     max_size=3),
     dict[str, int]: st.dictionaries(st.text(max_size=5), st.integers(0, 2**63 - 1), max_size=3),
     list[str]: st.lists(st.text(max_size=5), max_size=3),

@@ -5,7 +5,9 @@ with the meta maps of the writers before the payloads were typed still reads."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from marker_data import BAD, ann, full, required
+from marker_data import BAD, ann, full, metas, required
 
 from daq import markers
 from daq.errors import WireError
@@ -294,3 +296,39 @@ def test_the_doc_tables_are_the_payloads() -> None:
         assert fields == {f.name for k in kinds for f in payloads[k].FIELDS}, heading
         assert must == {f.name for k in kinds for f in payloads[k].REQUIRED}, heading
     assert seen == set(payloads)
+
+
+@given(st.data())
+@settings(max_examples=60, deadline=None)
+def test_whatever_decode_lets_through_the_consumers_take(data: st.DataObject) -> None:
+    """Markers with any valid meta (random values, optional fields present or not, unknown
+    keys) through the builder, then its output through the monitors and the recorder: no
+    KeyError or TypeError anywhere, and what the builder makes is itself valid."""
+    from daq.builder import EventBuilder
+    from daq.geometry import load_geometry
+    from daq.recorder import Recording
+    from monitors.aggregate import MonitorInputError, RunAnalysis
+    from monitors.config import MonitorConfig
+
+    geom = load_geometry()
+    b = EventBuilder(geom, calibration="c", default_trigger_config=lambda: {"enabled": []})
+    out = []
+    for seq, kind in enumerate((Kind.RUN_START, Kind.SPILL_START, Kind.SPILL_END,
+                                Kind.RUN_STOP)):
+        for board in geom.board_names:
+            frames = encode(Message(kind, run=1, seq=seq, src=board, board=board,
+                                    meta=data.draw(metas(kind))))
+            out += b.feed(decode(frames), 0.0)
+    out += b.finish(100.0)
+    assert [m.kind for m in out] == [Kind.RUN_START, Kind.CONFIG, Kind.SPILL_START,
+                                     Kind.SPILL_END, Kind.RUN_STOP, Kind.END_OF_STREAM]
+    out = [decode(encode(m)) for m in out]  # the builder's output is valid as it stands
+    ra = RunAnalysis(MonitorConfig())
+    with tempfile.TemporaryDirectory() as d:
+        rec = Recording(Path(d))
+        for m in out:
+            rec.handle(m, 0.0)
+            with contextlib.suppress(MonitorInputError):
+                ra.feed(m)
+        ra.finish()
+        rec.close()
