@@ -11,9 +11,10 @@ may add keys, docs/wire-format.md). Consumers read `SpillStart.of(msg).t0_ns`; w
 send `SpillStart(t0_ns=t0).to_meta()`, so that a misspelt field is a type error.
 
 Only the top level of a meta map is checked, plus the entries of the count maps
-(`scalers`, `incomplete`, ...) and of the nested `previous_end`: slices are decoded at
-millions of events per second, and a trigger configuration is validated by the trigger's
-own model when it is applied. Integers are counts, indices or times: unsigned, < 2**63.
+(`scalers`, `incomplete`, ...) and of the nested `previous_end` and `calib_cells`: slices
+are decoded at millions of events per second, and a trigger configuration is validated by
+the trigger's own model when it is applied. Integers are counts, indices or times:
+unsigned, < 2**63.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def _is_uint_map(v: object) -> bool:
     return isinstance(v, dict) and all(isinstance(k, str) and _is_uint(n) for k, n in v.items())
 
 
+def _is_float_map(v: object) -> bool:
+    return isinstance(v, dict) and all(isinstance(k, str) and _is_float(x) for k, x in v.items())
+
+
 def _is_str_list(v: object) -> bool:
     return isinstance(v, list) and all(isinstance(s, str) for s in v)
 
@@ -57,6 +62,7 @@ _TESTS: dict[object, tuple[Callable[[object], bool], str]] = {
     bool: (lambda v: isinstance(v, bool), "a bool"),
     dict[str, Any]: (lambda v: isinstance(v, dict), "a map"),
     dict[str, int]: (_is_uint_map, "a map of string to unsigned integer"),
+    dict[str, float]: (_is_float_map, "a map of string to number"),
     list[str]: (_is_str_list, "a list of strings"),
 }
 
@@ -256,6 +262,19 @@ class SliceMeta(Payload):
     trigger_config: dict[str, Any] | None = None
     shadow_config: dict[str, Any] | None = None
     calib: str | None = None
+    ecal_gain: dict[str, float] | None = None  # truth: true / calibration gain of the ECAL
+
+
+@_payload("calib_cells")
+@dataclass(frozen=True, slots=True)
+class CalibCells(Payload):
+    """The ECAL energy per cell of a slice's calibration-trigger events (features meta):
+    what the monitors track each cell's energy scale with (they check the cell names and
+    that the sums are finite and non-negative)."""
+
+    n: int  # events summed
+    sum: dict[str, float]  # per cell: summed energy, GeV
+    sum2: dict[str, float]  # per cell: summed squared energy, GeV^2
 
 
 @_payload("features")
@@ -268,6 +287,7 @@ class FeaturesMeta(Payload):
     shadow_cfg: str | None = None  # hash of the shadow configuration, if one ran
     mode: str | None = None
     calib: str | None = None
+    calib_cells: CalibCells | None = None
 
 
 @_payload("accepted")

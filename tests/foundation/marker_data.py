@@ -15,7 +15,8 @@ from daq.markers import PAYLOADS, Payload
 #: a value of each field type, and values of the wrong type for it
 GOOD: dict[object, object] = {
     int: 7, float: 1.5, str: "abc", bool: True, dict[str, Any]: {"a": [1, 2]},
-    dict[str, int]: {"S1": 3, "V1": 0}, list[str]: ["ECAL", "HCAL"],
+    dict[str, int]: {"S1": 3, "V1": 0}, dict[str, float]: {"E11": 2.5, "E12": 0},
+    list[str]: ["ECAL", "HCAL"],
 }
 BAD: dict[object, list[object]] = {
     int: ["7", -1, 2**63, True, 1.0],
@@ -24,6 +25,7 @@ BAD: dict[object, list[object]] = {
     bool: [1, "true"],
     dict[str, Any]: [[], "map", 3],
     dict[str, int]: [[], {"S1": -1}, {"S1": "3"}, {"S1": True}],
+    dict[str, float]: [[], {"E11": "2.5"}, {"E11": False}],
     list[str]: ["ECAL", [1], {"a": "b"}],
 }
 _VALUES: dict[object, st.SearchStrategy[Any]] = {
@@ -33,6 +35,8 @@ _VALUES: dict[object, st.SearchStrategy[Any]] = {
                                     st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5),
                                     max_size=3),
     dict[str, int]: st.dictionaries(st.text(max_size=5), st.integers(0, 2**63 - 1), max_size=3),
+    dict[str, float]: st.dictionaries(st.text(max_size=5), st.floats(allow_nan=False),
+                                      max_size=3),
     list[str]: st.lists(st.text(max_size=5), max_size=3),
 }
 EXTRA = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=8)

@@ -23,6 +23,7 @@ from daq.inspect import summarize
 from daq.markers import (
     PAYLOADS,
     AcceptedMeta,
+    CalibCells,
     ConfigMarker,
     FeaturesMeta,
     PreviousEnd,
@@ -287,7 +288,8 @@ def _doc_sections() -> dict[str, tuple[set[str], set[str]]]:
 def test_the_doc_tables_are_the_payloads() -> None:
     """An outside front-end author writes from docs/wire-format.md: it must say what the
     decoder checks."""
-    payloads = {**{p.KIND: p for p in PAYLOADS.values()}, "previous_end": PreviousEnd}
+    payloads = {**{p.KIND: p for p in PAYLOADS.values()}, "previous_end": PreviousEnd,
+                "calib_cells": CalibCells}
     seen = set()
     for heading, (fields, must) in _doc_sections().items():
         kinds = [k for k in payloads if f"`{k}`" in heading.split("(")[0].split(":")[0]]
