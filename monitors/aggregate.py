@@ -162,11 +162,11 @@ class RunAnalysis:
 
     def _features(self, msg: Message) -> None:
         f = check_features(msg)
+        meta = FeaturesMeta.of(msg)  # refused before anything of it is counted
         sp = self._spill(msg.spill)
         # one compiled pass (monitors.kernels); monitors.reference is its NumPy twin
         sp.counts.add(aggregate(f, self.cfg, self.boards, sp.spectra))
         sp.slices_seen += 1
-        meta = FeaturesMeta.of(msg)
         sp.shadow_ran |= meta.shadow_cfg is not None
         if meta.cfg is not None:
             sp.cfgs.add(meta.cfg)

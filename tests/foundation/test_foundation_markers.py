@@ -334,3 +334,22 @@ def test_whatever_decode_lets_through_the_consumers_take(data: st.DataObject) ->
                 ra.feed(m)
         ra.finish()
         rec.close()
+
+
+def test_a_features_meta_not_its_kinds_opens_no_spill_in_the_monitors() -> None:
+    import numpy as np
+
+    from monitors.aggregate import MonitorInputError, RunAnalysis
+    from monitors.config import MonitorConfig
+    from monitors.identify import FEATURE_ARRAYS
+
+    arrays = {n: np.zeros((2, 4)[:nd], dt) for n, (dt, nd) in FEATURE_ARRAYS.items()}
+    ra = RunAnalysis(MonitorConfig())
+    with pytest.raises(MonitorInputError, match="calib_cells"):
+        ra.feed(Message(Kind.FEATURES, run=1, spill=1, board="ALL", count=2, arrays=arrays,
+                        meta={"slice_index": 0,
+                              "calib_cells": {"n": 1, "sum": {"E11": "x"}, "sum2": {}}}))
+    assert ra.refused == {"meta": 1} and ra.open_spills == 0
+    ra.feed(Message(Kind.FEATURES, run=1, spill=1, seq=1, board="ALL", count=2, arrays=arrays,
+                    meta={"slice_index": 0}))
+    assert ra.open_spills == 1  # the same message with a good meta is taken
