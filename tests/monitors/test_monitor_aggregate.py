@@ -103,7 +103,8 @@ def test_spill_closes_only_when_every_slice_arrived_in_any_order() -> None:
     assert s.slices_seen == 3 and s.closed == "complete" and ra.open_spills == 0
     with pytest.raises(MonitorInputError, match="late"):
         ra.feed(Message(Kind.FEATURES, run=1, spill=1, seq=99, src="trigger-9", count=0,
-                        arrays={k: v[:0] for k, v in msgs[0].arrays.items()}))
+                        arrays={k: v[:0] for k, v in msgs[0].arrays.items()},
+                        meta={"slice_index": 3}))
     assert ra.refused == {"late": 1}
 
 
