@@ -18,6 +18,7 @@ import zmq
 import zmq.asyncio
 
 from daq.lifecycle import Lifecycle, RunContext, Transition
+from daq.markers import RunStop
 from daq.service import next_or_stop
 
 SENDER_HWM = 16
@@ -305,8 +306,9 @@ class BenchFrontEnd:
                 self.run_events += p.events
         t_sent = self.clock()
         for b in self.boards:
+            stop = RunStop(f"{self.spill + 1} spills taken ({how})")
             end = Message(Kind.RUN_STOP, run=run, spill=max(self.spill, 0), seq=seq[b], src=b,
-                          board=b, meta={"reason": f"{self.spill + 1} spills taken ({how})"})
+                          board=b, meta=stop.to_meta())
             seq[b] += 1
             self.sent += 1
             await socks[b].send_multipart(encode(end), copy=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +21,15 @@ from daq import hits
 from daq.config import StrictModel, content_hash
 from daq.errors import WireError
 from daq.geometry import Geometry
+from daq.markers import (
+    ConfigMarker,
+    PreviousEnd,
+    RunStart,
+    RunStop,
+    SliceMeta,
+    SpillEnd,
+    SpillStart,
+)
 from daq.wire import Kind, Message
 
 Policy = Literal["flag", "skip_spill", "stop_run"]
@@ -118,7 +127,7 @@ class _Spill:
     t0_ns: int = 0
     started: set[str] = field(default_factory=set)
     ended: dict[str, int] = field(default_factory=dict)
-    scalers: dict[str, Any] = field(default_factory=dict)
+    scalers: dict[str, dict[str, int]] = field(default_factory=dict)
     pending: dict[int, _Pending] = field(default_factory=dict)
     done: dict[int, frozenset[str]] = field(default_factory=dict)
     t_end: float | None = None
@@ -130,7 +139,7 @@ class _Spill:
     joined: bool = False  # first seen mid-spill (this builder was restarted): resumed spill
     incomplete: collections.Counter[str] = field(default_factory=_board_counter)
     gaps: collections.Counter[str] = field(default_factory=_board_counter)
-    meta: dict[str, Any] = field(default_factory=dict)
+    stamp: SliceMeta = field(default_factory=SliceMeta)  # what every built slice carries
 
 
 @dataclass
@@ -180,7 +189,7 @@ class EventBuilder:
             raise ValueError("the default trigger configuration is empty")
         self._active: tuple[dict[str, Any], str, str] = (cfg, content_hash(cfg), "default")
         self._announced = False
-        self._previous_end: dict[str, Any] | None = None
+        self._previous_end: PreviousEnd | None = None
         self._pending_events = 0
         self._pending_bytes = 0
         self._last_spill = 0
@@ -291,19 +300,29 @@ class EventBuilder:
             # joined the run under way (restarted during it): its run_start went by before
             # this builder existed, but the boards' run_stops will close it here all the same
             self._open_run = self.current
+        try:
+            self._dispatch(board, msg, stats, now, out)
+        except WireError:  # a marker whose meta is not its kind's (one not from decode)
+            stats.decode_errors[board] += 1
+        return out
+
+    def _dispatch(self, board: str, msg: Message, stats: Stats, now: float,
+                  out: list[Message]) -> None:
         if msg.kind is Kind.SLICE:
             self._slice(board, msg, stats, now, out)
         elif msg.kind is Kind.SPILL_START:
-            st = self._spill(msg, now, out)
+            start = SpillStart.of(msg)
+            st = self._spill(msg, now, out, start.t0_ns)
             if st is not None:
                 st.started.add(board)
-                st.t0_ns = st.t0_ns or int(msg.meta.get("t0_ns", 0) or 0)
+                st.t0_ns = st.t0_ns or start.t0_ns
         elif msg.kind is Kind.SPILL_END:
+            end = SpillEnd.of(msg)
             st = self._spill(msg, now, out)
             if st is not None:
-                st.ended[board] = int(msg.meta.get("events", 0) or 0)
-                if isinstance(msg.meta.get("scalers"), dict):
-                    st.scalers[board] = msg.meta["scalers"]
+                st.ended[board] = end.events
+                if end.scalers is not None:
+                    st.scalers[board] = end.scalers
                 st.t_end = now if st.t_end is None else st.t_end
                 self._maybe_close(st, now, out)
         elif msg.kind is Kind.RUN_START:
@@ -318,7 +337,6 @@ class EventBuilder:
             pass  # the stream ends at finish(); a board's config marker adds nothing
         else:
             stats.decode_errors[board] += 1
-        return out
 
     def _sequence(self, board: str, msg: Message, stats: Stats) -> bool:
         """Account the stream's seq; False for a duplicate message (dropped)."""
@@ -355,6 +373,7 @@ class EventBuilder:
                 st.gaps[board] += 1
 
     def _run_start(self, msg: Message, out: list[Message]) -> None:
+        start = RunStart.of(msg)
         if msg.run in self._runs_started:
             return
         self._runs_started.add(msg.run)
@@ -363,14 +382,17 @@ class EventBuilder:
         self._board_stops = set()
         st = self.stats["replay" if msg.replay else "live"]
         self._run_base = (st.events, st.spills)
-        meta = dict(msg.meta)
-        if self.run_config is not None:  # run control's snapshot goes into the run file
-            meta["config"] = self.run_config
-        meta.setdefault("geometry", self.geometry.hash)
-        meta.setdefault("calibration", self.calibration)
-        out.append(self._emit(Kind.RUN_START, msg.run, 0, msg.replay, meta=meta))
+        start = replace(
+            start, geometry=start.geometry or self.geometry.hash,
+            calibration=start.calibration or self.calibration,
+            # run control's snapshot goes into the run file
+            config=start.config if self.run_config is None else self.run_config)
+        out.append(self._emit(Kind.RUN_START, msg.run, 0, msg.replay, meta=start.to_meta()))
 
-    def _spill(self, msg: Message, now: float, out: list[Message]) -> _Spill | None:
+    def _spill(self, msg: Message, now: float, out: list[Message],
+               t0_ns: int = 0) -> _Spill | None:
+        """The spill of `msg`, opened (config and spill_start sent) if new; None if closed.
+        `t0_ns`: the spill's start when `msg` is a board's spill_start."""
         key = (msg.run, msg.spill)
         st = self._spills.get(key)
         if st is not None:
@@ -388,24 +410,25 @@ class EventBuilder:
         cfg, h, who = self._active
         if not self._announced:
             self._announced = True
-            out.append(self._emit(Kind.CONFIG, msg.run, msg.spill, msg.replay, meta={
-                "trigger_config": cfg, "cfg": h, "who": who, "when": now}))
+            out.append(self._emit(Kind.CONFIG, msg.run, msg.spill, msg.replay,
+                                  meta=ConfigMarker(cfg, h, who=who, when=now).to_meta()))
         st = _Spill(msg.run, msg.spill, msg.replay, t_last=now,
                     joined=msg.kind is not Kind.SPILL_START)
-        st.meta = {"cfg": h, "trigger_config": cfg, "shadow_config": self._shadow,
-                   "calib": self.calibration}
+        st.stamp = SliceMeta(cfg=h, trigger_config=cfg, shadow_config=self._shadow,
+                             calib=self.calibration)
         self._spills[key] = st
         self.stats["replay" if msg.replay else "live"].spills += 1
-        out.append(self._emit(Kind.SPILL_START, msg.run, msg.spill, msg.replay, meta={
-            "t0_ns": int(msg.meta.get("t0_ns", 0) or 0), "cfg": h, "trigger_config": cfg,
-            "shadow_config": self._shadow, "previous_end": self._previous_end,
-            "resumed": st.joined}))
+        start = SpillStart(t0_ns, cfg=h, trigger_config=cfg, shadow_config=self._shadow,
+                           previous_end=self._previous_end, resumed=st.joined)
+        out.append(self._emit(Kind.SPILL_START, msg.run, msg.spill, msg.replay,
+                              meta=start.to_meta()))
         return st
 
     def _slice(self, board: str, msg: Message, stats: Stats, now: float,
                out: list[Message]) -> None:
         try:
-            empty = self._check(board, msg)
+            mode = SliceMeta.of(msg).mode
+            empty = self._check(board, msg, mode)
         except WireError:
             stats.decode_errors[board] += 1
             return
@@ -413,7 +436,6 @@ class EventBuilder:
         if st is None:
             stats.late[board] += 1
             return
-        mode = msg.meta.get("mode")
         if st.mode and mode != st.mode:
             stats.decode_errors[board] += 1  # a board in another mode cannot be merged
             return
@@ -447,12 +469,11 @@ class EventBuilder:
             self._complete(st, oldest, now, out)  # memory bound: do not wait longer
         self._maybe_close(st, now, out)
 
-    def _check(self, board: str, msg: Message) -> bool:
+    def _check(self, board: str, msg: Message, mode: str | None) -> bool:
         """Validate a fragment against the geometry; True when it is empty (suppressed)."""
         a, n, nch = msg.arrays, msg.count, self.nch[board]
         if n == 0:
             raise WireError("shape", "slice with zero events")
-        mode = msg.meta.get("mode")
         ts = a.get("ts")
         if ts is None or ts.dtype != np.int64:
             raise WireError("shape", "slice lacks int64 'ts'")
@@ -523,7 +544,7 @@ class EventBuilder:
             st.shed += count
             stats.shed += count
             return
-        meta = dict(st.meta, mode=st.mode, slice_index=st.slices)
+        meta = replace(st.stamp, mode=st.mode, slice_index=st.slices).to_meta()
         st.slices += 1
         st.events += count
         stats.slices += 1
@@ -561,16 +582,18 @@ class EventBuilder:
             self._confirm_holes(b, self._streams[b], self.stats["replay" if st.replay
                                 else "live"], below=-1, spill=(st.run, st.spill))
         beam = st.scalers.get("BEAM", {})
-        end = {"slices": st.slices, "events": st.events, "incomplete": dict(st.incomplete),
-               "shed": st.shed, "gaps": dict(st.gaps), "scalers": dict(beam),
-               "board_events": dict(st.ended), "skipped": st.skipped, "resumed": st.joined,
-               "cfg": st.meta["cfg"]}
-        out.append(self._emit(Kind.SPILL_END, st.run, st.spill, st.replay, meta=end))
+        end = SpillEnd(st.events, slices=st.slices, incomplete=dict(st.incomplete),
+                       shed=st.shed, gaps=dict(st.gaps), scalers=dict(beam),
+                       board_events=dict(st.ended), skipped=st.skipped, resumed=st.joined,
+                       cfg=st.stamp.cfg)
+        out.append(self._emit(Kind.SPILL_END, st.run, st.spill, st.replay, meta=end.to_meta()))
         # repeated in the next spill_start and in run_stop: the spill_end travels through
         # one worker only, and a worker that dies with it must not make the spill's
         # accounting (announced, shed) vanish downstream
-        self._previous_end = {"run": st.run, "spill": st.spill, **{k: end[k] for k in (
-            "slices", "events", "incomplete", "shed", "gaps", "scalers", "resumed")}}
+        self._previous_end = PreviousEnd(st.run, st.spill, st.slices, st.events,
+                                         incomplete=end.incomplete, shed=st.shed,
+                                         gaps=end.gaps, scalers=end.scalers,
+                                         resumed=st.joined)
         del self._spills[(st.run, st.spill)]
         self._closed.append((st.run, st.spill))
 
@@ -619,10 +642,11 @@ class EventBuilder:
         run, replay = self._open_run or (self.run, self._replay)
         stats = self.stats["replay" if replay else "live"]
         events0, spills0 = self._run_base
-        out.append(self._emit(Kind.RUN_STOP, run, self._last_spill, replay, meta={
-            "reason": self.stop_reason or reason, "events": stats.events - events0,
-            "spills": stats.spills - spills0, "previous_end": self._previous_end,
-            "boards_stopped": sorted(self._board_stops)}))
+        stop = RunStop(self.stop_reason or reason, events=stats.events - events0,
+                       spills=stats.spills - spills0, previous_end=self._previous_end,
+                       boards_stopped=sorted(self._board_stops))
+        out.append(self._emit(Kind.RUN_STOP, run, self._last_spill, replay,
+                              meta=stop.to_meta()))
         self._open_run = None
         self._board_stops = set()
         self._end_requested = None

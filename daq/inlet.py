@@ -40,7 +40,7 @@ from daq.errors import WireError
 from daq.wire import Message, decode
 
 #: why a message was refused at an ingress: the reasons of daq.wire.decode, and too_large
-WIRE_REASONS = ("truncated", "header", "version", "kind", "shape", "dtype", "checksum")
+WIRE_REASONS = ("truncated", "header", "version", "kind", "shape", "dtype", "checksum", "meta")
 REASONS = (*WIRE_REASONS, "too_large")
 #: the default max_message_bytes of a socket made without one (daq.stack computes the
 #: topology's own from its geometry: see IngressSection)

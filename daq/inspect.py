@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from daq.analysis.source import kind_of
+from daq.markers import AcceptedMeta, ConfigMarker, SpillEnd, stamped_config
 from daq.runfile import RunFileReader
 from daq.wire import Kind, Message
 
@@ -72,10 +73,9 @@ class _Acc:
         s.records += 1
         s.bytes += nbytes
         s.replay = s.replay or m.replay
-        cfg = m.meta.get("cfg")
-        if isinstance(cfg, str) and m.kind is not Kind.CONFIG:
-            tc = m.meta.get("trigger_config")
-            self.cfgs.setdefault(cfg, tc if isinstance(tc, dict) else None)
+        cfg, tc = stamped_config(m)
+        if cfg is not None:
+            self.cfgs.setdefault(cfg, tc)
         if m.kind in (Kind.SLICE, Kind.ACCEPTED):
             if m.board == "ALL":
                 self.boards.update(n.split(".", 1)[0] for n in m.arrays if "." in n)
@@ -88,15 +88,15 @@ class _Acc:
             self.counts[m.first] = max(self.counts.get(m.first, 0), m.count)
             if m.kind is Kind.ACCEPTED:
                 s.accepted += m.count
-                self.counts[m.first] = int(m.meta.get("slice_count", m.count) or m.count)
+                self.counts[m.first] = AcceptedMeta.of(m).slice_count
         elif m.kind is Kind.SPILL_END:
             s.ended = True
-            if m.src == "builder" or "slices" in m.meta:
-                self.announced = int(m.meta.get("events", 0) or 0)
-                inc = m.meta.get("incomplete") or {}
-                self.built_incomplete = int(sum(inc.values())) if isinstance(inc, dict) else 0
+            end = SpillEnd.of(m)
+            if m.src == "builder" or end.slices is not None:
+                self.announced = end.events
+                self.built_incomplete = sum((end.incomplete or {}).values())
             else:
-                self.board_events[m.board or m.src] = int(m.meta.get("events", 0) or 0)
+                self.board_events[m.board or m.src] = end.events
 
     def finish(self, all_boards: set[str], ended: bool | None) -> SpillSummary:
         """`all_boards`: every board seen in the file; `ended`: the reader's verdict."""
@@ -130,9 +130,9 @@ def summarize(path: str | Path) -> FileSummary:
     for m in r:
         if kind == "empty":
             kind = str(kind_of(m) or "empty")
-        if m.kind is Kind.CONFIG and isinstance(m.meta.get("cfg"), str):
-            tc = m.meta.get("trigger_config")
-            configs.setdefault(m.meta["cfg"], tc if isinstance(tc, dict) else None)
+        if m.kind is Kind.CONFIG:
+            c = ConfigMarker.of(m)
+            configs.setdefault(c.cfg, c.trigger_config)
         if m.kind in (Kind.RUN_START, Kind.RUN_STOP):
             continue
         accs.setdefault(m.spill, _Acc(m.spill)).add(m, 0)

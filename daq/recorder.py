@@ -35,6 +35,7 @@ from daq.inlet import (
     ZmqInlet,
     drain,
 )
+from daq.markers import RunStart, SpillEnd, previous_end
 from daq.runfile import RunFileWriter, partial_path
 from daq.service import Loop, Service
 from daq.transport import close_transport, context
@@ -170,21 +171,17 @@ class Recording:
         spill_end itself travels through one worker, and dies with it. A spill whose start
         is in the file and whose end has not come gets its end from the repeat (marked
         `copy_of`), after `copy_grace_s` unless the original comes first."""
-        prev = msg.meta.get("previous_end")
-        if self.raw or msg.kind not in (Kind.SPILL_START, Kind.RUN_STOP) \
-                or not isinstance(prev, dict) or prev.get("run", msg.run) != msg.run:
+        prev = None if self.raw else previous_end(msg)
+        if prev is None or prev.run != msg.run:
             return
-        spill, slices = prev.get("spill"), prev.get("slices")
-        if not all(type(v) is int and v >= 0 for v in (spill, slices)):
-            return
-        assert isinstance(spill, int)
+        spill = prev.spill
         if spill not in self._started or spill in self._ended:
             return
         sp = self._spills.setdefault(spill, _OpenSpill())
         if sp.end is not None:
             return
         sp.end = Message(Kind.SPILL_END, run=msg.run, spill=spill, src=msg.src,
-                         meta={**prev, "copy_of": "previous_end"}, replay=msg.replay)
+                         meta=prev.as_end().to_meta(), replay=msg.replay)
         sp.t_end, sp.copy = now, True
 
     def _settle(self, spill: int, force: bool = False, now: float | None = None) -> int:
@@ -193,7 +190,7 @@ class Recording:
             return 0
         if sp.copy and not force and (now is None or now - sp.t_end < self.copy_grace_s):
             return 0
-        want = int(sp.end.meta.get("slices", 0) or 0)
+        want = SpillEnd.of(sp.end).slices or 0
         if sp.outputs < want and not force:
             return 0
         if sp.outputs < want:
@@ -244,7 +241,6 @@ class Recording:
         self.counts = FileCounts()
         self._spills = {}
         self._started, self._ended = set(), set()
-        meta = msg.meta
         name = run_file_name(msg.run)
         if msg.replay:
             name = "replay-" + name
@@ -254,14 +250,15 @@ class Recording:
         while path.exists() or partial_path(path).exists():
             k += 1
             path = self.directory / f"{name}.{k}"
-        config = (meta.get("config") or {}) if not resumed else {
+        # a resumed file opens on whatever came first, a run_start only if it was one
+        start = RunStart.of(msg) if msg.kind is Kind.RUN_START else RunStart()
+        config = (start.config or {}) if not resumed else {
             "resumed": {"spill": msg.spill, "kind": str(msg.kind),
                         "why": "recorder restarted during the run; the run's first part "
                                "is in the file(s) before this one"}}
         self.writer = RunFileWriter(
-            path, run=msg.run, config=config,
-            geometry_hash=str(meta.get("geometry", "")),
-            calibration_hash=str(meta.get("calibration", "")), max_bytes=self.max_bytes)
+            path, run=msg.run, config=config, geometry_hash=start.geometry or "",
+            calibration_hash=start.calibration or "", max_bytes=self.max_bytes)
 
     def _write(self, msg: Message) -> int:
         assert self.writer is not None

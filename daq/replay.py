@@ -43,6 +43,7 @@ from daq.analysis.errors import AnalysisError
 from daq.analysis.source import FileKind, kind_of
 from daq.errors import ConfigError, DaqError
 from daq.geometry import BOARD_NAMES
+from daq.markers import RunStop, SpillStart
 from daq.runfile import RunFileReader
 from daq.transport import context
 from daq.wire import Kind, Message, encode
@@ -126,7 +127,7 @@ def schedule(reader: RunFileReader, *, speed: float = 0.0,
         if run is not None and msg.kind is Kind.RUN_STOP:
             continue
         if msg.kind is Kind.SPILL_START:
-            t0.setdefault(msg.spill, int(msg.meta.get("t0_ns", 0) or 0))
+            t0.setdefault(msg.spill, SpillStart.of(msg).t0_ns)
         base = first_seq.setdefault(msg.src, msg.seq)
         out = dataclasses.replace(msg, seq=max(msg.seq - base, 0), replay=True,
                                   run=msg.run if run is None else run)
@@ -139,8 +140,9 @@ def schedule(reader: RunFileReader, *, speed: float = 0.0,
         yield Planned(at, out, msg.nbytes)
     if run is not None:
         for src, (seq, board) in next_seq.items():
+            stop = RunStop("end of the replay").to_meta()
             yield Planned(at, Message(Kind.RUN_STOP, run=run, seq=seq, src=src, board=board,
-                                      replay=True, meta={"reason": "end of the replay"}), 0)
+                                      replay=True, meta=stop), 0)
 
 
 def board_messages(reader: RunFileReader, spills: tuple[int, int] | None = None

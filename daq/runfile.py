@@ -29,6 +29,7 @@ import crc32c
 import msgpack
 
 from daq.errors import RunFileError, WireError
+from daq.markers import SpillStart
 from daq.wire import Kind, Message, decode, encode, pack_frames, unpack_frames
 
 MAGIC = b"NA64RUN\0"
@@ -82,7 +83,7 @@ class _SpillTally:
         self.bytes += nbytes
         # a restarted builder starts the spill it joined again, flagged `resumed`, and ends
         # it once: that start continues the spill, it does not open a second one
-        if msg.kind is Kind.SPILL_START and not (self.starts and msg.meta.get("resumed")):
+        if msg.kind is Kind.SPILL_START and not (self.starts and SpillStart.of(msg).resumed):
             self.starts += 1
         elif msg.kind is Kind.SPILL_END:
             self.ends += 1

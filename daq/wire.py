@@ -19,6 +19,7 @@ import crc32c
 import msgpack
 import numpy as np
 
+from daq import markers
 from daq.errors import WireError
 
 FORMAT_VERSION = 2
@@ -72,7 +73,9 @@ class Message:
     """One decoded wire message.
 
     `arrays` keeps insertion order; that order is the frame order on the wire.
-    `meta` holds kind-specific fields (scalers, configuration, reasons), msgpack-able only.
+    `meta` holds kind-specific fields (scalers, configuration, reasons), msgpack-able only;
+    read and write it through its kind's typed payload (`daq.markers`: `SpillEnd.of(msg)`,
+    `SpillEnd(...).to_meta()`), which `decode` checks.
     """
 
     kind: Kind
@@ -153,7 +156,10 @@ def encode(msg: Message, *, with_crc: bool = True) -> list[Any]:
     """Encode to frames: header bytes, then the arrays themselves (zero-copy buffers).
 
     `with_crc=False` writes crc 0 meaning "not computed" (allowed on trusted inproc links).
+    Refuses (WireError) a meta that `decode` would refuse: nothing unreadable is sent or
+    written to a run file.
     """
+    markers.check(msg.kind, msg.meta)
     arrays = {n: _wire_array(n, a) for n, a in msg.arrays.items()}
     if arrays is not msg.arrays:
         msg.arrays = arrays
@@ -215,6 +221,7 @@ def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
     count = _need_uint(h, "count")
     specs = _need(h, "arrays", list)
     meta = _need(h, "meta", dict)
+    markers.check(kind, meta)
     if len(specs) > _MAX_ARRAYS:
         raise WireError("shape", f"{len(specs)} arrays, limit {_MAX_ARRAYS}")
     if len(frames) - 1 != len(specs):

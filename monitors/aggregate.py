@@ -15,8 +15,9 @@ from typing import Literal
 
 import numpy as np
 
-from daq.errors import DaqError
+from daq.errors import DaqError, WireError
 from daq.geometry import BOARD_NAMES
+from daq.markers import CalibCells, FeaturesMeta, PreviousEnd, SpillEnd, previous_end
 from daq.wire import Kind, Message
 from monitors import calibration
 from monitors.alarms import judge_spills
@@ -31,7 +32,6 @@ from monitors.summary import (
     RunTotals,
     SpillSummary,
     figures,
-    int_map,
 )
 
 Source = Literal["live", "replay"]
@@ -96,20 +96,17 @@ def _cell_sums(m: object) -> dict[str, float] | None:
     return out
 
 
-def calib_cells(meta: Mapping) -> tuple[int, dict[str, float], dict[str, float]] | None:
-    """The features meta `calib_cells` (trigger.processor.calib_cells) checked: `n` events,
-    and per ECAL cell of the geometry the `sum` and `sum2` of its energy."""
-    v = meta.get("calib_cells")
+def calib_cells(v: CalibCells | None) -> tuple[int, dict[str, float], dict[str, float]] | None:
+    """The features' `calib_cells` (trigger.processor.calib_cells; typed at decode: `n`
+    events, `sum` and `sum2` maps) checked against the geometry: per ECAL cell, finite
+    non-negative sums of its energy."""
     if v is None:
         return None
-    n = v.get("n") if isinstance(v, Mapping) else None
-    total = _cell_sums(v.get("sum")) if isinstance(v, Mapping) else None
-    total2 = _cell_sums(v.get("sum2")) if isinstance(v, Mapping) else None
-    if (not isinstance(n, int) or isinstance(n, bool) or n < 0 or total is None
-            or total2 is None):
+    total, total2 = _cell_sums(v.sum), _cell_sums(v.sum2)
+    if v.n < 0 or total is None or total2 is None:
         raise MonitorInputError("meta", f"calib_cells {v!r} is not n events and per-cell "
                                 "energy sums of ECAL cells")
-    return n, total, total2
+    return v.n, total, total2
 
 
 @dataclass
@@ -161,7 +158,10 @@ class RunAnalysis:
         """Take one message; return the spills it closed (usually none). Raises
         MonitorInputError (after counting it) for a message that cannot be used."""
         try:
-            return self._feed(msg)
+            try:
+                return self._feed(msg)
+            except WireError as e:  # a marker whose meta is not its kind's (not decoded)
+                raise MonitorInputError("meta", e.detail) from None
         except MonitorInputError as e:
             self.refused[e.reason] = self.refused.get(e.reason, 0) + 1
             raise
@@ -173,9 +173,8 @@ class RunAnalysis:
         elif msg.run != self.run:
             raise MonitorInputError("run", f"message of run {msg.run} in run {self.run}")
         if msg.kind in _PASSIVE:
-            prev = msg.meta.get("previous_end")
-            if msg.kind in (Kind.SPILL_START, Kind.RUN_STOP) and isinstance(prev, dict) \
-                    and prev.get("run", msg.run) == msg.run:
+            prev = previous_end(msg)
+            if prev is not None and prev.run == msg.run:
                 return self._previous_end(prev)
             return []
         if msg.kind is Kind.FEATURES:
@@ -216,7 +215,8 @@ class RunAnalysis:
 
     def _features(self, msg: Message) -> None:
         f = check_features(msg)
-        cells = calib_cells(msg.meta)
+        meta = FeaturesMeta.of(msg)  # refused before anything of it is counted
+        cells = calib_cells(meta.calib_cells)
         sp = self._spill(msg.spill)
         # one compiled pass (monitors.kernels); monitors.reference is its NumPy twin; then
         # the two counts on complete events it does not make (NumPy, a few cheap passes)
@@ -226,36 +226,27 @@ class RunAnalysis:
             c.calib_cells_n, c.calib_cell_sum, c.calib_cell_sum2 = cells
         sp.counts.add(c)
         sp.slices_seen += 1
-        sp.shadow_ran |= msg.meta.get("shadow_cfg") is not None
-        cfg = msg.meta.get("cfg")
-        if isinstance(cfg, str):
-            sp.cfgs.add(cfg)
+        sp.shadow_ran |= meta.shadow_cfg is not None
+        if meta.cfg is not None:
+            sp.cfgs.add(meta.cfg)
 
     def _spill_end(self, msg: Message) -> None:
         if msg.spill in self._backup_ends:  # its copy came first and was used
             self._backup_ends.discard(msg.spill)
             return
-        m = msg.meta
-        slices = m.get("slices")
-        if not isinstance(slices, int) or isinstance(slices, bool) or slices < 0:
-            raise MonitorInputError("meta", f"spill_end of spill {msg.spill} has slices="
-                                    f"{slices!r}, expected a count from the builder")
-        shed = m.get("shed", 0)
-        if not isinstance(shed, int) or isinstance(shed, bool) or shed < 0:
-            raise MonitorInputError("meta", f"spill_end of spill {msg.spill} has shed={shed!r}")
+        end = SpillEnd.of(msg)
+        if end.slices is None:
+            raise MonitorInputError("meta", f"spill_end of spill {msg.spill} has no slices, "
+                                    f"expected a count from the builder")
         sp = self._spill(msg.spill)
         if sp.slices is not None:
             raise MonitorInputError("duplicate", f"second spill_end for spill {msg.spill}")
-        self._apply_end(sp, m, slices, shed)
+        self._apply_end(sp, end)
 
-    def _previous_end(self, prev: dict) -> list[SpillSummary]:
+    def _previous_end(self, prev: PreviousEnd) -> list[SpillSummary]:
         """The builder repeats a spill's end in the next spill_start and in run_stop: use
         it when the spill_end itself has not come (it died with a worker)."""
-        spill, slices, shed = prev.get("spill"), prev.get("slices"), prev.get("shed", 0)
-        if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                   for v in (spill, slices, shed)):
-            raise MonitorInputError("meta", f"previous_end {prev!r} is not a spill's end")
-        assert isinstance(spill, int) and isinstance(slices, int) and isinstance(shed, int)
+        spill = prev.spill
         if spill in self._closed:
             return []
         # not open: nothing of the spill has come yet (two workers reorder), or it all died
@@ -263,17 +254,18 @@ class RunAnalysis:
         sp = self._spill(spill)
         if sp.slices is not None:
             return []  # its spill_end came: nothing to fill in
-        self._apply_end(sp, prev, slices, shed)
+        self._apply_end(sp, prev.as_end())
         self._backup_ends.add(spill)
         return self._close_ready(spill)
 
-    def _apply_end(self, sp: _Open, m: Mapping, slices: int, shed: int) -> None:
-        sp.slices = slices
-        sp.resumed = m.get("resumed") is True
-        sp.counts.shed += shed
-        sp.counts.incomplete_board = int_map(m.get("incomplete"))
-        sp.counts.builder_gaps = int_map(m.get("gaps"))
-        sp.scalers = int_map(m.get("scalers"))
+    @staticmethod
+    def _apply_end(sp: _Open, end: SpillEnd) -> None:
+        sp.slices = end.slices
+        sp.resumed = end.resumed is True
+        sp.counts.shed += end.shed or 0
+        sp.counts.incomplete_board = dict(end.incomplete or {})
+        sp.counts.builder_gaps = dict(end.gaps or {})
+        sp.scalers = dict(end.scalers or {})
 
     # --- closing -------------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ The JSON of `SpillSummary` is one entry of `na64daq analyze --json` (docs/monito
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
@@ -196,12 +195,3 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
             c.calib_cells_n, c.calib_cell_sum, c.calib_cell_sum2, cfg.calib_cell_reference,
             scale, min_events=cfg.calib_min_events),
     }
-
-
-def int_map(value: object) -> dict[str, int]:
-    """The {str: non-negative int} entries of a marker meta map; anything else is dropped
-    (these are counts: a negative or non-integer entry is not one)."""
-    if not isinstance(value, Mapping):
-        return {}
-    return {str(k): int(v) for k, v in value.items()
-            if isinstance(v, int) and not isinstance(v, bool) and v >= 0}

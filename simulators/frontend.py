@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from daq.markers import RunStart, RunStop, SliceMeta, SpillEnd, SpillStart
 from daq.wire import Kind, Message, encode
 from simulators.generator import Simulator, Slice, SpillPlan
 
@@ -69,9 +70,9 @@ class FrontEnds:
 
     def run_start(self) -> list[Emission]:
         sim = self.sim
-        meta = {"config": sim.cfg.model_dump(mode="json"), "geometry": sim.geom.hash,
-                "calibration": sim.calib.hash, "mode": sim.cfg.mode,
-                "faults": sim.faults.model_dump(mode="json")}
+        meta = RunStart(config=sim.cfg.model_dump(mode="json"), geometry=sim.geom.hash,
+                        calibration=sim.calib.hash, mode=sim.cfg.mode,
+                        faults=sim.faults.model_dump(mode="json")).to_meta()
         return [Emission(s, self._stamp(s, self._msg(s, Kind.RUN_START, meta=meta)), 0)
                 for s in self.streams]
 
@@ -85,8 +86,9 @@ class FrontEnds:
     def run_stop(self, t_ns: int, reason: str) -> list[Emission]:
         """Every board ends the run (run control's stop, or its max_spills): the builder
         closes the run once every board's run_stop is in."""
-        return [Emission(s, self._stamp(s, self._msg(s, Kind.RUN_STOP, meta={"reason": reason})),
-                         t_ns) for s in self.streams]
+        meta = RunStop(reason).to_meta()
+        return [Emission(s, self._stamp(s, self._msg(s, Kind.RUN_STOP, meta=dict(meta))), t_ns)
+                for s in self.streams]
 
     def eos(self, t_ns: int) -> list[Emission]:
         return [Emission(s, self._stamp(s, self._msg(s, Kind.END_OF_STREAM)), t_ns)
@@ -142,11 +144,11 @@ class FrontEnds:
         stop_after = (round(f.stop_fraction * plan.n_slices)
                       if f.stop_board is not None and plan.spill == f.stop_spill else None)
         sent = dict.fromkeys(self.streams, 0)
-        slice_meta: dict[str, Any] = {"mode": self.sim.cfg.mode}
-        if self.sim.cfg.suppresses:
-            slice_meta["zs_adc"] = self.sim.cfg.zs_adc
+        slice_meta = SliceMeta(mode=self.sim.cfg.mode, zs_adc=self.sim.cfg.zs_adc
+                               if self.sim.cfg.suppresses else None).to_meta()
+        start = SpillStart(t0).to_meta()
         for s in self.streams:
-            yield Emission(s, self._msg(s, Kind.SPILL_START, plan.spill, meta={"t0_ns": t0}), t0)
+            yield Emission(s, self._msg(s, Kind.SPILL_START, plan.spill, meta=dict(start)), t0)
         for sl in slices:
             t_ns = t0 + int(sl.ts[-1])
             for b in self.boards:
@@ -164,15 +166,17 @@ class FrontEnds:
                 sent[TRUTH] += sl.count
                 yield Emission(TRUTH, self._msg(TRUTH, Kind.SLICE, plan.spill, first=sl.first,
                                                 count=sl.count, arrays=dict(sl.truth),
-                                                meta={"slice_index": sl.index,
-                                                      "ecal_gain": self.sim.ecal_gain(
-                                                          plan.spill)}), t_ns)
+                                                meta=SliceMeta(
+                                                    slice_index=sl.index,
+                                                    ecal_gain=self.sim.ecal_gain(plan.spill),
+                                                ).to_meta()), t_ns)
         t_end = t0 + round(self.sim.cfg.gen_s * 1e9)
         for s in self.streams:
             if stop_after is not None and s == f.stop_board:
                 continue  # a board that stopped sends no spill_end either
-            meta: dict[str, Any] = {"events": sent[s], "scalers": self._scalers(s, plan)}
-            yield Emission(s, self._msg(s, Kind.SPILL_END, plan.spill, meta=meta), t_end)
+            end = SpillEnd(sent[s], scalers=self._scalers(s, plan))
+            yield Emission(s, self._msg(s, Kind.SPILL_END, plan.spill, meta=end.to_meta()),
+                           t_end)
 
     def _scalers(self, board: str, plan: SpillPlan) -> dict[str, int]:
         if board != "BEAM":

@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -22,6 +22,7 @@ from daq.builder import EventBuilder
 from daq.config import content_hash
 from daq.errors import ConfigError
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
+from daq.markers import ConfigMarker, FeaturesMeta, SliceMeta
 from daq.runfile import RunFileReader
 from daq.wire import Kind, Message
 from trigger import kernels
@@ -49,7 +50,7 @@ def load_config_file(path: str | Path, geometry: Geometry | None = None) -> Trig
 
 
 def _restamp(msg: Message, cfg: dict[str, Any], h: str) -> Message:
-    meta = dict(msg.meta, trigger_config=cfg, cfg=h)
+    meta = replace(SliceMeta.of(msg), trigger_config=cfg, cfg=h).to_meta()
     return Message(msg.kind, msg.run, msg.spill, msg.seq, msg.src, msg.board, msg.first,
                    msg.count, msg.arrays, meta, msg.replay)
 
@@ -130,9 +131,9 @@ def _built(messages: Iterable[Message], geom: Geometry, cal: Calibration,
             yield msg
         elif msg.kind is Kind.CONFIG and msg.board not in boards:
             # a configuration change recorded in a raw stream: replay it where it happened
-            if override is None and isinstance(msg.meta.get("trigger_config"), dict):
-                builder.set_trigger_config(msg.meta["trigger_config"],
-                                           str(msg.meta.get("who", "replay")))
+            if override is None:
+                c = ConfigMarker.of(msg)
+                builder.set_trigger_config(c.trigger_config, c.who or "replay")
         else:
             yield from builder.feed(msg, 0.0)  # a frozen clock: timeouts only at finish
     if builder is not None:
@@ -182,10 +183,11 @@ def _count(spills: dict[tuple[int, int], SpillSummary], m: Message) -> None:
     for name, bit in TRIGGER_BITS.items():
         s.fired[name] += int((bits & bit != 0).sum())
         s.shadow[name] += int((shadow & bit != 0).sum())
-    if m.meta.get("shadow_cfg"):
+    meta = FeaturesMeta.of(m)
+    if meta.shadow_cfg:
         s.shadow_accepted += int((shadow != 0).sum())
-        s.shadow_cfg.add(str(m.meta["shadow_cfg"]))
-    s.cfg.add(str(m.meta.get("cfg")))
+        s.shadow_cfg.add(meta.shadow_cfg)
+    s.cfg.add(str(meta.cfg))
 
 
 def analyze_run(path: str | Path, trigger_config: TriggerConfig | None = None,

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from daq.config import content_hash
-from daq.errors import ConfigError
+from daq.errors import ConfigError, WireError
 from daq.geometry import Calibration, Geometry
+from daq.markers import AcceptedMeta, FeaturesMeta, SliceMeta
 from daq.wire import Kind, Message
 from trigger import kernels
 from trigger.config import CALIBRATION, TRIGGER_BITS, parse_config
@@ -108,19 +109,21 @@ class SliceProcessor:
         """Features and decision of one built slice; raises SliceError if it is refused."""
         if msg.kind is not Kind.SLICE or msg.board != "ALL":
             raise SliceError("kind", f"{msg.kind}/{msg.board!r} is not a built slice")
-        meta = msg.meta
-        calib = meta.get("calib")
-        if calib != self.calibration.hash:
-            raise SliceError("calibration", f"slice calibration {calib!r}, this worker has "
-                                            f"{self.calibration.hash!r}")
-        p = self.params(meta.get("trigger_config"), meta.get("cfg"))
-        mode = meta.get("mode")
-        mode = mode if isinstance(mode, str) else repr(mode)
+        try:
+            meta = SliceMeta.of(msg)
+        except WireError as e:  # one that did not come through decode
+            raise SliceError("meta", e.detail) from None
+        if meta.calib != self.calibration.hash:
+            raise SliceError("calibration", f"slice calibration {meta.calib!r}, this worker "
+                                            f"has {self.calibration.hash!r}")
+        p = self.params(meta.trigger_config, meta.cfg)
+        mode = meta.mode if meta.mode is not None else repr(None)
         f = compute_features(msg.arrays, msg.count, mode, p, self.backend)
         cond, bits = decide(f, p, run=msg.run, spill=msg.spill, first=msg.first,
                             backend=self.backend)
-        shadow, shadow_hash, shadow_error = self._shadow(msg, mode, p, f)
-        feat = self._features(msg, f, cond, bits, shadow, shadow_hash, mode, self.backend)
+        shadow, shadow_hash, shadow_error = self._shadow(msg, meta, mode, p, f)
+        feat = self._features(msg, meta, f, cond, bits, shadow, shadow_hash, mode,
+                              self.backend)
         cells = calib_cells(msg, bits, mode, p, self._ecal_names, self.backend)
         if cells is not None:
             feat.meta["calib_cells"] = cells
@@ -129,16 +132,16 @@ class SliceProcessor:
                           _fired(shadow) if shadow_hash else {},
                           int(np.count_nonzero(bits)), int(np.count_nonzero(shadow)),
                           shadow_error)
-        res.accepted = self._accepted(msg, res.features, bits, mode, self.backend)
+        res.accepted = self._accepted(msg, meta, res.features, bits, mode, self.backend)
         return res
 
-    def _shadow(self, msg: Message, mode: str, p: TriggerParams, f: Features
-                ) -> tuple[np.ndarray, str | None, str | None]:
-        data = msg.meta.get("shadow_config")
+    def _shadow(self, msg: Message, meta: SliceMeta, mode: str, p: TriggerParams,
+                f: Features) -> tuple[np.ndarray, str | None, str | None]:
+        data = meta.shadow_config
         none = np.zeros(msg.count, np.uint8)
         if data is None:
             return none, None, None
-        h = content_hash(data) if isinstance(data, dict) else ""
+        h = content_hash(data)
         try:
             sp = self.params(data, h)
         except SliceError as e:
@@ -150,8 +153,8 @@ class SliceProcessor:
                       backend=self.backend)[1], h, None
 
     @staticmethod
-    def _features(msg: Message, f: Features, cond: np.ndarray, bits: np.ndarray,
-                  shadow: np.ndarray, shadow_hash: str | None, mode: str,
+    def _features(msg: Message, meta: SliceMeta, f: Features, cond: np.ndarray,
+                  bits: np.ndarray, shadow: np.ndarray, shadow_hash: str | None, mode: str,
                   backend: ModuleType) -> Message:
         ts = msg.arrays.get("ts")
         missing = msg.arrays.get("missing")
@@ -159,14 +162,14 @@ class SliceProcessor:
                   **f.arrays(backend),
                   "missing": missing if missing is not None else np.zeros(msg.count, np.uint8),
                   "cond": cond, "bits": bits, "shadow": shadow}
-        meta = {"slice_index": msg.meta.get("slice_index", 0), "cfg": msg.meta.get("cfg"),
-                "shadow_cfg": shadow_hash, "mode": mode, "calib": msg.meta.get("calib")}
+        out = FeaturesMeta(meta.slice_index or 0, cfg=meta.cfg, shadow_cfg=shadow_hash,
+                           mode=mode, calib=meta.calib)
         return Message(Kind.FEATURES, run=msg.run, spill=msg.spill, board="ALL",
-                       first=msg.first, count=msg.count, arrays=arrays, meta=meta,
+                       first=msg.first, count=msg.count, arrays=arrays, meta=out.to_meta(),
                        replay=msg.replay)
 
     @staticmethod
-    def _accepted(msg: Message, feat: Message, bits: np.ndarray, mode: str,
+    def _accepted(msg: Message, meta: SliceMeta, feat: Message, bits: np.ndarray, mode: str,
                   backend: ModuleType) -> Message:
         idx = np.flatnonzero(bits)
         arrays = select_events(msg.arrays, idx, backend)
@@ -174,11 +177,10 @@ class SliceProcessor:
             if name not in arrays:
                 arrays[name] = a[idx]
         arrays["event"] = (idx + msg.first).astype(np.uint32)
-        meta = {"slice_index": msg.meta.get("slice_index", 0), "slice_count": msg.count,
-                "cfg": msg.meta.get("cfg"), "trigger_config": msg.meta.get("trigger_config"),
-                "mode": mode, "calib": msg.meta.get("calib")}
+        out = AcceptedMeta(meta.slice_index or 0, msg.count, cfg=meta.cfg,
+                           trigger_config=meta.trigger_config, mode=mode, calib=meta.calib)
         return Message(Kind.ACCEPTED, run=msg.run, spill=msg.spill, board="ALL",
-                       first=msg.first, count=len(idx), arrays=arrays, meta=meta,
+                       first=msg.first, count=len(idx), arrays=arrays, meta=out.to_meta(),
                        replay=msg.replay)
 
 

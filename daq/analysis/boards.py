@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daq.analysis.errors import AnalysisError
+from daq.markers import RunStart, RunStop, SliceMeta, SpillEnd, SpillStart, mode_of
 from daq.wire import Kind, Message
 
 
@@ -44,7 +45,7 @@ class BoardStreams:
         self.boards = tuple(boards)
         self.seq = dict.fromkeys(self.boards, 0)
         self.spills: dict[int, _Spill] = {}
-        self.meta: dict[str, Any] = {}
+        self.start = RunStart()  # what the boards' run_starts carry
         self.events = 0
 
     def _msg(self, board: str, kind: Kind, src: Message, **kw: Any) -> Message:
@@ -55,9 +56,11 @@ class BoardStreams:
 
     def feed(self, m: Message) -> Iterator[Message]:
         if m.kind is Kind.RUN_START:
-            self.meta = {k: m.meta.get(k) for k in ("config", "geometry", "calibration", "mode")}
+            r = RunStart.of(m)
+            self.start = RunStart(config=r.config, geometry=r.geometry,
+                                  calibration=r.calibration, mode=r.mode)
             for b in self.boards:
-                yield self._msg(b, Kind.RUN_START, m, spill=0, meta=dict(self.meta))
+                yield self._msg(b, Kind.RUN_START, m, spill=0, meta=self.start.to_meta())
         elif m.kind is Kind.SPILL_START:
             sp = self.spills.setdefault(m.spill, _Spill())
             sp.start = sp.start or m
@@ -71,9 +74,9 @@ class BoardStreams:
                 yield from self._spill(s, self.spills.pop(s))
         elif m.kind is Kind.RUN_STOP:
             yield from self.flush()
+            stop = RunStop(RunStop.of(m).reason)
             for b in self.boards:
-                yield self._msg(b, Kind.RUN_STOP, m, spill=m.spill,
-                                meta={"reason": m.meta.get("reason", "replayed")})
+                yield self._msg(b, Kind.RUN_STOP, m, spill=m.spill, meta=stop.to_meta())
 
     def flush(self) -> Iterator[Message]:
         """Every spill still held (a file cut short: a spill without its end)."""
@@ -84,26 +87,26 @@ class BoardStreams:
         ref = sp.start or sp.end or (sp.data[0] if sp.data else None)
         if ref is None:
             return
-        t0 = (sp.start.meta.get("t0_ns", 0) if sp.start else 0) or 0
+        start = SpillStart(SpillStart.of(sp.start).t0_ns if sp.start else 0)
         for b in self.boards:
-            yield self._msg(b, Kind.SPILL_START, ref, spill=spill, meta={"t0_ns": t0})
+            yield self._msg(b, Kind.SPILL_START, ref, spill=spill, meta=start.to_meta())
         first = 0
         for m in sorted(sp.data, key=lambda x: x.first):
+            meta = SliceMeta(mode=mode_of(m) or self.start.mode)
             for b in self.boards:
                 arrays = {n[len(b) + 1:]: a for n, a in m.arrays.items() if n.startswith(b + ".")}
                 if not arrays:
                     continue  # missing for the whole slice: the builder flags it again
                 arrays = {"ts": m.arrays["ts"], **arrays}
                 yield self._msg(b, Kind.SLICE, m, first=first, count=m.count, arrays=arrays,
-                                meta={"mode": m.meta.get("mode") or self.meta.get("mode")})
+                                meta=meta.to_meta())
             first += m.count
         self.events += first
-        scalers = dict(sp.end.meta.get("scalers") or {}) if sp.end else {}
         if sp.end is not None:
+            scalers = SpillEnd.of(sp.end).scalers or {}
             for b in self.boards:
-                meta = {"events": first,
-                        "scalers": scalers if b == "BEAM" else {"events": first}}
-                yield self._msg(b, Kind.SPILL_END, sp.end, spill=spill, meta=meta)
+                end = SpillEnd(first, scalers=dict(scalers) if b == "BEAM" else {"events": first})
+                yield self._msg(b, Kind.SPILL_END, sp.end, spill=spill, meta=end.to_meta())
 
 
 def unconvertible(m: Message) -> str | None:

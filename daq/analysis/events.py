@@ -32,8 +32,8 @@ import numpy as np
 from daq.analysis.errors import need
 from daq.analysis.source import Block, FileInfo, FileKind, blocks, probe
 from daq.geometry import BOARD_NAMES
+from daq.markers import stamped_config
 from daq.runfile import RunFileReader
-from daq.wire import Kind
 
 #: sub-column names of the 2-D columns, for flat tables (pandas, Parquet, HDF5 ...)
 SUBCOLUMNS: dict[str, tuple[str, ...]] = {"e_hcal": ("1", "2", "3", "4"),
@@ -210,8 +210,8 @@ class Run:
             return {}
         out: dict[int, dict[str, Any]] = {}
         for m in RunFileReader(self.path):
-            tc = m.meta.get("trigger_config")
-            if m.kind in (Kind.SPILL_START, Kind.ACCEPTED, Kind.SLICE) and isinstance(tc, dict):
+            tc = stamped_config(m)[1]
+            if tc is not None:
                 out.setdefault(m.spill, tc)
         return out
 

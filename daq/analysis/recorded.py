@@ -33,6 +33,7 @@ from typing import Any, Literal
 import numpy as np
 
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
+from daq.markers import AcceptedMeta, FeaturesMeta, RunStart, SpillEnd
 from daq.runfile import RunFileReader
 from daq.wire import Kind, Message
 from monitors import calibration
@@ -135,17 +136,17 @@ class _Rerun:
 
     def __call__(self, msg: Message, sp: _Spill) -> None:
         boards = any("." in n for n in msg.arrays)
-        meta = msg.meta
+        meta = AcceptedMeta.of(msg)
         if not boards:
             sp.not_rerun["no board data"] = sp.not_rerun.get("no board data", 0) + msg.count
             return
-        if meta.get("calib") != self.calibration.hash:
-            why = f"calibration {meta.get('calib')!r} is not the installed one"
+        if meta.calib != self.calibration.hash:
+            why = f"calibration {meta.calib!r} is not the installed one"
             sp.not_rerun[why] = sp.not_rerun.get(why, 0) + msg.count
             return
         try:
-            recorded = self.proc.params(meta.get("trigger_config"), meta.get("cfg"))
-            mode = str(meta.get("mode"))
+            recorded = self.proc.params(meta.trigger_config, meta.cfg)
+            mode = str(meta.mode)
             f = compute_features(msg.arrays, msg.count, mode, recorded)
             self._compare(msg, f.arrays(), sp)
             p = self.override or recorded
@@ -181,10 +182,11 @@ def _sample_features(msg: Message, sample: Sample) -> Message:
     keep = (bits & (BEAM | RANDOM)) != 0 if sample == "unbiased" else np.ones(msg.count, bool)
     names = ("ts", *FEATURE_ARRAYS, *TRACK_ARRAYS)
     arrays = {n: msg.arrays[n][keep] for n in names if n in msg.arrays}
-    meta = {k: msg.meta.get(k) for k in ("slice_index", "cfg", "mode", "calib")}
+    a = AcceptedMeta.of(msg)
+    meta = FeaturesMeta(a.slice_index, cfg=a.cfg, mode=a.mode, calib=a.calib)
     return Message(Kind.FEATURES, run=msg.run, spill=msg.spill, seq=msg.seq, src=msg.src,
                    board="ALL", first=msg.first, count=int(np.count_nonzero(keep)),
-                   arrays=arrays, meta={**meta, "shadow_cfg": None}, replay=msg.replay)
+                   arrays=arrays, meta=meta.to_meta(), replay=msg.replay)
 
 
 def analyze_recorded(path: str | Path, trigger_config: TriggerConfig | None = None,
@@ -198,13 +200,14 @@ def analyze_recorded(path: str | Path, trigger_config: TriggerConfig | None = No
     rerun = _Rerun(geom, cal, trigger_config)
     spills: dict[int, _Spill] = {}
     reader = RunFileReader(path)
-    head = {"run": int(reader.header.get("run", 0) or 0), "replay": False, "mode": None}
+    head: dict[str, Any] = {"run": int(reader.header.get("run", 0) or 0), "replay": False,
+                            "mode": None}
 
     def stream() -> Iterator[Message]:
         for m in reader:
             head["replay"] = bool(head["replay"]) or m.replay
             if m.kind is Kind.RUN_START:
-                head["run"], head["mode"] = m.run, m.meta.get("mode")
+                head["run"], head["mode"] = m.run, RunStart.of(m).mode
             sp = spills.setdefault(m.spill, _Spill(m.spill)) \
                 if m.kind not in (Kind.RUN_START, Kind.RUN_STOP) else None
             if sp is not None and m.kind is Kind.ACCEPTED:
@@ -260,21 +263,21 @@ def _account(m: Message, sp: _Spill, mcfg: MonitorConfig) -> None:
             calib &= missing == 0
         if e_ecal is not None:
             calibration.fill(sp.calib_hist, e_ecal[calib], mcfg.beam_energy_gev)
-    cfg, tc = m.meta.get("cfg"), m.meta.get("trigger_config")
-    if isinstance(cfg, str):
-        sp.cfgs.add(cfg)
-    if isinstance(tc, dict) and "beam" in tc.get("enabled", ()):
+    meta = AcceptedMeta.of(m)
+    if meta.cfg is not None:
+        sp.cfgs.add(meta.cfg)
+    tc = meta.trigger_config
+    if tc is not None and "beam" in tc.get("enabled", ()):
         sp.prescale_beam = int(tc.get("prescale_beam", 1))
 
 
 def _spill_end(m: Message, sp: _Spill) -> None:
-    meta = m.meta
-    if isinstance(meta.get("events"), int):
-        sp.events = int(meta["events"])
-    if isinstance(meta.get("shed"), int):
-        sp.shed = int(meta["shed"])
-    if isinstance(meta.get("slices"), int):
-        sp.slices = int(meta["slices"])
+    end = SpillEnd.of(m)
+    sp.events = end.events
+    if end.shed is not None:
+        sp.shed = end.shed
+    if end.slices is not None:
+        sp.slices = end.slices
 
 
 def _totals(rows: list[_Spill], monitor: dict[str, Any], cfg: MonitorConfig

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from daq.geometry import BOARD_NAMES
+from daq.markers import mode_of
 from daq.runfile import RunFileReader
 from daq.wire import Kind, Message
 
@@ -91,12 +92,12 @@ def probe(path: str | Path) -> FileInfo:
         replay = replay or m.replay
         if m.kind is Kind.RUN_START:
             run = m.run
-            mode = mode or _mode(m.meta)
+            mode = mode or mode_of(m)
         elif m.kind not in (Kind.RUN_STOP, Kind.END_OF_STREAM):
             spills.add(m.spill)
         k = kind_of(m)
         if k is not None and kind is None:
-            kind, mode = k, _mode(m.meta) or mode
+            kind, mode = k, mode_of(m) or mode
             if r.spill_index is not None:
                 break
     index = r.spill_index
@@ -108,11 +109,6 @@ def probe(path: str | Path) -> FileInfo:
     return FileInfo(path=r.path, kind=kind or FileKind.EMPTY, run=run, replay=replay,
                     mode=mode, spills=tuple(sorted(spills)), header=dict(r.header),
                     closed_cleanly=closed)
-
-
-def _mode(meta: dict[str, Any]) -> str | None:
-    m = meta.get("mode")
-    return m if isinstance(m, str) else None
 
 
 @dataclass

@@ -100,7 +100,7 @@ def test_truth_and_marker_only_files_are_errors_that_say_why(
     empty = tmp_path / "empty.na64"
     with RunFileWriter(empty, run=3, config={}, geometry_hash="g", calibration_hash="c") as w:
         w.write(Message(Kind.RUN_START, run=3, src="builder"))
-        w.write(Message(Kind.RUN_STOP, run=3, seq=1, src="builder"))
+        w.write(Message(Kind.RUN_STOP, run=3, seq=1, src="builder", meta={"reason": "end"}))
     assert main(["analyze", str(empty)]) == 2
     err = capsys.readouterr().err
     assert "markers only (1 run_start, 1 run_stop)" in err

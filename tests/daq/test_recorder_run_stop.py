@@ -20,10 +20,10 @@ def _accepted(spill: int, index: int, n: int) -> Message:
 def test_run_stop_overtaking_the_last_slices_loses_nothing(tmp_path: Path) -> None:
     rec = Recording(tmp_path, spill_timeout_s=5.0)
     rec.handle(Message(Kind.RUN_START, run=5, meta={"config": {}}), 0.0)
-    rec.handle(Message(Kind.SPILL_START, run=5, spill=0), 0.0)
+    rec.handle(Message(Kind.SPILL_START, run=5, spill=0, meta={"t0_ns": 0}), 0.0)
     rec.handle(_accepted(0, 0, 3), 0.1)
     # worker A forwards spill_end and run_stop while worker B still has slices 1 and 2
-    rec.handle(Message(Kind.SPILL_END, run=5, spill=0, meta={"slices": 3}), 0.2)
+    rec.handle(Message(Kind.SPILL_END, run=5, spill=0, meta={"events": 300, "slices": 3}), 0.2)
     rec.handle(Message(Kind.RUN_STOP, run=5, spill=0, meta={"reason": "end"}), 0.2)
     assert rec.writer is not None  # still open: two slices are missing
     rec.handle(_accepted(0, 1, 4), 0.3)
@@ -41,8 +41,8 @@ def test_a_slice_that_never_comes_closes_the_run_at_the_timeout(tmp_path: Path) 
     rec = Recording(tmp_path, spill_timeout_s=5.0)
     rec.handle(Message(Kind.RUN_START, run=5, meta={"config": {}}), 0.0)
     rec.handle(_accepted(0, 0, 3), 0.1)
-    rec.handle(Message(Kind.SPILL_END, run=5, spill=0, meta={"slices": 2}), 0.2)
-    rec.handle(Message(Kind.RUN_STOP, run=5, spill=0), 0.2)
+    rec.handle(Message(Kind.SPILL_END, run=5, spill=0, meta={"events": 300, "slices": 2}), 0.2)
+    rec.handle(Message(Kind.RUN_STOP, run=5, spill=0, meta={"reason": "end"}), 0.2)
     rec.poll(3.0)
     assert rec.writer is not None
     rec.poll(5.3)
@@ -53,7 +53,8 @@ def test_a_slice_that_never_comes_closes_the_run_at_the_timeout(tmp_path: Path) 
 
 
 def _spill_start(spill: int, previous: dict | None) -> Message:
-    return Message(Kind.SPILL_START, run=5, spill=spill, meta={"previous_end": previous})
+    return Message(Kind.SPILL_START, run=5, spill=spill,
+                   meta={"t0_ns": 0, "previous_end": previous})
 
 
 def _end_meta(spill: int, slices: int) -> dict:
@@ -74,10 +75,11 @@ def test_a_spill_end_that_died_with_a_worker_comes_from_the_next_spill_start(
     assert rec.poll(1.5) > 0 and rec.end_copies == 1
     rec.handle(_accepted(1, 0, 2), 1.6)
     # the original turns up after all (a slow worker, not a dead one): not written twice
-    rec.handle(Message(Kind.SPILL_END, run=5, spill=0, meta={"slices": 2}), 1.7)
+    rec.handle(Message(Kind.SPILL_END, run=5, spill=0, meta={"events": 300, "slices": 2}), 1.7)
     assert rec.ignored == 1
-    rec.handle(Message(Kind.SPILL_END, run=5, spill=1, meta={"slices": 1}), 1.8)
-    rec.handle(Message(Kind.RUN_STOP, run=5, spill=1, meta={"previous_end": _end_meta(1, 1)}),
+    rec.handle(Message(Kind.SPILL_END, run=5, spill=1, meta={"events": 300, "slices": 1}), 1.8)
+    rec.handle(Message(Kind.RUN_STOP, run=5, spill=1, meta={"reason": "end",
+                                                         "previous_end": _end_meta(1, 1)}),
                1.9)
     assert rec.writer is None and rec.incomplete_spills == 0
     reader = RunFileReader(rec.files[0])
@@ -94,12 +96,13 @@ def test_the_original_spill_end_wins_over_its_copy_within_the_grace(tmp_path: Pa
     rec.handle(_spill_start(0, None), 0.0)
     rec.handle(_accepted(0, 0, 3), 0.1)
     rec.handle(_spill_start(1, _end_meta(0, 1)), 0.2)  # overtook the original
-    rec.handle(Message(Kind.SPILL_END, run=5, spill=0, meta={"slices": 1, "skipped": 0}), 0.3)
+    rec.handle(Message(Kind.SPILL_END, run=5, spill=0,
+                       meta={"events": 300, "slices": 1, "skipped": False}), 0.3)
     rec.poll(2.0)
     rec.close()
     ends = [m for m in RunFileReader(rec.files[0]) if m.kind is Kind.SPILL_END]
     assert [(m.spill, m.meta.get("copy_of"), m.meta.get("skipped")) for m in ends] == \
-        [(0, None, 0)]
+        [(0, None, False)]
     assert rec.end_copies == 0
 
 

@@ -22,7 +22,8 @@ def _run(spills: int = 3, events: int = 70, mode: str = "waveform") -> list[Mess
     msgs = [Message(kind=Kind.RUN_START, run=1, src="builder", meta={"config": {}})]
     for s in range(spills):
         msgs += b.spill(s, events, 32)
-    msgs.append(Message(kind=Kind.RUN_STOP, run=1, spill=spills - 1, src="builder"))
+    msgs.append(Message(kind=Kind.RUN_STOP, run=1, spill=spills - 1, src="builder",
+                        meta={"reason": "end"}))
     return msgs
 
 
@@ -153,11 +154,13 @@ def test_a_restarted_builders_start_continues_its_spill(tmp_path: Path, resumed:
     # the old builder started spill 1 and died; the restarted one joined it (`resumed`) and
     # ended it. Two starts that are both new leave the spill open: one end is missing.
     m = [Message(kind=Kind.RUN_START, run=1, src="builder", meta={"config": {}}),
-         Message(kind=Kind.SPILL_START, run=1, spill=1, src="builder", meta={"resumed": False}),
          Message(kind=Kind.SPILL_START, run=1, spill=1, src="builder",
-                 meta={"resumed": resumed}),
-         Message(kind=Kind.SPILL_END, run=1, spill=1, src="builder", meta={"resumed": resumed}),
-         Message(kind=Kind.RUN_STOP, run=1, spill=1, src="builder")]
+                 meta={"t0_ns": 0, "resumed": False}),
+         Message(kind=Kind.SPILL_START, run=1, spill=1, src="builder",
+                 meta={"t0_ns": 0, "resumed": resumed}),
+         Message(kind=Kind.SPILL_END, run=1, spill=1, src="builder",
+                 meta={"events": 0, "resumed": resumed}),
+         Message(kind=Kind.RUN_STOP, run=1, spill=1, src="builder", meta={"reason": "end"})]
     path = tmp_path / "run1.na64"
     _write(path, m)
     r = RunFileReader(path)

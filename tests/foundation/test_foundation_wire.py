@@ -9,6 +9,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from marker_data import metas
 
 from daq.errors import DaqError, WireError
 from daq.wire import (
@@ -27,13 +28,6 @@ from daq.wire import (
 DTYPES = sorted(ALLOWED_DTYPES)
 u63 = st.integers(0, 2**63 - 1)
 names = st.text("abcdefghijklmnopqrstuvwxyz._ABCDE0123456789", min_size=1, max_size=12)
-meta_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats(allow_nan=False)
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                  max_size=4),
-    max_leaves=12,
-)
 
 
 @st.composite
@@ -50,7 +44,7 @@ def messages(draw: st.DrawFn) -> Message:
     return Message(
         kind=kind, run=draw(u63), spill=draw(u63), seq=draw(u63), src=draw(st.text(max_size=10)),
         board=draw(st.sampled_from(["", "ALL", "ECAL", "BEAM"])), first=draw(u63), count=count,
-        arrays=arrays, meta=draw(st.dictionaries(st.text(max_size=8), meta_values, max_size=5)),
+        arrays=arrays, meta=draw(metas(kind)),
         replay=draw(st.booleans()),
     )
 

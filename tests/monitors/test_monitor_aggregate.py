@@ -103,7 +103,8 @@ def test_spill_closes_only_when_every_slice_arrived_in_any_order() -> None:
     assert s.slices_seen == 3 and s.closed == "complete" and ra.open_spills == 0
     with pytest.raises(MonitorInputError, match="late"):
         ra.feed(Message(Kind.FEATURES, run=1, spill=1, seq=99, src="trigger-9", count=0,
-                        arrays={k: v[:0] for k, v in msgs[0].arrays.items()}))
+                        arrays={k: v[:0] for k, v in msgs[0].arrays.items()},
+                        meta={"slice_index": 3}))
     assert ra.refused == {"late": 1}
 
 
@@ -138,7 +139,8 @@ def test_bad_input_is_refused_and_counted() -> None:
     with pytest.raises(MonitorInputError, match="expected <f4"):
         ra.feed(wrong)
     with pytest.raises(MonitorInputError, match="slices"):
-        ra.feed(Message(Kind.SPILL_END, run=1, spill=1, seq=6, src="x", meta={"slices": "3"}))
+        ra.feed(Message(Kind.SPILL_END, run=1, spill=1, seq=6, src="x",
+                        meta={"events": 3, "slices": "3"}))
     with pytest.raises(MonitorInputError, match="run 2"):
         ra.feed(Message(Kind.SPILL_END, run=2, spill=1, seq=7, src="x", meta={"slices": 1}))
     with pytest.raises(MonitorInputError, match="duplicate"):

@@ -8,6 +8,7 @@ import subprocess
 import urllib.request
 
 import aiomqtt
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -130,7 +131,8 @@ async def test_service_without_broker_raises_no_spill_on_its_clock() -> None:
             assert not svc.alarms["live"].raised["no_spill"]
             now[0] += 31
             await _until(lambda: svc.alarms["live"].raised["no_spill"])
-            await asend(push, Message(Kind.RUN_STOP, run=3, src="trigger-0", seq=1))
+            await asend(push, Message(Kind.RUN_STOP, run=3, src="trigger-0", seq=1,
+                                      meta={"reason": "end"}))
             await _until(lambda: not svc.alarms["live"].raised["no_spill"])
             push.close(linger=0)
             svc.stop()
@@ -151,20 +153,26 @@ async def test_service_refuses_bad_input_and_follows_new_runs() -> None:
                              ctx=ctx)
         rng = np.random.default_rng(9)
         run1, _ = spill_messages(rng, run=1, spill=1, slices=1, slice_events=50)
-        run1[-1].meta["incomplete"] = {"VETO": -5, "ECAL": True, "HCAL": 2}  # junk counts
+        run1[-1].meta["incomplete"] = {"HCAL": 2}
+        # the same spill_end with junk counts: refused whole at decode, none of it used
+        junk = encode(run1[-1])
+        head = msgpack.unpackb(junk[0])
+        head["meta"]["incomplete"] = {"VETO": -5, "ECAL": True, "HCAL": 7}
+        junk[0] = msgpack.packb(head)
         bad = Message(Kind.FEATURES, run=1, spill=2, seq=50, src="trigger-1", count=1,
-                      arrays={"e_ecal": np.zeros(1, np.float32)})
+                      arrays={"e_ecal": np.zeros(1, np.float32)}, meta={"slice_index": 0})
         # the first message of run 2 overtakes its run_start (another worker)
         run2, _ = spill_messages(rng, run=2, spill=1, slices=1, slice_events=50,
                                  seq0={"trigger-0": 10})
         closed = []
-        for m in [*run1, bad, *run2]:
-            closed += svc.handle_frames(encode(m))
+        for frames in [*map(encode, run1[:-1]), junk, *map(encode, [run1[-1], bad, *run2])]:
+            closed += svc.handle_frames(frames)
         closed += svc.handle_frames([b"\x93garbage"])
         assert [(s.run, s.spill) for s in closed] == [(1, 1), (2, 1)]
         assert closed[0].incomplete_by_board == {"HCAL": 2}
         assert reg.get_sample_value("na64_monitor_refused_total", {"reason": "arrays"}) == 1
         assert reg.get_sample_value("na64_monitor_refused_total", {"reason": "header"}) == 1
+        assert reg.get_sample_value("na64_monitor_refused_total", {"reason": "meta"}) == 1
         assert reg.get_sample_value("na64_run_number", {"source": "live"}) == 2
         assert reg.get_sample_value("na64_incomplete_events_total",
                                     {"source": "live", "board": "HCAL"}) == 2

@@ -74,7 +74,8 @@ async def test_worker_counts_garbage_and_goes_on(tmp_path: Path) -> None:
             assert await w._handle(Received(f)) is False
         assert sum(sample(reg, "na64_trigger_refused_total", reason=r)
                    for r in REASONS) == len(BAD)
-        marker = Message(kind=Kind.SPILL_START, run=1, spill=0, src="builder")
+        marker = Message(kind=Kind.SPILL_START, run=1, spill=0, src="builder",
+                         meta={"t0_ns": 0})
         assert await w._handle(Received(encode(marker))) is False
         assert sample(reg, "na64_trigger_markers_total") == 1
     finally:

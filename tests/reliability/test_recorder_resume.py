@@ -15,15 +15,16 @@ def _acc(spill: int, first: int, n: int = 2) -> Message:
     return Message(kind=Kind.ACCEPTED, run=3, spill=spill, src="trigger-0", board="ALL",
                    first=first, count=n,
                    arrays={"event": np.arange(first, first + n, dtype=np.uint32)},
-                   meta={"slice_index": first // 10})
+                   meta={"slice_index": first // 10, "slice_count": n})
 
 
 def test_a_marker_overtaking_run_start_goes_into_the_run_file(tmp_path: Path) -> None:
     r = Recording(tmp_path)
-    r.handle(Message(kind=Kind.CONFIG, run=3, src="trigger-1", meta={"cfg": "x"}), 0.0)
+    r.handle(Message(kind=Kind.CONFIG, run=3, src="trigger-1",
+                     meta={"cfg": "x", "trigger_config": {}}), 0.0)
     r.handle(Message(kind=Kind.RUN_START, run=3, src="trigger-0", meta={"config": {"a": 1}}),
              0.5)
-    r.handle(Message(kind=Kind.RUN_STOP, run=3, src="trigger-0"), 1.0)
+    r.handle(Message(kind=Kind.RUN_STOP, run=3, src="trigger-0", meta={"reason": "end"}), 1.0)
     assert r.resumed == 0 and r.ignored == 0
     msgs, rep = read_all(r.files[0])
     assert [m.kind for m in msgs] == [Kind.RUN_START, Kind.CONFIG, Kind.RUN_STOP]
@@ -42,7 +43,8 @@ def test_restart_mid_run_records_the_rest_in_a_continuation_file(tmp_path: Path)
     r.poll(2.5)  # no run_start came: this recorder joined a run under way
     assert r.resumed == 1 and r.writer is not None
     assert r.writer.path.name == "run000003.na64.1"
-    r.handle(Message(kind=Kind.RUN_STOP, run=3, spill=2, src="trigger-0"), 3.0)
+    r.handle(Message(kind=Kind.RUN_STOP, run=3, spill=2, src="trigger-0",
+                     meta={"reason": "end"}), 3.0)
     r.poll(20.0)  # spill 2 lost one output in the crash: closed at its timeout, counted
     assert r.incomplete_spills == 1
     msgs, rep = read_all(r.files[0])
@@ -54,7 +56,8 @@ def test_restart_mid_run_records_the_rest_in_a_continuation_file(tmp_path: Path)
 def test_run_stop_while_held_closes_the_continuation(tmp_path: Path) -> None:
     r = Recording(tmp_path)
     r.handle(_acc(5, 0), 0.0)
-    r.handle(Message(kind=Kind.RUN_STOP, run=3, spill=5, src="trigger-0"), 0.1)
+    r.handle(Message(kind=Kind.RUN_STOP, run=3, spill=5, src="trigger-0",
+                     meta={"reason": "end"}), 0.1)
     assert r.resumed == 1 and r.writer is not None  # open now; run_stop waits for spill 5
     r.poll(20.0)  # spill 5's end died with the crash: closed at the timeout, counted
     assert r.writer is None and len(r.files) == 1 and r.incomplete_spills == 1
