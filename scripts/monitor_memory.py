@@ -78,7 +78,8 @@ def _messages(a: argparse.Namespace) -> Iterator[Message]:
                               "slices": a.slices, "events": a.slices * a.events, "shed": 0,
                               "gaps": {}, "incomplete": dict.fromkeys(BOARDS, 0),
                               "scalers": {"beam": a.slices * a.events}})
-        yield Message(Kind.RUN_STOP, run=run, seq=nxt("trigger-0"), src="trigger-0")
+        yield Message(Kind.RUN_STOP, run=run, seq=nxt("trigger-0"), src="trigger-0",
+                      meta={"reason": "stopped"})
 
 
 def _sender(a: argparse.Namespace, endpoint: str, go: mp.Queue) -> None:

@@ -75,7 +75,8 @@ def test_a_stream_from_before_the_spectrometer_has_no_momentum_to_cut_on() -> No
              "bits": np.zeros(s.count, np.uint8), "shadow": np.zeros(s.count, np.uint8)}
     counts = {}
     for name, cols in (("old", old), ("new", new)):
-        msg = Message(Kind.FEATURES, run=1, spill=1, count=s.count, arrays={**cols, **extra})
+        msg = Message(Kind.FEATURES, run=1, spill=1, count=s.count, arrays={**cols, **extra},
+                      meta={"slice_index": 0})
         ra = RunAnalysis(mcfg)
         ra.feed(msg)
         ra.finish()
