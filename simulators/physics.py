@@ -222,7 +222,8 @@ def _hadron_interactions(cfg: SimConfig, rng: np.random.Generator, had: np.ndarr
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Where each hadron interacts (vectorised over the block): the depth is exponential
     in lambda_I, so one in 1 - exp(-ECAL_LAMBDA_I) interacts in the ECAL; its shower leaves
-    there the part of its profile (HADRON_PROFILE_SCALE) before the ECAL's end, the rest leaks into the HCAL.
+    there the part of its profile (HADRON_PROFILE_SCALE) before the ECAL's end, the rest
+    leaks into the HCAL.
     A fraction `hadron_leading_neutral` of those interactions is a charge exchange: a
     leading neutral (K0L, n) takes LEADING_NEUTRAL_SHARE of the energy and escapes, the
     rest is electromagnetic (pi0s) and stays in the ECAL, and the HCAL sees nothing.
