@@ -174,6 +174,7 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
            lambda k: 1 - np.minimum(np.sqrt(rng.random(k)), 0.99))
     had = np.flatnonzero(species == Species.HADRON)
     hint, e_lost = _hadron_interactions(cfg, rng, had, e_true, e_shower, process)
+
     ga = rng.standard_gamma(PS_BETA[0], n, dtype=f32)  # Beta(a, b) = Ga / (Ga + Gb)
     ps_share = ga / (ga + rng.standard_gamma(PS_BETA[1], n, dtype=f32))
     other = np.flatnonzero(~ele)
