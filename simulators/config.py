@@ -30,6 +30,10 @@ class SimConfig(StrictModel):
         0.01, ge=0, le=0.2,
         description="The spectrometer's relative momentum resolution sigma_p / p (Gaussian).")
     hadron_fraction: float = Field(1e-2, ge=0, le=0.5, description="Hadrons per beam particle.")
+    hadron_leading_neutral: float = Field(
+        1e-3, ge=0, le=1,
+        description="Hadrons interacting in the ECAL whose leading neutral (K0L, n) takes "
+        "50-99 % of the energy and escapes ECAL and HCAL, per interacting hadron.")
     muon_fraction: float = Field(2e-3, ge=0, le=0.5, description="Muons per beam particle.")
     upstream_loss_rate: float = Field(
         1e-3, ge=0, le=0.5, description="Electrons losing energy upstream, per electron.")

@@ -29,6 +29,8 @@ class Process(enum.IntEnum):
     UPSTREAM_LOSS = 1
     DIMUON = 2
     SIGNAL = 3
+    HADRON_ECAL = 4  # a hadron whose nuclear interaction is in the ECAL
+    LEADING_NEUTRAL = 5  # HADRON_ECAL whose leading neutral (K0L, n) escapes the detector
 
 
 # Detector constants of the model (why these values: docs/decisions/0003-simulator-model.md).
@@ -41,7 +43,14 @@ VETO_MIP = 0.010  # GeV per PMT of the counter crossed
 HCAL_MIP = 2.0  # GeV per HCAL module crossed
 MIP_SPREAD = 0.10  # lognormal sigma of MIP signals (Landau-like tail)
 SRD_MEDIAN_GEV, SRD_SIGMA, SRD_RANGE = 0.020, 0.7, (0.001, 0.100)
-HADRON_ECAL_INTERACTION = 0.3  # probability of an early hadronic shower in the ECAL
+# ECAL depth in nuclear interaction lengths: the Shashlik's 150 layers of 1.5 mm Pb and
+# 1.5 mm scintillator (40 X0) are 22.5 cm Pb / 17.59 cm + 22.5 cm polystyrene / 77.07 cm
+# (PDG lambda_I) = 1.57 lambda_I
+ECAL_LAMBDA_I = 22.5 / 17.59 + 22.5 / 77.07
+#: scale of a hadron shower's longitudinal profile from its start, Gamma(3, scale) in
+#: lambda_I: its maximum 2 x scale = 1.62 lambda_I, 0.2 ln(E / GeV) + 0.7 at 100 GeV
+HADRON_PROFILE_SCALE = 0.81
+LEADING_NEUTRAL_SHARE = (0.5, 0.99)  # uniform share of the hadron's energy the neutral takes
 HCAL_LONGITUDINAL = (6.0, 3.0, 1.0)  # Dirichlet shares of HCAL1..3 for a hadron shower
 SPOT = (2, 2)  # ECAL cell (x, y) the beam axis hits
 HCAL_CENTRE = (1, 1)
@@ -164,8 +173,7 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     _scale(e_shower, process == Process.SIGNAL,
            lambda k: 1 - np.minimum(np.sqrt(rng.random(k)), 0.99))
     had = np.flatnonzero(species == Species.HADRON)
-    hint = had[rng.random(len(had)) < HADRON_ECAL_INTERACTION]
-    e_shower[hint] = e_true[hint] * rng.uniform(0.05, 0.5, len(hint)).astype(f32)
+    hint, e_lost = _hadron_interactions(cfg, rng, had, e_true, e_shower, process)
 
     ga = rng.standard_gamma(PS_BETA[0], n, dtype=f32)  # Beta(a, b) = Ga / (Ga + Gb)
     ps_share = ga / (ga + rng.standard_gamma(PS_BETA[1], n, dtype=f32))
@@ -194,7 +202,7 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     mu = np.flatnonzero(nmu)
     for m in range(4):
         dep["HCAL"][mu, layout.hcal[m, 4]] = nmu[mu] * _mip(rng, len(mu), HCAL_MIP)
-    e_had = e_true[had] - e_shower[had]
+    e_had = e_true[had] - e_shower[had] - e_lost
     e_had = np.maximum(e_had * (1 + HCAL_STOCH / np.sqrt(np.maximum(e_had, 1e-3))
                                 * rng.standard_normal(len(had))), 0.0).astype(f32)
     shares = rng.dirichlet(HCAL_LONGITUDINAL, len(had)).astype(f32)
@@ -208,6 +216,41 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     if layout.track is not None:  # drawn last: every other quantity is as without it
         _spectrometer(dep["BEAM"], layout.track, p_true, rng, cfg.tracker_resolution)
     return Particles(species, process, e_true, p_true, dep, _halo(layout, rng, n))
+
+
+def _hadron_interactions(cfg: SimConfig, rng: np.random.Generator, had: np.ndarray,
+                         e_true: np.ndarray, e_shower: np.ndarray, process: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Where each hadron interacts (vectorised over the block): the depth is exponential
+    in lambda_I, so one in 1 - exp(-ECAL_LAMBDA_I) interacts in the ECAL; its shower leaves
+    there the part of its profile (HADRON_PROFILE_SCALE) before the ECAL's end, the rest
+    leaks into the HCAL.
+    A fraction `hadron_leading_neutral` of those interactions is a charge exchange: a
+    leading neutral (K0L, n) takes LEADING_NEUTRAL_SHARE of the energy and escapes, the
+    rest is electromagnetic (pi0s) and stays in the ECAL, and the HCAL sees nothing.
+
+    Sets e_shower (ECAL part) and process of the interacting hadrons; returns their indices
+    and, per hadron of `had`, the energy that escapes (GeV, float32).
+    """
+    f32 = np.float32
+    depth = -np.log1p(-rng.random(len(had)))  # lambda_I
+    inside = depth < ECAL_LAMBDA_I
+    hint = had[inside]
+    neutral = rng.random(len(hint)) < cfg.hadron_leading_neutral
+    share = np.where(neutral, rng.uniform(*LEADING_NEUTRAL_SHARE, len(hint)), 0.0)
+    e_lost = np.zeros(len(had), f32)
+    e_lost[inside] = e_true[hint] * share
+    process[hint] = np.where(neutral, Process.LEADING_NEUTRAL, Process.HADRON_ECAL)
+    contained = np.where(neutral, 1.0, shower_containment(
+        (ECAL_LAMBDA_I - depth[inside]) / HADRON_PROFILE_SCALE))
+    e_shower[hint] = ((e_true[hint] - e_lost[inside]) * contained).astype(f32)
+    return hint, e_lost
+
+
+def shower_containment(x: np.ndarray) -> np.ndarray:
+    """Share of a hadron shower within x profile scales of its start: the CDF of the
+    Gamma(3) profile, 1 - exp(-x) (1 + x + x^2 / 2)."""
+    return 1 - np.exp(-x) * (1 + x + x * x / 2)
 
 
 def _spectrometer(beam: np.ndarray, track: tuple[int, int], p_true: np.ndarray,

@@ -112,8 +112,11 @@ def test_box_holds_the_injected_a_prime_and_no_upstream_loss(run: tuple) -> None
     predicted = (a_prime & clean & _identified(truth, OPEN)
                  & (truth["e_ecal"] < OPEN.signal_ecal_max_gev))
     assert int(predicted.sum()) > 40
-    # every pileup-free A' whose own energies are in the box is in it, and no other
-    np.testing.assert_array_equal(box & a_prime & clean, predicted)
+    # every pileup-free A' whose own energies are in the box is in it, and no other; but for
+    # E_PS below twice the cut, where the zero threshold (10 ADC, 0.067 GeV a preshower
+    # cell) can leave the spot cell alone (at least half the cluster, physics._lateral)
+    sure = ~predicted | (truth["e_ps"] >= 2 * OPEN.ps_min_gev)
+    np.testing.assert_array_equal((box & a_prime & clean)[sure], predicted[sure])
     # upstream-loss electrons: only the momentum tail; without cut (i) the box is full of them
     lost = proc == Process.UPSTREAM_LOSS
     candidates = signal_box(f, NO_CUT_I) & lost

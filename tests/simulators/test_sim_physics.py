@@ -38,7 +38,9 @@ def test_species_and_process_fractions() -> None:
     _binomial_ok(int((p.process == Process.UPSTREAM_LOSS).sum()), ne, 0.01)
     _binomial_ok(int((p.process == Process.DIMUON).sum()), ne, 0.005)
     _binomial_ok(int((p.process == Process.SIGNAL).sum()), ne, 0.002)
-    assert not (p.process[p.species != Species.ELECTRON]).any()
+    assert not (p.process[p.species == Species.MUON]).any()
+    hadron_processes = {Process.NORMAL, Process.HADRON_ECAL, Process.LEADING_NEUTRAL}
+    assert set(np.unique(p.process[p.species == Species.HADRON])) <= hadron_processes
 
 
 def test_electron_ecal_peak_and_resolution() -> None:
@@ -85,6 +87,63 @@ def test_hadrons_and_muons_reach_veto_and_hcal() -> None:
     hsum = e_h[1] + e_h[2] + e_h[3]
     assert np.median(hsum[had] / (hsum[had] + e_ecal[had])) > 0.5
     assert not e_h[4][had].any()
+
+
+# NA64's ECAL (Shashlik, 40 X0): 150 layers of 1.5 mm Pb and 1.5 mm scintillator; nuclear
+# interaction lengths from the PDG tables, Pb 17.59 cm, polystyrene 77.07 cm
+ECAL_LAMBDA_I = 150 * 0.15 / 17.59 + 150 * 0.15 / 77.07
+
+
+@pytest.fixture(scope="module")
+def hadrons() -> physics.Particles:
+    """100 000 hadrons (half the beam), one in 20 interactions with a leading neutral."""
+    return _block(200_000, hadron_fraction=0.5, muon_fraction=0.0, hadron_leading_neutral=0.05)
+
+
+def test_hadron_interaction_probability_follows_the_ecal_depth(hadrons: physics.Particles
+                                                               ) -> None:
+    """P(interact in the ECAL) = 1 - exp(-L / lambda_I) = 0.79 for L = 1.57 lambda_I."""
+    had = hadrons.species == Species.HADRON
+    inside = np.isin(hadrons.process, [Process.HADRON_ECAL, Process.LEADING_NEUTRAL])
+    _binomial_ok(int((had & inside).sum()), int(had.sum()), 1 - np.exp(-ECAL_LAMBDA_I))
+
+
+def test_hadron_energy_is_shared_by_depth_between_ecal_and_hcal(hadrons: physics.Particles
+                                                                 ) -> None:
+    """An interaction at depth t ~ Exp(lambda_I) leaves in the ECAL the part of the shower
+    profile (Gamma(3, 0.81 lambda_I)) before its end, the HCAL the rest: the mean ECAL share
+    is that containment averaged over t < L, integrated here with scipy's Gamma CDF."""
+    sel = hadrons.process == Process.HADRON_ECAL
+    e_ecal = hadrons.dep["ECAL"][sel].sum(axis=1).astype(np.float64)
+    e_hcal = hadrons.dep["HCAL"][sel].sum(axis=1).astype(np.float64)
+    share = e_ecal / hadrons.e_true[sel]
+    t = np.linspace(0, ECAL_LAMBDA_I, 20_001)
+    w = np.exp(-t)
+    contained = stats.gamma(3, scale=0.81).cdf(ECAL_LAMBDA_I - t)
+    expect = float(np.trapezoid(w * contained, t) / np.trapezoid(w, t))
+    assert abs(share.mean() - expect) < NSIG * share.std() / np.sqrt(sel.sum()), expect
+    assert share.max() < stats.gamma(3, scale=0.81).cdf(ECAL_LAMBDA_I) * 1.2  # + resolution
+    # the rest leaks into HCAL1-3 (HCAL resolution 60 %/sqrt(E) around it)
+    leak = hadrons.e_true[sel] - e_ecal
+    assert abs((e_hcal - leak).mean()) < NSIG * (e_hcal - leak).std() / np.sqrt(sel.sum())
+    # and a hadron that does not interact crosses the ECAL as a MIP and showers in the HCAL
+    mip = (hadrons.species == Species.HADRON) & (hadrons.process == Process.NORMAL)
+    assert np.median(hadrons.dep["ECAL"][mip].sum(axis=1)) < 0.5
+
+
+def test_leading_neutrals_escape_and_land_at_low_ecal_and_hcal(hadrons: physics.Particles
+                                                               ) -> None:
+    """The configured share of the interactions gives a leading neutral that takes 50-99 %
+    of the energy out of the detector: the rest stays in the ECAL, the HCAL sees nothing."""
+    inside = np.isin(hadrons.process, [Process.HADRON_ECAL, Process.LEADING_NEUTRAL])
+    ln = hadrons.process == Process.LEADING_NEUTRAL
+    _binomial_ok(int(ln.sum()), int(inside.sum()), 0.05)
+    assert not hadrons.dep["HCAL"][ln].any()
+    share = hadrons.dep["ECAL"][ln].sum(axis=1) / hadrons.e_true[ln]
+    assert abs(share.mean() - 0.255) < NSIG * share.std() / np.sqrt(ln.sum())  # U(0.01, 0.5)
+    assert share.max() < 0.5 * 1.1
+    # so every one is below the signal box's E_ECAL (50 GeV) and E_HCAL (1 GeV) edges
+    assert (hadrons.dep["ECAL"][ln].sum(axis=1) < 50).mean() > 0.99
 
 
 @pytest.fixture(scope="module")
