@@ -42,7 +42,9 @@ class _Feed:
 
     def _marker(self, kind: Kind) -> None:
         self.seq["trigger-0"] = self.seq.get("trigger-0", -1) + 1
-        self.svc.handle(Message(kind, run=self.run, seq=self.seq["trigger-0"], src="trigger-0"))
+        meta = {"reason": "stopped"} if kind is Kind.RUN_STOP else {}
+        self.svc.handle(Message(kind, run=self.run, seq=self.seq["trigger-0"], src="trigger-0",
+                                meta=meta))
 
 
 def _retained(svc: MonitorService, reg: CollectorRegistry) -> dict[str, int]:
