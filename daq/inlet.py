@@ -27,7 +27,7 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -189,6 +189,26 @@ class Inlet(abc.ABC):
         return None
 
 
+def _socket(ctx: zmq.asyncio.Context, kind: int, endpoint: str, options: Mapping[zmq.SocketOption, int],
+            hook: SocketHook | None, bind: bool) -> tuple[zmq.asyncio.Socket, str]:
+    """A socket with `options`, then `hook` (CURVE, daq.curve), bound or connected; its
+    real endpoint (tcp://...:0 binds to a free port). Closed again if any step fails."""
+    sock = ctx.socket(kind)
+    try:
+        for opt, value in options.items():
+            sock.setsockopt(opt, value)
+        if hook is not None:
+            hook(sock, endpoint)
+        if bind:
+            sock.bind(endpoint)
+            return sock, sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        sock.connect(endpoint)
+        return sock, endpoint
+    except BaseException:
+        sock.close(linger=0)
+        raise
+
+
 class ZmqInlet(Inlet):
     """A PULL socket: bound (a service that receives from many) or connected (a worker).
 
@@ -202,23 +222,10 @@ class ZmqInlet(Inlet):
                  hook: SocketHook | None = None) -> None:
         self.refusals = refusals
         self.max_message_bytes = max_message_bytes
-        self.socket = ctx.socket(zmq.PULL)
-        try:
-            self.socket.setsockopt(zmq.LINGER, 0)
-            if hwm is not None:
-                self.socket.setsockopt(zmq.RCVHWM, hwm)
-            self.socket.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-            if hook is not None:
-                hook(self.socket, endpoint)
-            if bind:
-                self.socket.bind(endpoint)
-                self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-            else:
-                self.socket.connect(endpoint)
-                self.endpoint = endpoint
-        except BaseException:
-            self.socket.close(linger=0)
-            raise
+        options = {zmq.LINGER: 0, zmq.MAXMSGSIZE: max_message_bytes}
+        if hwm is not None:
+            options[zmq.RCVHWM] = hwm
+        self.socket, self.endpoint = _socket(ctx, zmq.PULL, endpoint, options, hook, bind)
 
     async def wait(self, timeout_s: float) -> bool:
         return bool(await self.socket.poll(max(int(timeout_s * 1000), 0)))
@@ -332,22 +339,10 @@ class ZmqOutlet(Outlet):
     def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, *, bind: bool = False,
                  hwm: int | None = None, linger_s: float = 0.0,
                  hook: SocketHook | None = None) -> None:
-        self.socket = ctx.socket(zmq.PUSH)
-        try:
-            self.socket.setsockopt(zmq.LINGER, int(linger_s * 1000))
-            if hwm is not None:
-                self.socket.setsockopt(zmq.SNDHWM, hwm)
-            if hook is not None:
-                hook(self.socket, endpoint)
-            if bind:
-                self.socket.bind(endpoint)
-                self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-            else:
-                self.socket.connect(endpoint)
-                self.endpoint = endpoint
-        except BaseException:
-            self.socket.close(linger=0)
-            raise
+        options = {zmq.LINGER: int(linger_s * 1000)}
+        if hwm is not None:
+            options[zmq.SNDHWM] = hwm
+        self.socket, self.endpoint = _socket(ctx, zmq.PUSH, endpoint, options, hook, bind)
 
     async def _put(self, frames: list[Any]) -> None:
         await self.socket.send_multipart(frames, copy=False)
