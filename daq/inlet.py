@@ -189,8 +189,9 @@ class Inlet(abc.ABC):
         return None
 
 
-def _socket(ctx: zmq.asyncio.Context, kind: int, endpoint: str, options: Mapping[zmq.SocketOption, int],
-            hook: SocketHook | None, bind: bool) -> tuple[zmq.asyncio.Socket, str]:
+def _socket(ctx: zmq.asyncio.Context, kind: int, endpoint: str,
+            options: Mapping[zmq.SocketOption, int], hook: SocketHook | None,
+            bind: bool) -> tuple[zmq.asyncio.Socket, str]:
     """A socket with `options`, then `hook` (CURVE, daq.curve), bound or connected; its
     real endpoint (tcp://...:0 binds to a free port). Closed again if any step fails."""
     sock = ctx.socket(kind)
