@@ -106,6 +106,19 @@ SHIFT = Dashboard(
             stat("Firing alerts", 'count(ALERTS{alertstate="firing"}) or vector(0)',
                  thresholds=ZERO_IS_GOOD),
         )),
+        Row("Physics benchmarks", (
+            ts("Sideband C and dimuons per spill",
+               Query(f"max(na64_sideband_c_events{{{S}}})", "sideband C"),
+               Query(f"max(na64_dimuon_events{{{S}}})", "dimuons"), lo=0,
+               description="Last spill: box candidates in sideband C (50 <= E_ECAL < 90 "
+               "GeV, E_HCAL < 1 GeV, the box's other cuts) and dimuon candidates "
+               "(docs/monitors.md). The signal box itself is blind by default: it has no "
+               "series until the monitor is unblinded."),
+            stat("Dimuons per EOT", f"max(na64_dimuons_per_eot{{{S}}})", unit="sci",
+                 thresholds=NEUTRAL, width=6,
+                 description="Last spill: dimuon candidates / EOT, NA64's benchmark "
+                 "(~1e-4 per electron on target times the selection's efficiency)."),
+        )),
         Row("Alarms", (
             state("Monitor alarms",
                   Query(f"max by (alarm) (na64_alarm_active{{{S}}})", "{{alarm}}"),
