@@ -93,6 +93,9 @@ class Agent:
         self.commands = 0
         #: set once the hello is sent (or dropped: run control not there): readiness
         self.greeted = asyncio.Event()
+        #: set when run control has said all it had to say after the hello (the trigger
+        #: configuration, the run under way to rejoin): the `welcome` command, sent last
+        self.welcomed = asyncio.Event()
 
     def notify(self, event: str, **fields: Any) -> None:
         """Queue an event for run control (sent by the agent's loop, in order)."""
@@ -166,6 +169,9 @@ class Agent:
         try:
             doc = loads(raw)
             rid = doc.get("id")
+            if doc.get("cmd") == "welcome":  # run control has nothing more to say now
+                self.welcomed.set()
+                return self._reply(rid, True)
             if doc.get("cmd") == "set":  # not a transition: settings applied in any phase
                 args = doc.get("args") or {}
                 if not isinstance(args, dict):

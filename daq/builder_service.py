@@ -153,7 +153,6 @@ class BuilderService(Service):
         self.poll_interval_s = poll_interval_s
         self.drain_timeout_s = drain_timeout_s
         self.welcome_timeout_s = welcome_timeout_s
-        self._welcomed = asyncio.Event()  # run control has given a setting or a transition
         self.queue: collections.deque[Message] = collections.deque()
         self.queued_events = 0
         self.queued_bytes = 0
@@ -188,7 +187,6 @@ class BuilderService(Service):
                                    snapshot=context.snapshot)
         elif transition is Transition.STOP:
             self._enqueue(self.builder.end_run(self.clock()))
-        self._welcomed.set()
         return {}
 
     async def on_set(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -201,27 +199,26 @@ class BuilderService(Service):
             h = self.builder.resume_trigger_config(cfg, who)
         else:
             h = self.builder.set_trigger_config(cfg, who)
-        self._welcomed.set()
         return {"cfg": h}
 
     async def _welcome(self) -> None:
-        """Under run control, the input is not read until run control has said something
-        (at hello it gives a restarted builder the active trigger configuration, then the
-        run under way to rejoin) or `welcome_timeout_s` passed (nothing to say: no run
-        open, no configuration set; or no run control at all). A builder restarted during
+        """Under run control, the input is not read until run control has said all it had
+        to say at hello (`welcome`, after the active trigger configuration and, for a
+        builder restarted during a run, the start that brings it into the run), or
+        `welcome_timeout_s` passed (no run control answering). A builder restarted during
         a run otherwise built what the front ends had queued for it with the default
-        trigger configuration, until run control's word came (a race of milliseconds)."""
+        trigger configuration, or refused it as of no run, until run control's word came."""
         if self.agent is None:
             return
-        stop = asyncio.ensure_future(self.stopping.wait())
-        welcomed = asyncio.ensure_future(self._welcomed.wait())
+        waits = [asyncio.ensure_future(e.wait())
+                 for e in (self.stopping, self.agent.welcomed)]
         try:
-            await asyncio.wait({stop, welcomed}, timeout=self.welcome_timeout_s,
+            await asyncio.wait(waits, timeout=self.welcome_timeout_s,
                                return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for f in (stop, welcomed):
+            for f in waits:
                 f.cancel()
-            await asyncio.gather(stop, welcomed, return_exceptions=True)
+            await asyncio.gather(*waits, return_exceptions=True)
 
     def _activated(self, config: dict[str, Any], who: str, run: int, spill: int) -> None:
         if self.agent is not None:

@@ -451,16 +451,20 @@ class Conductor(DataPath):
         self._spawn(self._welcome(m))
 
     async def _welcome(self, m: Member) -> None:
-        """A service said hello: the builder gets the trigger configuration, and a service
-        restarted while a run is open is brought into it."""
+        """A service said hello: the builder gets the trigger configuration, a service
+        restarted while a run is open is brought into it, and then every service hears
+        `welcome` (run control has said all it had to say: a builder starts reading its
+        input then, without waiting for its timeout)."""
         if role(m.name) == "builder" and self.trigger is not None:
             await self._give_trigger(m.name)
         run = self.open
-        if run is None or (m.phase in RUN_OPEN and m.doc.get("run") == run.run):
-            return
-        if role(m.name) == "frontend":
-            return  # a beam is never restarted in the middle of a run
-        await self._rejoin(m.name, run)
+        if (run is not None and role(m.name) != "frontend"  # a beam is never restarted
+                and not (m.phase in RUN_OPEN and m.doc.get("run") == run.run)):
+            await self._rejoin(m.name, run)
+        try:
+            await self.command(m.name, "welcome")
+        except DaqError as e:  # gone again: its next hello gets another welcome
+            log.info("%s was not welcomed: %s", m.name, e)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -200,3 +200,39 @@ async def test_a_stop_to_a_service_that_never_comes_back_fails_naming_it() -> No
         with pytest.raises(DataPathError, match=r"not back within 0\.5 s") as e:
             await asyncio.wait_for(cond.stop_run(), 10)
         assert e.value.service == "builder"
+
+
+@pytest.mark.asyncio
+async def test_every_service_is_welcomed_after_what_run_control_had_to_say() -> None:
+    """`welcome` comes last after a hello: a builder that waits for it (instead of a
+    timeout) has its trigger configuration, and its run, before it reads any input."""
+    async with channel("welcome") as (cond, fakes, tasks):
+        await asyncio.wait_for(cond.wait_ready(), 10)
+        for f in fakes.values():
+            assert f.agent is not None
+            await asyncio.wait_for(f.agent.welcomed.wait(), 10)
+        await cond.set_trigger_config({"v": 3}, "expert")
+        await cond.start_run(8, {})
+        tasks["builder"].cancel()
+        await asyncio.gather(tasks["builder"], return_exceptions=True)
+        await gone(cond, "builder")
+        new = Fake("builder")
+        agent = new.agent = Agent(cond.endpoint, "builder", new, ctx=context(),
+                                  heartbeat_s=0.05)
+        seen_at_welcome: list[tuple[list[dict[str, Any]], list[tuple[str, int | None]]]] = []
+
+        async def record() -> None:
+            await agent.welcomed.wait()
+            seen_at_welcome.append((list(new.settings), list(new.seen)))
+
+        stop = asyncio.Event()
+        watcher = asyncio.create_task(record())
+        task = asyncio.create_task(agent.run(stop))
+        try:
+            await asyncio.wait_for(watcher, 10)
+            settings, seen = seen_at_welcome[0]
+            assert settings and settings[0]["trigger"] == {"v": 3}
+            assert seen == [("start", 8)]  # brought into the run before the welcome
+        finally:
+            stop.set()
+            await task
