@@ -569,19 +569,14 @@ class ProcessStack(Stack):
             raise
         return self
 
-    async def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Stack.wait_ready, but a service that dies while starting stops the launch with
-        its name, exit code and last error line (never a hang)."""
-        deadline = time.monotonic() + timeout_s
-        while missing := self.not_ready():
-            dead = [p for p in self.procs if p.popen.poll() is not None]
-            if dead:
-                raise ServiceError("; ".join(
-                    f"{p.name} exited with code {p.popen.returncode} while starting: "
-                    f"{p.last_error() or '(no error line)'} (log: {p.log})" for p in dead))
-            if time.monotonic() > deadline:
-                raise ServiceError(f"not ready within {timeout_s:g} s: {', '.join(missing)}")
-            await self.tick()
+    def check_starting(self) -> None:
+        """A service that dies while starting stops the launch with its name, exit code
+        and last error line (never a hang)."""
+        dead = [p for p in self.procs if p.popen.poll() is not None]
+        if dead:
+            raise ServiceError("; ".join(
+                f"{p.name} exited with code {p.popen.returncode} while starting: "
+                f"{p.last_error() or '(no error line)'} (log: {p.log})" for p in dead))
 
     async def tick(self) -> None:
         """0.1 s of supervision: sample every process, call `on_sample`, restart what

@@ -64,11 +64,18 @@ class Stack(abc.ABC):
     def not_ready(self) -> list[str]:
         return not_ready(self.service_documents(), self.expected, self.pids())
 
+    def check_starting(self) -> None:
+        """Raise ServiceError when a service cannot start (a process that exited); the
+        in-process stack has nothing to check (a service that fails raises itself)."""
+        return None
+
     async def wait_ready(self, timeout_s: float = 120.0) -> None:
-        """Until every expected service is ready; ServiceError naming the missing ones."""
+        """Until every expected service is ready; ServiceError naming the missing ones, or
+        the one that could not start (`check_starting`)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while missing := self.not_ready():
+            self.check_starting()
             if loop.time() > deadline:
                 raise ServiceError(f"not ready within {timeout_s:g} s: {', '.join(missing)}")
             await self.tick()

@@ -123,6 +123,15 @@ def start_mosquitto(workdir: Path, conf_body: str) -> tuple[subprocess.Popen[byt
     return proc, port
 
 
+def pid_gone(pid: int) -> bool:
+    """No process has `pid` any more (a stack's child after its shutdown)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def stop_pid(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         os.kill(proc.pid, signal.SIGTERM)

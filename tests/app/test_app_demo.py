@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
 import socket
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from daq.cli import main
 from daq.runfile import RunFileReader
-from tests.conftest import free_tcp_ports, require_binary
+from tests.conftest import free_tcp_ports, pid_gone, require_binary
 
 
 @pytest.mark.slow
@@ -137,14 +136,6 @@ def _topology(tmp_path: Path, spills: int, pace: str = "") -> Path:
     return topo
 
 
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
-
-
 @pytest.mark.slow
 @pytest.mark.multiprocess
 @pytest.mark.mosquitto
@@ -160,7 +151,7 @@ def test_up_runs_every_service_as_a_process(tmp_path: Path,
     for name, r in report["services"].items():
         assert r["exit"] == 0 and r["restarts"] == 0, (name, r)  # clean, drained exits
         assert r["peak_rss_bytes"] > 10 * 2**20, name  # sampled from /proc while running
-        assert _gone(r["pid"]), name
+        assert pid_gone(r["pid"]), name
         assert Path(r["log"]).parent == tmp_path / "runs" / "logs"
     # the run, as run control recorded it: numbered by run control, ended by its spills
     [run] = report["runs"]
@@ -337,7 +328,7 @@ def test_up_runs_nothing_when_a_service_cannot_start(tmp_path: Path,
     assert f"metrics.trigger + 1={trigger1} is invalid" in log.read_text()
     assert report["services"]["trigger-1"]["exit"] == 2
     # everything else was stopped: no process of this `up` is left
-    assert all(_gone(r["pid"]) for r in report["services"].values()), report["services"]
+    assert all(pid_gone(r["pid"]) for r in report["services"].values()), report["services"]
     assert not list((tmp_path / "runs").glob("run*.na64*"))  # no beam was sent
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from daq.launch import Proc, up
 from daq.mqtt import MqttSettings
 from daq.runfile import RunFileReader
 from daq.wire import Kind
-from tests.conftest import free_tcp_ports, require_binary
+from tests.conftest import free_tcp_ports, pid_gone, require_binary
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -68,14 +67,6 @@ def _ports(topo: Path) -> list[int]:
     t = tomllib.loads(topo.read_text())
     eps = [int(t["endpoints"][k].rsplit(":", 1)[1]) for k in ENDPOINTS]
     return [*eps, *(t["metrics"][k] for k in METRICS), t["metrics"]["trigger"] + 1]
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 def _listenable(port: int) -> bool:
@@ -312,7 +303,7 @@ def test_runs_pause_and_a_trigger_change_across_processes(tmp_path: Path) -> Non
         assert lines[n][lines[n].index("pid") + 1] == str(got["pids"][n]), got["status"]
     # nothing is left: no process of the stack, not its broker; every port is free again
     pids = [s["pid"] for s in report["services"].values()] + [got["broker"]["pid"]]
-    assert all(_gone(p) for p in pids), pids
+    assert all(pid_gone(p) for p in pids), pids
     busy = [p for p in (*_ports(topo), got["broker"]["port"]) if not _listenable(p)]
     assert busy == [], busy
     # the run files: complete, numbered by run control, the trigger change where it applied
