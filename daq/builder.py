@@ -134,6 +134,7 @@ class _Spill:
     t_last: float = 0.0  # last fragment: a spill no board ends closes when a later one runs
     slices: int = 0
     events: int = 0
+    complete: int = 0  # built events with every board present (the live part of the spill)
     shed: int = 0
     skipped: bool = False
     joined: bool = False  # first seen mid-spill (this builder was restarted): resumed spill
@@ -523,9 +524,11 @@ class EventBuilder:
         arrays: dict[str, np.ndarray] = {"ts": ts_from.arrays["ts"], "missing": missing}
         # the fragments' checksums, verified on receipt, go out again with their arrays
         crcs = {"ts": ts_from.crcs["ts"]} if "ts" in ts_from.crcs else {}
+        complete = count  # a board has its first `have` events: all have the first min(have)
         for b in self.boards:
             m = p.frags.get(b)
             have = 0 if m is None else m.count
+            complete = min(complete, have)
             if have < count:
                 missing[have:] |= self.bit[b]
                 st.incomplete[b] += count - have
@@ -547,6 +550,7 @@ class EventBuilder:
         meta = replace(st.stamp, mode=st.mode, slice_index=st.slices).to_meta()
         st.slices += 1
         st.events += count
+        st.complete += complete
         stats.slices += 1
         stats.events += count
         built = self._emit(Kind.SLICE, st.run, st.spill, st.replay, first=first,
@@ -582,17 +586,17 @@ class EventBuilder:
             self._confirm_holes(b, self._streams[b], self.stats["replay" if st.replay
                                 else "live"], below=-1, spill=(st.run, st.spill))
         beam = st.scalers.get("BEAM", {})
-        end = SpillEnd(st.events, slices=st.slices, incomplete=dict(st.incomplete),
-                       shed=st.shed, gaps=dict(st.gaps), scalers=dict(beam),
-                       board_events=dict(st.ended), skipped=st.skipped, resumed=st.joined,
-                       cfg=st.stamp.cfg)
+        end = SpillEnd(st.events, slices=st.slices, complete=st.complete,
+                       incomplete=dict(st.incomplete), shed=st.shed, gaps=dict(st.gaps),
+                       scalers=dict(beam), board_events=dict(st.ended), skipped=st.skipped,
+                       resumed=st.joined, cfg=st.stamp.cfg)
         out.append(self._emit(Kind.SPILL_END, st.run, st.spill, st.replay, meta=end.to_meta()))
         # repeated in the next spill_start and in run_stop: the spill_end travels through
         # one worker only, and a worker that dies with it must not make the spill's
         # accounting (announced, shed) vanish downstream
         self._previous_end = PreviousEnd(st.run, st.spill, st.slices, st.events,
-                                         incomplete=end.incomplete, shed=st.shed,
-                                         gaps=end.gaps, scalers=end.scalers,
+                                         complete=st.complete, incomplete=end.incomplete,
+                                         shed=st.shed, gaps=end.gaps, scalers=end.scalers,
                                          resumed=st.joined)
         del self._spills[(st.run, st.spill)]
         self._closed.append((st.run, st.spill))

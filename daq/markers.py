@@ -192,6 +192,7 @@ class PreviousEnd(Payload):
     spill: int
     slices: int
     events: int
+    complete: int | None = None
     incomplete: dict[str, int] | None = None
     shed: int | None = None
     gaps: dict[str, int] | None = None
@@ -201,9 +202,9 @@ class PreviousEnd(Payload):
     def as_end(self) -> SpillEnd:
         """The spill_end this repeats, marked as a copy (it lacks board_events, skipped
         and cfg, which the builder does not repeat)."""
-        return SpillEnd(events=self.events, slices=self.slices, incomplete=self.incomplete,
-                        shed=self.shed, gaps=self.gaps, scalers=self.scalers,
-                        resumed=self.resumed, copy_of="previous_end")
+        return SpillEnd(events=self.events, slices=self.slices, complete=self.complete,
+                        incomplete=self.incomplete, shed=self.shed, gaps=self.gaps,
+                        scalers=self.scalers, resumed=self.resumed, copy_of="previous_end")
 
 
 @_payload("run_stop")
@@ -239,6 +240,8 @@ class SpillEnd(Payload):
     events: int  # events the board sent / the builder built
     scalers: dict[str, int] | None = None
     slices: int | None = None  # builder: built slices sent for the spill
+    #: builder: built events with every board present (the live part, with `shed`)
+    complete: int | None = None
     incomplete: dict[str, int] | None = None  # builder: events each board is missing from
     shed: int | None = None  # builder: events dropped for dead time
     gaps: dict[str, int] | None = None  # builder: lost messages per board

@@ -155,16 +155,32 @@ def _by_board(c: Counts) -> dict[str, int]:
     return dict(c.incomplete_board) if c.incomplete_board else dict(c.missing_board)
 
 
+def live_time(complete: int, events: int, shed: int) -> float:
+    """complete / (events + shed): the part of the spill in which every board delivered
+    and nothing was shed (a board that stops mid-spill makes the rest of the spill dead,
+    docs/monitors.md "EOT with a board that stops"); 1.0 for a spill without events. The
+    one definition of the live monitor and of `analyze` on a recorded file."""
+    total = events + shed
+    return complete / total if total else 1.0
+
+
+def eot(beam_complete: float, live: float) -> float | None:
+    """Electrons on target: beam-condition events among complete events (counted, or
+    estimated from a prescaled trigger) over the live-time ratio; None when nothing was
+    live."""
+    return beam_complete / live if live > 0 else None
+
+
 def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) -> dict:
     """The Figures fields (as a dict for model construction) from counts."""
-    total = c.events + c.shed
-    live = c.complete / total if total else 1.0
+    live = live_time(c.complete, c.events, c.shed)
+    electrons = eot(c.beam_cond_complete, live)
     ran = c.shadow_seen > 0 if shadow_ran is None else shadow_ran
     scale = calibration.peak(c.calib_hist, reference=cfg.calib_reference,
                              min_events=cfg.calib_min_events)
     return {
         "events": c.events,
-        "eot": (c.beam_cond_complete / live) if live > 0 else None,
+        "eot": electrons,
         "live_time_ratio": live,
         "shed": c.shed,
         "beam_triggers": c.beam_cond,
@@ -188,7 +204,7 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
         "signal_box": None if cfg.blind else c.signal_box,
         "sideband_c": c.sideband_c,
         "dimuons": c.dimuons,
-        "dimuons_per_eot": c.dimuons / (c.beam_cond / live) if c.beam_cond and live else None,
+        "dimuons_per_eot": c.dimuons / electrons if electrons else None,
         "untracked_events": c.untracked,
         "ecal_scale": scale,
         "ecal_cells": calibration.cell_energies(

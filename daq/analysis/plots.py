@@ -88,10 +88,10 @@ def spill_points(report: dict[str, Any], confidence: float) -> list[SpillPoint]:
         if report["kind"] == "recorded":
             e = s.get("eot")
             eot = None if not e else (e["value"], e["low"], e["high"])
-        else:
-            live, n = s.get("live_time_ratio") or 0.0, s.get("beam_triggers") or 0
-            lo, hi = poisson_interval(n, confidence)
-            eot = None if not live else (n / live, lo / live, hi / live)
+        else:  # the monitors' EOT; its count: the beam-condition events among complete ones
+            live, value = s.get("live_time_ratio") or 0.0, s.get("eot")
+            lo, hi = poisson_interval(value * live if value else 0.0, confidence)
+            eot = None if value is None or not live else (value, lo / live, hi / live)
         out.append(SpillPoint(s["spill"], _est(mon.get("veto_efficiency")),
                               _est(mon.get("hcal_efficiency")), pileup, eot))
     return out

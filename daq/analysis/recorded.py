@@ -16,8 +16,11 @@ many events each spill had and how many were shed. From that this module re-deri
   (events with the prescaled beam or random bit; the physics and calibration triggers
   select on E_ECAL and would bias the efficiencies and the composition), or every accepted
   event (`sample="accepted"`);
-- electrons on target per spill from the prescaled beam trigger: beam-bit events x the beam
-  prescale / the live-time ratio, with the Poisson score interval of the count;
+- electrons on target per spill from the prescaled beam trigger, by the live monitor's
+  definition (monitors.summary.eot): beam-bit events with every board present x the beam
+  prescale / the live-time ratio, the part of the spill in which every board delivered and
+  nothing was shed (the builder's spill end counts the complete events), with the Poisson
+  score interval of the count;
 - the ECAL energy scale per spill from the calibration-trigger events (all of them are
   recorded: the same figure as online, monitors.calibration), and the transitions of the
   `ecal_scale_drift` alarm it causes.
@@ -42,6 +45,7 @@ from monitors.analysis import analyze as monitor_analysis
 from monitors.config import MonitorConfig
 from monitors.identify import FEATURE_ARRAYS, TRACK_ARRAYS
 from monitors.stats import ONE_SIGMA, z_score
+from monitors.summary import eot, live_time
 from trigger.analyze import decide_at
 from trigger.config import BEAM, CALIBRATION, RANDOM, TRIGGER_BITS, TriggerConfig
 from trigger.core import build_params, compute_features
@@ -72,11 +76,15 @@ def poisson_interval(n: float, confidence: float = ONE_SIGMA) -> tuple[float, fl
 class _Spill:
     spill: int
     events: int | None = None
+    #: built events with every board present (the builder's spill end; None in files
+    #: written before it said, unless no event was incomplete)
+    complete: int | None = None
     shed: int = 0
     slices: int | None = None
     messages: int = 0
     accepted: int = 0
     fired: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TRIGGER_BITS, 0))
+    beam_complete: int = 0  # beam-bit events with every board present (the EOT count)
     cfgs: set[str] = field(default_factory=set)
     prescale_beam: int | None = None
     checked: int = 0
@@ -95,16 +103,23 @@ class _Spill:
                               min_events=cfg.calib_min_events)
         return sc.model_dump() if sc is not None else None
 
-    def eot(self, confidence: float) -> dict[str, Any] | None:
-        """EOT from the prescaled beam trigger, None without a beam prescale or events."""
-        if self.prescale_beam is None or self.events is None:
+    def live_time(self) -> float | None:
+        """The live monitor's live-time ratio of the spill, None without the builder's
+        count of complete events."""
+        if self.events is None or self.complete is None:
             return None
-        total = self.events + self.shed
-        live = self.events / total if total else 1.0
-        n = self.fired["beam"]
-        scale = self.prescale_beam / live if live > 0 else 0.0
+        return live_time(self.complete, self.events, self.shed)
+
+    def eot(self, confidence: float) -> dict[str, Any] | None:
+        """EOT from the prescaled beam trigger (module docstring); None without a beam
+        prescale, without the builder's count of complete events, or with nothing live."""
+        live = self.live_time()
+        if self.prescale_beam is None or live is None or live == 0:
+            return None
+        n, scale = self.beam_complete, self.prescale_beam
         lo, hi = poisson_interval(n, confidence)
-        return {"value": n * scale, "low": lo * scale, "high": hi * scale, "beam_triggers": n,
+        return {"value": eot(n * scale, live), "low": eot(lo * scale, live),
+                "high": eot(hi * scale, live), "beam_triggers": n,
                 "prescale": self.prescale_beam, "live_time_ratio": live}
 
     def as_dict(self, cfg: MonitorConfig, rerun: bool) -> dict[str, Any]:
@@ -257,10 +272,12 @@ def _account(m: Message, sp: _Spill, mcfg: MonitorConfig) -> None:
     if bits is not None:
         for name, bit in TRIGGER_BITS.items():
             sp.fired[name] += int(np.count_nonzero(bits & bit))
-        calib = (bits & CALIBRATION) != 0
+        beam, calib = (bits & BEAM) != 0, (bits & CALIBRATION) != 0
         missing, e_ecal = m.arrays.get("missing"), m.arrays.get("e_ecal")
         if missing is not None:
+            beam &= missing == 0
             calib &= missing == 0
+        sp.beam_complete += int(np.count_nonzero(beam))
         if e_ecal is not None:
             calibration.fill(sp.calib_hist, e_ecal[calib], mcfg.beam_energy_gev)
     meta = AcceptedMeta.of(m)
@@ -274,6 +291,8 @@ def _account(m: Message, sp: _Spill, mcfg: MonitorConfig) -> None:
 def _spill_end(m: Message, sp: _Spill) -> None:
     end = SpillEnd.of(m)
     sp.events = end.events
+    sp.complete = (end.complete if end.complete is not None
+                   else None if any((end.incomplete or {}).values()) else end.events)
     if end.shed is not None:
         sp.shed = end.shed
     if end.slices is not None:
@@ -339,4 +358,9 @@ def _not_derived(rows: list[_Spill]) -> list[str]:
         for k, v in s.not_rerun.items():
             reasons[k] = reasons.get(k, 0) + v
     out += [f"features and trigger re-run of {v} events: {k}" for k, v in reasons.items()]
+    uncounted = [s.spill for s in rows if s.events is not None and s.complete is None]
+    if uncounted:
+        out.append(f"EOT of spill(s) {', '.join(map(str, uncounted))}: events were incomplete "
+                   "and the builder's spill end does not count the complete ones (a file "
+                   "written before it did), so the live time is unknown")
     return out

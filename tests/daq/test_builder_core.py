@@ -113,6 +113,7 @@ def test_board_stopped_mid_spill_gives_exact_flagged_events() -> None:
     assert all("HCAL.nhit" not in s.arrays for s in slices)  # missing: read nothing
     (end,) = _kinds(out, Kind.SPILL_END)
     assert end.meta["incomplete"] == {"HCAL": 68} and end.meta["events"] == 100
+    assert end.meta["complete"] == 32  # the live part of the spill
     assert b.stats["live"].incomplete == {"HCAL": 68}
     assert b.pending_events == 0
 
@@ -266,6 +267,7 @@ def test_shedding_counts_dead_time() -> None:
     assert _kinds(out, Kind.SLICE) == []
     (end,) = _kinds(out, Kind.SPILL_END)
     assert end.meta["shed"] == 100 and end.meta["slices"] == 0
+    assert end.meta["complete"] == 0  # shed events are dead, whatever boards they had
     assert b.stats["live"].shed == 100
 
 
@@ -320,6 +322,24 @@ def test_short_fragment_flags_only_the_events_it_lacks() -> None:
     n = int(short.arrays["nhit"][:20].sum())
     assert np.array_equal(s.arrays["VETO.hit_amp"], short.arrays["hit_amp"][:n])
     assert b.stats["live"].incomplete == {"VETO": 12}
+
+
+def test_spill_end_counts_the_complete_events_once_whatever_boards_lack_them() -> None:
+    """Two boards short in the same slice: the per-board counts overlap, `complete` (what
+    the live time is made of, docs/monitors.md) counts each event once, as `missing` does."""
+    b, boards = _builder(), _boards()
+    msgs = _interleave(boards, 0, 64)
+    for board, have in (("VETO", 20), ("SRD", 25)):
+        frag = next(m for m in msgs if m.board == board and m.kind is Kind.SLICE)
+        msgs[msgs.index(frag)] = Message(
+            kind=Kind.SLICE, run=frag.run, spill=0, seq=frag.seq, src=board, board=board,
+            first=0, count=have, arrays=_first_events(frag.arrays, have), meta=frag.meta)
+    out = _feed(b, msgs)
+    (end,) = _kinds(out, Kind.SPILL_END)
+    assert end.meta["incomplete"] == {"VETO": 12, "SRD": 7}
+    flagged = sum(int(np.count_nonzero(s.arrays["missing"] == 0))
+                  for s in _kinds(out, Kind.SLICE))
+    assert end.meta["complete"] == flagged == 20 + 32
 
 
 def test_built_slices_go_out_with_the_checksums_their_fragments_came_with() -> None:
