@@ -10,17 +10,18 @@ docs/monitors.md.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from daq.geometry import BOARD_NAMES
 from monitors.config import MonitorConfig
 
 #: features arrays the monitors read (docs/dataflow.md, "Features").
 FEATURE_ARRAYS = {
     "e_ecal": ("<f4", 1), "e_ps": ("<f4", 1), "e_hcal": ("<f4", 2), "e_veto": ("<f4", 1),
-    "e_srd": ("<f4", 1), "mult": ("|u1", 1), "missing": ("|u1", 1), "cond": ("|u1", 1),
-    "bits": ("|u1", 1), "shadow": ("|u1", 1),
+    "e_srd": ("<f4", 1), "mult": ("|u1", 1), "sat": ("|u1", 1), "missing": ("|u1", 1),
+    "cond": ("|u1", 1), "bits": ("|u1", 1), "shadow": ("|u1", 1),
 }
 #: the spectrometer's features, absent from streams recorded before it existed: without
 #: them no momentum or track cut can be made (`has_track`).
@@ -112,14 +113,45 @@ def single_track_in_window(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> n
             & (f["ntrk"] <= cfg.signal_max_tracks))
 
 
-def box_candidate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
-                  tag: np.ndarray | None = None) -> np.ndarray:
-    """The signal box's cuts but those on E_ECAL and E_HCAL: one incoming electron of the
-    beam's momentum (spectrometer), SRD-tagged, its shower starting in the preshower (the
-    physics trigger's E_PS cut), nothing in the VETO."""
+def ecal_sat_bit(boards: Sequence[str] = BOARD_NAMES) -> int:
+    """The ECAL's bit in `sat` (bit i: board i of the geometry, as in `missing`); 0 when
+    no ECAL is among the first eight boards (the mask is uint8)."""
+    i = list(boards).index("ECAL") if "ECAL" in boards else 8
+    return 1 << i if i < 8 else 0
+
+
+def ecal_saturated(f: Mapping[str, np.ndarray],
+                   boards: Sequence[str] = BOARD_NAMES) -> np.ndarray:
+    """Events with an ECAL channel saturated (the ECAL bit of `sat`): their E_ECAL reads
+    low by what the cell could not count, so a full-energy electron can land in C or in
+    the box (docs/monitors.md, "Signal box, sideband C and dimuons at 6e6 e-/spill")."""
+    return (f["sat"] & np.uint8(ecal_sat_bit(boards))) != 0
+
+
+def _candidate(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
+               tag: np.ndarray | None) -> np.ndarray:
     tag = srd_tagged(f, cfg) if tag is None else tag
     return (tag & (f["e_ps"] >= cfg.ps_min_gev) & (f["e_veto"] < cfg.veto_zero_gev)
             & single_track_in_window(f, cfg))
+
+
+def box_candidate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
+                  tag: np.ndarray | None = None,
+                  boards: Sequence[str] = BOARD_NAMES) -> np.ndarray:
+    """The signal box's cuts but those on E_ECAL and E_HCAL: one incoming electron of the
+    beam's momentum (spectrometer), SRD-tagged, its shower starting in the preshower (the
+    physics trigger's E_PS cut), nothing in the VETO, and an E_ECAL that can be trusted
+    (no ECAL channel saturated: `ecal_saturated`)."""
+    return _candidate(f, cfg, tag) & ~ecal_saturated(f, boards)
+
+
+def _in_box(e_ecal: np.ndarray, e_hcal: np.ndarray, cfg: MonitorConfig) -> np.ndarray:
+    return (e_ecal < cfg.signal_ecal_max_gev) & (e_hcal < cfg.signal_hcal_max_gev)
+
+
+def _in_c(e_ecal: np.ndarray, e_hcal: np.ndarray, cfg: MonitorConfig) -> np.ndarray:
+    return ((e_ecal >= cfg.signal_ecal_max_gev) & (e_ecal < cfg.trigger_ecal_max_gev)
+            & (e_hcal < cfg.signal_hcal_max_gev))
 
 
 def regions(cfg: MonitorConfig) -> dict[str, dict[str, float]]:
@@ -135,24 +167,33 @@ def regions(cfg: MonitorConfig) -> dict[str, dict[str, float]]:
 
 
 def signal_box(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
-               tag: np.ndarray | None = None, hcal: np.ndarray | None = None) -> np.ndarray:
+               tag: np.ndarray | None = None, hcal: np.ndarray | None = None,
+               boards: Sequence[str] = BOARD_NAMES) -> np.ndarray:
     """Missing-energy candidates: a box candidate with little E_ECAL and E_HCAL.
 
     `tag` (srd_tagged) and `hcal` (hcal_total), when given, are used instead of computed.
     """
     eh = hcal_total(f) if hcal is None else hcal
-    return (box_candidate(f, cfg, tag=tag) & (f["e_ecal"] < cfg.signal_ecal_max_gev)
-            & (eh < cfg.signal_hcal_max_gev))
+    return box_candidate(f, cfg, tag=tag, boards=boards) & _in_box(f["e_ecal"], eh, cfg)
 
 
 def sideband_c(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
-               tag: np.ndarray | None = None, hcal: np.ndarray | None = None) -> np.ndarray:
+               tag: np.ndarray | None = None, hcal: np.ndarray | None = None,
+               boards: Sequence[str] = BOARD_NAMES) -> np.ndarray:
     """Sideband C: a box candidate in the `regions` C rectangle (E_ECAL from the box's edge
     to the physics trigger's cut, E_HCAL in the box's range)."""
     eh = hcal_total(f) if hcal is None else hcal
-    e = f["e_ecal"]
-    return (box_candidate(f, cfg, tag=tag) & (e >= cfg.signal_ecal_max_gev)
-            & (e < cfg.trigger_ecal_max_gev) & (eh < cfg.signal_hcal_max_gev))
+    return box_candidate(f, cfg, tag=tag, boards=boards) & _in_c(f["e_ecal"], eh, cfg)
+
+
+def saturated_candidates(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
+                         tag: np.ndarray | None = None, hcal: np.ndarray | None = None,
+                         boards: Sequence[str] = BOARD_NAMES) -> dict[str, np.ndarray]:
+    """What the saturation cut takes out of the box and of C: the events that pass every
+    other cut of `signal_box` ("signal") or `sideband_c` ("C") but whose ECAL saturated."""
+    eh = hcal_total(f) if hcal is None else hcal
+    out = _candidate(f, cfg, tag) & ecal_saturated(f, boards)
+    return {"signal": out & _in_box(f["e_ecal"], eh, cfg), "C": out & _in_c(f["e_ecal"], eh, cfg)}
 
 
 def dimuon(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,

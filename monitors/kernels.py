@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from monitors.config import MonitorConfig
-from monitors.identify import has_track
+from monitors.identify import ecal_sat_bit, has_track
 from monitors.spectra import Spectra, spectrum_range
 from monitors.summary import BEAM_BIT, Counts
 from trigger.jit import kernel, prefetch
@@ -34,7 +34,8 @@ from trigger.jit import kernel, prefetch
  C_HCAL_ZERO, C_SIGNAL_BOX, C_NAN) = range(10)
 C_TRIGGERS, C_SHADOW, C_SPECIES, C_MISSING = 10, 14, 18, 22  # 4, 4, 4 and 8 slots
 C_SIDEBAND_C, C_DIMUON = C_MISSING + 8, C_MISSING + 9  # after one slot per `missing` bit
-N_COUNTS = C_MISSING + 10
+C_SAT_BOX, C_SAT_C = C_MISSING + 10, C_MISSING + 11  # saturated ECAL: out of the box, of C
+N_COUNTS = C_MISSING + 12
 _BEAM = BEAM_BIT.bit_length() - 1  # BEAM_BIT is one bit: its position
 _ELECTRON, _HADRON, _MUON = 0, 1, 2  # monitors.identify.Species; OTHER is the rest
 
@@ -147,8 +148,8 @@ def _bins_chunk(e_ecal, eh, i0, nb, lo, delta, n_ecal, n_hcal, n_px, n_py, ie, i
 
 
 @kernel
-def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, thr, i0, nb, eh, every,
-                   two, out):
+def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, sat, ecal_sat, thr, i0,
+                   nb, eh, every, two, out):
     # monitors.identify's definitions on the complete events of the chunk, branch-free
     srd_min, srd_max, ps_min = thr[T_SRD_MIN], thr[T_SRD_MAX], thr[T_PS_MIN]
     ecal_min, veto_zero, hcal_zero = thr[T_ECAL_MIN], thr[T_VETO_ZERO], thr[T_HCAL_ZERO]
@@ -157,7 +158,7 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, thr, i0,
     p_min, p_max, trk_max = thr[T_P_MIN], thr[T_P_MAX], thr[T_TRK_MAX]
     dimu_modules = thr[T_DIMU_MODULES]
     pileup = mult_sum = electrons = v_zero = h_zero = signal = electron = hadron = muon = 0
-    nan = side_c = dimu = 0
+    nan = side_c = dimu = sat_box = sat_c = 0
     for k in range(nb):
         i = i0 + k
         ok = missing[i] == 0
@@ -176,8 +177,12 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, thr, i0,
         h_zero += ele & (h < hcal_zero)
         track = (p[i] >= p_min) & (p[i] <= p_max) & (ntrk[i] <= trk_max)  # cut (i)
         cand = eps & quiet_veto & track & (h < sig_hcal)
-        signal += cand & (ec < sig_ecal)
-        side_c += cand & (ec >= sig_ecal) & (ec < c_ecal)
+        trusted = (sat[i] & ecal_sat) == 0  # identify.ecal_saturated: no ECAL channel
+        in_box, in_c = ec < sig_ecal, (ec >= sig_ecal) & (ec < c_ecal)
+        signal += cand & trusted & in_box
+        side_c += cand & trusted & in_c
+        sat_box += cand & ~trusted & in_box
+        sat_c += cand & ~trusted & in_c
         dimu += eps & track & (ec < c_ecal) & (two[k] >= dimu_modules)
         is_muon = ok & ~tag & every[k] & (h <= mu_max)
         muon += is_muon
@@ -194,11 +199,13 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, thr, i0,
     out[C_NAN] += nan
     out[C_SIDEBAND_C] += side_c
     out[C_DIMUON] += dimu
+    out[C_SAT_BOX] += sat_box
+    out[C_SAT_C] += sat_c
 
 
 @kernel
 def _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plane,
-                e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, cond, bits, shadow):
+                e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, sat, cond, bits, shadow):
     # the histogram increments, and the prefetch of the next chunk: this loop waits on its
     # stores anyway, and the hardware prefetcher alone leaves the next chunk's loops waiting
     end = np.uint64(e_ecal.shape[0])
@@ -217,6 +224,7 @@ def _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plan
                 prefetch(e_srd, p)
             if p % _U64 == 0:
                 prefetch(mult, p)
+                prefetch(sat, p)
                 prefetch(missing, p)
                 prefetch(cond, p)
                 prefetch(bits, p)
@@ -228,8 +236,8 @@ def _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plan
 
 
 @kernel
-def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, p, ntrk, missing, cond, bits, shadow,
-               thr, lo, delta, h_ecal, h_hcal, h_plane, out, hcal_out):
+def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, p, ntrk, sat, ecal_sat, missing, cond,
+               bits, shadow, thr, lo, delta, h_ecal, h_hcal, h_plane, out, hcal_out):
     # Add the counts of one slice to `out` (slots C_*) and its complete events to the
     # spectra's flow views h_*; their E_HCAL (float32) is left in hcal_out[:complete].
     n = e_hcal.shape[0]
@@ -255,10 +263,10 @@ def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, p, ntrk, missing, cond
         eh = hcal_out[i0:i1]  # every event's E_HCAL in place; incomplete ones dropped below
         _hcal_chunk(e_hcal, i0, nb, thr, eh, every, two)
         _bins_chunk(e_ecal, eh, i0, nb, lo, delta, n_ecal, n_hcal, n_px, n_py, ie, ih, px, py)
-        _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, thr, i0, nb, eh,
-                       every, two, out)
+        _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, sat, ecal_sat, thr,
+                       i0, nb, eh, every, two, out)
         _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plane,
-                    e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, cond, bits, shadow)
+                    e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, sat, cond, bits, shadow)
         i0 = i1
     for q in range(_HCAL_COPIES):
         for j in range(nh):
@@ -314,7 +322,8 @@ def aggregate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, boards: Sequence[
     p = _ro(f["p"]) if track else _ro(np.zeros(n, np.float32))  # (cuts that pass every event)
     ntrk = _ro(f["ntrk"]) if track else _ro(np.zeros(n, np.uint8))
     _aggregate(e_ecal, _ro(f["e_ps"]), _ro(f["e_hcal"]), _ro(f["e_veto"]), _ro(f["e_srd"]),
-               _ro(f["mult"]), p, ntrk, missing, _ro(f["cond"]), _ro(f["bits"]),
+               _ro(f["mult"]), p, ntrk, _ro(f["sat"]), np.uint8(ecal_sat_bit(boards)), missing,
+               _ro(f["cond"]), _ro(f["bits"]),
                _ro(f["shadow"]), _thresholds(cfg, track=track), lo, hi - lo,
                spectra.ecal.view(flow=True), spectra.hcal.view(flow=True),
                spectra.plane.view(flow=True), out, hcal)
@@ -327,6 +336,7 @@ def aggregate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, boards: Sequence[
                electrons=int(out[C_ELECTRONS]), veto_zero=int(out[C_VETO_ZERO]),
                hcal_zero=int(out[C_HCAL_ZERO]), signal_box=int(out[C_SIGNAL_BOX]),
                sideband_c=int(out[C_SIDEBAND_C]), dimuons=int(out[C_DIMUON]),
+               saturated_box=int(out[C_SAT_BOX]), saturated_c=int(out[C_SAT_C]),
                untracked=0 if track else n - incomplete,
                triggers=out[C_TRIGGERS:C_TRIGGERS + 4].copy(),
                shadow=out[C_SHADOW:C_SHADOW + 4].copy(), species=species)
@@ -347,6 +357,7 @@ def warm_up(cfg: MonitorConfig | None = None) -> None:
     f32, u8 = np.zeros(1, np.float32), np.zeros(1, np.uint8)
     block: dict[str, np.ndarray] = {
         "e_ecal": f32, "e_ps": f32, "e_hcal": np.zeros((1, 4), np.float32), "e_veto": f32,
-        "e_srd": f32, "mult": u8, "missing": u8, "cond": u8, "bits": u8, "shadow": u8}
+        "e_srd": f32, "mult": u8, "sat": u8, "missing": u8, "cond": u8, "bits": u8,
+        "shadow": u8}
     aggregate(block, cfg, (), Spectra.empty(cfg))
     aggregate({**block, "p": f32, "ntrk": u8}, cfg, (), Spectra.empty(cfg))

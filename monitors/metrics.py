@@ -76,6 +76,9 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                "Signal-box events of the last spill (absent when blind)."),
     "na64_sideband_c_events": ("gauge", ("source",),
                                "Box candidates in sideband C in the last spill."),
+    "na64_ecal_saturated_events": ("gauge", ("source", "region"),
+                                   "Events of the last spill the ECAL saturation cut took "
+                                   "out of a region (signal: absent when blind; C)."),
     "na64_dimuon_events": ("gauge", ("source",), "Dimuon candidates in the last spill."),
     "na64_dimuons_per_eot": ("gauge", ("source",),
                              "Dimuon candidates per electron on target, last spill."),
@@ -289,6 +292,9 @@ class MonitorMetrics:
         if s.signal_box is not None and "na64_signal_box_events" in self._m:
             g("na64_signal_box_events").labels(src).set(s.signal_box)
         g("na64_sideband_c_events").labels(src).set(s.sideband_c)
+        for region, saturated in s.ecal_saturated.items():
+            if saturated is not None:  # the summary's two regions: a bounded label set
+                g("na64_ecal_saturated_events").labels(src, region).set(saturated)
         g("na64_dimuon_events").labels(src).set(s.dimuons)
         self._maybe(g("na64_dimuons_per_eot").labels(src), s.dimuons_per_eot)
         if spectra is not None:

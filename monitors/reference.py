@@ -19,6 +19,7 @@ from monitors.identify import (
     electron_sample,
     has_track,
     hcal_total,
+    saturated_candidates,
     sideband_c,
     signal_box,
     srd_tagged,
@@ -60,8 +61,10 @@ def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
     c.veto_zero = _nz(ele & (g["e_veto"] < cfg.veto_zero_gev))
     c.hcal_zero = _nz(ele & (hcal < cfg.hcal_zero_gev))
     c.species = np.bincount(classify(g, cfg, tag=tag, hcal=hcal), minlength=4).astype(np.int64)
-    c.signal_box = _nz(signal_box(g, cfg, tag=tag, hcal=hcal))
-    c.sideband_c = _nz(sideband_c(g, cfg, tag=tag, hcal=hcal))
+    c.signal_box = _nz(signal_box(g, cfg, tag=tag, hcal=hcal, boards=boards))
+    c.sideband_c = _nz(sideband_c(g, cfg, tag=tag, hcal=hcal, boards=boards))
+    saturated = saturated_candidates(g, cfg, tag=tag, hcal=hcal, boards=boards)
+    c.saturated_box, c.saturated_c = _nz(saturated["signal"]), _nz(saturated["C"])
     c.dimuons = _nz(dimuon(g, cfg, tag=tag))
     c.untracked = 0 if has_track(g) else c.complete
     return c, ok, hcal

@@ -43,6 +43,8 @@ class Counts:
     signal_box: int = 0
     sideband_c: int = 0  # box candidates in sideband C (identify.sideband_c)
     dimuons: int = 0  # identify.dimuon
+    saturated_box: int = 0  # identify.saturated_candidates: out of the box (ECAL saturated)
+    saturated_c: int = 0  # ... and out of sideband C
     untracked: int = 0  # complete events whose features had no spectrometer arrays
     shadow_seen: int = 0  # features messages that carried a shadow configuration
     triggers: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
@@ -108,6 +110,10 @@ class Figures(BaseModel):
     signal_box: int | None = Field(description="Signal-box events; None when blind.")
     sideband_c: int = Field(description="Box candidates in sideband C (E_ECAL from the box's "
                             "edge to the trigger's cut, E_HCAL in the box's range).")
+    ecal_saturated: dict[str, int | None] = Field(description=(
+        "Events the ECAL saturation cut took out of the signal box (`signal`; null when "
+        "blind) and out of sideband C (`C`): they passed every other cut of the region, "
+        "but an ECAL channel saturated and E_ECAL reads low."))
     dimuons: int = Field(description="Dimuon (e Z -> e Z mu mu) candidates.")
     dimuons_per_eot: float | None = Field(description="dimuons / eot.")
     untracked_events: int = Field(description="Complete events without the spectrometer's "
@@ -203,6 +209,8 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
         "builder_gaps": dict(c.builder_gaps),
         "signal_box": None if cfg.blind else c.signal_box,
         "sideband_c": c.sideband_c,
+        "ecal_saturated": {"signal": None if cfg.blind else c.saturated_box,
+                           "C": c.saturated_c},
         "dimuons": c.dimuons,
         "dimuons_per_eot": c.dimuons / electrons if electrons else None,
         "untracked_events": c.untracked,

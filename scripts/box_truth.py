@@ -29,7 +29,7 @@ from monitors.identify import dimuon, sideband_c, signal_box
 from monitors.stats import estimate
 from simulators.physics import Process
 
-FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "p", "ntrk", "missing")
+FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk", "missing")
 
 
 def main() -> int:
@@ -62,8 +62,8 @@ def main() -> int:
     print(f"truth dimuons per spill: {(proc == Process.DIMUON).sum() * scale:.0f}")
     tot = analyze(msgs, shown).totals()
     print(f"monitor totals: box {tot.signal_box}, C {tot.sideband_c}, dimuons {tot.dimuons} "
-          f"({tot.dimuons_per_eot:.2e} per EOT), EOT {tot.eot:.0f}; blind by default: "
-          f"{analyze(msgs).totals().signal_box}")
+          f"({tot.dimuons_per_eot:.2e} per EOT), EOT {tot.eot:.0f}, taken out by a saturated "
+          f"ECAL {tot.ecal_saturated}; blind by default: {analyze(msgs).totals().signal_box}")
     return 0
 
 

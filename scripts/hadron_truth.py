@@ -37,7 +37,7 @@ from simulators.config import SimConfig
 from simulators.generator import Simulator
 from simulators.physics import Process
 
-FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "p", "ntrk", "missing")
+FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk", "missing")
 CASES = ((1e6, 0.2), (6e6, 0.05), (1e7, 0.03))  # test_monitor_truth's beam time
 DEFAULT_LEADING_NEUTRAL = 1e-3
 

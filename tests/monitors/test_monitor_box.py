@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+from monitor_synth import spill_messages
+from prometheus_client import CollectorRegistry
 
+from daq.geometry import BOARD_NAMES
 from daq.wire import Kind, Message
 from monitors.aggregate import RunAnalysis
 from monitors.config import MonitorConfig
-from monitors.identify import signal_box
+from monitors.identify import ecal_sat_bit, signal_box
+from monitors.metrics import MonitorMetrics
+from monitors.summary import SpillSummary
 from tests.trigger.trigger_data import built_arrays, detector, sim_slices
 from trigger.config import PHYSICS, PS_MIN_GEV, TriggerConfig
 from trigger.core import build_params, compute_features, decide
@@ -86,3 +91,54 @@ def test_a_stream_from_before_the_spectrometer_has_no_momentum_to_cut_on() -> No
                                    "signal_max_tracks": 255})
     assert counts["old"].signal_box == int(signal_box(new, wide).sum()) > 0
     assert counts["new"].signal_box == int(signal_box(new, mcfg).sum())
+
+
+def _candidates_with_saturation(blind: bool) -> tuple[SpillSummary, SpillSummary]:
+    """One synthetic spill (monitor_synth: electrons at 100 GeV, hadrons, muons: nothing in
+    the box or in C) in which six electrons left little in VETO and HCAL and read a low
+    E_ECAL, as when the preshower's spot cell saturates (docs/monitors.md): two in C and
+    one in the box with the ECAL bit of `sat`, one in C with another board's bit, one in C
+    and one in the box unsaturated. The spill's closed summary and that of the same spill
+    with `sat` cleared."""
+    rng = np.random.default_rng(3)
+    msgs, _ = spill_messages(rng, slices=2, slice_events=1000)
+    f = msgs[0].arrays
+    k = np.arange(6)
+    f["e_srd"][k], f["e_ps"][k], f["e_veto"][k], f["e_hcal"][k] = 0.02, 10.0, 0.0, 0.0
+    f["e_ecal"][k] = [70.0, 85.0, 30.0, 60.0, 75.0, 20.0]
+    ecal, hcal = ecal_sat_bit(), 1 << BOARD_NAMES.index("HCAL")
+    sat = np.array([ecal, ecal | hcal, ecal, hcal, 0, 0], np.uint8)
+    f["sat"][k] = sat
+    out = []
+    for arrays in (f, {**f, "sat": np.zeros_like(f["sat"])}):
+        m = msgs[0]
+        first = Message(m.kind, m.run, m.spill, m.seq, m.src, m.board, m.first, m.count,
+                        arrays, m.meta)
+        ra = RunAnalysis(MonitorConfig(blind=blind))
+        (s,) = [s for msg in [first, *msgs[1:]] for s in ra.feed(msg)]
+        out.append(s)
+    return out[0], out[1]
+
+
+def test_a_saturated_ecal_is_neither_in_the_box_nor_in_c_and_is_counted() -> None:
+    s, cleared = _candidates_with_saturation(blind=False)
+    assert (cleared.signal_box, cleared.sideband_c) == (2, 4)  # every candidate without sat
+    assert (s.signal_box, s.sideband_c) == (1, 2)  # the ECAL bit only takes them out
+    assert s.ecal_saturated == {"signal": 1, "C": 2}
+    assert cleared.ecal_saturated == {"signal": 0, "C": 0}
+    reg = CollectorRegistry()
+    MonitorMetrics(reg, MonitorConfig(blind=False)).on_spill(s, None, now=1.0)
+    name = "na64_ecal_saturated_events"
+    assert reg.get_sample_value(name, {"source": "live", "region": "C"}) == 2
+    assert reg.get_sample_value(name, {"source": "live", "region": "signal"}) == 1
+
+
+def test_the_box_saturated_count_is_withheld_when_blind() -> None:
+    s, _ = _candidates_with_saturation(blind=True)
+    assert s.signal_box is None and s.sideband_c == 2
+    assert s.ecal_saturated == {"signal": None, "C": 2}
+    reg = CollectorRegistry()
+    MonitorMetrics(reg, MonitorConfig()).on_spill(s, None, now=1.0)
+    name = "na64_ecal_saturated_events"
+    assert reg.get_sample_value(name, {"source": "live", "region": "C"}) == 2
+    assert reg.get_sample_value(name, {"source": "live", "region": "signal"}) is None

@@ -32,7 +32,7 @@ OPEN = MonitorConfig(blind=False)
 NO_CUT_I = OPEN.model_copy(update={"signal_p_min_gev": 0.0, "signal_p_max_gev": 1000.0,
                                    "signal_max_tracks": 255})
 RESOLUTION = 0.01  # SimConfig.tracker_resolution
-FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "p", "ntrk", "missing")
+FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk", "missing")
 
 
 @pytest.fixture(scope="module")

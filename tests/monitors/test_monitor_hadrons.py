@@ -17,7 +17,7 @@ from monitors.identify import Species, classify, hcal_total, signal_box
 from simulators.physics import ECAL_LAMBDA_I, Process
 
 OPEN = MonitorConfig(blind=False)
-FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "p", "ntrk", "missing")
+FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk", "missing")
 LEADING_NEUTRAL = 0.2  # per interacting hadron: ~80 in 0.2 s of a 6e6 spill
 
 

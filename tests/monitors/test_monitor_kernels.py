@@ -28,7 +28,7 @@ from monitors.summary import Counts
 
 CFG = MonitorConfig()
 F32 = np.float32
-BYTES = ("mult", "missing", "cond", "bits", "shadow")
+BYTES = ("mult", "sat", "missing", "cond", "bits", "shadow")
 
 
 def _same_float(a: float, b: float) -> bool:
@@ -103,8 +103,10 @@ def test_signal_box_and_other_species_match() -> None:
     f["e_hcal"][k] = 0.0
     f["e_veto"][k] = 0.0
     f["e_srd"][1::11] = 5.0  # SRD above the tag: neither electron, muon nor (mostly) hadron
+    f["sat"][::3] = rng.integers(0, 256, len(f["sat"][::3]), dtype=np.uint8)  # ECAL's or not
     c, _ = compare(f)
     assert c.signal_box > 0 and c.species[3] > 0
+    assert c.saturated_box > 0 and c.saturated_c > 0
 
 
 def test_slices_add_up_in_the_same_spectra() -> None:
@@ -176,7 +178,7 @@ def _single_module(values: np.ndarray) -> dict[str, np.ndarray]:
     n = len(values)
     z, u = np.zeros(n, F32), np.zeros(n, np.uint8)
     return {"e_ecal": values, "e_ps": z, "e_hcal": values.reshape(n, 1).copy(), "e_veto": z,
-            "e_srd": z, "mult": u, "missing": u, "cond": u, "bits": u, "shadow": u}
+            "e_srd": z, "mult": u, "sat": u, "missing": u, "cond": u, "bits": u, "shadow": u}
 
 
 @pytest.mark.parametrize("cfg", _ODD, ids=lambda c: f"{c.beam_energy_gev}x{c.ecal_bins}")
@@ -284,8 +286,10 @@ def _slices(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], MonitorConfig, tupl
         f["missing"][draw(hnp.arrays(np.bool_, n))] = 0
     else:
         f["missing"][f["missing"] == 0] = 1
-    boards = tuple(f"B{i}" for i in range(draw(st.integers(0, 8))))
-    return f, cfg, boards
+    boards = [f"B{i}" for i in range(draw(st.integers(0, 8)))]
+    if boards and draw(st.booleans()):  # an ECAL among them: its `sat` bit cuts box and C
+        boards[draw(st.integers(0, len(boards) - 1))] = "ECAL"
+    return f, cfg, tuple(boards)
 
 
 @pytest.mark.slow
