@@ -10,6 +10,7 @@ them. docs/dataflow.md fixes what goes in and out; docs/decisions/0004 says why.
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
@@ -33,14 +34,16 @@ from daq.markers import (
 from daq.wire import Kind, Message
 
 Policy = Literal["flag", "skip_spill", "stop_run"]
-#: why a record was refused under run control: of a run other than the open one, or while
-#: no run is open (between runs)
-REFUSALS = ("other_run", "no_run")
+#: why a record was refused under run control: of a run other than the open one, while no
+#: run is open (between runs), or of a board whose run_start claimed a geometry or
+#: calibration hash other than the builder's (for the rest of that run)
+REFUSALS = ("other_run", "no_run", "hash_mismatch")
 SRC = "builder"
 _REORDER_WINDOW = 256  # a seq hole older than this many messages of its stream is lost
 _MAX_HOLES = 4096
 _CLOSED_MEMORY = 8  # closed spills remembered to classify very late fragments
 
+log = logging.getLogger("na64.builder")
 
 
 class BuilderConfig(StrictModel):
@@ -204,6 +207,9 @@ class EventBuilder:
         self.current: tuple[int, bool] | None = None
         self._open_run: tuple[int, bool] | None = None  # announced downstream, not stopped
         self._board_stops: set[str] = set()
+        #: board -> the live run whose run_start it sent with another geometry or
+        #: calibration hash than the builder's: its records of that run are refused
+        self._mismatched: dict[str, tuple[int, bool]] = {}
         self._end_requested: float | None = None
         self.runs_closed = 0
         self._run_base = (0, 0)  # (events, spills) of the stats when the open run started
@@ -297,6 +303,9 @@ class EventBuilder:
                 and (msg.run, msg.replay) != self.current:
             stats.refused["no_run" if self.current is None else "other_run"] += 1
             return out
+        if self.gated and not self._configured_alike(board, msg):
+            stats.refused["hash_mismatch"] += 1
+            return out
         if self.gated and self._open_run is None and msg.kind is not Kind.RUN_START:
             # joined the run under way (restarted during it): its run_start went by before
             # this builder existed, but the boards' run_stops will close it here all the same
@@ -306,6 +315,32 @@ class EventBuilder:
         except WireError:  # a marker whose meta is not its kind's (one not from decode)
             stats.decode_errors[board] += 1
         return out
+
+    def _configured_alike(self, board: str, msg: Message) -> bool:
+        """False for the records of a live run whose run_start, from this board, claimed a
+        geometry or calibration hash other than the builder's: built with the others, its
+        data would be read with the wrong channel map or gains. A board that claims none
+        is taken on trust; a replay reprocesses recorded data with the installed files on
+        purpose, so it is not checked (nor are offline builds, which are not gated)."""
+        key = (msg.run, msg.replay)
+        if msg.kind is Kind.RUN_START and not msg.replay:
+            try:
+                start = RunStart.of(msg)
+            except WireError:
+                return True  # counted as a decode error by _dispatch
+            wrong = [f"{what} {claimed!r} (builder: {own!r})" for what, claimed, own in (
+                ("geometry", start.geometry, self.geometry.hash),
+                ("calibration", start.calibration, self.calibration))
+                if claimed is not None and own and claimed != own]
+            if wrong:
+                if self._mismatched.get(board) != key:
+                    log.warning("board %s run %d: run_start claims %s; its records of the "
+                                "run are refused (hash_mismatch)", board, msg.run,
+                                " and ".join(wrong))
+                self._mismatched[board] = key
+            elif self._mismatched.get(board) == key:
+                del self._mismatched[board]  # sent again with the builder's hashes
+        return msg.kind is Kind.END_OF_STREAM or self._mismatched.get(board) != key
 
     def _dispatch(self, board: str, msg: Message, stats: Stats, now: float,
                   out: list[Message]) -> None:

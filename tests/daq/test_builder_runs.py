@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import pytest
 from daq_fragments import Board
 
+import daq
 from daq.builder import BuilderConfig, EventBuilder
-from daq.geometry import load_geometry
+from daq.geometry import load_calibration, load_geometry
 from daq.wire import Kind, Message
+from simulators.config import SimConfig
+from simulators.frontend import FrontEnds
+from simulators.generator import Simulator
 
 GEOM = load_geometry()
 NAMES = GEOM.board_names
@@ -91,3 +99,71 @@ def test_a_builder_restarted_during_a_run_closes_it_at_the_boards_run_stops() ->
     stops = [m for m in out if m.kind is Kind.RUN_STOP]
     assert len(stops) == 1 and stops[0].run == 4
     assert {m.spill for m in out if m.kind is Kind.SLICE} == {1}
+
+
+def _simulated_run(run: int, calibration: Path | None = None) -> list[Message]:
+    """The simulated front ends' streams of a run of one spill (run_start with the hashes
+    of the geometry and calibration they were configured with), as standing front ends
+    send them (run_stop, no eos)."""
+    cal = load_calibration(GEOM, calibration)
+    sim = Simulator(SimConfig.parse({"generated_s": 0.0005, "seed": 2, "run": run}), GEOM, cal)
+    return [em.msg for em in FrontEnds(sim, spills=1).run(end="run_stop")]
+
+
+def test_a_board_configured_with_another_calibration_or_geometry_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """ECAL's front end loaded another calibration (one gain changed: another hash) and
+    HCAL's claims another geometry: their records of the run are refused and counted,
+    a warning names each board and both hashes, and the others are built with them flagged
+    missing. The next run, configured alike, is built whole."""
+    other = tmp_path / "calibration.toml"
+    shipped = (Path(daq.__file__).parent / "calibration.toml").read_text()
+    other.write_text(shipped.replace("[boards.HCAL]\ngain = 30.0", "[boards.HCAL]\ngain = 31.0"))
+    own, theirs = load_calibration(GEOM).hash, load_calibration(GEOM, other).hash
+    assert own != theirs
+    core = EventBuilder(GEOM, BuilderConfig.parse({"timeout_s": 1.0}), calibration=own)
+    core.begin_run(4)
+    msgs = _simulated_run(4)
+    ecal_start = next(m for m in _simulated_run(4, other)
+                      if m.kind is Kind.RUN_START and m.board == "ECAL")
+    msgs = [ecal_start if m.kind is Kind.RUN_START and m.board == "ECAL" else m for m in msgs]
+    hcal_start = next(m for m in msgs if m.kind is Kind.RUN_START and m.board == "HCAL")
+    hcal_start.meta = {**hcal_start.meta, "geometry": "0123456789abcdef"}
+    with caplog.at_level(logging.WARNING, logger="na64.builder"):
+        out = _feed(core, msgs) + core.end_run(5.0) + core.poll(6.0)
+    refused = sum(m.board in ("ECAL", "HCAL") for m in msgs)
+    assert core.stats["live"].refused == {"hash_mismatch": refused}
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2
+    assert any("board ECAL run 4" in s and theirs in s and own in s for s in lines), lines
+    assert any("board HCAL run 4" in s and "0123456789abcdef" in s and GEOM.hash in s
+               for s in lines), lines
+    slices = [m for m in out if m.kind is Kind.SLICE]
+    both = (1 << NAMES.index("ECAL")) | (1 << NAMES.index("HCAL"))
+    assert slices and all((s.arrays["missing"] == both).all() for s in slices)
+    assert not any(k.startswith(("ECAL.", "HCAL.")) for s in slices for k in s.arrays)
+    [start] = [m for m in out if m.kind is Kind.RUN_START]
+    assert (start.meta["geometry"], start.meta["calibration"]) == (GEOM.hash, own)
+    assert [m.kind for m in out][-1] is Kind.RUN_STOP
+
+    core.begin_run(5)  # the front ends reconfigured: everything is built
+    out = _feed(core, _simulated_run(5))
+    assert core.stats["live"].refused == {"hash_mismatch": refused}
+    assert all(not s.arrays["missing"].any() for s in out if s.kind is Kind.SLICE)
+    assert [m.kind for m in out][-1] is Kind.RUN_STOP
+
+
+def test_a_replay_of_data_taken_with_another_calibration_is_built() -> None:
+    """A replay reprocesses recorded data with the installed files on purpose, and a board
+    that claims no hash is taken on trust: neither is refused."""
+    core = EventBuilder(GEOM, BuilderConfig.parse({"timeout_s": 1.0}), calibration="new")
+    core.begin_run(6, replay=True)
+    replayed = _simulated_run(6)
+    for m in replayed:
+        m.replay = True
+    out = _feed(core, replayed)
+    core.begin_run(7)
+    out += _feed(core, _run(7, spills=1))  # the test boards' run_start carries no hash
+    assert core.stats["replay"].refused == {} and core.stats["live"].refused == {}
+    assert sum(m.kind is Kind.RUN_STOP for m in out) == 2
+    assert all(not s.arrays["missing"].any() for s in out if s.kind is Kind.SLICE)
