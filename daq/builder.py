@@ -286,13 +286,20 @@ class EventBuilder:
 
     # -- input -----------------------------------------------------------------------------
 
+    def board_of(self, msg: Message) -> str | None:
+        """The geometry board a message is from: its `board` field, else (a marker that
+        leaves it empty, such as an `eos`) its `src`; None for neither. The service ends its
+        input on the `eos` of every board so named, as this core takes them."""
+        board = msg.board if msg.board in self.bit else msg.src
+        return board if board in self.bit else None
+
     def feed(self, msg: Message, now: float) -> list[Message]:
         """Take one board message; return what to send downstream, in order."""
         out: list[Message] = []
-        board = msg.board if msg.board in self.bit else msg.src
+        board = self.board_of(msg)
         stats = self.stats["replay" if msg.replay else "live"]
         self._replay = msg.replay
-        if board not in self.bit:
+        if board is None:
             stats.decode_errors["unknown"] += 1
             return out
         if not self._sequence(board, msg, stats):

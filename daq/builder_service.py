@@ -331,8 +331,9 @@ class BuilderService(Service):
         if msg is None:
             return
         self._enqueue(self.builder.feed(msg, self.clock()))
-        if msg.kind is Kind.END_OF_STREAM and msg.board in self.builder.bit:
-            self._eos.add(msg.board)
+        board = self.builder.board_of(msg)
+        if msg.kind is Kind.END_OF_STREAM and board is not None:
+            self._eos.add(board)
             if len(self._eos) == len(self.builder.boards) and not self._finished:
                 self._finish()
 

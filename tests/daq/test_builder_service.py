@@ -239,3 +239,24 @@ async def test_congestion_and_shedding_last_until_the_input_has_caught_up() -> N
     finally:
         svc.inlet.close()
         svc.outlet.close()
+
+
+async def test_an_eos_that_names_its_board_only_in_src_ends_the_input() -> None:
+    """A front end that leaves `board` empty on its eos (the field is the stream's `src`,
+    as the core reads every record): the builder counts it toward its end of input, as it
+    counts that board's other records; an eos naming no board of the geometry does not."""
+    svc, reg = _service("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    streams = _streams(1, 64)
+    eos = streams["ECAL"][-1]
+    streams["ECAL"][-1] = Message(kind=Kind.END_OF_STREAM, src="ECAL", board="", seq=eos.seq)
+    streams["stray"] = [Message(kind=Kind.END_OF_STREAM, src="nobody", board="")]
+    async with svc:
+        collector = asyncio.create_task(_collect(svc.output_endpoint, Kind.END_OF_STREAM))
+        await _send_all(svc.input_endpoint, streams)
+        got = await collector
+        await svc.wait()
+    assert sum(m.count for m in got if m.kind is Kind.SLICE) == 64
+    assert [m.kind for m in got][-2:] == [Kind.RUN_STOP, Kind.END_OF_STREAM]
+    m = _scrape(reg)
+    assert m[("na64_builder_decode_errors_total",
+              (("board", "unknown"), ("reason", "content"), ("source", "live")))] == 1
