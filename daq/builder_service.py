@@ -88,7 +88,7 @@ class BuilderCollector(Collector):
                 fam.add_metric([source], getattr(st, attr))
             yield fam
         fam = CounterMetricFamily("na64_builder_refused", "Records refused under run "
-                                  "control, by reason (other_run, no_run)",
+                                  f"control, by reason ({', '.join(REFUSALS)})",
                                   labels=["reason", "source"])
         for source, st in stats.items():
             for reason in REFUSALS:

@@ -94,7 +94,10 @@ class _Acc:
             end = SpillEnd.of(m)
             if m.src == "builder" or end.slices is not None:
                 self.announced = end.events
-                self.built_incomplete = sum((end.incomplete or {}).values())
+                # events - complete counts an event missing two boards once (the
+                # per-board counts do not; files from before `complete` have only them)
+                self.built_incomplete = (end.events - end.complete if end.complete is not None
+                                         else sum((end.incomplete or {}).values()))
             else:
                 self.board_events[m.board or m.src] = end.events
 

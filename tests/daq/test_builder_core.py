@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from daq.builder import BuilderConfig, EventBuilder
 from daq.config import content_hash
 from daq.errors import ConfigError
 from daq.geometry import load_geometry
+from daq.inspect import summarize
+from daq.runfile import RunFileWriter
 from daq.wire import Kind, Message
 
 GEOM = load_geometry()
@@ -324,9 +327,11 @@ def test_short_fragment_flags_only_the_events_it_lacks() -> None:
     assert b.stats["live"].incomplete == {"VETO": 12}
 
 
-def test_spill_end_counts_the_complete_events_once_whatever_boards_lack_them() -> None:
+def test_spill_end_counts_the_complete_events_once_whatever_boards_lack_them(
+        tmp_path: Path) -> None:
     """Two boards short in the same slice: the per-board counts overlap, `complete` (what
-    the live time is made of, docs/monitors.md) counts each event once, as `missing` does."""
+    the live time is made of, docs/monitors.md) counts each event once, as `missing` does;
+    so does `inspect` of the built file."""
     b, boards = _builder(), _boards()
     msgs = _interleave(boards, 0, 64)
     for board, have in (("VETO", 20), ("SRD", 25)):
@@ -340,6 +345,13 @@ def test_spill_end_counts_the_complete_events_once_whatever_boards_lack_them() -
     flagged = sum(int(np.count_nonzero(s.arrays["missing"] == 0))
                   for s in _kinds(out, Kind.SLICE))
     assert end.meta["complete"] == flagged == 20 + 32
+    path = tmp_path / "built.na64"
+    with RunFileWriter(path, run=1, config={}, geometry_hash=GEOM.hash,
+                       calibration_hash="calhash") as w:
+        for m in out:
+            w.write(m)
+    (spill,) = summarize(path).spills
+    assert spill.incomplete == 64 - flagged  # not 12 + 7
 
 
 def test_built_slices_go_out_with_the_checksums_their_fragments_came_with() -> None:
