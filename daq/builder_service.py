@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from daq import hits
 from daq.builder import REFUSALS, EventBuilder, Stats
 from daq.curve import SocketHook
 from daq.inlet import (
@@ -327,7 +328,8 @@ class BuilderService(Service):
             self._handle(rx)
 
     def _handle(self, rx: Received) -> None:
-        msg = self.inlet.refusals.decode(rx)
+        # the detector values go on unread: the trigger checks their CRCs (end to end)
+        msg = self.inlet.refusals.decode(rx, forwarded=hits.VALUES)
         if msg is None:
             return
         self._enqueue(self.builder.feed(msg, self.clock()))

@@ -16,8 +16,8 @@ import numpy as np
 from daq.errors import WireError
 from daq.wire import HIT_PREFIX, is_hit_array
 
-__all__ = ["FEATURE_HITS", "HIT_PREFIX", "T_UNIT_NS", "WAVE_HITS", "check", "densify",
-           "is_hit_array", "offsets", "select", "sparsify"]
+__all__ = ["FEATURE_HITS", "HIT_PREFIX", "T_UNIT_NS", "VALUES", "WAVE_HITS", "check",
+           "densify", "is_hit_array", "offsets", "select", "sparsify"]
 
 #: per-hit arrays of a feature-mode board slice, and their dtypes
 FEATURE_HITS: dict[str, np.dtype] = {
@@ -28,6 +28,9 @@ FEATURE_HITS: dict[str, np.dtype] = {
 }
 #: per-hit arrays of a zero-suppressed waveform-mode board slice (hit_wave: (nhits, samples))
 WAVE_HITS: dict[str, np.dtype] = {"hit_ch": np.dtype("|u1"), "hit_wave": np.dtype("<i2")}
+#: a board slice's detector values (samples and features): the event builder checks their
+#: shapes and forwards them unread, the trigger reads them (and checks their CRCs)
+VALUES = frozenset({"wave", *WAVE_HITS, *FEATURE_HITS}) - {"hit_ch"}
 #: unit of `hit_t`, ns
 T_UNIT_NS = 0.1
 

@@ -121,10 +121,12 @@ class Refusals:
             self.on_refused(reason, label)
         self._log(reason, peer, board, detail)
 
-    def decode(self, rx: Received, *, verify_crc: bool = True) -> Message | None:
-        """The message, or None when it is malformed (then refused: counted and logged)."""
+    def decode(self, rx: Received, *, verify_crc: bool = True,
+               forwarded: Collection[str] = ()) -> Message | None:
+        """The message, or None when it is malformed (then refused: counted and logged).
+        `forwarded`: arrays passed on unread, whose CRCs the next hop checks (wire.decode)."""
         try:
-            return decode(rx.frames, verify_crc=verify_crc)
+            return decode(rx.frames, verify_crc=verify_crc, forwarded=forwarded)
         except WireError as e:
             self.refuse(reason_of(e), peer=rx.peer, board=peek_board(rx.frames),
                         detail=str(e))

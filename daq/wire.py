@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,10 +89,13 @@ class Message:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     replay: bool = False
-    #: not on the wire: CRC32C of arrays as received (name -> (the array, its CRC)), which
-    #: `encode` reuses for the very same array object instead of computing it again
-    crcs: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict, compare=False,
-                                                    repr=False)
+    #: not on the wire: each array as received (name -> (the array, its CRC, the buffer it
+    #: was read from)). `encode` reuses the CRC for the very same array object instead of
+    #: computing it again, and sends that buffer in its place: a received ZeroMQ frame goes
+    #: out as a reference to the same message, not as a zero-copy NumPy buffer whose release
+    #: pyzmq's garbage-collector thread must track (decision 0012)
+    crcs: dict[str, tuple[np.ndarray, int, Any]] = field(default_factory=dict, compare=False,
+                                                         repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -110,7 +113,8 @@ class Message:
             "board": self.board,
             "first": self.first,
             "count": self.count,
-            "arrays": [[n, a.dtype.str, list(a.shape)] for n, a in self.arrays.items()],
+            "arrays": [[n, _DTYPE_STR.get(a.dtype) or a.dtype.str, list(a.shape)]
+                       for n, a in self.arrays.items()],
             "crc": crc,
             "meta": self.meta,
             "replay": self.replay,
@@ -163,7 +167,9 @@ def encode(msg: Message, *, with_crc: bool = True) -> list[Any]:
     arrays = {n: _wire_array(n, a) for n, a in msg.arrays.items()}
     if arrays is not msg.arrays:
         msg.arrays = arrays
-    frames = list(arrays.values())
+    known = msg.crcs
+    frames = [k[2] if (k := known.get(n)) is not None and k[0] is a else a
+              for n, a in arrays.items()]
     crc: int | list[int] = checksums(msg) if with_crc else 0
     try:
         head = msgpack.packb(msg.header(crc), use_bin_type=True)
@@ -187,9 +193,14 @@ def _need_uint(h: Mapping[str, Any], key: str) -> int:
     return int(v)
 
 
-def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
+def decode(frames: Sequence[Any], *, verify_crc: bool = True,
+           forwarded: Collection[str] = ()) -> Message:
     """Decode received frames (bytes, memoryviews or zmq.Frame buffers) into a Message.
 
+    `forwarded`: names of arrays this hop passes on without reading their values (the
+    builder's detector samples and features). Their CRCs are kept for re-encoding but not
+    checked here: the next hop that reads them checks the very same CRCs, which the front
+    end computed, so damage anywhere on the way is still caught, once (decision 0012).
     Raises WireError naming what was wrong; never returns a partly valid message.
     """
     if not frames:
@@ -236,7 +247,7 @@ def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
                                                           and not is_hit_array(name))):
             raise WireError("shape", f"array {name!r} has shape {arr.shape}, count is {count}")
         arrays[name] = arr
-    crcs = _verify(h, v, arrays, frames[1:], verify_crc)
+    crcs = _verify(h, v, arrays, frames[1:], verify_crc, forwarded)
     return Message(
         kind=kind,
         run=_need_uint(h, "run"),
@@ -254,8 +265,10 @@ def decode(frames: Sequence[Any], *, verify_crc: bool = True) -> Message:
 
 
 def _verify(h: Mapping[str, Any], v: int, arrays: Mapping[str, np.ndarray],
-            buffers: Sequence[Any], verify: bool) -> dict[str, tuple[np.ndarray, int]]:
-    """Check the header's `crc` against the frames; the per-array CRCs, for re-encoding."""
+            buffers: Sequence[Any], verify: bool, forwarded: Collection[str]
+            ) -> dict[str, tuple[np.ndarray, int, Any]]:
+    """Check the header's `crc` against the frames (but those of `forwarded` arrays); the
+    per-array CRCs, for re-encoding."""
     crc = h["crc"]
     if v == 1 or crc == 0:
         crc = _need_uint(h, "crc")
@@ -269,14 +282,16 @@ def _verify(h: Mapping[str, Any], v: int, arrays: Mapping[str, np.ndarray],
                                   f"({len(arrays)})")
     out = {}
     for (name, a), buf, want in zip(arrays.items(), buffers, crc, strict=True):
-        if verify and (got := crc32c.crc32c(buf)) != want:
+        if verify and name not in forwarded and (got := crc32c.crc32c(buf)) != want:
             raise WireError(
                 "checksum", f"CRC32C of array {name!r} is {got:#010x}, header says {want:#010x}")
-        out[name] = (a, want)
+        out[name] = (a, want, buf)
     return out
 
 
 _DTYPES = {dt: np.dtype(dt) for dt in ALLOWED_DTYPES}
+#: `dtype.str` builds a new string at every call (~5x a dict lookup): headers name each array
+_DTYPE_STR = {d: d.str for d in _DTYPES.values()}
 
 
 def _decode_array(spec: Any, buf: Any) -> tuple[str, np.ndarray]:

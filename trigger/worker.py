@@ -1,8 +1,11 @@
-"""The trigger worker service: PULL built slices, run the kernels in a thread, PUSH results.
+"""The trigger worker service: PULL built slices, run the kernels, PUSH results.
 
 Accepted events (and markers) go to the recorder, features of every event (and markers) to
-each monitor endpoint. Kernels release the GIL and run via `asyncio.to_thread`, so the event
-loop stays free; they are compiled (or loaded from numba's cache) when the service starts.
+each monitor endpoint. Kernels run on the event loop's own thread: a slice takes a few
+milliseconds (4096 waveform events: ~5 ms), while handing each one to a thread and waking the
+loop when it is done cost ~10 % of the worker's CPU (docs/performance.md, session 10); the
+input keeps arriving meanwhile in ZeroMQ's I/O thread. They are compiled (or loaded from
+numba's cache) off the loop when the service starts.
 Several workers may PULL from one builder: decisions depend only on the slice (its stamped
 configuration, run, spill and event numbers), never on which worker ran it.
 """
@@ -192,7 +195,7 @@ class TriggerWorker(Service):
             return False
         t0 = time.perf_counter()
         try:
-            res = await asyncio.to_thread(self.processor.process, msg)
+            res = self.processor.process(msg)
         except SliceError as e:
             self.metrics.refused.labels(e.reason).inc()
             return False

@@ -7,6 +7,7 @@ import contextlib
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import zmq
 import zmq.asyncio
@@ -16,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daq.builder import BuilderConfig, EventBuilder
 from daq.builder_service import BuilderService
+from daq.errors import WireError
 from daq.metrics import MetricsServer
 from daq.transport import arecv, asend, context
-from daq.wire import Kind, Message
+from daq.wire import Kind, Message, decode, encode
 
 from daq.geometry import load_geometry  # isort: skip
 
@@ -165,6 +167,54 @@ async def test_reordered_duplicated_and_garbage_input_is_counted() -> None:
     assert m[("na64_builder_seq_gaps_total", lab)] == 0
     assert m[("na64_builder_decode_errors_total",
               (("board", "unknown"), ("reason", "header"), ("source", "live")))] == 1
+
+
+async def test_detector_values_are_checked_end_to_end_and_what_the_builder_reads_here(
+) -> None:
+    """The builder forwards a board's detector values unread: a value frame damaged on the
+    way in reaches the next hop, whose decode refuses it by name against the front end's
+    CRC. What the builder reads (here HCAL's channel numbers) it checks itself and refuses."""
+    svc, reg = _service("tcp://127.0.0.1:*", "tcp://127.0.0.1:*")
+    streams = _streams(1, 128, eos=True)
+    frames = {n: [encode(m) for m in msgs] for n, msgs in streams.items()}
+
+    def damage(board: str, array: str) -> None:
+        msg = streams[board][1]  # the first slice
+        i = 1 + list(msg.arrays).index(array)
+        bad = np.array(frames[board][1][i], copy=True)
+        bad.view(np.uint8)[0] ^= 0xFF
+        frames[board][1][i] = bad
+
+    damage("ECAL", "hit_amp")
+    damage("HCAL", "hit_ch")
+    async with svc:
+        sock = context().socket(zmq.PULL)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(svc.output_endpoint)
+        raw = context().socket(zmq.PUSH)
+        raw.setsockopt(zmq.LINGER, 2000)
+        raw.connect(svc.input_endpoint)
+        for i in range(max(map(len, frames.values()))):
+            for fr in frames.values():
+                if i < len(fr):
+                    await raw.send_multipart(fr[i])
+        raw.close()
+        got, refused = [], []
+        async with asyncio.timeout(20):
+            while not got or got[-1] is not Kind.END_OF_STREAM:
+                try:
+                    got.append(decode(await sock.recv_multipart()).kind)
+                except WireError as e:
+                    refused.append(str(e))
+                    got.append(Kind.SLICE)
+        sock.close()
+        await svc.wait()
+        m = _scrape(reg)
+    assert len(refused) == 1 and "'ECAL.hit_amp'" in refused[0]
+    assert m[("na64_builder_decode_errors_total",
+              (("board", "HCAL"), ("reason", "checksum"), ("source", "live")))] == 1
+    assert m.get(("na64_builder_decode_errors_total",
+                  (("board", "ECAL"), ("reason", "checksum"), ("source", "live"))), 0) == 0
 
 
 async def test_slow_downstream_backpressure_then_shedding_is_bounded() -> None:

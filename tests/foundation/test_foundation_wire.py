@@ -170,11 +170,58 @@ def test_a_relay_reuses_the_checksums_it_verified_for_the_same_arrays_only() -> 
     msg = decode(frames)
     first = next(iter(msg.arrays))
     # forwarded unchanged: the received CRCs, not computed again (a wrong one shows it)
-    msg.crcs[first] = (msg.arrays[first], 12345)
+    msg.crcs[first] = (msg.arrays[first], 12345, msg.crcs[first][2])
     assert _header(encode(msg))["crc"] == [12345, crc[1]]
     # an array replaced under the same name gets its own checksum
     msg.arrays[first] = msg.arrays[first].copy()
     assert _header(encode(msg))["crc"] == crc
+
+
+def test_a_relay_sends_the_frames_it_received_for_the_arrays_it_forwards() -> None:
+    """Forwarded unchanged, an array goes out as the very ZeroMQ frame it came in (a
+    reference to the same message, no buffer for pyzmq's garbage collector to track); a
+    replaced one as itself. The next hop reads both back, CRCs verified."""
+    ctx = zmq.Context()
+    a, b_in, b_out, c = (ctx.socket(t) for t in (zmq.PUSH, zmq.PULL, zmq.PUSH, zmq.PULL))
+    try:
+        a.bind("inproc://relay-in")
+        b_in.connect("inproc://relay-in")
+        b_out.bind("inproc://relay-out")
+        c.connect("inproc://relay-out")
+        c.rcvtimeo = 10_000  # a frame that never arrives fails the test, not the suite
+        a.send_multipart(encode(_slice()), copy=False)
+        got = b_in.recv_multipart(copy=False)
+        msg = decode(got)
+        msg.arrays["ts"] = msg.arrays["ts"] + 1  # changed: a new array
+        frames = encode(msg)
+        assert frames[1] is got[1]  # wave: the received frame itself
+        assert isinstance(frames[2], np.ndarray)
+        b_out.send_multipart(frames, copy=False)
+        again = decode(c.recv_multipart(copy=False))
+        assert np.array_equal(again.arrays["wave"], _slice().arrays["wave"])
+        assert np.array_equal(again.arrays["ts"], [2, 3, 4])
+    finally:
+        for s in (a, b_in, b_out, c):
+            s.close(linger=0)
+        ctx.term()
+
+
+def test_a_forwarded_array_is_checked_by_the_next_hop_against_the_first_hops_crc() -> None:
+    """A hop that forwards an array unread (the builder's detector values) does not check
+    its CRC; the hop that reads it does, against the CRC its sender computed, so damage
+    between them is still found and named; the arrays the hop reads are checked there."""
+    frames = encode(_slice())
+    bad = np.array(frames[1], copy=True)  # wave, damaged on the first hop
+    bad.flat[5] += 1
+    relayed = decode([frames[0], bad, frames[2]], forwarded={"wave"})
+    with pytest.raises(WireError) as e:
+        decode(encode(relayed))
+    assert e.value.reason == "checksum" and "'wave'" in str(e.value)
+    ts_bad = np.array(frames[2], copy=True)
+    ts_bad[0] += 1
+    with pytest.raises(WireError) as e:
+        decode([frames[0], frames[1], ts_bad], forwarded={"wave"})
+    assert e.value.reason == "checksum" and "'ts'" in str(e.value)
 
 
 @pytest.mark.parametrize("dt", [">i2", "|O", "<c8", "<f2", "<U4", 5])
