@@ -107,6 +107,7 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
         shape_table(shape) if table is None else table, shape.tp_ns,
         float(sampling.sample_ns), int(sampling.trigger_sample), int(sampling.samples),
+        *sampling.span,
         phase_grid(sampling.sample_ns)[beam_phase(t, ev, sampling.sample_ns)],
         peak_correction(shape.tp_ns, sampling.sample_ns), noise_pool, loud, touched,
         np.flatnonzero(reach).astype(np.int64), offsets, threshold,
@@ -122,7 +123,8 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                     dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
                     hamp: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
-                    trig: int, nsamp: int, phase: np.ndarray, corr: np.ndarray,
+                    trig: int, nsamp: int, w0: int, w1: int, phase: np.ndarray,
+                    corr: np.ndarray,
                     noise_pool: np.ndarray,
                     loud: np.ndarray,
                     touched: np.ndarray,
@@ -249,7 +251,15 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                             trace[m] += amps[c, p] * (
                                 samp[gi[c, p], m] if shared
                                 else shape_at(t0 + m * sample_ns - dts[c, p], table, tp))
-                    _, mbest, np_ = _scan(trace, m0, m1, nsamp, thr)
+                    # amplitude, time and pulses from the reconstruction window's samples
+                    # (w0 .. w1 - 1), as the trigger takes them from a waveform
+                    s0, s1 = max(m0, w0), min(m1, w1)
+                    if s1 <= s0:  # no pulse reaches the window
+                        a_row[c] = noise
+                        t_row[c] = 0.0
+                        n_row[c] = 0
+                        continue
+                    _, mbest, np_ = _scan(trace, s0, s1, nsamp, thr)
                     a_row[c] = min(_peak(trace, mbest, nsamp, thr, corr) + noise, amp_max)
                     t_row[c] = t0 + mbest * sample_ns
                     n_row[c] = min(np_, 255)
@@ -336,8 +346,9 @@ def _scan(trace: np.ndarray, m0: int, m1: int, ns: int, thr: float
     """The sampled trace's largest sample, its index, and its pulses: samples above `thr`
     strictly higher than the sample before and not lower than the one after (the trigger's
     pulse definition, `trigger.kernels.PEAK_HALF_WIDTH` = 1), so both readout modes resolve
-    two pulses alike (decision 0003, "Double-pulse resolution"). Only trace[m0:m1] can be
-    non-zero (and trace[m0 - 1], trace[m1] are 0 where they exist): the rest is skipped."""
+    two pulses alike (decision 0003, "Double-pulse resolution"). The samples m0 .. m1 - 1
+    are scanned (the reconstruction window where some pulse reaches it); trace[m0 - 1] and
+    trace[m1] must hold their values (or 0) where they exist."""
     best = trace[m0]
     mbest = m0
     n = 0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from daq.geometry import Calibration, Geometry
+from daq.geometry import Calibration, Geometry, reco_window
 from simulators.calibrate import SumSpec, to_adc
 from simulators.config import FaultConfig, SimConfig
 from simulators.errors import SimulatorError
@@ -219,6 +219,7 @@ class Simulator:
             dep = parts.dep[board.name]
             halo = parts.halo.get(board.name)
             shape = self.shapes[board.name]
+            window = reco_window(board, det)
             offsets = rng.integers(0, NOISE_POOL, count)
             if self.cfg.mode == "feature":
                 ped = float(np.max(self.calib.pedestal[board.name]))
@@ -226,14 +227,14 @@ class Simulator:
                     ev, t, lo, hi, dep, halo, shape, self.noise, offsets,
                     self.threshold, det.adc_max - ped, self.cfg.zs_adc, self.tables[shape],
                     self.loud, (parts.touched[board.name], parts.reach[board.name]),
-                    sampling=Sampling(det.samples, det.sample_ns, det.trigger_sample))
+                    sampling=Sampling(det.samples, det.sample_ns, det.trigger_sample, window))
                 continue
             args = (ev, t, lo, hi, dep, halo, shape, self.calib.pedestal[board.name],
                     self.noise, offsets, det.samples, det.sample_ns, det.trigger_sample,
                     det.adc_max)
             if self.cfg.zero_suppress:
                 boards[board.name] = waveform_hits(*args, self.cfg.zs_adc, self.tables[shape],
-                                                   self.noise_int)
+                                                   self.noise_int, window=window)
             else:
                 boards[board.name] = {"wave": waveforms(*args, self.tables[shape],
                                                         self.noise_int)}

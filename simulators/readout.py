@@ -42,6 +42,14 @@ class Sampling(NamedTuple):
     samples: int  # samples per trace
     sample_ns: float  # sample spacing
     trigger_sample: int  # the sample an in-time pulse peaks at
+    #: the board's reconstruction window, samples [first, last) (daq.geometry.reco_window):
+    #: amplitudes and pulses come from it; None: the whole trace
+    window: tuple[int, int] | None = None
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """The samples amplitudes and pulses come from: the window, or the whole trace."""
+        return self.window if self.window is not None else (0, self.samples)
 
 
 @inline
@@ -86,7 +94,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                      qphase: np.ndarray, phases: np.ndarray, tp: float,
                      pedestal: np.ndarray, noise: np.ndarray, noise_int: np.ndarray,
                      offsets: np.ndarray, sample_ns: float, trig_ns: float, adc_max: float,
-                     n_ped: int, zs: float, wave: np.ndarray, nhit: np.ndarray,
+                     w0: int, w1: int, zs: float, wave: np.ndarray, nhit: np.ndarray,
                      hit_ch: np.ndarray, hit_wave: np.ndarray) -> int:
     # wave is (count, samples, nch): one event of the board is one contiguous block, and so
     # is its noise window. With integer pedestals (noise_int non-empty) a sample without
@@ -110,20 +118,19 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
     dg = np.empty((MAX_PULSES, nch), np.float32)
     sh = np.empty((MAX_PULSES, ns))
     mx = np.empty((ns + 1) // 2 * nch, np.int16)  # zero suppression: the largest sample
-    s0 = np.empty((ns + 1) // 2 * nch, np.int32)  # and the sum of the first n_ped
     amax = np.int32(adc_max)
     size = np.uint64(ns * nch)
     nh = 0  # hits so far
     for e in range(n + 1 if suppress else n):
         if suppress and e > 0:
-            # the previous event's channels with max - pedestal >= zs, the pedestal the mean
-            # of the first n_ped samples as the trigger estimates it (trigger.kernels.
-            # wave_board), so that a kept channel has a trigger amplitude >= zs
-            _fold_max(flat, ns, nch, mx)
-            _fold_sum(flat, min(n_ped, ns), nch, s0)
+            # the previous event's channels whose largest sample of the reconstruction
+            # window (samples w0 .. w1 - 1) minus the calibration pedestal reaches zs, as the
+            # trigger reads its amplitude (trigger.kernels.wave_board): a kept channel has a
+            # trigger amplitude >= zs
+            _fold_max(flat[w0 * nch:w1 * nch], w1 - w0, nch, mx)
             nh0 = nh
             for c in range(nch):
-                if mx[c] - s0[c] / n_ped >= zs:
+                if mx[c] - pedestal[c] >= zs:
                     hit_ch[nh] = c
                     for s in range(ns):
                         hit_wave[nh, s] = flat[np.uint64(s * nch + c)]
@@ -221,25 +228,6 @@ def _fold_max(flat: np.ndarray, rows: int, nch: int, out: np.ndarray) -> None:
         off = np.uint64(h * nch)
         for j in range(m):
             out[j] = max(out[j], out[off + j])
-
-
-@kernel
-def _fold_sum(flat: np.ndarray, rows: int, nch: int, out: np.ndarray) -> None:
-    """`_fold_max` for the sum, in int32."""
-    h = (rows + 1) // 2
-    m = np.uint64((rows - h) * nch)
-    off = np.uint64(h * nch)
-    for j in range(m):
-        out[j] = np.int32(np.int32(flat[j]) + flat[off + j])
-    for j in range(m, off):
-        out[j] = np.int32(flat[j])
-    while h > 1:
-        rows = h
-        h = (rows + 1) // 2
-        m = np.uint64((rows - h) * nch)
-        off = np.uint64(h * nch)
-        for j in range(m):
-            out[j] = np.int32(out[j] + out[off + j])
 
 
 @kernel
@@ -398,12 +386,6 @@ def beam_phase(t: np.ndarray, ev: np.ndarray, sample_ns: float) -> np.ndarray:
     return (np.floor(tt * (N_PHASES / sample_ns)).astype(np.int64)) % N_PHASES
 
 
-def pedestal_samples(trigger_sample: int) -> int:
-    """Samples the pedestal is estimated from: the first half of those before the in-time
-    peak, at least one (as trigger.core.build_params has it)."""
-    return max(1, trigger_sample // 2)
-
-
 def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
               dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
               pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
@@ -419,7 +401,7 @@ def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     """
     wave = np.empty((len(ev), samples, dep_self.shape[1]), np.int16)
     _waveforms(ev, t, lo, hi, dep_self, halo, shape, pedestal, noise, offsets, sample_ns,
-               trigger_sample, adc_max, table, noise_int, wave, 0.0, _NO_HITS)
+               trigger_sample, adc_max, table, noise_int, wave, 0.0, _NO_HITS, (0, samples))
     return wave
 
 
@@ -427,13 +409,13 @@ def waveform_hits(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                   dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
                   pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
                   sample_ns: float, trigger_sample: int, adc_max: int, zs_adc: float,
-                  table: np.ndarray | None = None, noise_int: np.ndarray | None = None
-                  ) -> dict[str, np.ndarray]:
+                  table: np.ndarray | None = None, noise_int: np.ndarray | None = None, *,
+                  window: tuple[int, int]) -> dict[str, np.ndarray]:
     """Zero-suppressed waveform readout of one board: `nhit` and the WAVE_HITS arrays.
 
     The samples are those of `waveforms` (same arguments); a channel is a hit when its
-    largest sample minus the mean of its first `pedestal_samples(trigger_sample)` samples
-    is at least `zs_adc`.
+    largest sample in the reconstruction `window` (samples [first, last),
+    daq.geometry.reco_window) minus its pedestal is at least `zs_adc`.
     """
     n, nch = len(ev), dep_self.shape[1]
     hits = {"nhit": np.empty(n, np.uint8), "hit_ch": np.empty(n * nch, np.uint8),
@@ -441,7 +423,7 @@ def waveform_hits(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     block = np.empty((1, samples, nch), np.int16)
     total = _waveforms(ev, t, lo, hi, dep_self, halo, shape, pedestal, noise, offsets,
                        sample_ns, trigger_sample, adc_max, table, noise_int, block,
-                       float(zs_adc), hits)
+                       float(zs_adc), hits, window)
     return {"nhit": hits["nhit"], "hit_ch": hits["hit_ch"][:total],
             "hit_wave": hits["hit_wave"][:total]}
 
@@ -455,7 +437,7 @@ def _waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, sample_ns: float,
                trigger_sample: int, adc_max: int, table: np.ndarray | None,
                noise_int: np.ndarray | None, wave: np.ndarray, zs_adc: float,
-               hits: dict[str, np.ndarray]) -> int:
+               hits: dict[str, np.ndarray], window: tuple[int, int]) -> int:
     samples = wave.shape[1]
     ped = pedestal.astype(np.float64)
     if not (np.all(ped == np.floor(ped)) and np.all(np.abs(ped) < 2**30)):
@@ -470,7 +452,7 @@ def _waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         shape_table(shape) if table is None else table,
         intime, beam_phase(t, ev, sample_ns), phases, shape.tp_ns, ped,
         noise, _NO_INT if noise_int is None else noise_int, offsets, sample_ns,
-        trigger_sample * sample_ns, float(adc_max), pedestal_samples(trigger_sample), zs_adc,
+        trigger_sample * sample_ns, float(adc_max), *window, zs_adc,
         wave, hits["nhit"], hits["hit_ch"], hits["hit_wave"]))
 
 

@@ -185,7 +185,8 @@ def test_double_pulse_resolution_is_two_samples_in_both_modes(dt: float, lo: flo
                      TRIG, ADC_MAX)
     z = np.zeros((n, 1))
     npulse = np.zeros((n, 1), np.uint8)
-    wave_board(wave, np.ones(1, np.uint8), 4, 30.0, ADC_MAX, TRIG, SAMPLE_NS, False, True,
+    wave_board(wave, np.ones(1, np.uint8), np.full(1, 400.0), 0, SAMPLES, 30.0, ADC_MAX, TRIG,
+               SAMPLE_NS, False, True,
                z.copy(), z.copy(), npulse, z.copy(), np.zeros(n, bool))
     # the same but for noise (2 ADC on 500) deciding a marginal local maximum: near the
     # resolution (20-25 ns) the dip between the pulses is a few ADC deep at some phases

@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from daq.errors import ConfigError
-from daq.geometry import Board
+from daq.geometry import Board, reco_window
 from daq.hits import FEATURE_HITS, T_UNIT_NS, WAVE_HITS, check, sparsify
 from daq.wire import Kind
 from simulators.config import SimConfig
@@ -22,7 +22,6 @@ from simulators.readout import (
     Sampling,
     gates,
     noise_pool,
-    pedestal_samples,
     waveform_hits,
     waveforms,
 )
@@ -123,12 +122,11 @@ def test_wave_hits_are_the_full_waveforms_of_the_kept_channels(ped: np.ndarray,
                                                                zs: float) -> None:
     args = _wave_case(ped)
     full = waveforms(*args)
-    got = waveform_hits(*args, zs)
-    # kept: largest sample minus the mean of the first n_ped samples (the trigger's pedestal)
-    n_ped = pedestal_samples(TRIG)
+    w0, w1 = TRIG - 1, TRIG + 3
+    got = waveform_hits(*args, zs, window=(w0, w1))
+    # kept: the window's largest sample minus the calibration pedestal (the trigger's)
     w = full.astype(np.float64)
-    nhit, hits = sparsify(w.max(axis=1) - w[:, :n_ped, :].mean(axis=1) >= zs,
-                          {"hit_wave": full})
+    nhit, hits = sparsify(w[:, w0:w1].max(axis=1) - ped >= zs, {"hit_wave": full})
     assert check(got, len(args[0]), 7, WAVE_HITS, samples=SAMPLES) == len(hits["hit_ch"]) > 0
     assert_array_equal(got["nhit"], nhit)
     assert_array_equal(got["hit_ch"], hits["hit_ch"])
@@ -139,13 +137,15 @@ def test_simulated_wave_hits_equal_full_waveforms_of_the_same_seed() -> None:
     cfg = {"generated_s": 0.002, "seed": 4, "mode": "waveform", "slice_events": 512}
     full = simulator(**cfg)
     zs = simulator(**cfg, zero_suppress=True, zs_adc=8.0)
-    n_ped = pedestal_samples(full.geom.detector.trigger_sample)
+    det = full.geom.detector
     kept = 0
     for a, b in zip(full.slices(full.plan(0)), zs.slices(zs.plan(0)), strict=True):
         assert_array_equal(a.ts, b.ts)
         for board, arrays in a.boards.items():
+            w0, w1 = reco_window(full.geom.board(board), det)
             w = arrays["wave"].astype(np.float64)
-            nhit, hits = sparsify(w.max(axis=1) - w[:, :n_ped, :].mean(axis=1) >= 8.0,
+            ped = full.calib.pedestal[board].astype(np.float64)
+            nhit, hits = sparsify(w[:, w0:w1].max(axis=1) - ped >= 8.0,
                                   {"hit_wave": arrays["wave"]})
             got = b.boards[board]
             check(got, b.count, full.geom.n_channels(board), WAVE_HITS,
