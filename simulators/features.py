@@ -16,14 +16,12 @@ import numpy as np
 from daq.geometry import peak_correction
 from daq.hits import FEATURE_HITS, T_UNIT_NS
 from simulators.jit import inline, kernel, prefetch, trailing_zeros
-from simulators.physics import Halo
 from simulators.readout import (
     MAX_PULSES,
     TABLE_STEP_NS,
     PulseShape,
     Sampling,
     beam_phase,
-    halo_args,
     phase_grid,
     shape_at,
     shape_table,
@@ -49,7 +47,7 @@ def loud_bits(noise: np.ndarray, zs_adc: float) -> np.ndarray:
 
 
 def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-             dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+             dep_self: np.ndarray, shape: PulseShape,
              noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
              zs_adc: float, table: np.ndarray | None = None, loud: np.ndarray | None = None,
              deposits: tuple[np.ndarray, np.ndarray] | None = None, *,
@@ -71,27 +69,27 @@ def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         deposits = (np.asarray((dep_self > 0).any(axis=1), np.uint8),
                     np.asarray((dep_self > 0).any(axis=0), np.uint8))
     touched, reach = deposits
-    hits, _ = _features(ev, t, lo, hi, dep_self, halo, shape, noise_pool, offsets, threshold,
+    hits, _ = _features(ev, t, lo, hi, dep_self, shape, noise_pool, offsets, threshold,
                         amp_max, zs_adc, table, loud, touched, reach, sampling, dense=False)
     return hits
 
 
 def features_dense(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                   dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+                   dep_self: np.ndarray, shape: PulseShape,
                    noise_pool: np.ndarray, offsets: np.ndarray, threshold: float,
                    amp_max: float, table: np.ndarray | None = None, *,
                    sampling: Sampling) -> dict[str, np.ndarray]:
     """Every channel's features before suppression and rounding, (count, nch): `amp` and
     `tpeak` (ns) float32, `npulse` uint8. What `features` reduces to its hits."""
     no_hit = np.zeros(len(noise_pool) // 64 + 1, np.uint64)  # zs = inf: no channel is a hit
-    _, dense = _features(ev, t, lo, hi, dep_self, halo, shape, noise_pool, offsets, threshold,
+    _, dense = _features(ev, t, lo, hi, dep_self, shape, noise_pool, offsets, threshold,
                          amp_max, np.inf, table, no_hit, np.zeros(len(dep_self), np.uint8),
                          np.zeros(dep_self.shape[1], np.uint8), sampling, dense=True)
     return dense
 
 
 def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-              dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+              dep_self: np.ndarray, shape: PulseShape,
               noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
               zs_adc: float, table: np.ndarray | None, loud: np.ndarray, touched: np.ndarray,
               reach: np.ndarray, sampling: Sampling, *, dense: bool
@@ -104,7 +102,7 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         "amp": np.empty((rows, nch), np.float32), "tpeak": np.empty((rows, nch), np.float32),
         "npulse": np.empty((rows, nch), np.uint8)}
     total = _feature_kernel(
-        ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
+        ev, t.astype(np.float64, copy=False), lo, hi, dep_self,
         shape_table(shape) if table is None else table, shape.tp_ns,
         float(sampling.sample_ns), int(sampling.trigger_sample), int(sampling.samples),
         *sampling.span,
@@ -121,8 +119,7 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 
 @kernel
 def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                    dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
-                    hamp: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
+                    dep_self: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
                     trig: int, nsamp: int, w0: int, w1: int, phase: np.ndarray,
                     corr: np.ndarray,
                     noise_pool: np.ndarray,
@@ -147,7 +144,6 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
     dts = np.empty((nch, MAX_PULSES))
     gi = np.empty((nch, MAX_PULSES), np.int64)  # and gate indices
     cnt = np.zeros(nch, np.int64)
-    row = np.empty(nch, np.float32)
     samp = np.empty((MAX_PULSES, nsamp))  # pileup: each gate particle's pulse at the samples
     trace = np.empty(nsamp)
     k = 0
@@ -198,19 +194,15 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                 t_row[c] = 0.0
                 n_row[c] = 1 if a > thr else 0
         else:
-            # pileup: each particle of the gate scatters its deposits (with its halo when it
-            # is a neighbour, added as _dep adds them) into per-channel pulse lists
+            # pileup: each particle of the gate scatters its deposits into per-channel
+            # pulse lists
             cnt[:] = 0
             for j in range(lo[e], hi[e]):
-                for c in range(nch):
-                    row[c] = dep_self[j, c]
-                if j != i and lines.shape[0] > 0:
-                    for q in range(lines.shape[1]):
-                        row[lines[hline[j], q]] += hamp[j, q]
                 dt = t[j] - t[i]
                 for c in range(nch):
-                    if row[c] > 0.0 and cnt[c] < MAX_PULSES:
-                        amps[c, cnt[c]] = row[c]
+                    d = dep_self[j, c]
+                    if d > 0.0 and cnt[c] < MAX_PULSES:
+                        amps[c, cnt[c]] = d
                         dts[c, cnt[c]] = dt
                         gi[c, cnt[c]] = j - lo[e]
                         cnt[c] += 1
