@@ -18,6 +18,7 @@ which must be efficient, and which lie in the grey zone the MIP spread and noise
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +29,10 @@ from daq.geometry import Calibration, Geometry, pulse_shape, reco_window
 MIP_LOW, MIP_HIGH = float(np.exp(-0.5)), float(np.exp(0.5))
 #: decision 0003: VETO 10 MeV in both PMTs of the counter crossed; HCAL 2 GeV in a cell
 VETO_MIP_GEV, HCAL_MIP_GEV = 0.010, 2.0
+MIP_SIGMA = 0.10  # decision 0003: the lognormal spread of MIP signals
+#: decision 0003: a hadron shower's lateral shares in a module's 3 x 3 cells: the centre
+#: 0.8, the edges 4x the corners (0.04 and 0.01)
+HADRON_LATERAL = np.array([0.8] + [0.04] * 4 + [0.01] * 4)
 NOISE_MARGIN = 8.0  # ADC: 4 sigma of the 2 ADC noise
 PEAK_GAIN = 1.15  # the largest peak / largest-sample correction of a 20 ns pulse at 80 MHz
 REACH_NS = 400.0  # beam neighbours further than this leave nothing in a 400 ns trace
@@ -153,3 +158,134 @@ def weff_ns(b: Board, cells: int, adc: float, span_ns: float = 800.0, step_ns: f
     phases = (np.arange(N_PHASES) + 0.5) * (b.sample_ns / N_PHASES)
     return float(np.mean([(window_factor(b, dt, np.full(len(dt), p)) >= level).sum()
                           for p in phases]) * step_ns)
+
+
+def _fail_level_of(b: Board, adc: np.ndarray) -> np.ndarray:
+    """Per row of channel amplitudes `adc` (rows, cells): the least F at which they make
+    the event inefficient (each channel from the zero threshold on, their sum from the zero
+    energy on), searched on a fine logarithmic grid; 2.0 (never) if none."""
+    grid = np.geomspace(1e-4, 1.0, 2000)
+    lit = adc[:, :, None] * grid[None, None, :]  # (rows, cells, F)
+    total = np.where(lit >= b.zero_adc, lit, 0.0).sum(axis=1) / b.gain
+    ok = total >= b.zero_gev
+    first = np.argmax(ok, axis=1)
+    return np.where(ok.any(axis=1), grid[first], 2.0)
+
+
+def expected_efficiency(b: Board, truth: dict[str, np.ndarray], rate_hz: float,
+                        halo_rate: float, sample: np.ndarray) -> float:
+    """The rate-level expectation of the zero-threshold efficiency of `sample` (the
+    monitors' electrons): the share of them whose own particle leaves nothing on the board
+    (truth), times exp(-r W_eff) summed over the kinds of particles that reach it, each at
+    its rate (the halo: halo_rate; beam hadrons and muons: their truth share of the beam),
+    W_eff integrated from the pulse shape at its amplitude (a hadron's: its own truth
+    energy per HCAL module, 0.8 of it in the module's centre cell, decision 0003)."""
+    lam = rate_hz * 1e-9  # per ns
+    species, process = truth["species"], truth["process"]
+    beam = len(species)
+    levels, weff = _weff_table(b)
+    halo = _mip_weff(b, b.cells, levels, weff)
+    if b.name == "VETO":
+        own = truth["e_veto"] > 0
+        # every charged beam particle crosses the axis counter: a MIP line as the halo's
+        crossing = float(((species != 0) | (process == 2)).sum()) / beam
+        rw = lam * (halo_rate + crossing) * halo
+    else:
+        e = truth["e_hcal"].astype(np.float64)
+        own = e.sum(axis=1) > 0
+        muons = float((species == 2).sum()) / beam  # a MIP in HCAL1-4's centre cells
+        rw = lam * (halo_rate * halo + muons * _mip_weff(b, 4, levels, weff))
+        showers = (species == 1) | (process == 2)
+        cells = (e[showers][:, :, None] * HADRON_LATERAL).reshape(int(showers.sum()), -1)
+        w = np.interp(_fail_level_of(b, cells * b.gain), levels, weff)
+        rw += lam * float(w.sum()) / beam
+    return float((~own[sample]).mean()) * math.exp(-rw)
+
+
+def _mip_weff(b: Board, cells: int, levels: np.ndarray, weff: np.ndarray) -> float:
+    """W_eff of a line of `cells` MIPs, averaged over their lognormal spread (a fixed
+    sample): a cell under the zero threshold drops out of the sum, so the spread shortens
+    the window of a line that needs all its cells."""
+    adc = b.mip_adc * np.exp(MIP_SIGMA * np.random.default_rng(0).standard_normal((4000, cells)))
+    return float(np.interp(_fail_level_of(b, adc), levels, weff).mean())
+
+
+def _weff_table(b: Board) -> tuple[np.ndarray, np.ndarray]:
+    """W_eff (ns) against the fail level F, increasing levels (for np.interp)."""
+    levels = np.geomspace(1e-4, 1.0, 200)
+    dt = np.arange(-400.0, 400.0, 0.05)
+    phases = (np.arange(N_PHASES) + 0.5) * (b.sample_ns / N_PHASES)
+    f = np.stack([window_factor(b, dt, np.full(len(dt), p)) for p in phases])  # (phases, dt)
+    counts = np.array([(f >= lv).sum() for lv in levels]) / N_PHASES * 0.05
+    return levels, counts
+
+
+def srd_reached(geom: Geometry, truth: dict[str, np.ndarray], min_gev: float) -> np.ndarray:
+    """Per event: a beam electron's SRD pulse (its truth e_srd, which a hadron or muon does
+    not radiate) puts at least `min_gev` into the event's SRD window."""
+    det = geom.detector
+    srd = geom.board("SRD")
+    b = Board("SRD", 0.0, 0.0, 1.0, 0.0, 3, reco_window(srd, det), det.sample_ns,
+              det.trigger_sample, srd.pulse_tp_ns)
+    t = truth["t_ns"].astype(np.float64)
+    phase = phase_of(t, det.sample_ns)
+    e = np.where(truth["species"] == 0, truth["e_srd"].astype(np.float64), 0.0)
+    out = np.zeros(len(t), bool)
+    for k in range(1, 9):
+        for a, c in ((slice(k, None), slice(None, -k)), (slice(None, -k), slice(k, None))):
+            dt = t[c] - t[a]
+            near = np.abs(dt) < REACH_NS
+            out[a] |= near & (e[c] * window_factor(b, np.where(near, dt, np.inf), phase[a])
+                              >= min_gev)
+    return out
+
+
+#: a pulse's tail this many peaking times after its peak is below 1e-5 of it: 0.02 ADC of
+#: the largest ECAL cell of a 100 GeV shower
+TAIL_TP = 8.0
+
+
+def alone_in_windows(geom: Geometry, truth: dict[str, np.ndarray]) -> np.ndarray:
+    """Per event of `truth` (a whole spill, time-ordered): no other particle's pulse reaches
+    the reconstruction window of a board it deposits on: no beam particle (every board)
+    and no halo particle (VETO, HCAL) from TAIL_TP peaking times before a window's first
+    sample (and the beam phase's sample) to a peaking time after its last."""
+    det = geom.detector
+
+    def reach(names: tuple[str, ...]) -> tuple[float, float]:
+        before = after = 0.0
+        for name in names:
+            b = geom.board(name)
+            w0, w1 = reco_window(b, det)
+            before = max(before, (det.trigger_sample - w0 + 1) * det.sample_ns
+                         + TAIL_TP * b.pulse_tp_ns)
+            after = max(after, (w1 - 1 - det.trigger_sample) * det.sample_ns + b.pulse_tp_ns)
+        return before, after
+
+    t = truth["t_ns"]
+    before, after = reach(tuple(geom.board_names))
+    gap = np.diff(t)
+    alone = (np.r_[np.inf, gap] >= before) & (np.r_[gap, np.inf] >= after)
+    before, after = reach(("VETO", "HCAL"))
+    halo = truth["halo_dt"]
+    return alone & (halo[:, 0] <= -before) & (halo[:, 1] >= after)
+
+
+def beam_near_window(geom: Geometry, truth: dict[str, np.ndarray]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: a beam neighbour whose pulse peaks within a sample of the BEAM window (a
+    pulse or track found in the window needs one), and the distance to the nearest beam
+    neighbour (ns)."""
+    det = geom.detector
+    w0, w1 = reco_window(geom.board("BEAM"), det)
+    lo_ns = (w0 - 2 - det.trigger_sample) * det.sample_ns
+    hi_ns = (w1 - det.trigger_sample) * det.sample_ns
+    t = truth["t_ns"]
+    near = np.zeros(len(t), bool)
+    nearest = np.full(len(t), np.inf)
+    for k in range(1, 6):  # 5 particles each side: more in 90 ns is beyond 1e8 per spill
+        for a, b in ((slice(k, None), slice(None, -k)), (slice(None, -k), slice(k, None))):
+            dt = t[b] - t[a]
+            near[a] |= (dt > lo_ns) & (dt < hi_ns)
+            nearest[a] = np.minimum(nearest[a], np.abs(dt))
+    return near, nearest
