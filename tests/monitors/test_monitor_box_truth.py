@@ -4,7 +4,8 @@ A fraction of a spill (0.08 s: pileup as at full intensity) with the rare proces
 up (A' and dimuons 2e-3 per electron), fixed seed. The truth predictions are made from the
 simulator's truth (process, true momentum, each particle's own energy sums, particle
 times), not from the features: an event free of pileup (no other particle's pulse reaches
-any board's reconstruction window, tests/pileup_truth.alone_in_windows) is expected in a region exactly when its own energies and true momentum are. The momentum
+any board's reconstruction window, tests/pileup_truth.alone_in_windows) is expected in a
+region exactly when its own energies and true momentum are. The momentum
 tail of the upstream-loss electrons is computed from the Gaussian resolution (1 %).
 """
 
