@@ -218,6 +218,9 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                                          / sample_ns)) + 2)
             if m1 <= m0:
                 m0, m1 = 0, nsamp
+            # only the window and a sample on each side of it are read (_scan, _peak)
+            m0 = max(m0, w0 - 1)
+            m1 = min(m1, w1 + 1)
             shared = mg <= MAX_PULSES  # the sampled pulses, once for all channels
             if shared:
                 for g in range(mg):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from daq.geometry import Calibration, Geometry, reco_window
+from daq.geometry import Board, Calibration, Geometry, reco_window
 from simulators.calibrate import SumSpec, to_adc
 from simulators.config import FaultConfig, SimConfig
 from simulators.errors import SimulatorError
@@ -100,8 +100,11 @@ class Simulator:
         self._blocks: dict[tuple[int, int], Particles] = {}
         self._halo: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         sampling = Sampling(det.samples, det.sample_ns, det.trigger_sample)
-        #: per board, how far before and after an event a particle's pulse reaches its trace
-        self.reach = {b.name: trace_reach(b.pulse_tp_ns, sampling) for b in geom.boards}
+        #: per board, how far before and after an event a particle's pulse reaches what the
+        #: board reads: its whole trace (waveforms), or its reconstruction window and a
+        #: sample either side (features: nothing else changes them)
+        self.reach = {b.name: trace_reach(b.pulse_tp_ns, sampling, self._read(b))
+                      for b in geom.boards}
         self._v1: dict[int, int] = {}
         self._sums: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         hcal = geom.board("HCAL")
@@ -111,6 +114,14 @@ class Simulator:
             "e_ecal": ("ECAL", [None]), "e_ps": ("ECAL", [geom.board("ECAL").indices("PS")]),
             "e_hcal": ("HCAL", [hcal.indices(f"HCAL{m}") for m in range(1, 5)]),
             "e_veto": ("VETO", [None]), "e_srd": ("SRD", [None])}
+
+    def _read(self, board: Board) -> tuple[int, int] | None:
+        """The samples of `board` the readout depends on: all (None) for waveforms, the
+        reconstruction window and one sample either side for features (_scan, _peak)."""
+        if self.cfg.mode == "waveform":
+            return None
+        w0, w1 = reco_window(board, self.geom.detector)
+        return max(0, w0 - 1), min(self.geom.detector.samples, w1 + 1)
 
     def _drift_channel(self, geom: Geometry) -> int | None:
         name = self.cfg.ecal_drift_cell

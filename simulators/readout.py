@@ -323,14 +323,16 @@ def spans(t: np.ndarray, ev: np.ndarray, before_ns: float, after_ns: float
     return lo, hi
 
 
-def trace_reach(tp_ns: float, sampling: Sampling) -> tuple[float, float]:
+def trace_reach(tp_ns: float, sampling: Sampling, samples: tuple[int, int] | None = None
+                ) -> tuple[float, float]:
     """(before, after), ns: a particle whose offset from the event's is within
-    (-before, after) has a pulse in the event's trace. The in-time pulse peaks up to a
-    sample after the trigger sample (the beam phase); a pulse starts tp before its peak
-    and the kernels follow it TABLE_SPAN tp from its start (beyond, the shape is < 2e-6:
-    nothing of it reaches the samples)."""
-    before = (sampling.trigger_sample + 1) * sampling.sample_ns + (TABLE_SPAN - 1) * tp_ns
-    after = (sampling.samples - 1 - sampling.trigger_sample) * sampling.sample_ns + tp_ns
+    (-before, after) has a pulse at some of the `samples` [first, last) of the event's
+    trace (default: all of them). The in-time pulse peaks up to a sample after the trigger
+    sample (the beam phase); a pulse starts tp before its peak and the kernels follow it
+    TABLE_SPAN tp from its start (beyond, the shape is < 2e-6: nothing of it is added)."""
+    first, last = (0, sampling.samples) if samples is None else samples
+    before = (sampling.trigger_sample + 1 - first) * sampling.sample_ns + (TABLE_SPAN - 1) * tp_ns
+    after = (last - 1 - sampling.trigger_sample) * sampling.sample_ns + tp_ns
     return before, after
 
 
