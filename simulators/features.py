@@ -1,9 +1,10 @@
 """Feature-mode readout, zero-suppressed as a digitiser FPGA sends it (docs/dataflow.md).
 
-Per event and channel the board finds the amplitude (the largest peak of the pulses in the
-gate, plus noise), its time and the pulse count, exactly as before suppression; it sends
-the channels whose amplitude rounded to ADC counts reaches zs_adc. Most events are alone
-in their gate and most of their channels read only noise, so the kernel looks at the
+Per event and channel the board finds the amplitude (the largest peak, in the board's
+reconstruction window, of the pulses of the particles in its gate - those whose pulses reach
+the window - plus noise), its time and the pulse count, exactly as before suppression; it
+sends the channels whose amplitude rounded to ADC counts reaches zs_adc. Many events are
+alone in their gate and most of their channels read only noise, so the kernel looks at the
 channels that can reach zs_adc: those where a particle deposits, and those whose noise
 alone does (a bitmap over the noise pool). `features_dense` keeps every channel unrounded
 and the tests hold `features` to it.
