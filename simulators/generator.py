@@ -219,7 +219,6 @@ class Simulator:
             {n: np.bitwise_or.reduce([p.reach[n] for p in blocks]) for n in blocks[0].reach})
         return _cut(cat, cut0, cut1), a
 
-    # -- slice level -------------------------------------------------------------------
     def _halo_block(self, plan: SpillPlan, k: int) -> dict[str, np.ndarray]:
         """Deposits (ADC) of halo particles [k s, (k + 1) s) of the spill, s = slice_events,
         from their own stream (the same whichever slice reads them)."""
@@ -237,13 +236,10 @@ class Simulator:
         return blk
 
     def _halo_rows(self, plan: SpillPlan, board: str, a: int, b: int) -> np.ndarray:
-        """Deposits (ADC) on `board` of halo particles [a, b) of the spill."""
+        """Deposits (ADC) on `board` of halo particles [a, b) of the spill (a < b)."""
         s = plan.slice_events
         rows = [self._halo_block(plan, k)[board] for k in range(a // s, (b - 1) // s + 1)]
         cut = a - (a // s) * s
-        nch = self.geom.n_channels(board)
-        if not rows:
-            return np.zeros((0, nch), np.float32)
         return np.concatenate(rows)[cut:cut + (b - a)]
 
     # -- slice level -------------------------------------------------------------------
@@ -315,10 +311,11 @@ class Simulator:
         if hb <= ha:
             return t, ev, dep, touched, reach
         hdep = self._halo_rows(plan, board, ha, hb)
-        order = np.argsort(np.concatenate([t, plan.halo_t[ha:hb]]), kind="stable")
-        where = np.empty(len(order), np.int64)
+        times = np.concatenate([t, plan.halo_t[ha:hb]])
+        order = np.argsort(times, kind="stable")
+        where = np.empty(len(order), np.int64)  # the merged position of each particle
         where[order] = np.arange(len(order))
-        return (np.concatenate([t, plan.halo_t[ha:hb]])[order], where[ev],
+        return (times[order], where[ev],
                 np.concatenate([dep, hdep])[order],
                 np.concatenate([touched, (hdep > 0).any(axis=1).astype(np.uint8)])[order],
                 reach | (hdep > 0).any(axis=0).astype(np.uint8))
