@@ -29,7 +29,9 @@ class Channel(StrictModel):
 
 class Board(StrictModel):
     name: Name = Field(description="Board name (BEAM, SRD, ECAL, VETO, HCAL or custom).")
-    window_ns: float = Field(gt=0, le=400, description="Integration gate width in ns.")
+    window_ns: float = Field(
+        gt=0, le=400, description="Reconstruction time window around the in-time peak, ns "
+        "(the samples of reco_window).")
     pulse_tp_ns: float = Field(
         default=20.0, gt=0, le=200,
         description="Peaking time of the board's CR-RC^2 pulse (start to peak), ns.")
@@ -90,6 +92,18 @@ class DetectorInfo(StrictModel):
     pedestal: float = Field(ge=0, le=65535, description="Nominal pedestal, ADC counts.")
     noise: float = Field(ge=0, le=1000, description="Pedestal noise RMS, ADC counts.")
     trigger_sample: int = Field(ge=0, le=1023, description="Sample where in-time pulses peak.")
+
+
+def reco_window(board: Board, det: DetectorInfo) -> tuple[int, int]:
+    """Samples [first, last) of `board`'s reconstruction window: the round(window_ns /
+    sample_ns) samples (at least one) around the trigger sample, where an in-time pulse
+    peaks (a fraction of a sample after it: the beam phase), one more after it than before
+    it when the count is even. Both readout modes take a channel's amplitude and pulse count
+    from these samples only (decision 0003, "Pileup"): a pulse that peaks outside them adds
+    at most its tail. Clipped to the trace."""
+    n = max(1, round(board.window_ns / det.sample_ns))
+    first = det.trigger_sample - (n - 1) // 2
+    return max(0, first), min(det.samples, first + n)
 
 
 class Geometry(StrictModel):

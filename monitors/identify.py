@@ -81,8 +81,8 @@ def classify(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,
 
     electron: SRD-tagged and an electromagnetic shower start in the preshower;
     muon: no SRD, a MIP or more in every HCAL module (including the zero-degree HCAL4,
-    which halo pileup does not reach) and no shower. Nothing on the ECAL: its 100 ns gate
-    holds a neighbour's shower for one muon in eight at 6e6 e-/spill;
+    which halo pileup does not reach) and no shower. Nothing on the ECAL: its 100 ns window
+    holds a neighbour's shower (or its tail) for many muons at 6e6 e-/spill;
     hadron: no SRD, not a muon, E_HCAL above the hadron threshold; other: the rest.
     """
     n = len(f["e_ecal"])

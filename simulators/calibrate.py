@@ -22,7 +22,7 @@ SumSpec = Mapping[str, tuple[str, Sequence[np.ndarray | None]]]
 
 def to_adc(p: Particles, gain: Mapping[str, np.ndarray], sums: SumSpec
            ) -> dict[str, np.ndarray]:
-    """Multiply every deposit of `p` (and its halo) by its channel's gain, in place; set
+    """Multiply every deposit of `p` by its channel's gain, in place; set
     `p.touched` (which particles deposit in some channel of a board) and `p.reach` (in
     which channels some particle deposits).
 
@@ -54,9 +54,6 @@ def to_adc(p: Particles, gain: Mapping[str, np.ndarray], sums: SumSpec
         for name, groups in wanted:
             out[name] = res[:, j] if len(groups) == 1 else res[:, j:j + len(groups)]
             j += len(groups)
-        if board in p.halo:
-            h = p.halo[board]
-            _scale_halo(h.amp, h.lines, h.line, g32)
     return out
 
 
@@ -72,9 +69,6 @@ def to_adc_reference(p: Particles, gain: Mapping[str, np.ndarray], sums: SumSpec
         p.touched[board] = np.asarray((p.dep[board] > 0).any(axis=1), np.uint8)
         p.reach[board] = np.asarray((p.dep[board] > 0).any(axis=0), np.uint8)
         p.dep[board] *= g
-        if board in p.halo:
-            h = p.halo[board]
-            h.amp *= g[h.lines[h.line]]
     return out
 
 
@@ -169,10 +163,3 @@ def _pairwise_block(a: np.ndarray, r: int, lo: int, n: int) -> np.float32:
         s += a[r, lo + i]
         i += 1
     return s
-
-
-@kernel
-def _scale_halo(amp: np.ndarray, lines: np.ndarray, line: np.ndarray, gain: np.ndarray) -> None:
-    for j in range(amp.shape[0]):
-        for q in range(amp.shape[1]):
-            amp[j, q] = amp[j, q] * gain[lines[line[j], q]]

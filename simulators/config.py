@@ -42,6 +42,12 @@ class SimConfig(StrictModel):
     signal_rate: float = Field(1e-4, ge=0, le=0.5,
                                description="e Z -> e Z A' (A' invisible), per electron.")
     v1_fraction: float = Field(0.02, ge=0, le=1, description="Particles (halo) that hit V1.")
+    halo_rate: float = Field(
+        0.47, ge=0, le=1,
+        description="Beam-halo muons per beam particle: off-axis, uniform in time (a Poisson "
+                    "process at this fraction of the beam rate); each crosses one VETO "
+                    "counter and one line of HCAL1-3 cells, nothing else (decision 0003, "
+                    "\"Pileup\").")
     slice_events: int = Field(4096, ge=1, le=1 << 20,
                               description="Events per slice (fixed slice boundaries).")
     seed: int = Field(1, ge=0, le=2**63 - 1, description="Seed of every random stream.")

@@ -1,9 +1,10 @@
 """Feature-mode readout, zero-suppressed as a digitiser FPGA sends it (docs/dataflow.md).
 
-Per event and channel the board finds the amplitude (the largest peak of the pulses in the
-gate, plus noise), its time and the pulse count, exactly as before suppression; it sends
-the channels whose amplitude rounded to ADC counts reaches zs_adc. Most events are alone
-in their gate and most of their channels read only noise, so the kernel looks at the
+Per event and channel the board finds the amplitude (the largest peak, in the board's
+reconstruction window, of the pulses of the particles in its gate - those whose pulses reach
+the window - plus noise), its time and the pulse count, exactly as before suppression; it
+sends the channels whose amplitude rounded to ADC counts reaches zs_adc. Many events are
+alone in their gate and most of their channels read only noise, so the kernel looks at the
 channels that can reach zs_adc: those where a particle deposits, and those whose noise
 alone does (a bitmap over the noise pool). `features_dense` keeps every channel unrounded
 and the tests hold `features` to it.
@@ -16,14 +17,12 @@ import numpy as np
 from daq.geometry import peak_correction
 from daq.hits import FEATURE_HITS, T_UNIT_NS
 from simulators.jit import inline, kernel, prefetch, trailing_zeros
-from simulators.physics import Halo
 from simulators.readout import (
     MAX_PULSES,
     TABLE_STEP_NS,
     PulseShape,
     Sampling,
     beam_phase,
-    halo_args,
     phase_grid,
     shape_at,
     shape_table,
@@ -49,7 +48,7 @@ def loud_bits(noise: np.ndarray, zs_adc: float) -> np.ndarray:
 
 
 def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-             dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+             dep_self: np.ndarray, shape: PulseShape,
              noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
              zs_adc: float, table: np.ndarray | None = None, loud: np.ndarray | None = None,
              deposits: tuple[np.ndarray, np.ndarray] | None = None, *,
@@ -71,27 +70,27 @@ def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         deposits = (np.asarray((dep_self > 0).any(axis=1), np.uint8),
                     np.asarray((dep_self > 0).any(axis=0), np.uint8))
     touched, reach = deposits
-    hits, _ = _features(ev, t, lo, hi, dep_self, halo, shape, noise_pool, offsets, threshold,
+    hits, _ = _features(ev, t, lo, hi, dep_self, shape, noise_pool, offsets, threshold,
                         amp_max, zs_adc, table, loud, touched, reach, sampling, dense=False)
     return hits
 
 
 def features_dense(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                   dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+                   dep_self: np.ndarray, shape: PulseShape,
                    noise_pool: np.ndarray, offsets: np.ndarray, threshold: float,
                    amp_max: float, table: np.ndarray | None = None, *,
                    sampling: Sampling) -> dict[str, np.ndarray]:
     """Every channel's features before suppression and rounding, (count, nch): `amp` and
     `tpeak` (ns) float32, `npulse` uint8. What `features` reduces to its hits."""
     no_hit = np.zeros(len(noise_pool) // 64 + 1, np.uint64)  # zs = inf: no channel is a hit
-    _, dense = _features(ev, t, lo, hi, dep_self, halo, shape, noise_pool, offsets, threshold,
+    _, dense = _features(ev, t, lo, hi, dep_self, shape, noise_pool, offsets, threshold,
                          amp_max, np.inf, table, no_hit, np.zeros(len(dep_self), np.uint8),
                          np.zeros(dep_self.shape[1], np.uint8), sampling, dense=True)
     return dense
 
 
 def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-              dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+              dep_self: np.ndarray, shape: PulseShape,
               noise_pool: np.ndarray, offsets: np.ndarray, threshold: float, amp_max: float,
               zs_adc: float, table: np.ndarray | None, loud: np.ndarray, touched: np.ndarray,
               reach: np.ndarray, sampling: Sampling, *, dense: bool
@@ -104,9 +103,10 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
         "amp": np.empty((rows, nch), np.float32), "tpeak": np.empty((rows, nch), np.float32),
         "npulse": np.empty((rows, nch), np.uint8)}
     total = _feature_kernel(
-        ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
+        ev, t.astype(np.float64, copy=False), lo, hi, dep_self,
         shape_table(shape) if table is None else table, shape.tp_ns,
         float(sampling.sample_ns), int(sampling.trigger_sample), int(sampling.samples),
+        *sampling.span,
         phase_grid(sampling.sample_ns)[beam_phase(t, ev, sampling.sample_ns)],
         peak_correction(shape.tp_ns, sampling.sample_ns), noise_pool, loud, touched,
         np.flatnonzero(reach).astype(np.int64), offsets, threshold,
@@ -120,9 +120,9 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
 
 @kernel
 def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                    dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
-                    hamp: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
-                    trig: int, nsamp: int, phase: np.ndarray, corr: np.ndarray,
+                    dep_self: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
+                    trig: int, nsamp: int, w0: int, w1: int, phase: np.ndarray,
+                    corr: np.ndarray,
                     noise_pool: np.ndarray,
                     loud: np.ndarray,
                     touched: np.ndarray,
@@ -145,7 +145,6 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
     dts = np.empty((nch, MAX_PULSES))
     gi = np.empty((nch, MAX_PULSES), np.int64)  # and gate indices
     cnt = np.zeros(nch, np.int64)
-    row = np.empty(nch, np.float32)
     samp = np.empty((MAX_PULSES, nsamp))  # pileup: each gate particle's pulse at the samples
     trace = np.empty(nsamp)
     k = 0
@@ -196,19 +195,15 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                 t_row[c] = 0.0
                 n_row[c] = 1 if a > thr else 0
         else:
-            # pileup: each particle of the gate scatters its deposits (with its halo when it
-            # is a neighbour, added as _dep adds them) into per-channel pulse lists
+            # pileup: each particle of the gate scatters its deposits into per-channel
+            # pulse lists
             cnt[:] = 0
             for j in range(lo[e], hi[e]):
-                for c in range(nch):
-                    row[c] = dep_self[j, c]
-                if j != i and lines.shape[0] > 0:
-                    for q in range(lines.shape[1]):
-                        row[lines[hline[j], q]] += hamp[j, q]
                 dt = t[j] - t[i]
                 for c in range(nch):
-                    if row[c] > 0.0 and cnt[c] < MAX_PULSES:
-                        amps[c, cnt[c]] = row[c]
+                    d = dep_self[j, c]
+                    if d > 0.0 and cnt[c] < MAX_PULSES:
+                        amps[c, cnt[c]] = d
                         dts[c, cnt[c]] = dt
                         gi[c, cnt[c]] = j - lo[e]
                         cnt[c] += 1
@@ -224,6 +219,9 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                                          / sample_ns)) + 2)
             if m1 <= m0:
                 m0, m1 = 0, nsamp
+            # only the window and a sample on each side of it are read (_scan, _peak)
+            m0 = max(m0, w0 - 1)
+            m1 = min(m1, w1 + 1)
             shared = mg <= MAX_PULSES  # the sampled pulses, once for all channels
             if shared:
                 for g in range(mg):
@@ -249,7 +247,15 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                             trace[m] += amps[c, p] * (
                                 samp[gi[c, p], m] if shared
                                 else shape_at(t0 + m * sample_ns - dts[c, p], table, tp))
-                    _, mbest, np_ = _scan(trace, m0, m1, nsamp, thr)
+                    # amplitude, time and pulses from the reconstruction window's samples
+                    # (w0 .. w1 - 1), as the trigger takes them from a waveform
+                    s0, s1 = max(m0, w0), min(m1, w1)
+                    if s1 <= s0:  # no pulse reaches the window
+                        a_row[c] = noise
+                        t_row[c] = 0.0
+                        n_row[c] = 0
+                        continue
+                    _, mbest, np_ = _scan(trace, s0, s1, nsamp, thr)
                     a_row[c] = min(_peak(trace, mbest, nsamp, thr, corr) + noise, amp_max)
                     t_row[c] = t0 + mbest * sample_ns
                     n_row[c] = min(np_, 255)
@@ -336,8 +342,9 @@ def _scan(trace: np.ndarray, m0: int, m1: int, ns: int, thr: float
     """The sampled trace's largest sample, its index, and its pulses: samples above `thr`
     strictly higher than the sample before and not lower than the one after (the trigger's
     pulse definition, `trigger.kernels.PEAK_HALF_WIDTH` = 1), so both readout modes resolve
-    two pulses alike (decision 0003, "Double-pulse resolution"). Only trace[m0:m1] can be
-    non-zero (and trace[m0 - 1], trace[m1] are 0 where they exist): the rest is skipped."""
+    two pulses alike (decision 0003, "Double-pulse resolution"). The samples m0 .. m1 - 1
+    are scanned (the reconstruction window where some pulse reaches it); trace[m0 - 1] and
+    trace[m1] must hold their values (or 0) where they exist."""
     best = trace[m0]
     mbest = m0
     n = 0

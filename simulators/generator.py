@@ -1,24 +1,24 @@
 """Spill-by-spill, slice-by-slice generation of board readout and truth (pure, seeded).
 
-Only the sorted arrival times of a spill are held whole; particles and readout are made one
-slice at a time. Particle block k of a spill comes from its own random stream, so a
-particle is the same whether it is the triggering one or a pileup neighbour of the next
-slice, and any slice can be regenerated alone.
+Only the sorted arrival times of a spill (beam and halo) are held whole; particles and
+readout are made one slice at a time. Particle block k of a spill comes from its own random
+stream (and so does halo block k), so a particle is the same whether it is the triggering
+one or a pileup neighbour of the next slice, and any slice can be regenerated alone.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from daq.geometry import Calibration, Geometry
+from daq.geometry import Board, Calibration, Geometry, reco_window
 from simulators.calibrate import SumSpec, to_adc
 from simulators.config import FaultConfig, SimConfig
 from simulators.errors import SimulatorError
 from simulators.features import features, loud_bits
-from simulators.physics import Halo, Layout, Particles, Process, generate_block
+from simulators.physics import HALO_BOARDS, Layout, Particles, Process, generate_block, halo_block
 from simulators.readout import (
     PulseShape,
     Sampling,
@@ -26,6 +26,8 @@ from simulators.readout import (
     noise_pool,
     rounded_noise,
     shape_table,
+    spans,
+    trace_reach,
     waveform_hits,
     waveforms,
 )
@@ -60,6 +62,8 @@ class SpillPlan:
     t: np.ndarray
     slice_events: int
     t0_ns: int
+    #: sorted arrival times (float ns) of the spill's beam-halo particles (never events)
+    halo_t: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def events(self) -> int:
@@ -94,6 +98,13 @@ class Simulator:
         self.tables = {s: shape_table(s) for s in set(self.shapes.values())}
         self.threshold = 5 * det.noise  # FPGA pulse threshold, ADC counts
         self._blocks: dict[tuple[int, int], Particles] = {}
+        self._halo: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+        sampling = Sampling(det.samples, det.sample_ns, det.trigger_sample)
+        #: per board, how far before and after an event a particle's pulse reaches what the
+        #: board reads: its whole trace (waveforms), or its reconstruction window and a
+        #: sample either side (features: nothing else changes them)
+        self.reach = {b.name: trace_reach(b.pulse_tp_ns, sampling, self._read(b))
+                      for b in geom.boards}
         self._v1: dict[int, int] = {}
         self._sums: dict[tuple[int, int], dict[str, np.ndarray]] = {}
         hcal = geom.board("HCAL")
@@ -103,6 +114,14 @@ class Simulator:
             "e_ecal": ("ECAL", [None]), "e_ps": ("ECAL", [geom.board("ECAL").indices("PS")]),
             "e_hcal": ("HCAL", [hcal.indices(f"HCAL{m}") for m in range(1, 5)]),
             "e_veto": ("VETO", [None]), "e_srd": ("SRD", [None])}
+
+    def _read(self, board: Board) -> tuple[int, int] | None:
+        """The samples of `board` the readout depends on: all (None) for waveforms, the
+        reconstruction window and one sample either side for features (_scan, _peak)."""
+        if self.cfg.mode == "waveform":
+            return None
+        w0, w1 = reco_window(board, self.geom.detector)
+        return max(0, w0 - 1), min(self.geom.detector.samples, w1 + 1)
 
     def _drift_channel(self, geom: Geometry) -> int | None:
         name = self.cfg.ecal_drift_cell
@@ -140,13 +159,19 @@ class Simulator:
 
     # -- spill level -------------------------------------------------------------------
     def plan(self, spill: int) -> SpillPlan:
-        """Arrival times: N ~ Poisson(I * generated/length), uniform in [0, generated), sorted."""
+        """Arrival times: N ~ Poisson(I * generated/length), uniform in [0, generated), sorted;
+        the halo: each beam particle brings one with probability `halo_rate`, placed
+        uniformly (a Poisson process at halo_rate x the beam rate, independent of the beam;
+        from its own stream, so the beam is what it is without it)."""
         cfg = self.cfg
         rng = np.random.default_rng([cfg.seed, spill, 0])
         mean = cfg.intensity * self.faults.intensity_factor(spill) * cfg.gen_s / cfg.spill_length_s
         n = int(rng.poisson(mean))
         t = np.sort(rng.uniform(0.0, cfg.gen_s * 1e9, n))
-        return SpillPlan(spill, t, cfg.slice_events, round(spill * cfg.spill_period_s * 1e9))
+        hrng = np.random.default_rng([cfg.seed, spill, 0, 1])
+        halo_t = np.sort(hrng.uniform(0.0, cfg.gen_s * 1e9, hrng.binomial(n, cfg.halo_rate)))
+        return SpillPlan(spill, t, cfg.slice_events, round(spill * cfg.spill_period_s * 1e9),
+                         halo_t)
 
     def slices(self, plan: SpillPlan) -> Iterator[Slice]:
         """Every slice of a spill, in order."""
@@ -155,6 +180,7 @@ class Simulator:
                 yield self.make_slice(plan, k)
         finally:
             self._blocks.clear()
+            self._halo.clear()
             self._sums.clear()  # else the last block's sums of every spill stay behind
 
     def _block(self, plan: SpillPlan, k: int) -> Particles:
@@ -189,12 +215,32 @@ class Simulator:
             np.concatenate([p.e_true for p in blocks]),
             np.concatenate([p.p_true for p in blocks]),
             {n: np.concatenate([p.dep[n] for p in blocks]) for n in blocks[0].dep},
-            {n: Halo(blocks[0].halo[n].lines,
-                     np.concatenate([p.halo[n].line for p in blocks]),
-                     np.concatenate([p.halo[n].amp for p in blocks])) for n in blocks[0].halo},
             {n: np.concatenate([p.touched[n] for p in blocks]) for n in blocks[0].touched},
             {n: np.bitwise_or.reduce([p.reach[n] for p in blocks]) for n in blocks[0].reach})
         return _cut(cat, cut0, cut1), a
+
+    def _halo_block(self, plan: SpillPlan, k: int) -> dict[str, np.ndarray]:
+        """Deposits (ADC) of halo particles [k s, (k + 1) s) of the spill, s = slice_events,
+        from their own stream (the same whichever slice reads them)."""
+        key = (plan.spill, k)
+        blk = self._halo.get(key)
+        if blk is None:
+            s = plan.slice_events
+            n = min(len(plan.halo_t), (k + 1) * s) - k * s
+            rng = np.random.default_rng([self.cfg.seed, plan.spill, k + 1, 3])
+            gains = self._gains(plan.spill)
+            blk = {b: d * gains[b] for b, d in halo_block(self.layout, rng, n).items()}
+            self._halo[key] = blk
+            for old in [h for h in self._halo if h[0] != plan.spill or h[1] < k - 2]:
+                del self._halo[old]
+        return blk
+
+    def _halo_rows(self, plan: SpillPlan, board: str, a: int, b: int) -> np.ndarray:
+        """Deposits (ADC) on `board` of halo particles [a, b) of the spill (a < b)."""
+        s = plan.slice_events
+        rows = [self._halo_block(plan, k)[board] for k in range(a // s, (b - 1) // s + 1)]
+        cut = a - (a // s) * s
+        return np.concatenate(rows)[cut:cut + (b - a)]
 
     # -- slice level -------------------------------------------------------------------
     def make_slice(self, plan: SpillPlan, k: int) -> Slice:
@@ -203,7 +249,8 @@ class Simulator:
         first = k * plan.slice_events
         count = min(plan.slice_events, plan.events - first)
         ev_global = np.arange(first, first + count, dtype=np.int64)
-        ranges = {b.name: self._gates(plan, first, count, b.window_ns) for b in self.geom.boards}
+        ranges = {b.name: self._spans(plan.t, first, count, *self.reach[b.name])
+                  for b in self.geom.boards}
         a = int(min(r[0][0] for r in ranges.values()))
         b = int(max(r[1][-1] for r in ranges.values()))
         parts, base = self._particles(plan, a, b)
@@ -213,48 +260,78 @@ class Simulator:
         boards: dict[str, dict[str, np.ndarray]] = {}
         pileup = np.empty((count, len(self.board_names)), np.uint8)
         for bi, board in enumerate(self.geom.boards):
+            # the truth's pileup: beam neighbours within the reconstruction window
+            glo, ghi = gates(t, ev, board.window_ns)
+            pileup[:, bi] = np.minimum(ghi - glo - 1, 255)
             lo, hi = ranges[board.name]
-            lo, hi = lo - base, hi - base
-            pileup[:, bi] = np.minimum(hi - lo - 1, 255)
-            dep = parts.dep[board.name]
-            halo = parts.halo.get(board.name)
+            tb, evb, lo, hi = t, ev, lo - base, hi - base
+            dep, touched = parts.dep[board.name], parts.touched[board.name]
+            reach = parts.reach[board.name]
+            if board.name in HALO_BOARDS:
+                tb, evb, dep, touched, reach = self._with_halo(plan, board.name, t, ev, dep,
+                                                               touched, reach)
+                lo, hi = spans(tb, evb, *self.reach[board.name])
             shape = self.shapes[board.name]
+            window = reco_window(board, det)
             offsets = rng.integers(0, NOISE_POOL, count)
             if self.cfg.mode == "feature":
                 ped = float(np.max(self.calib.pedestal[board.name]))
                 boards[board.name] = features(
-                    ev, t, lo, hi, dep, halo, shape, self.noise, offsets,
+                    evb, tb, lo, hi, dep, shape, self.noise, offsets,
                     self.threshold, det.adc_max - ped, self.cfg.zs_adc, self.tables[shape],
-                    self.loud, (parts.touched[board.name], parts.reach[board.name]),
-                    sampling=Sampling(det.samples, det.sample_ns, det.trigger_sample))
+                    self.loud, (touched, reach),
+                    sampling=Sampling(det.samples, det.sample_ns, det.trigger_sample, window))
                 continue
-            args = (ev, t, lo, hi, dep, halo, shape, self.calib.pedestal[board.name],
+            args = (evb, tb, lo, hi, dep, shape, self.calib.pedestal[board.name],
                     self.noise, offsets, det.samples, det.sample_ns, det.trigger_sample,
                     det.adc_max)
             if self.cfg.zero_suppress:
                 boards[board.name] = waveform_hits(*args, self.cfg.zs_adc, self.tables[shape],
-                                                   self.noise_int)
+                                                   self.noise_int, window=window)
             else:
                 boards[board.name] = {"wave": waveforms(*args, self.tables[shape],
                                                         self.noise_int)}
         ts = plan.t[first:first + count].astype(np.int64)
         self._block(plan, k)  # slice k is particle block k: its truth sums are ready
         truth = self._truth(self._sums[(plan.spill, k)], parts, ev, ts, pileup)
+        truth["t_ns"] = plan.t[first:first + count]
+        truth["halo_dt"] = _nearest(plan.halo_t, truth["t_ns"])
         self._v1[plan.spill] = self._v1.get(plan.spill, 0) + int(truth["v1"].sum())
         return Slice(plan.spill, k, first, count, ts, boards, truth)
 
-    def _gates(self, plan: SpillPlan, first: int, count: int, window_ns: float
+    def _with_halo(self, plan: SpillPlan, board: str, t: np.ndarray, ev: np.ndarray,
+                   dep: np.ndarray, touched: np.ndarray, reach: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The beam particles (times t, deposits dep) merged in time order with the halo
+        particles whose pulses reach the traces of events `ev`: times, the events' new
+        indices, deposits, `touched` and `reach` (as calibrate.to_adc notes them)."""
+        before, after = self.reach[board]
+        ha = int(np.searchsorted(plan.halo_t, t[ev[0]] - before, side="right"))
+        hb = int(np.searchsorted(plan.halo_t, t[ev[-1]] + after, side="left"))
+        if hb <= ha:
+            return t, ev, dep, touched, reach
+        hdep = self._halo_rows(plan, board, ha, hb)
+        times = np.concatenate([t, plan.halo_t[ha:hb]])
+        order = np.argsort(times, kind="stable")
+        where = np.empty(len(order), np.int64)  # the merged position of each particle
+        where[order] = np.arange(len(order))
+        return (times[order], where[ev],
+                np.concatenate([dep, hdep])[order],
+                np.concatenate([touched, (hdep > 0).any(axis=1).astype(np.uint8)])[order],
+                reach | (hdep > 0).any(axis=0).astype(np.uint8))
+
+    def _spans(self, t: np.ndarray, first: int, count: int, before: float, after: float
                ) -> tuple[np.ndarray, np.ndarray]:
-        """`gates` searched in a margin around the slice, not in the whole spill's times."""
+        """`spans` searched in a margin around the slice, not in the whole spill's times."""
         ev = np.arange(first, first + count, dtype=np.int64)
         margin = 256
         while True:
             w0 = max(0, first - margin)
-            w1 = min(plan.events, first + count + margin)
-            lo, hi = gates(plan.t[w0:w1], ev - w0, window_ns)
-            if (lo[0] > 0 or w0 == 0) and (hi[-1] < w1 - w0 or w1 == plan.events):
+            w1 = min(len(t), first + count + margin)
+            lo, hi = spans(t[w0:w1], ev - w0, before, after)
+            if (lo[0] > 0 or w0 == 0) and (hi[-1] < w1 - w0 or w1 == len(t)):
                 return lo + w0, hi + w0
-            margin *= 4  # a gate reached the margin's edge: widen and search again
+            margin *= 4  # a span reached the margin's edge: widen and search again
 
     def _truth(self, sums: dict[str, np.ndarray], p: Particles, ev: np.ndarray,
                ts: np.ndarray, pileup: np.ndarray) -> dict[str, np.ndarray]:
@@ -268,5 +345,15 @@ class Simulator:
 def _cut(p: Particles, a: int, b: int) -> Particles:
     return Particles(p.species[a:b], p.process[a:b], p.e_true[a:b], p.p_true[a:b],
                      {n: v[a:b] for n, v in p.dep.items()},
-                     {n: Halo(h.lines, h.line[a:b], h.amp[a:b]) for n, h in p.halo.items()},
                      {n: v[a:b] for n, v in p.touched.items()}, p.reach)
+
+
+def _nearest(halo_t: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Truth: (count, 2) float32, the offset (ns) of the nearest halo particle before each
+    time of `t` (negative; -inf if none) and after it (+inf if none)."""
+    tt = np.concatenate([[-np.inf], halo_t, [np.inf]])
+    k = np.searchsorted(halo_t, t, side="left")  # halo_t[k - 1] < t <= halo_t[k]
+    out = np.empty((len(t), 2), np.float32)
+    out[:, 0] = tt[k] - t
+    out[:, 1] = tt[k + 1] - t
+    return out

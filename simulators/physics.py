@@ -96,8 +96,9 @@ class Particles:
     process: np.ndarray  # uint8
     e_true: np.ndarray  # float32, particle energy, GeV
     p_true: np.ndarray  # float32, momentum at the spectrometer (upstream loss taken), GeV
-    dep: dict[str, np.ndarray]  # board -> (n, nch) float32 deposit when in time
-    halo: dict[str, Halo]  # board -> extra deposit when a pileup neighbour (VETO, HCAL)
+    #: board -> (n, nch) float32 deposit, the same whether the particle triggers or is a
+    #: pileup neighbour (at its own time offset)
+    dep: dict[str, np.ndarray]
     #: board -> uint8 (n,): the particle deposits in some channel (set by calibrate.to_adc)
     touched: dict[str, np.ndarray] = field(default_factory=dict)
     #: board -> uint8 (nch,): some particle deposits in the channel (a superset will do)
@@ -215,7 +216,7 @@ def generate_block(cfg: SimConfig, layout: Layout, rng: np.random.Generator, n: 
     split_srd(rng.random((n, 3), dtype=f32), srd, dep["SRD"])
     if layout.track is not None:  # drawn last: every other quantity is as without it
         _spectrometer(dep["BEAM"], layout.track, p_true, rng, cfg.tracker_resolution)
-    return Particles(species, process, e_true, p_true, dep, _halo(layout, rng, n))
+    return Particles(species, process, e_true, p_true, dep)
 
 
 def _hadron_interactions(cfg: SimConfig, rng: np.random.Generator, had: np.ndarray,
@@ -277,25 +278,23 @@ def _lateral(rng: np.random.Generator, n: int, centre: float) -> np.ndarray:
     return lateral_shares(u, rng.standard_normal(n, dtype=np.float32), centre)
 
 
-@dataclass
-class Halo:
-    """What a particle adds to one board when it is a pileup neighbour: `amp[j, q]` in
-    channel `lines[line[j], q]` (compact: only neighbours ever use it)."""
-
-    lines: np.ndarray  # (nlines, L) int64 channel indices
-    line: np.ndarray  # (n,) int64 which line particle j crosses
-    amp: np.ndarray  # (n, L) float32 deposit per channel of the line
+#: boards a beam-halo particle crosses (the others never see it)
+HALO_BOARDS = ("VETO", "HCAL")
 
 
-def _halo(layout: Layout, rng: np.random.Generator, n: int) -> dict[str, Halo]:
-    """A pileup neighbour is an off-axis (halo) beam particle: it crosses one VETO counter
-    and one line of HCAL1..3 cells, which makes the zero-threshold efficiencies
-    exp(-rate x window) (docs/decisions/0003)."""
-    veto_lines = layout.veto_pmts.astype(np.int64)  # (3, 2)
-    hcal_lines = layout.hcal[:3].T.astype(np.int64)  # (9, 3): one cell in each of HCAL1..3
-    return {
-        "VETO": Halo(veto_lines, rng.integers(0, len(veto_lines), n),
-                     _mip(rng, (n, veto_lines.shape[1]), VETO_MIP)),
-        "HCAL": Halo(hcal_lines, rng.integers(0, len(hcal_lines), n),
-                     _mip(rng, (n, hcal_lines.shape[1]), HCAL_MIP)),
-    }
+def halo_block(layout: Layout, rng: np.random.Generator, n: int) -> dict[str, np.ndarray]:
+    """Deposits (GeV) of `n` beam-halo particles, (n, nch) float32 per board of HALO_BOARDS.
+
+    A halo particle is a muon of the beam line travelling off axis: it misses S1-S3, the
+    ECAL and the SRD (it never triggers), and crosses one VETO counter (a MIP in both its
+    PMTs) and one line of HCAL1..3 cells (a MIP in each), chosen uniformly
+    (decision 0003, "Pileup")."""
+    veto_lines = layout.veto_pmts  # (3, 2)
+    hcal_lines = layout.hcal[:3].T  # (9, 3): one cell in each of HCAL1..3
+    out = {}
+    for board, lines, mip in (("VETO", veto_lines, VETO_MIP), ("HCAL", hcal_lines, HCAL_MIP)):
+        dep = np.zeros((n, layout.n[board]), np.float32)
+        rows = lines[rng.integers(0, len(lines), n)]  # (n, L) channels crossed
+        dep[np.arange(n)[:, None], rows] = _mip(rng, rows.shape, mip)
+        out[board] = dep
+    return out

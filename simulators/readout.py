@@ -1,9 +1,11 @@
 """Digitisation with pileup: pulse shapes, gates, noise, and the waveform-mode kernels.
 
-For event i and board b, the particles j with |t_j - t_i| < window_b / 2 are in the gate;
-each adds its pulses at its own offset t_j - t_i. `waveforms` gives MSADC samples of every
-channel, `waveform_hits` those of the channels that read something (zero suppression);
-feature mode (what a digitiser FPGA computes per channel) is in simulators/features.py.
+For event i and board b, the particles j whose pulse reaches the board's trace are in its
+gate (`trace_reach`: from ~10 peaking times before the first sample to the last sample);
+each adds its own deposits' pulses at its own offset t_j - t_i. `waveforms` gives MSADC
+samples of every channel, `waveform_hits` those of the channels that read something (zero
+suppression); feature mode (what a digitiser FPGA computes per channel) is in
+simulators/features.py.
 The NumPy references below are what tests hold the kernels against.
 """
 
@@ -15,7 +17,6 @@ from typing import NamedTuple
 import numpy as np
 
 from simulators.jit import inline, kernel
-from simulators.physics import Halo
 
 MAX_PULSES = 64  # pulses per channel and gate the feature kernel keeps (pileup beyond: ignored)
 
@@ -42,19 +43,14 @@ class Sampling(NamedTuple):
     samples: int  # samples per trace
     sample_ns: float  # sample spacing
     trigger_sample: int  # the sample an in-time pulse peaks at
+    #: the board's reconstruction window, samples [first, last) (daq.geometry.reco_window):
+    #: amplitudes and pulses come from it; None: the whole trace
+    window: tuple[int, int] | None = None
 
-
-@inline
-def _dep(i: int, j: int, c: int, dep: np.ndarray, lines: np.ndarray, hline: np.ndarray,
-         hamp: np.ndarray) -> float:
-    """Deposit of particle j in channel c of event i's readout (a neighbour adds its halo)."""
-    a = dep[j, c]
-    if j != i and lines.shape[0] > 0:
-        row = hline[j]
-        for q in range(lines.shape[1]):
-            if lines[row, q] == c:
-                a += hamp[j, q]
-    return a
+    @property
+    def span(self) -> tuple[int, int]:
+        """The samples amplitudes and pulses come from: the window, or the whole trace."""
+        return self.window if self.window is not None else (0, self.samples)
 
 
 TABLE_STEP_NS = 0.01  # pulse-shape table step; linear interpolation error < 0.01 ADC
@@ -81,12 +77,11 @@ def shape_at(dt_from_peak: float, table: np.ndarray, tp: float) -> float:
 
 @kernel
 def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                     dep_self: np.ndarray, lines: np.ndarray, hline: np.ndarray,
-                     hamp: np.ndarray, table: np.ndarray, intime: np.ndarray,
+                     dep_self: np.ndarray, table: np.ndarray, intime: np.ndarray,
                      qphase: np.ndarray, phases: np.ndarray, tp: float,
                      pedestal: np.ndarray, noise: np.ndarray, noise_int: np.ndarray,
                      offsets: np.ndarray, sample_ns: float, trig_ns: float, adc_max: float,
-                     n_ped: int, zs: float, wave: np.ndarray, nhit: np.ndarray,
+                     w0: int, w1: int, zs: float, wave: np.ndarray, nhit: np.ndarray,
                      hit_ch: np.ndarray, hit_wave: np.ndarray) -> int:
     # wave is (count, samples, nch): one event of the board is one contiguous block, and so
     # is its noise window. With integer pedestals (noise_int non-empty) a sample without
@@ -110,20 +105,19 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
     dg = np.empty((MAX_PULSES, nch), np.float32)
     sh = np.empty((MAX_PULSES, ns))
     mx = np.empty((ns + 1) // 2 * nch, np.int16)  # zero suppression: the largest sample
-    s0 = np.empty((ns + 1) // 2 * nch, np.int32)  # and the sum of the first n_ped
     amax = np.int32(adc_max)
     size = np.uint64(ns * nch)
     nh = 0  # hits so far
     for e in range(n + 1 if suppress else n):
         if suppress and e > 0:
-            # the previous event's channels with max - pedestal >= zs, the pedestal the mean
-            # of the first n_ped samples as the trigger estimates it (trigger.kernels.
-            # wave_board), so that a kept channel has a trigger amplitude >= zs
-            _fold_max(flat, ns, nch, mx)
-            _fold_sum(flat, min(n_ped, ns), nch, s0)
+            # the previous event's channels whose largest sample of the reconstruction
+            # window (samples w0 .. w1 - 1) minus the calibration pedestal reaches zs, as the
+            # trigger reads its amplitude (trigger.kernels.wave_board): a kept channel has a
+            # trigger amplitude >= zs
+            _fold_max(flat[w0 * nch:w1 * nch], w1 - w0, nch, mx)
             nh0 = nh
             for c in range(nch):
-                if mx[c] - s0[c] / n_ped >= zs:
+                if mx[c] - pedestal[c] >= zs:
                     hit_ch[nh] = c
                     for s in range(ns):
                         hit_wave[nh, s] = flat[np.uint64(s * nch + c)]
@@ -174,8 +168,7 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                 flat[base + q] = min(max(v2, 0.0), adc_max)
         m = hi[e] - lo[e]
         if m <= MAX_PULSES:  # pileup: each particle's pulse shape once, for all channels
-            _gate_pulses(i, lo[e], hi[e], t, dep_self, lines, hline, hamp, table, tp,
-                         sample_ns, trig_e, dg, sh)
+            _gate_pulses(i, lo[e], hi[e], t, dep_self, table, tp, sample_ns, trig_e, dg, sh)
             for c in range(nch):
                 quiet = True
                 for jl in range(m):
@@ -195,10 +188,10 @@ def _waveform_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarr
                     wave[w, s, c] = min(max(v2, 0.0), adc_max)
             continue
         for c in range(nch):  # a very crowded gate: channel by channel
-            if not _quiet(i, c, lo[e], hi[e], dep_self, lines, hline, hamp):
-                _signal_channel(i, c, lo[e], hi[e], t, dep_self, lines, hline, hamp, table,
-                                tp, pedestal[c], noise, offsets[e] + c, nch, sample_ns,
-                                trig_e, adc_max, buf, wave[w, :, c])
+            if not _quiet(c, lo[e], hi[e], dep_self):
+                _signal_channel(i, c, lo[e], hi[e], t, dep_self, table, tp, pedestal[c], noise,
+                                offsets[e] + c, nch, sample_ns, trig_e, adc_max, buf,
+                                wave[w, :, c])
     return nh
 
 
@@ -224,31 +217,11 @@ def _fold_max(flat: np.ndarray, rows: int, nch: int, out: np.ndarray) -> None:
 
 
 @kernel
-def _fold_sum(flat: np.ndarray, rows: int, nch: int, out: np.ndarray) -> None:
-    """`_fold_max` for the sum, in int32."""
-    h = (rows + 1) // 2
-    m = np.uint64((rows - h) * nch)
-    off = np.uint64(h * nch)
-    for j in range(m):
-        out[j] = np.int32(np.int32(flat[j]) + flat[off + j])
-    for j in range(m, off):
-        out[j] = np.int32(flat[j])
-    while h > 1:
-        rows = h
-        h = (rows + 1) // 2
-        m = np.uint64((rows - h) * nch)
-        off = np.uint64(h * nch)
-        for j in range(m):
-            out[j] = np.int32(out[j] + out[off + j])
-
-
-@kernel
 def _gate_pulses(i: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
-                 lines: np.ndarray, hline: np.ndarray, hamp: np.ndarray, table: np.ndarray,
-                 tp: float, sample_ns: float, trig_ns: float, dg: np.ndarray,
-                 sh: np.ndarray) -> None:
-    """For each particle jl of the gate: its deposit per channel dg[jl] (as `_dep` adds it)
-    and its pulse at every sample sh[jl] (what `_signal_channel` adds per unit deposit)."""
+                 table: np.ndarray, tp: float, sample_ns: float, trig_ns: float,
+                 dg: np.ndarray, sh: np.ndarray) -> None:
+    """For each particle jl of the gate: its deposit per channel dg[jl] and its pulse at
+    every sample sh[jl] (what `_signal_channel` adds per unit deposit)."""
     ns = sh.shape[1]
     nch = dep_self.shape[1]
     ntab = table.shape[0]
@@ -256,9 +229,6 @@ def _gate_pulses(i: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
         j = lo + jl
         for c in range(nch):
             dg[jl, c] = dep_self[j, c]
-        if j != i and lines.shape[0] > 0:
-            for q in range(lines.shape[1]):
-                dg[jl, lines[hline[j], q]] += hamp[j, q]
         start = trig_ns + (t[j] - t[i]) - tp
         s0 = max(0, int(np.ceil(start / sample_ns)))
         for s in range(ns):
@@ -273,19 +243,17 @@ def _gate_pulses(i: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
 
 
 @kernel
-def _quiet(i: int, c: int, lo: int, hi: int, dep_self: np.ndarray, lines: np.ndarray,
-           hline: np.ndarray, hamp: np.ndarray) -> bool:
+def _quiet(c: int, lo: int, hi: int, dep_self: np.ndarray) -> bool:
     for j in range(lo, hi):  # noqa: SIM110 (numba compiles loops, not generator expressions)
-        if _dep(i, j, c, dep_self, lines, hline, hamp) > 0.0:
+        if dep_self[j, c] > 0.0:
             return False
     return True
 
 
 @kernel
 def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: np.ndarray,
-                    lines: np.ndarray, hline: np.ndarray, hamp: np.ndarray, table: np.ndarray,
-                    tp: float, ped: float, noise: np.ndarray, base: int, stride: int,
-                    sample_ns: float, trig_ns: float, adc_max: float, buf: np.ndarray,
+                    table: np.ndarray, tp: float, ped: float, noise: np.ndarray, base: int,
+                    stride: int, sample_ns: float, trig_ns: float, adc_max: float, buf: np.ndarray,
                     out: np.ndarray) -> None:
     """Samples of one channel that has pulses (kept out of line so the quiet loop stays tight).
 
@@ -296,7 +264,7 @@ def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: n
     for s in range(ns):
         buf[s] = ped + noise[base + s * stride]
     for j in range(lo, hi):
-        a = _dep(i, j, c, dep_self, lines, hline, hamp)
+        a = dep_self[j, c]
         if a <= 0.0:
             continue
         start = trig_ns + (t[j] - t[i]) - tp  # when this pulse begins
@@ -316,7 +284,7 @@ def _signal_channel(i: int, c: int, lo: int, hi: int, t: np.ndarray, dep_self: n
 
 
 @kernel
-def _gates_kernel(t: np.ndarray, ev: np.ndarray, half: float, lo: np.ndarray,
+def _gates_kernel(t: np.ndarray, ev: np.ndarray, before: float, after: float, lo: np.ndarray,
                   hi: np.ndarray) -> None:
     # one sweep of two pointers over the sorted times (ev ascending): what searchsorted
     # finds by bisection, without its cache misses
@@ -325,8 +293,8 @@ def _gates_kernel(t: np.ndarray, ev: np.ndarray, half: float, lo: np.ndarray,
     n = t.shape[0]
     for e in range(ev.shape[0]):
         x = t[ev[e]]
-        left = x - half
-        right = x + half
+        left = x - before
+        right = x + after
         while a < n and t[a] <= left:
             a += 1
         while b < n and t[b] < right:
@@ -342,10 +310,30 @@ def gates(t: np.ndarray, ev: np.ndarray, window_ns: float) -> tuple[np.ndarray, 
     """
     if len(ev) > 1 and np.any(ev[1:] < ev[:-1]):
         return gates_reference(t, ev, window_ns)
+    return spans(t, ev, window_ns / 2, window_ns / 2)
+
+
+def spans(t: np.ndarray, ev: np.ndarray, before_ns: float, after_ns: float
+          ) -> tuple[np.ndarray, np.ndarray]:
+    """Index range [lo, hi) of the particles with -before < t_j - t_i < after, for each
+    event i (`t` sorted, `ev` ascending): one compiled sweep of two pointers."""
     lo = np.empty(len(ev), np.int64)
     hi = np.empty(len(ev), np.int64)
-    _gates_kernel(t, ev.astype(np.int64, copy=False), window_ns / 2, lo, hi)
+    _gates_kernel(t, ev.astype(np.int64, copy=False), before_ns, after_ns, lo, hi)
     return lo, hi
+
+
+def trace_reach(tp_ns: float, sampling: Sampling, samples: tuple[int, int] | None = None
+                ) -> tuple[float, float]:
+    """(before, after), ns: a particle whose offset from the event's is within
+    (-before, after) has a pulse at some of the `samples` [first, last) of the event's
+    trace (default: all of them). The in-time pulse peaks up to a sample after the trigger
+    sample (the beam phase); a pulse starts tp before its peak and the kernels follow it
+    TABLE_SPAN tp from its start (beyond, the shape is < 2e-6: nothing of it is added)."""
+    first, last = (0, sampling.samples) if samples is None else samples
+    before = (sampling.trigger_sample + 1 - first) * sampling.sample_ns + (TABLE_SPAN - 1) * tp_ns
+    after = (last - 1 - sampling.trigger_sample) * sampling.sample_ns + tp_ns
+    return before, after
 
 
 def gates_reference(t: np.ndarray, ev: np.ndarray, window_ns: float
@@ -355,12 +343,6 @@ def gates_reference(t: np.ndarray, ev: np.ndarray, window_ns: float
     lo = np.searchsorted(t, t[ev] - half, side="right")
     hi = np.searchsorted(t, t[ev] + half, side="left")
     return lo.astype(np.int64), hi.astype(np.int64)
-
-
-def halo_args(halo: Halo | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if halo is None:
-        return np.empty((0, 1), np.int64), np.empty(0, np.int64), np.empty((0, 1), np.float32)
-    return halo.lines, halo.line, halo.amp
 
 
 def noise_pool(rng: np.random.Generator, noise: float, size: int) -> np.ndarray:
@@ -398,14 +380,8 @@ def beam_phase(t: np.ndarray, ev: np.ndarray, sample_ns: float) -> np.ndarray:
     return (np.floor(tt * (N_PHASES / sample_ns)).astype(np.int64)) % N_PHASES
 
 
-def pedestal_samples(trigger_sample: int) -> int:
-    """Samples the pedestal is estimated from: the first half of those before the in-time
-    peak, at least one (as trigger.core.build_params has it)."""
-    return max(1, trigger_sample // 2)
-
-
 def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-              dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+              dep_self: np.ndarray, shape: PulseShape,
               pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
               sample_ns: float, trigger_sample: int, adc_max: int,
               table: np.ndarray | None = None, noise_int: np.ndarray | None = None
@@ -418,30 +394,30 @@ def waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     integers; the result is the same.
     """
     wave = np.empty((len(ev), samples, dep_self.shape[1]), np.int16)
-    _waveforms(ev, t, lo, hi, dep_self, halo, shape, pedestal, noise, offsets, sample_ns,
-               trigger_sample, adc_max, table, noise_int, wave, 0.0, _NO_HITS)
+    _waveforms(ev, t, lo, hi, dep_self, shape, pedestal, noise, offsets, sample_ns,
+               trigger_sample, adc_max, table, noise_int, wave, 0.0, _NO_HITS, (0, samples))
     return wave
 
 
 def waveform_hits(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                  dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+                  dep_self: np.ndarray, shape: PulseShape,
                   pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, samples: int,
                   sample_ns: float, trigger_sample: int, adc_max: int, zs_adc: float,
-                  table: np.ndarray | None = None, noise_int: np.ndarray | None = None
-                  ) -> dict[str, np.ndarray]:
+                  table: np.ndarray | None = None, noise_int: np.ndarray | None = None, *,
+                  window: tuple[int, int]) -> dict[str, np.ndarray]:
     """Zero-suppressed waveform readout of one board: `nhit` and the WAVE_HITS arrays.
 
     The samples are those of `waveforms` (same arguments); a channel is a hit when its
-    largest sample minus the mean of its first `pedestal_samples(trigger_sample)` samples
-    is at least `zs_adc`.
+    largest sample in the reconstruction `window` (samples [first, last),
+    daq.geometry.reco_window) minus its pedestal is at least `zs_adc`.
     """
     n, nch = len(ev), dep_self.shape[1]
     hits = {"nhit": np.empty(n, np.uint8), "hit_ch": np.empty(n * nch, np.uint8),
             "hit_wave": np.empty((n * nch, samples), np.int16)}
     block = np.empty((1, samples, nch), np.int16)
-    total = _waveforms(ev, t, lo, hi, dep_self, halo, shape, pedestal, noise, offsets,
+    total = _waveforms(ev, t, lo, hi, dep_self, shape, pedestal, noise, offsets,
                        sample_ns, trigger_sample, adc_max, table, noise_int, block,
-                       float(zs_adc), hits)
+                       float(zs_adc), hits, window)
     return {"nhit": hits["nhit"], "hit_ch": hits["hit_ch"][:total],
             "hit_wave": hits["hit_wave"][:total]}
 
@@ -451,11 +427,11 @@ _NO_HITS: dict[str, np.ndarray] = {"nhit": np.empty(0, np.uint8), "hit_ch": np.e
 
 
 def _waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-               dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+               dep_self: np.ndarray, shape: PulseShape,
                pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray, sample_ns: float,
                trigger_sample: int, adc_max: int, table: np.ndarray | None,
                noise_int: np.ndarray | None, wave: np.ndarray, zs_adc: float,
-               hits: dict[str, np.ndarray]) -> int:
+               hits: dict[str, np.ndarray], window: tuple[int, int]) -> int:
     samples = wave.shape[1]
     ped = pedestal.astype(np.float64)
     if not (np.all(ped == np.floor(ped)) and np.all(np.abs(ped) < 2**30)):
@@ -466,16 +442,16 @@ def _waveforms(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     intime = shape(np.arange(samples)[None, :] * sample_ns - trigger_sample * sample_ns
                    - phases[:, None])
     return int(_waveform_kernel(
-        ev, t.astype(np.float64, copy=False), lo, hi, dep_self, *halo_args(halo),
+        ev, t.astype(np.float64, copy=False), lo, hi, dep_self,
         shape_table(shape) if table is None else table,
         intime, beam_phase(t, ev, sample_ns), phases, shape.tp_ns, ped,
         noise, _NO_INT if noise_int is None else noise_int, offsets, sample_ns,
-        trigger_sample * sample_ns, float(adc_max), pedestal_samples(trigger_sample), zs_adc,
+        trigger_sample * sample_ns, float(adc_max), *window, zs_adc,
         wave, hits["nhit"], hits["hit_ch"], hits["hit_wave"]))
 
 
 def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-                        dep_self: np.ndarray, halo: Halo | None, shape: PulseShape,
+                        dep_self: np.ndarray, shape: PulseShape,
                         pedestal: np.ndarray, noise: np.ndarray, offsets: np.ndarray,
                         samples: int, sample_ns: float,
                         trigger_sample: int, adc_max: int) -> np.ndarray:
@@ -489,8 +465,6 @@ def waveforms_reference(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.nd
         buf = pedestal.astype(np.float64)[:, None] + window.astype(np.float64)
         for j in range(lo[e], hi[e]):
             a = dep_self[j].astype(np.float64)
-            if j != i and halo is not None:
-                a[halo.lines[halo.line[j]]] += halo.amp[j]
             dt = float(t[j]) - float(t[i])
             buf += a[:, None] * shape(s_ns - trigger_sample * sample_ns - phase[e] - dt)[None, :]
         out[e] = np.clip(np.floor(buf + 0.5), 0, adc_max).T

@@ -24,7 +24,15 @@ from simulators.config import SimConfig
 from simulators.generator import Simulator
 from trigger import kernels, reference
 from trigger.config import TriggerConfig
-from trigger.core import board_amplitudes, build_params, compute_features, decide, warm_up
+from trigger.core import (
+    TriggerParams,
+    board_amplitudes,
+    build_params,
+    compute_features,
+    decide,
+    warm_up,
+    window_amplitude,
+)
 
 SLICE = 4096
 #: zero-suppression threshold of the suppressed layouts, ADC counts (docs/dataflow.md)
@@ -59,12 +67,12 @@ def _data(events: int) -> dict[str, np.ndarray]:
     return {k: np.ascontiguousarray(np.tile(v, (reps, 1, 1))[:events]) for k, v in base.items()}
 
 
-def _suppress_waves(sl: dict[str, np.ndarray], n_ped: int) -> dict[str, np.ndarray]:
+def _suppress_waves(sl: dict[str, np.ndarray], p: TriggerParams) -> dict[str, np.ndarray]:
     """Full-waveform slice arrays zero-suppressed: channels with max - pedestal >= ZS_ADC."""
     out: dict[str, np.ndarray] = {}
+    boards = {b.name: b for b in p.boards}
     for name, wave in sl.items():
-        w = wave.astype(np.int32)
-        amp = w.max(axis=1) - w[:, :n_ped].sum(axis=1) / n_ped
+        amp = window_amplitude(wave, boards[name.rpartition(".")[0]])
         nhit, h = hits.sparsify(amp >= ZS_ADC, {"hit_wave": wave})
         board = name.rpartition(".")[0]
         out[f"{board}.nhit"] = nhit
@@ -109,7 +117,7 @@ def kernel_bench(events: int = 16384, repeat: int = 5) -> dict[str, float | int]
     nbytes = sum(v.nbytes for v in data.values())
     slices = [{k: v[i:i + SLICE] for k, v in data.items()} for i in range(0, n, SLICE)]
 
-    zs_slices = [_suppress_waves(s, p.n_ped) for s in slices]
+    zs_slices = [_suppress_waves(s, p) for s in slices]
     base = [_feature_hits(b) for b in _simulated("feature")]
     feat_slices = [{k: v.copy() for k, v in base[i % len(base)].items()}
                    for i in range(-(-n // SLICE))]
@@ -208,7 +216,7 @@ def kernel_ab(baseline: ModuleType, events: int = 16384, repeat: int = 5,
     p = build_params(TriggerConfig(), g, cal)
     data = _data(events)
     slices = [{k: v[i:i + SLICE] for k, v in data.items()} for i in range(0, events, SLICE)]
-    zs_slices = [_suppress_waves(s, p.n_ped) for s in slices]
+    zs_slices = [_suppress_waves(s, p) for s in slices]
     for s in slices + zs_slices:
         fa = compute_features(s, _count(s), "waveform", p, baseline)
         fb = compute_features(s, _count(s), "waveform", p, kernels)

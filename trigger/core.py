@@ -16,7 +16,7 @@ import numpy as np
 
 from daq import hits
 from daq.errors import WireError
-from daq.geometry import Calibration, Geometry, peak_correction
+from daq.geometry import Calibration, Geometry, peak_correction, reco_window
 from trigger import kernels
 from trigger.config import TriggerConfig
 from trigger.errors import SliceError
@@ -44,6 +44,10 @@ class BoardParams:
     sat_limit: np.ndarray  # float64: feature-mode amplitude that means saturation
     #: float64: largest sample to pulse peak by the neighbours' ratio (peak_correction)
     corr: np.ndarray
+    #: float64: the calibration's pedestal per channel (waveforms; decision 0005, "Pedestal")
+    ped: np.ndarray
+    #: samples [first, last) of the reconstruction window (daq.geometry.reco_window)
+    window: tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -53,7 +57,6 @@ class TriggerParams:
     config: TriggerConfig
     cfg_hash: str
     boards: tuple[BoardParams, ...]
-    n_ped: int
     adc_max: int
     trigger_sample: int
     sample_ns: float
@@ -88,7 +91,9 @@ def build_params(cfg: TriggerConfig, geometry: Geometry, calib: Calibration) -> 
         top = np.floor(det.adc_max - calib.pedestal[b.name].astype(np.float64))
         limit = np.where(live != 0, top, np.inf)
         corr = peak_correction(b.pulse_tp_ns, det.sample_ns)
-        boards.append(BoardParams(b.name, len(b.channels), live, group, weight, limit, corr))
+        boards.append(BoardParams(b.name, len(b.channels), live, group, weight, limit, corr,
+                                  calib.pedestal[b.name].astype(np.float64),
+                                  reco_window(b, det)))
     beam_idx = {g: np.zeros(0, np.int64) for g in ("S", "V", "P", "TRK")}
     if "BEAM" in geometry.board_names:
         beam = geometry.board("BEAM")
@@ -102,7 +107,7 @@ def build_params(cfg: TriggerConfig, geometry: Geometry, calib: Calibration) -> 
                      cfg.enabled_mask], np.int64)
     return TriggerParams(
         config=cfg, cfg_hash=cfg.content_hash(), boards=tuple(boards),
-        n_ped=max(1, det.trigger_sample // 2), adc_max=det.adc_max,
+        adc_max=det.adc_max,
         trigger_sample=det.trigger_sample, sample_ns=det.sample_ns, samples=det.samples,
         s_idx=beam_idx["S"], v_idx=beam_idx["V"], p_idx=beam_idx["P"][:1],
         trk_idx=beam_idx["TRK"], fpar=fpar, ipar=ipar)
@@ -244,6 +249,14 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
     return out, sat
 
 
+def window_amplitude(wave: np.ndarray, b: BoardParams) -> np.ndarray:
+    """(count, nch) largest sample of the reconstruction window minus the pedestal of full
+    waveforms (count, samples, nch): what a zero-suppressing board compares with its
+    threshold, and wave_board's amplitude before the peak correction."""
+    w0, w1 = b.window
+    return wave[:, w0:w1].max(axis=1) - b.ped
+
+
 def _peak_thr(p: TriggerParams) -> float:
     # Amplitudes become pulse peaks from the pulse threshold on, and only where the largest
     # sample alone reaches the zero threshold: a channel a board suppresses stays below it,
@@ -255,8 +268,9 @@ def _full_waveforms(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams
                     p: TriggerParams, backend: ModuleType, sat: np.ndarray) -> BoardAmplitudes:
     wave = _need(arrays, f"{b.name}.wave", "<i2", (count, p.samples, b.nch))
     amp, npulse = np.empty((count, b.nch), np.float32), np.empty((count, b.nch), np.uint8)
-    backend.wave_peak_board(wave, b.live, p.n_ped, p.config.pulse_threshold_adc, p.adc_max,
-                            p.trigger_sample, p.sample_ns, False, b.name in PULSE_BOARDS,
+    backend.wave_peak_board(wave, b.live, b.ped, *b.window, p.config.pulse_threshold_adc,
+                            p.adc_max, p.trigger_sample, p.sample_ns, False,
+                            b.name in PULSE_BOARDS,
                             _peak_thr(p), b.corr, amp, _NO_EXTRA, npulse, _NO_EXTRA, sat)
     return BoardAmplitudes(amp, npulse)
 
@@ -266,7 +280,7 @@ def _waveform_hits(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
     h = _hits(arrays, b, count, hits.WAVE_HITS, p.samples, backend)
     total = len(h["hit_ch"])
     amp, npulse = np.empty(total, np.float32), np.zeros(total, np.uint8)
-    backend.wave_peak_hits(h["nhit"], h["hit_ch"], h["hit_wave"], b.live, p.n_ped,
+    backend.wave_peak_hits(h["nhit"], h["hit_ch"], h["hit_wave"], b.live, b.ped, *b.window,
                            p.config.pulse_threshold_adc, p.adc_max, b.name in PULSE_BOARDS,
                            _peak_thr(p), b.corr, amp, npulse, sat)
     return BoardAmplitudes(amp, npulse, h["nhit"], h["hit_ch"])

@@ -47,26 +47,6 @@ def _mix(x):
 
 
 @kernel
-def _ped_sum(flat, base, rows, nch, s0):
-    # sum of the first `rows` rows, halving like _fold_max (int32: no overflow below 65536 rows)
-    h = (rows + 1) // 2
-    m = np.uint64((rows - h) * nch)
-    off = np.uint64(h * nch)
-    for j in range(m):
-        s0[j] = np.int32(np.int32(flat[base + j]) + flat[base + off + j])
-    for j in range(m, off):
-        s0[j] = np.int32(flat[base + j])
-    rows = h
-    while rows > 1:
-        h = (rows + 1) // 2
-        m = np.uint64((rows - h) * nch)
-        off = np.uint64(h * nch)
-        for j in range(m):
-            s0[j] = np.int32(s0[j] + s0[off + j])
-        rows = h
-
-
-@kernel
 def _fold_max(flat, base, rows, nch, buf):
     # max over the rows of one (rows, nch) block by halving it: every loop runs over a
     # contiguous run of rows * nch / 2 samples, which LLVM vectorises whatever nch is
@@ -100,18 +80,23 @@ def _tile(t, nch, rows):
 
 
 @kernel
-def _pulses(flat, base, ns, nch, pad, lvt, f):
-    # pad: the block between one guard row above and one below (written by the caller), so
-    # the comparisons with the sample before and after are one branch-free loop over
-    # all rows and channels; f[:nch] ends with the count per channel
+def _pulses(flat, base, ns, nch, w0, w1, pad, lvt, f):
+    # the pulses of the reconstruction window's rows w0 .. w1 - 1. pad: the block between
+    # one guard row above and one below (written by the caller), so the comparisons with
+    # the sample before and after are one branch-free loop over the window's rows and all
+    # channels; only the window and a row on each side are copied in. f[:nch] ends with
+    # the count per channel
     r1, r2 = np.uint64(nch), np.uint64(2 * nch)  # uint64 row offsets: mixed with int64,
-    size = np.uint64(ns * nch)  # numba would compute them in float64
-    for j in range(size):
+    a = np.uint64(max(w0 - 1, 0) * nch)  # numba would compute them in float64
+    b = np.uint64(min(w1 + 1, ns) * nch)
+    for j in range(a, b):
         pad[r1 + j] = flat[base + j]
+    win = np.uint64(w0 * nch)
+    size = np.uint64((w1 - w0) * nch)
     for q in range(size):
-        v = pad[r1 + q]
-        f[q] = np.int16((v >= lvt[q]) & (v > pad[q]) & (v >= pad[r2 + q]))
-    rows = ns
+        v = pad[r1 + win + q]
+        f[q] = np.int16((v >= lvt[q]) & (v > pad[win + q]) & (v >= pad[r2 + win + q]))
+    rows = w1 - w0
     while rows > 1:
         h = (rows + 1) // 2
         m = np.uint64((rows - h) * nch)
@@ -122,37 +107,39 @@ def _pulses(flat, base, ns, nch, pad, lvt, f):
 
 
 @kernel
-def _extra(flat, base, ns, nch, c, ped, mx, active, trig, sample_ns):
+def _extra(flat, base, w0, w1, nch, c, ped, mx, active, trig, sample_ns):
+    # peak time and integral over the reconstruction window
     tot = 0
     imx = -1
-    for i in range(ns):
+    for i in range(w0, w1):
         v = flat[base + np.uint64(i * nch + c)]
         tot += v
         if imx < 0 and v == mx:
             imx = i
     t = (imx - trig) * sample_ns if active else 0.0
-    return t, tot - ped * ns
+    return t, tot - ped * (w1 - w0)
 
 
 @kernel
-def wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pulses,
+def wave_board(wave, live, ped, w0, w1, pulse_thr, adc_max, trig, sample_ns, extra, pulses,
                amp, tpeak, npulse, integral, sat):
     # wave_peak_board without the peak correction (no amplitude reaches an infinite
-    # threshold): the largest sample minus the pedestal
-    return wave_peak_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra,
-                           pulses, np.inf, np.ones(2), amp, tpeak, npulse, integral, sat)
+    # threshold): the largest sample of the window minus the pedestal
+    return wave_peak_board(wave, live, ped, w0, w1, pulse_thr, adc_max, trig, sample_ns,
+                           extra, pulses, np.inf, np.ones(2), amp, tpeak, npulse, integral,
+                           sat)
 
 
 @kernel
-def _peak_amplitudes(flat, base, ns, nch, n_ped, peak_thr, corr, s0, mx, amp, e):
-    # peak_board on one event's board block while it is in the cache, from the maximum and
-    # pedestal sum its pass found: the same position and arithmetic, the same result
+def _peak_amplitudes(flat, base, ns, nch, w0, w1, ped_c, peak_thr, corr, mx, amp, e):
+    # peak_board on one event's board block while it is in the cache, from the maximum its
+    # pass found: the same position and arithmetic, the same result
     for c in range(nch):
         if amp[e, c] < peak_thr:
             continue
-        ped = s0[c] / n_ped
-        imx = ns - 1
-        for i in range(ns):
+        ped = ped_c[c]
+        imx = w1 - 1
+        for i in range(w0, w1):
             if flat[base + np.uint64(i * nch + c)] == mx[c]:
                 imx = i
                 break
@@ -167,49 +154,50 @@ def _peak_amplitudes(flat, base, ns, nch, n_ped, peak_thr, corr, s0, mx, amp, e)
 
 
 @kernel
-def wave_peak_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pulses,
-                    peak_thr, corr, amp, tpeak, npulse, integral, sat):
+def wave_peak_board(wave, live, ped, w0, w1, pulse_thr, adc_max, trig, sample_ns, extra,
+                    pulses, peak_thr, corr, amp, tpeak, npulse, integral, sat):
     # wave_board then peak_board in one pass over the events: each event's peak correction
     # while its block is in the cache (apart, peak_board read every active trace from memory
     # again, strided, and summed its pedestal again). The same arithmetic as the two, in the
     # same order: the same result to the bit.
     # wave is (count, samples, nch): for one event the board is a (samples, nch) block and
     # every reduction over samples runs across channels, in contiguous vectorised loops.
-    # pulse_thr > 0 (the configuration's bound) is assumed by the guard rows of _pulses.
+    # Amplitude, saturation and pulses come from the reconstruction window, samples w0 ..
+    # w1 - 1 (daq.geometry.reco_window); the pedestal is the calibration's, `ped` per channel
+    # (decision 0005, "Pedestal"). pulse_thr > 0 (the configuration's bound) is assumed by
+    # the guard rows of _pulses.
     n, ns, nch = wave.shape
     flat = wave.reshape(n * ns * nch)
     blk = np.uint64(ns) * np.uint64(nch)
     total = np.uint64(n) * blk
-    mx = np.empty(((ns + 1) // 2) * nch, np.int16)
-    s0 = np.empty(((min(n_ped, ns) + 1) // 2) * nch, np.int32)
+    rows = w1 - w0
+    win = np.uint64(w0 * nch)
+    mx = np.empty(((rows + 1) // 2) * nch, np.int16)
     act = np.empty(nch, np.uint8)
     pad = np.full((ns + 2) * nch, _LOW, np.int16)
-    lvt = np.empty(ns * nch, np.int16)
-    f = np.empty(ns * nch, np.int16)
-    rows_ped = min(n_ped, ns)
+    lvt = np.empty(rows * nch, np.int16)
+    f = np.empty(rows * nch, np.int16)
     for e in range(n):
         base = np.uint64(e) * blk
         ahead = base + _DIST * blk
         if ahead + blk <= total:  # the hardware prefetcher alone leaves the loop waiting
             for j in range(np.uint64(0), blk, _LINE):
                 prefetch(flat, ahead + j)
-        _ped_sum(flat, base, rows_ped, nch, s0)
-        _fold_max(flat, base, ns, nch, mx)
+        _fold_max(flat, base + win, rows, nch, mx)
         anysat = 0
         npeak = 0
         for c in range(nch):
-            a = np.float32(mx[c] - s0[c] / n_ped)
+            a = np.float32(mx[c] - ped[c])
             amp[e, c] = a
             npeak += a >= peak_thr
             anysat |= (mx[c] >= adc_max) & (live[c] != 0)
         sat[e] = anysat
         if npeak:
-            _peak_amplitudes(flat, base, ns, nch, n_ped, peak_thr, corr, s0, mx, amp, e)
+            _peak_amplitudes(flat, base, ns, nch, w0, w1, ped, peak_thr, corr, mx, amp, e)
         if extra:  # the trigger needs neither peak time nor integral
             for c in range(nch):
-                ped = s0[c] / n_ped
-                t, integ = _extra(flat, base, ns, nch, c, ped, mx[c],
-                                  mx[c] - ped >= pulse_thr, trig, sample_ns)
+                t, integ = _extra(flat, base, w0, w1, nch, c, ped[c], mx[c],
+                                  mx[c] - ped[c] >= pulse_thr, trig, sample_ns)
                 tpeak[e, c] = t
                 integral[e, c] = integ
         nact = 0
@@ -218,7 +206,7 @@ def wave_peak_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extr
                 # a pulse is a sample v with v >= ceil(ped + thr) (as in the reference; not
                 # the same as amp >= thr when ped + thr rounds); a channel whose maximum is
                 # below that level has none, and one that has a sample there fits in int16
-                lvl = np.ceil(s0[c] / n_ped + pulse_thr)
+                lvl = np.ceil(ped[c] + pulse_thr)
                 act[c] = mx[c] >= lvl
                 nact += act[c]
                 lvt[c] = np.int16(min(max(lvl, -32768.0), 32767.0))
@@ -226,8 +214,8 @@ def wave_peak_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extr
             for c in range(nch):
                 npulse[e, c] = 0
             continue
-        _tile(lvt, nch, ns)
-        _pulses(flat, base, ns, nch, pad, lvt, f)
+        _tile(lvt, nch, rows)
+        _pulses(flat, base, ns, nch, w0, w1, pad, lvt, f)
         for c in range(nch):  # an inactive channel has no sample at its level: no pulse
             npulse[e, c] = min(f[c], 255) * act[c]
     return 0
@@ -245,12 +233,12 @@ def _corrected(y0, ym, yp, corr):
 
 
 @kernel
-def peak_board(wave, n_ped, pulse_thr, corr, amp):
+def peak_board(wave, ped, w0, w1, pulse_thr, corr, amp):
     # wave (count, samples, nch): amplitudes of at least pulse_thr become the pulse's peak
     # (the rest are noise; left as the largest sample). `amp` comes from wave_board (the
-    # largest sample minus the pedestal), so the largest sample is round(amp + pedestal),
-    # exactly (float32 keeps 4095 - ped to 1e-3): its first position is found by a scan
-    # that stops there, near the trigger sample, instead of reading the whole trace. The
+    # window's largest sample minus the pedestal), so that sample is round(amp + pedestal),
+    # exactly (float32 keeps 4095 - ped to 1e-3): its first position in the window is found
+    # by a scan that stops there, instead of reading the whole trace. The
     # same maximum, position and arithmetic as _peak: the same result to the bit. The
     # trigger corrects in wave_peak_board's pass; this pass on its own is what the tests
     # hold that one to.
@@ -262,21 +250,18 @@ def peak_board(wave, n_ped, pulse_thr, corr, amp):
             if amp[e, c] < pulse_thr:
                 continue
             base = np.uint64(e * ns * nch + c)
-            tot = 0.0
-            for i in range(n_ped):
-                tot += flat[base + np.uint64(i) * step]
-            ped = tot / n_ped
-            mx = np.int16(np.round(amp[e, c] + ped))
-            imx = ns - 1
-            for i in range(ns):
+            p = ped[c]
+            mx = np.int16(np.round(amp[e, c] + p))
+            imx = w1 - 1
+            for i in range(w0, w1):
                 if flat[base + np.uint64(i) * step] == mx:
                     imx = i
                     break
-            y0 = mx - ped
+            y0 = mx - p
             if imx == 0 or imx == ns - 1 or y0 <= 0.0 or y0 < pulse_thr:
                 continue
-            ym = flat[base + np.uint64(imx - 1) * step] - ped
-            yp = flat[base + np.uint64(imx + 1) * step] - ped
+            ym = flat[base + np.uint64(imx - 1) * step] - p
+            yp = flat[base + np.uint64(imx + 1) * step] - p
             a = _corrected(y0, ym, yp, corr)
             if a > 0.0:
                 amp[e, c] = a
@@ -284,22 +269,19 @@ def peak_board(wave, n_ped, pulse_thr, corr, amp):
 
 
 @kernel
-def peak_hits(wave, n_ped, pulse_thr, corr, amp):
-    # peak_board over hits: wave (nhits, samples), `amp` from wave_hits; the same scan
-    # that stops at the first maximum, the same result as _peak to the bit
+def peak_hits(ch, wave, ped_c, w0, w1, pulse_thr, corr, amp):
+    # peak_board over hits: wave (nhits, samples), ch their channels, `amp` from wave_hits;
+    # the same scan that stops at the first maximum, the same result as _peak to the bit
     nh, ns = wave.shape
     flat = wave.reshape(nh * ns)
     for h in range(nh):
         if amp[h] < pulse_thr:
             continue
         base = h * ns
-        tot = 0.0
-        for i in range(n_ped):
-            tot += flat[base + i]
-        ped = tot / n_ped
+        ped = ped_c[ch[h]]
         mx = np.int16(np.round(amp[h] + ped))
-        imx = ns - 1
-        for i in range(ns):
+        imx = w1 - 1
+        for i in range(w0, w1):
             if flat[base + i] == mx:
                 imx = i
                 break
@@ -315,86 +297,70 @@ def peak_hits(wave, n_ped, pulse_thr, corr, amp):
 
 
 @kernel
-def _trace_pulses(flat, base, ns, lvl, pad):
+def _trace_pulses(flat, base, ns, w0, w1, lvl, pad):
     # wave_board's pulse definition on one contiguous trace, the same way: the trace between
-    # a guard sample of -32768 on each side (pad), one branch-free loop over the samples
+    # a guard sample of -32768 on each side (pad), one branch-free loop over the window
     for i in range(ns):
         pad[i + 1] = flat[base + np.uint64(i)]
     cnt = 0
-    for i in range(ns):
+    for i in range(w0, w1):
         v = pad[i + 1]
         cnt += (v >= lvl) & (v > pad[i]) & (v >= pad[i + 2])
     return min(cnt, 255)
 
 
 @kernel
-def wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npulse, sat):
+def wave_hits(nhit, ch, wave, live, ped, w0, w1, pulse_thr, adc_max, pulses, amp, npulse,
+              sat):
     # wave is (nhits, samples): each hit's trace is contiguous. wave_peak_hits without the
     # peak correction (no amplitude reaches an infinite threshold): the largest sample
-    return wave_peak_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, np.inf,
-                          np.ones(2), amp, npulse, sat)
+    return wave_peak_hits(nhit, ch, wave, live, ped, w0, w1, pulse_thr, adc_max, pulses,
+                          np.inf, np.ones(2), amp, npulse, sat)
 
 
 @kernel
-def wave_peak_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, peak_thr, corr,
-                   amp, npulse, sat):
+def wave_peak_hits(nhit, ch, wave, live, ped, w0, w1, pulse_thr, adc_max, pulses, peak_thr,
+                   corr, amp, npulse, sat):
     # wave_hits then peak_hits, in one pass over the traces: each trace's peak correction
     # while it is still in the cache (apart, the second pass read the hits from memory
     # again). The same arithmetic as the two, in the same order: the same result to the bit.
     # wave is (nhits, samples): each hit's trace is contiguous. The arithmetic is
     # wave_board's, channel by channel, in passes that each vectorise: the traces once
-    # (pedestal sum and maximum), then the amplitudes, the saturation bits per event, and
+    # (the window's maximum), then the amplitudes, the saturation bits per event, and
     # the pulses of the boards that count them
     nh, ns = wave.shape
     flat = wave.reshape(nh * ns)
     stride = np.uint64(ns)
     total = np.uint64(nh) * stride
-    rows = min(n_ped, ns)
     mxs = np.empty(nh, np.int16)
-    tots = np.empty(nh, np.int32)
     peaks = np.empty(nh, np.float64)  # the corrected amplitude, or -1.0: left as it is
-    pow2 = n_ped & (n_ped - 1) == 0
-    inv = 1.0 / n_ped
     for h in range(nh):
         base = np.uint64(h) * stride
         ahead = base + _DIST_HITS * stride
         if ahead < total:  # as in wave_board: the loop is too short to hide the misses
             prefetch(flat, ahead)
-        tot = np.int32(0)
-        for i in range(rows):
-            tot += np.int32(flat[base + np.uint64(i)])
-        # every sample, the first again: a trip count that is a multiple of the vector
-        # width leaves no scalar tail (range(1, ns) ran 15 of 31 samples scalar)
-        mx = flat[base]
-        for i in range(ns):
+        mx = flat[base + np.uint64(w0)]
+        for i in range(w0, w1):
             mx = max(mx, flat[base + np.uint64(i)])
         mxs[h] = mx
-        tots[h] = tot
         peaks[h] = -1.0
-        # tot / n_ped: the pedestal peak_hits sums again in float64, where integers below
-        # 2**53 add exactly (n_ped <= samples)
-        ped = tot * inv if pow2 else tot / n_ped
-        a0 = np.float32(mx - ped)
+        p = ped[ch[h]]
+        a0 = np.float32(mx - p)
         if a0 >= peak_thr:
-            imx = ns - 1
-            for i in range(ns):
+            imx = w1 - 1
+            for i in range(w0, w1):
                 if flat[base + np.uint64(i)] == mx:
                     imx = i
                     break
-            y0 = mx - ped
+            y0 = mx - p
             if imx != 0 and imx != ns - 1 and y0 > 0.0 and y0 >= peak_thr:
-                ym = flat[base + np.uint64(imx - 1)] - ped
-                yp = flat[base + np.uint64(imx + 1)] - ped
+                ym = flat[base + np.uint64(imx - 1)] - p
+                yp = flat[base + np.uint64(imx + 1)] - p
                 a = _corrected(y0, ym, yp, corr)
                 if a > 0.0:
                     peaks[h] = a
-    if pow2:
-        # tot / n_ped, exactly: dividing by a power of two is multiplying by its inverse
-        for h in range(nh):
-            amp[h] = mxs[h] - tots[h] * inv
-    else:
-        for h in range(nh):
-            amp[h] = mxs[h] - tots[h] / n_ped
+    for h in range(nh):
+        amp[h] = mxs[h] - ped[ch[h]]
     for h in range(nh):
         if peaks[h] > 0.0:
             amp[h] = peaks[h]
@@ -409,8 +375,8 @@ def wave_peak_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, peak
         pad = np.full(ns + 2, _LOW, np.int16)
         for h in range(nh):
             # levels as in wave_board: a trace whose maximum is below has no pulse
-            lvl = np.ceil(tots[h] / n_ped + pulse_thr)
-            npulse[h] = _trace_pulses(flat, np.uint64(h) * stride, ns, lvl, pad) \
+            lvl = np.ceil(ped[ch[h]] + pulse_thr)
+            npulse[h] = _trace_pulses(flat, np.uint64(h) * stride, ns, w0, w1, lvl, pad) \
                 if mxs[h] >= lvl else 0
     return 0
 

@@ -42,7 +42,8 @@ def mix(x: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def _pulses(wave: np.ndarray, ped: np.ndarray, thr: float) -> np.ndarray:
+def _pulses(wave: np.ndarray, ped: np.ndarray, thr: float, w0: int, w1: int) -> np.ndarray:
+    # the pulses of the whole trace whose sample lies in the window w0 .. w1 - 1
     ns = wave.shape[2]
     above = wave >= np.ceil(ped + thr)[:, :, None]
     peak = above.copy()
@@ -52,38 +53,36 @@ def _pulses(wave: np.ndarray, ped: np.ndarray, thr: float) -> np.ndarray:
         # earlier neighbours must be strictly lower, later ones not higher
         peak[:, :, k:] &= wave[:, :, k:] > wave[:, :, :-k]
         peak[:, :, :-k] &= wave[:, :, :-k] >= wave[:, :, k:]
-    return np.minimum(peak.sum(axis=2), 255)
+    return np.minimum(peak[:, :, w0:w1].sum(axis=2), 255)
 
 
-def wave_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float, adc_max: int,
-               trig: int, sample_ns: float, extra: bool, pulses: bool, amp: np.ndarray,
-               tpeak: np.ndarray, npulse: np.ndarray, integral: np.ndarray, sat: np.ndarray
-               ) -> None:
+def wave_board(wave: np.ndarray, live: np.ndarray, ped: np.ndarray, w0: int, w1: int,
+               pulse_thr: float, adc_max: int, trig: int, sample_ns: float, extra: bool,
+               pulses: bool, amp: np.ndarray, tpeak: np.ndarray, npulse: np.ndarray,
+               integral: np.ndarray, sat: np.ndarray) -> None:
     # wave is (count, samples, nch) on the wire; the arithmetic below is per (event, channel)
     w = wave.astype(np.int64).transpose(0, 2, 1)
-    ns = w.shape[2]
-    ped = w[:, :, :n_ped].sum(axis=2) / n_ped
-    mx = w.max(axis=2)
-    a = mx - ped
+    win = w[:, :, w0:w1]
+    p = ped.astype(np.float64)[None, :]
+    mx = win.max(axis=2)
+    a = mx - p
     amp[:] = a
     if extra:
         # peak time only where there is a pulse; 0 for quiet channels
-        tpeak[:] = np.where(a >= pulse_thr, (np.argmax(w, axis=2) - trig) * sample_ns, 0.0)
-        integral[:] = w.sum(axis=2) - ped * ns
+        tpeak[:] = np.where(a >= pulse_thr, (np.argmax(win, axis=2) + w0 - trig) * sample_ns,
+                            0.0)
+        integral[:] = win.sum(axis=2) - p * (w1 - w0)
     sat[:] = ((mx >= adc_max) & (live[None, :] != 0)).any(axis=1)
-    npulse[:] = _pulses(w, ped, pulse_thr) if pulses else 0
+    npulse[:] = _pulses(w, np.broadcast_to(p, mx.shape), pulse_thr, w0, w1) if pulses else 0
 
 
-def _peaks(w: np.ndarray, n_ped: int, pulse_thr: float, corr: np.ndarray,
-            amp: np.ndarray) -> np.ndarray:
-    # w (traces, samples) int64; the kernels' _peak on every trace whose amplitude and largest
-    # sample minus pedestal reach pulse_thr (in float64, in the kernels' order of operations)
+def _peaks(w: np.ndarray, ped: np.ndarray, w0: int, w1: int, pulse_thr: float,
+           corr: np.ndarray, amp: np.ndarray) -> np.ndarray:
+    # w (traces, samples) int64, ped (traces,) their pedestals; the kernels' _peak on every
+    # trace whose amplitude and largest sample of the window minus pedestal reach pulse_thr
+    # (in float64, in the kernels' order of operations)
     ns = w.shape[1]
-    tot = np.zeros(len(w))
-    for i in range(n_ped):  # added one by one, as the kernel does
-        tot += w[:, i]
-    ped = tot / n_ped
-    imx = np.argmax(w, axis=1)
+    imx = np.argmax(w[:, w0:w1], axis=1) + w0
     rows = np.arange(len(w))
     y0 = w[rows, imx] - ped
     inner = (imx > 0) & (imx < ns - 1)
@@ -100,16 +99,18 @@ def _peaks(w: np.ndarray, n_ped: int, pulse_thr: float, corr: np.ndarray,
     return np.where(use, a, amp)
 
 
-def peak_board(wave: np.ndarray, n_ped: int, pulse_thr: float, corr: np.ndarray,
-               amp: np.ndarray) -> None:
+def peak_board(wave: np.ndarray, ped: np.ndarray, w0: int, w1: int, pulse_thr: float,
+               corr: np.ndarray, amp: np.ndarray) -> None:
     n, ns, nch = wave.shape
     w = wave.astype(np.int64).transpose(0, 2, 1).reshape(n * nch, ns)
-    amp[:] = _peaks(w, n_ped, pulse_thr, corr, amp.reshape(-1)).reshape(n, nch)
+    p = np.tile(ped.astype(np.float64), n)
+    amp[:] = _peaks(w, p, w0, w1, pulse_thr, corr, amp.reshape(-1)).reshape(n, nch)
 
 
-def peak_hits(wave: np.ndarray, n_ped: int, pulse_thr: float, corr: np.ndarray,
-              amp: np.ndarray) -> None:
-    amp[:] = _peaks(wave.astype(np.int64), n_ped, pulse_thr, corr, amp)
+def peak_hits(ch: np.ndarray, wave: np.ndarray, ped: np.ndarray, w0: int, w1: int,
+              pulse_thr: float, corr: np.ndarray, amp: np.ndarray) -> None:
+    amp[:] = _peaks(wave.astype(np.int64), ped.astype(np.float64)[ch], w0, w1, pulse_thr,
+                    corr, amp)
 
 
 def _event_of_hit(nhit: np.ndarray) -> np.ndarray:
@@ -120,17 +121,17 @@ def _any_per_event(nhit: np.ndarray, flag: np.ndarray) -> np.ndarray:
     return np.bincount(_event_of_hit(nhit)[flag], minlength=len(nhit)) > 0
 
 
-def wave_hits(nhit: np.ndarray, ch: np.ndarray, wave: np.ndarray, live: np.ndarray, n_ped: int,
-              pulse_thr: float, adc_max: int, pulses: bool, amp: np.ndarray,
-              npulse: np.ndarray, sat: np.ndarray) -> None:
+def wave_hits(nhit: np.ndarray, ch: np.ndarray, wave: np.ndarray, live: np.ndarray,
+              ped: np.ndarray, w0: int, w1: int, pulse_thr: float, adc_max: int, pulses: bool,
+              amp: np.ndarray, npulse: np.ndarray, sat: np.ndarray) -> None:
     # wave is (nhits, samples): wave_board's arithmetic with hits in place of channels
     w = wave.astype(np.int64)
-    ped = w[:, :n_ped].sum(axis=1) / n_ped
-    mx = w.max(axis=1, initial=np.iinfo(np.int64).min)
-    amp[:] = mx - ped
+    p = ped.astype(np.float64)[ch]
+    mx = w[:, w0:w1].max(axis=1, initial=np.iinfo(np.int64).min)
+    amp[:] = mx - p
     sat[:] = _any_per_event(nhit, (mx >= adc_max) & (live[ch] != 0))
     if pulses:
-        npulse[:] = _pulses(w[None], ped[None], pulse_thr)[0]
+        npulse[:] = _pulses(w[None], p[None], pulse_thr, w0, w1)[0]
 
 
 def hit_order(nhit: np.ndarray, ch: np.ndarray) -> int:
@@ -244,21 +245,22 @@ def gather_hits(src: np.ndarray, per_hit: int, nhit: np.ndarray, keep: np.ndarra
 
 
 def wave_peak_hits(nhit: np.ndarray, ch: np.ndarray, wave: np.ndarray, live: np.ndarray,
-                   n_ped: int, pulse_thr: float, adc_max: int, pulses: bool, peak_thr: float,
-                   corr: np.ndarray, amp: np.ndarray, npulse: np.ndarray, sat: np.ndarray
-                   ) -> int:
+                   ped: np.ndarray, w0: int, w1: int, pulse_thr: float, adc_max: int,
+                   pulses: bool, peak_thr: float, corr: np.ndarray, amp: np.ndarray,
+                   npulse: np.ndarray, sat: np.ndarray) -> int:
     """wave_hits, then peak_hits (the compiled kernel does both in one pass)."""
-    wave_hits(nhit, ch, wave, live, n_ped, pulse_thr, adc_max, pulses, amp, npulse, sat)
-    peak_hits(wave, n_ped, peak_thr, corr, amp)
+    wave_hits(nhit, ch, wave, live, ped, w0, w1, pulse_thr, adc_max, pulses, amp, npulse, sat)
+    peak_hits(ch, wave, ped, w0, w1, peak_thr, corr, amp)
     return 0
 
 
-def wave_peak_board(wave: np.ndarray, live: np.ndarray, n_ped: int, pulse_thr: float,
-                    adc_max: int, trig: int, sample_ns: float, extra: bool, pulses: bool,
-                    peak_thr: float, corr: np.ndarray, amp: np.ndarray, tpeak: np.ndarray,
-                    npulse: np.ndarray, integral: np.ndarray, sat: np.ndarray) -> int:
+def wave_peak_board(wave: np.ndarray, live: np.ndarray, ped: np.ndarray, w0: int, w1: int,
+                    pulse_thr: float, adc_max: int, trig: int, sample_ns: float, extra: bool,
+                    pulses: bool, peak_thr: float, corr: np.ndarray, amp: np.ndarray,
+                    tpeak: np.ndarray, npulse: np.ndarray, integral: np.ndarray,
+                    sat: np.ndarray) -> int:
     """wave_board, then peak_board (the compiled kernel does both in one pass)."""
-    wave_board(wave, live, n_ped, pulse_thr, adc_max, trig, sample_ns, extra, pulses, amp,
-               tpeak, npulse, integral, sat)
-    peak_board(wave, n_ped, peak_thr, corr, amp)
+    wave_board(wave, live, ped, w0, w1, pulse_thr, adc_max, trig, sample_ns, extra, pulses,
+               amp, tpeak, npulse, integral, sat)
+    peak_board(wave, ped, w0, w1, peak_thr, corr, amp)
     return 0

@@ -37,7 +37,8 @@ from daq.runfile import RunFileReader
 
 #: sub-column names of the 2-D columns, for flat tables (pandas, Parquet, HDF5 ...)
 SUBCOLUMNS: dict[str, tuple[str, ...]] = {"e_hcal": ("1", "2", "3", "4"),
-                                          "pileup": tuple(f"_{b}" for b in BOARD_NAMES)}
+                                          "pileup": tuple(f"_{b}" for b in BOARD_NAMES),
+                                          "halo_dt": ("_before", "_after")}
 
 
 @dataclass

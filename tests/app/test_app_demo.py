@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import re
 import socket
 from pathlib import Path
@@ -31,8 +30,9 @@ def test_demo_runs_spills_and_records_them(tmp_path: Path,
         assert s["events"] > 0.9 * rate * 0.02  # Poisson(25000): far inside
         assert s["incomplete_events"] == 0 and s["live_time_ratio"] == 1.0
         veto = s["veto_efficiency"]
-        # the zero-threshold efficiency is the pileup expectation (docs/monitors.md)
-        expect = math.exp(-rate * 50e-9)
+        # the zero-threshold efficiency is the pileup expectation at 6e6 e-/spill: the
+        # halo rate and reconstruction windows reproduce the paper's 0.94 (docs/monitors.md)
+        expect = 0.939
         half = veto["high"] - veto["low"]
         assert abs(veto["value"] - expect) < 4 * half
     assert out["alarms_raised"] == []  # nominal beam

@@ -59,16 +59,3 @@ def simulate(*, intensity: float, generated_s: float, seed: int, spills: int = 1
                                   meta={"slices": n, "events": plan.events, "shed": 0,
                                         "incomplete": {}, "gaps": {}, "scalers": {}})))
     return msgs, {k: np.concatenate(v) for k, v in truth.items()}, cfg
-
-
-def electron_within(truth: dict[str, np.ndarray], half_ns: float) -> np.ndarray:
-    """Events with another beam electron (truth species 0) within half_ns (truth times;
-    every particle of the generated beam time is an event, so the nearest ones are the
-    next in the list)."""
-    ts = truth["ts"].astype(np.float64)
-    ele = truth["species"] == 0
-    out = np.zeros(len(ts), bool)
-    for k in range(1, 6):  # 5 particles each side: more in 26 ns is beyond 1e8 per spill
-        for a, b in ((slice(k, None), slice(None, -k)), (slice(None, -k), slice(k, None))):
-            out[a] |= ele[b] & (np.abs(ts[b] - ts[a]) < half_ns)
-    return out

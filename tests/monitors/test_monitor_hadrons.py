@@ -10,11 +10,12 @@ import math
 
 import numpy as np
 import pytest
-from monitor_truth import detector, electron_within, simulate
+from monitor_truth import detector, simulate
 
 from monitors.config import MonitorConfig
 from monitors.identify import Species, classify, hcal_total, signal_box
 from simulators.physics import ECAL_LAMBDA_I, Process
+from tests import pileup_truth as pt
 
 OPEN = MonitorConfig(blind=False)
 FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk", "missing")
@@ -24,10 +25,6 @@ LEADING_NEUTRAL = 0.2  # per interacting hadron: ~80 in 0.2 s of a 6e6 spill
 def _features(msgs: list) -> dict[str, np.ndarray]:
     return {k: np.concatenate([m.arrays[k] for m in msgs if m.kind == "features"])
             for k in FEATURES}
-
-
-def _board(name: str) -> int:
-    return detector()[0].board_names.index(name)
 
 
 @pytest.fixture(scope="module")
@@ -51,12 +48,13 @@ def test_hadrons_interact_in_the_ecal_as_its_depth_says(neutrals: tuple) -> None
 def test_leading_neutrals_reach_the_missing_energy_region_but_not_the_box(neutrals: tuple
                                                                           ) -> None:
     """A hadron whose leading neutral escapes leaves E_ECAL < 50 GeV and no E_HCAL: alone in
-    the ECAL and HCAL gates (truth), it is in the box's energy region exactly when its own
-    E_ECAL (truth) is, but for readout resolution within 1 GeV of the edge; the box's SRD
-    tag rejects every one (none has an electron's synchrotron radiation)."""
+    the ECAL and HCAL traces (truth: no particle's pulse reaches their windows), it is in the
+    box's energy region exactly when its own E_ECAL (truth) is, but for readout resolution
+    within 1 GeV of the edge; the box's SRD tag rejects every one (none has an electron's
+    synchrotron radiation)."""
     f, truth = neutrals
     ln = truth["process"] == Process.LEADING_NEUTRAL
-    alone = (truth["pileup"][:, [_board("ECAL"), _board("HCAL")]] == 0).all(axis=1)
+    alone = pt.alone_in_windows(detector()[0], truth)
     region = (f["e_ecal"] < OPEN.signal_ecal_max_gev) & (hcal_total(f) < OPEN.signal_hcal_max_gev)
     own = truth["e_ecal"] < OPEN.signal_ecal_max_gev
     sure = np.abs(truth["e_ecal"] - OPEN.signal_ecal_max_gev) > 1.0
@@ -67,14 +65,15 @@ def test_leading_neutrals_reach_the_missing_energy_region_but_not_the_box(neutra
 
 
 @pytest.mark.parametrize("mode", ["feature", "waveform"])
-def test_hadrons_and_muons_taken_for_electrons_had_an_electron_in_the_srd_gate(mode: str
+def test_hadrons_and_muons_taken_for_electrons_had_an_electron_srd_pulse(mode: str
                                                                                ) -> None:
-    """The SRD tag is the SRD's energy in its 50 ns gate: a hadron or muon is identified as
-    an electron only with a beam electron in that gate (pileup, truth), never alone."""
+    """The SRD tag is the SRD's energy in its 50 ns window: a hadron or muon is identified
+    as an electron only when a beam electron's SRD pulse reaches that window (pileup,
+    truth: tests/pileup_truth.srd_reached), never alone."""
     msgs, truth, _ = simulate(intensity=6e6, generated_s=0.05, seed=3, mode=mode)
-    code = classify(_features(msgs), MonitorConfig())
-    half = detector()[0].board("SRD").window_ns / 2 + 1  # ts is floored to ns
-    near = electron_within(truth, half)
+    cfg = MonitorConfig()
+    code = classify(_features(msgs), cfg)
+    near = pt.srd_reached(detector()[0], truth, cfg.srd_min_gev / 2)
     other = truth["species"] != Species.ELECTRON
     taken = other & (code == Species.ELECTRON)
     assert int(taken.sum()) > 20

@@ -14,11 +14,12 @@ from monitor_truth import detector, simulate
 
 from monitors.analysis import analyze
 from monitors.config import MonitorConfig
-from monitors.identify import electron_sample, hcal_total
+from monitors.identify import Species, classify, electron_sample, hcal_total
+from simulators.config import SimConfig
+from tests import pileup_truth as pt
+from trigger.config import TriggerConfig
 
 CFG = MonitorConfig(confidence=0.9973)
-SPILL_S = 4.8
-RESOLVED_NS = 27.5  # a second beam-counter pulse this far from the first is always found
 CASES = [  # (intensity per spill, seconds generated: pileup right, events few, readout)
     pytest.param((2e5, 1.0, "feature"), id="low-2e5"),
     pytest.param((1e6, 0.2, "feature"), id="1e6"),
@@ -28,10 +29,6 @@ CASES = [  # (intensity per spill, seconds generated: pileup right, events few, 
     pytest.param((6e6, 0.05, "waveform"), id="waveform-6e6"),
     pytest.param((1e7, 0.03, "waveform"), id="waveform-1e7"),
 ]
-
-
-def _board(name: str) -> int:
-    return detector()[0].board_names.index(name)
 
 
 @pytest.fixture(scope="module", params=CASES)
@@ -44,68 +41,90 @@ def case(request: pytest.FixtureRequest) -> tuple:
     return intensity, ra, truth, feats
 
 
-def test_efficiencies_are_exp_minus_rate_times_gate(case: tuple) -> None:
-    intensity, ra, _, _ = case
+def _zero_boards(f: dict[str, np.ndarray]) -> list[tuple[pt.Board, np.ndarray]]:
+    """VETO and HCAL: the zero-threshold decision's truth model and the events that fail it."""
+    geom, cal = detector()
+    zthr = TriggerConfig().zero_threshold_adc
+    return [(pt.board(geom, cal, "VETO", CFG.veto_zero_gev, zthr),
+             f["e_veto"] >= CFG.veto_zero_gev),
+            (pt.board(geom, cal, "HCAL", CFG.hcal_zero_gev, zthr),
+             hcal_total(f) >= CFG.hcal_zero_gev)]
+
+
+def test_efficiencies_are_the_truth_expectation(case: tuple) -> None:
+    """The monitors' zero-threshold efficiencies against exp(-r W_eff) from the truth (the
+    rates of the particles that reach each board, W_eff integrated from the pulse shape
+    over the reconstruction window; tests/pileup_truth.py), within 3 binomial sigmas."""
+    intensity, ra, truth, f = case
     tot = ra.totals()
-    rate = intensity / SPILL_S
-    geom = detector()[0]
-    for est, board in ((tot.veto_efficiency, "VETO"), (tot.hcal_efficiency, "HCAL")):
-        expected = math.exp(-rate * geom.board(board).window_ns * 1e-9)
+    cfg = SimConfig.parse({"intensity": intensity})
+    sample = electron_sample(f, CFG)
+    for est, (b, _) in zip((tot.veto_efficiency, tot.hcal_efficiency), _zero_boards(f),
+                           strict=True):
+        expected = pt.expected_efficiency(b, truth, cfg.rate_hz, cfg.halo_rate, sample)
         assert est.n > 30000 and est.value is not None
-        assert est.low <= expected <= est.high, (board, est, expected)
-    if intensity == 6e6:  # the published figures, from pileup alone
+        sigma = math.sqrt(expected * (1 - expected) / est.n)
+        assert abs(est.value - expected) < 3 * sigma, (b.name, est, expected)
+    if intensity == 6e6:  # the published figures (DESIGN.md), from the halo rate x windows
         assert tot.veto_efficiency.value == pytest.approx(0.94, abs=0.005)
         assert tot.hcal_efficiency.value == pytest.approx(0.95, abs=0.005)
 
 
-def test_efficiency_loss_is_the_pileup_of_the_sample(case: tuple) -> None:
-    """Event by event: an identified electron fails the zero threshold iff a neighbour was
-    in the gate (the simulator's truth count), except for a handful of real leaks."""
+def test_efficiency_loss_event_by_event(case: tuple) -> None:
+    """Event by event, from the truth's particle times and species and the analytic pulse
+    shape: an identified electron with a particle crossing VETO (HCAL) whose pulse surely
+    lights the window is inefficient, one with none whose pulse can reach it is efficient;
+    the rest (MIP spread and noise at the threshold) is a grey zone, counted."""
     _, ra, truth, f = case
     tot = ra.totals()
     sample = electron_sample(f, CFG)
     assert int(sample.sum()) == tot.veto_efficiency.n
-    for est, board, fails in ((tot.veto_efficiency, "VETO", f["e_veto"] >= CFG.veto_zero_gev),
-                              (tot.hcal_efficiency, "HCAL",
-                               hcal_total(f) >= CFG.hcal_zero_gev)):
-        piled = truth["pileup"][:, _board(board)] > 0
-        disagree = int((sample & (fails != piled)).sum())
-        assert disagree <= 0.001 * est.n, (board, disagree)
-        truth_eff = float((~piled[truth["species"] == 0]).mean())  # all electrons
-        assert est.value == pytest.approx(truth_eff, abs=(est.high - est.low) / 2)
+    for b, fails in _zero_boards(f):
+        c = pt.classify(b, truth)[sample]
+        s_fail = fails[sample]
+        must_fail, must_pass = c == pt.MUST_FAIL, c == pt.MUST_PASS
+        assert s_fail[must_fail].all(), (b.name, int((~s_fail[must_fail]).sum()))
+        assert not s_fail[must_pass].any(), (b.name, int(s_fail[must_pass].sum()))
+        grey = float((c == pt.GREY).mean())
+        print(f"{b.name}: {int(must_fail.sum())} must fail, {int(must_pass.sum())} must "
+              f"pass, grey {grey:.4f}")
+        assert must_pass.mean() > 0.85 and grey < 0.06, (b.name, grey)
 
 
 def test_composition_matches_injected_species(case: tuple) -> None:
-    _, ra, truth, _ = case
+    """The measured fractions against the injected species, with the known SRD deficit
+    (docs/monitors.md, "Hadrons and the SRD tag") counted, not hidden: the hadrons and muons
+    taken for electrons are moved back, and every one of them had a beam electron whose
+    SRD pulse reached the SRD window (truth)."""
+    _, ra, truth, f = case
     tot = ra.totals()
-    for code, name in enumerate(("electron", "hadron", "muon")):
+    code = classify(f, CFG)
+    geom, _ = detector()
+    reached = pt.srd_reached(geom, truth, CFG.srd_min_gev / 2)
+    n = len(code)
+    mis = {sp: (truth["species"] == sp) & (code == Species.ELECTRON) for sp in (1, 2)}
+    for sp, m in mis.items():
+        assert (reached[m]).all(), (sp, int((m & ~reached).sum()))
+    moved = {0: sum(int(m.sum()) for m in mis.values()), 1: -int(mis[1].sum()),
+             2: -int(mis[2].sum())}
+    for code_, name in enumerate(("electron", "hadron", "muon")):
         iv = tot.composition_intervals[name]
-        injected = float((truth["species"] == code).mean())
-        assert iv.low <= injected <= iv.high, (name, iv, injected)
+        expected = (float((truth["species"] == code_).sum()) + moved[code_]) / n
+        assert iv.low <= expected <= iv.high, (name, iv, expected)
     assert tot.composition["other"] is not None and tot.composition["other"] < 1e-3
 
 
 def test_pileup_fraction_is_what_the_beam_counters_can_resolve(case: tuple) -> None:
-    intensity, ra, truth, feats = case
+    _, ra, truth, feats = case
     tot = ra.totals()
-    ts = truth["ts"].astype(np.float64)  # every beam particle of the spill is an event
-    gap = np.diff(ts)
-    nearest = np.minimum(np.r_[np.inf, gap], np.r_[gap, np.inf])
-    half_gate = detector()[0].board("BEAM").window_ns / 2
-    in_gate = nearest < half_gate - 1  # ts is floored to ns: stay off the boundary
-    # the sampled beam counters resolve pulses 27.5 ns apart (tests/simulators/test_sim_readout)
-    resolved = (nearest >= RESOLVED_NS + 1) & in_gate
+    near, nearest = pt.beam_near_window(detector()[0], truth)
     seen = feats["mult"] > 1
-    assert not (seen & (truth["pileup"][:, _board("BEAM")] == 0)).any()  # no false pileup
-    if resolved.sum() >= 20:  # [28.5, 29) ns: a handful of events at the lower intensity
-        assert seen[resolved].mean() > 0.99
-    within = nearest < half_gate + 1  # every event a neighbour can reach (ts floored)
-    assert resolved.mean() <= tot.pileup_fraction <= within.mean()
-    # the expectation of a Poisson beam: a neighbour in [27.5, 30) ns on either side
-    rate = intensity / SPILL_S * 1e-9
-    lo_expect = 1 - math.exp(-rate * 2 * (half_gate - RESOLVED_NS))
-    n = tot.events
-    assert tot.pileup_fraction >= lo_expect - 3 * math.sqrt(lo_expect / n)
+    assert not (seen & ~near).any()  # no false pileup
+    # two beam particles within 3 ns are one pulse of two MIPs: always counted
+    close = nearest < 3.0
+    if close.sum() >= 20:
+        assert seen[close].mean() > 0.99
+    assert close.mean() <= tot.pileup_fraction <= near.mean()
 
 
 def test_eot_counts_beam_condition_events(case: tuple) -> None:
@@ -140,21 +159,21 @@ def test_pileup_fraction_agrees_between_readout_modes(intensity: float, gen: flo
     assert abs(pf - pw) < 3 * math.sqrt(pf * (1 - pf) / nf + pw * (1 - pw) / nw), (pf, pw)
     differ = (mult["feature"] > 1) != (mult["waveform"] > 1)
     assert differ.mean() < 1e-3, int(differ.sum())
-    # and it is the pileup the beam counters can resolve: a neighbour in the 60 ns gate
-    # (truth), never without one
-    in_gate = truth["pileup"][:, _board("BEAM")] > 0
-    assert not ((mult["waveform"] > 1) & ~in_gate).any()
+    # and it is the pileup the beam counters can resolve: a neighbour whose pulse peaks
+    # near the BEAM window (truth), never without one
+    near, _ = pt.beam_near_window(detector()[0], truth)
+    assert not ((mult["waveform"] > 1) & ~near).any()
 
 
 @pytest.fixture(scope="module")
 def ecal_100() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Reconstructed and true E_ECAL of beam electrons alone in the ECAL gate, both modes."""
+    """Reconstructed and true E_ECAL of beam electrons alone in their traces, both modes."""
     out = {}
     for mode in ("feature", "waveform"):
         msgs, truth, _ = simulate(intensity=2e5, generated_s=1.0, seed=5, mode=mode)
         e = np.concatenate([m.arrays["e_ecal"] for m in msgs if m.kind == "features"])
         sel = ((truth["species"] == 0) & (truth["process"] == 0)
-               & (truth["pileup"][:, _board("ECAL")] == 0))
+               & pt.alone_in_windows(detector()[0], truth))
         out[mode] = (e[sel].astype(np.float64), truth["e_ecal"][sel].astype(np.float64))
     return out
 

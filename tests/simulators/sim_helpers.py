@@ -37,3 +37,12 @@ def run_spill(sim: Simulator, spill: int = 0) -> tuple[dict[str, dict[str, np.nd
 def dense(arrays: dict[str, np.ndarray], name: str, nch: int) -> np.ndarray:
     """(events, nch) of a zero-suppressed board's hit array `name`, 0 where no hit."""
     return densify(arrays["nhit"], arrays["hit_ch"], arrays[name], nch)
+
+
+def alone_in_trace(t: np.ndarray, reach: tuple[float, float]) -> np.ndarray:
+    """Per beam particle (`t`: every one of a spill, sorted, ns): no other beam particle's
+    pulse reaches its trace (`reach`: Simulator.reach of a board)."""
+    before, after = reach
+    gap_before = np.diff(t, prepend=-np.inf)
+    gap_after = np.diff(t, append=np.inf)
+    return (gap_before >= before) & (gap_after >= after)

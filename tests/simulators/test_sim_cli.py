@@ -11,6 +11,7 @@ import zmq
 
 from daq.cli import main
 from daq.errors import WireError
+from daq.geometry import load_geometry, reco_window
 from daq.hits import WAVE_HITS, check
 from daq.runfile import RunFileReader
 from daq.wire import Kind, Message, decode
@@ -120,14 +121,17 @@ def test_zero_suppressed_waveform_run_file(tmp_path: Path) -> None:
     assert main([*BASE, "--spills", "1", "--mode", "waveform", "--zero-suppress",
                  "--zs-adc", "8", "--generated-s", "0.001", "--out", str(out)]) == 0
     nch = {"BEAM": 6, "SRD": 3, "ECAL": 60, "VETO": 6, "HCAL": 36}
+    geom = load_geometry()
     slices = [m for m in RunFileReader(out) if m.kind is Kind.SLICE]
     assert slices
     for m in slices:
         assert m.meta == {"mode": "waveform", "zs_adc": 8.0}
         assert list(m.arrays) == ["ts", "nhit", "hit_ch", "hit_wave"]
         assert check(m.arrays, m.count, nch[m.board], WAVE_HITS, samples=32) > 0
+        # the board's reconstruction window, its largest sample over the default pedestal
+        w0, w1 = reco_window(geom.board(m.board), geom.detector)
         w = m.arrays["hit_wave"].astype(np.float64)
-        assert (w.max(axis=1) - w[:, :4].mean(axis=1) >= 8.0).all()
+        assert (w[:, w0:w1].max(axis=1) - geom.detector.pedestal >= 8.0).all()
 
 
 def test_default_size_is_sensible_and_said_before_it_starts(

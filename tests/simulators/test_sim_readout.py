@@ -9,7 +9,6 @@ from numpy.testing import assert_array_equal
 from daq.geometry import pulse_shape
 from daq.hits import FEATURE_HITS, check
 from simulators.features import features_dense
-from simulators.physics import Halo
 from simulators.readout import (
     FAST,
     SLOW,
@@ -22,7 +21,7 @@ from simulators.readout import (
     waveforms,
     waveforms_reference,
 )
-from tests.simulators.sim_helpers import detector, simulator
+from tests.simulators.sim_helpers import alone_in_trace, detector, simulator
 
 SAMPLES, SAMPLE_NS, TRIG, ADC_MAX = 32, 12.5, 8, 4095
 
@@ -30,22 +29,20 @@ SAMPLES, SAMPLE_NS, TRIG, ADC_MAX = 32, 12.5, 8, 4095
 def _case(rng: np.random.Generator, n: int = 300, nch: int = 5) -> tuple:
     t = np.sort(rng.uniform(0, 20_000, n))
     dep = np.where(rng.random((n, nch)) < 0.5, rng.exponential(800, (n, nch)), 0.0)
-    lines = np.array([[0, 1], [2, 3], [4, 1]])
-    halo = Halo(lines, rng.integers(0, 3, n), rng.uniform(100, 200, (n, 2)).astype(np.float32))
     ev = np.arange(20, n - 20, dtype=np.int64)
     lo, hi = gates(t, ev, 200.0)
-    return t, ev, lo, hi, dep.astype(np.float32), halo
+    return t, ev, lo, hi, dep.astype(np.float32)
 
 
 def test_waveform_kernel_matches_reference() -> None:
     rng = np.random.default_rng(5)
-    t, ev, lo, hi, dep, halo = _case(rng)
+    t, ev, lo, hi, dep = _case(rng)
     assert (hi - lo > 1).any(), "the case must contain pileup"
     ped = np.linspace(390.3, 410, dep.shape[1])
     pool = noise_pool(rng, 2.0, 4096 + dep.shape[1] * SAMPLES)
     offs = rng.integers(0, 4096, len(ev))
     for shape in (FAST, SLOW):
-        args = (ev, t, lo, hi, dep, halo, shape, ped, pool, offs, SAMPLES, SAMPLE_NS,
+        args = (ev, t, lo, hi, dep, shape, ped, pool, offs, SAMPLES, SAMPLE_NS,
                 TRIG, ADC_MAX)
         got, ref = waveforms(*args), waveforms_reference(*args)
         # identical up to a rounding tie flipped by summation order
@@ -79,7 +76,7 @@ def test_feature_peak_time_and_pulse_count() -> None:
     ev = np.array([1], dtype=np.int64)
     pool = np.zeros(16, np.float32)
     lo, hi = gates(t, ev, 100.0)
-    args = (ev, t, lo, hi, dep, None)
+    args = (ev, t, lo, hi, dep)
     clock = Sampling(SAMPLES, SAMPLE_NS, TRIG)
     fast = features_dense(*args, FAST, pool, np.zeros(1, np.int64), 10.0, 3695.0,
                           sampling=clock)
@@ -106,8 +103,9 @@ def test_waveform_in_time_pulse_peaks_at_trigger_sample() -> None:
     sim = simulator(generated_s=0.002, mode="waveform", seed=4, slice_events=512)
     plan = sim.plan(0)
     sl = next(iter(sim.slices(plan)))
-    ecal = geom.board_names.index("ECAL")
-    alone = sl.truth["pileup"][:, ecal] == 0
+    # alone in the trace: no other particle's pulse in it (the ECAL sees no halo)
+    alone = alone_in_trace(plan.t, sim.reach["ECAL"])[sl.first:sl.first + sl.count]
+    assert alone.sum() > 100
     wave = sl.boards["ECAL"]["wave"][alone].astype(np.float64)
     spot = int(np.argmax(wave.max(axis=1).mean(axis=0)))
     # the beam phase puts the peak between the trigger sample and the next: the largest
@@ -174,18 +172,19 @@ def test_double_pulse_resolution_is_two_samples_in_both_modes(dt: float, lo: flo
 
     n = 2000
     ev, t, lo_, hi_, dep = _pairs(dt, n, seed=int(dt * 10))
-    feat = features_dense(ev, t, lo_, hi_, dep, None, FAST, np.zeros(64, np.float32),
+    feat = features_dense(ev, t, lo_, hi_, dep, FAST, np.zeros(64, np.float32),
                           np.zeros(n, np.int64), 10.0, 3695.0,
                           sampling=Sampling(SAMPLES, SAMPLE_NS, TRIG))
     found = (feat["npulse"][:, 0] == 2).mean()
     assert lo <= found <= hi, found
     pool = noise_pool(np.random.default_rng(5), 2.0, 1 << 14)
-    wave = waveforms(ev, t, lo_, hi_, dep, None, FAST, np.full(1, 400.0), pool,
+    wave = waveforms(ev, t, lo_, hi_, dep, FAST, np.full(1, 400.0), pool,
                      np.random.default_rng(6).integers(0, 1 << 13, n), SAMPLES, SAMPLE_NS,
                      TRIG, ADC_MAX)
     z = np.zeros((n, 1))
     npulse = np.zeros((n, 1), np.uint8)
-    wave_board(wave, np.ones(1, np.uint8), 4, 30.0, ADC_MAX, TRIG, SAMPLE_NS, False, True,
+    wave_board(wave, np.ones(1, np.uint8), np.full(1, 400.0), 0, SAMPLES, 30.0, ADC_MAX, TRIG,
+               SAMPLE_NS, False, True,
                z.copy(), z.copy(), npulse, z.copy(), np.zeros(n, bool))
     # the same but for noise (2 ADC on 500) deciding a marginal local maximum: near the
     # resolution (20-25 ns) the dip between the pulses is a few ADC deep at some phases

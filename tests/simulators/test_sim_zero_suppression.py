@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from daq.errors import ConfigError
-from daq.geometry import Board
+from daq.geometry import Board, reco_window
 from daq.hits import FEATURE_HITS, T_UNIT_NS, WAVE_HITS, check, sparsify
 from daq.wire import Kind
 from simulators.config import SimConfig
@@ -15,14 +15,12 @@ from simulators.errors import SimulatorError
 from simulators.features import features, features_dense, loud_bits
 from simulators.frontend import FrontEnds
 from simulators.generator import MAX_HIT_CHANNELS, Simulator
-from simulators.physics import Halo
 from simulators.readout import (
     FAST,
     SLOW,
     Sampling,
     gates,
     noise_pool,
-    pedestal_samples,
     waveform_hits,
     waveforms,
 )
@@ -33,17 +31,15 @@ CLOCK = Sampling(SAMPLES, SAMPLE_NS, TRIG)
 
 
 def _case(seed: int, *, n: int = 400, nch: int = 7, scale: float = 800.0) -> tuple:
-    """Particles with pileup and halo; channel 6 never sees a deposit (noise only)."""
+    """Particles with pileup; channel 6 never sees a deposit (noise only)."""
     rng = np.random.default_rng(seed)
     t = np.sort(rng.uniform(0, 40_000, n))
     dep = np.where(rng.random((n, nch)) < 0.4, rng.exponential(scale, (n, nch)), 0.0)
     dep[:, 6] = 0.0
     dep[rng.random(n) < 0.3] = 0.0  # particles that leave nothing in this board
-    lines = np.array([[0, 1], [2, 3], [4, 1]])
-    halo = Halo(lines, rng.integers(0, 3, n), rng.uniform(100, 200, (n, 2)).astype(np.float32))
     ev = np.arange(20, n - 20, dtype=np.int64)
     lo, hi = gates(t, ev, 200.0)
-    return t, ev, lo, hi, dep.astype(np.float32), halo
+    return t, ev, lo, hi, dep.astype(np.float32)
 
 
 def _expected_features(dense: dict[str, np.ndarray], zs: float
@@ -66,13 +62,13 @@ def _expected_features(dense: dict[str, np.ndarray], zs: float
 ])
 def test_feature_hits_are_the_dense_amplitudes_at_or_above_zs(zs: float, noise: float,
                                                                amp_max: float) -> None:
-    t, ev, lo, hi, dep, halo = _case(7)
+    t, ev, lo, hi, dep = _case(7)
     assert (hi - lo > 1).any() and (hi - lo == 1).any(), "the case mixes lone and pileup events"
     rng = np.random.default_rng(8)
     pool = noise_pool(rng, noise, 4096 + dep.shape[1])
     offs = rng.integers(0, 4096, len(ev))
     for shape in (FAST, SLOW):
-        args = (ev, t, lo, hi, dep, halo, shape, pool, offs, 5 * noise, amp_max)
+        args = (ev, t, lo, hi, dep, shape, pool, offs, 5 * noise, amp_max)
         dense = features_dense(*args, sampling=CLOCK)
         nhit, hits = _expected_features(dense, zs)
         got = features(*args, zs, sampling=CLOCK)
@@ -86,11 +82,11 @@ def test_feature_hits_are_the_dense_amplitudes_at_or_above_zs(zs: float, noise: 
 def test_feature_hits_with_the_deposit_notes_of_the_simulator() -> None:
     # the simulator passes the loud bitmap and which particles and channels have deposits;
     # a superset of channels changes nothing
-    t, ev, lo, hi, dep, halo = _case(9)
+    t, ev, lo, hi, dep = _case(9)
     rng = np.random.default_rng(10)
     pool = noise_pool(rng, 3.0, 4096 + dep.shape[1])
     offs = rng.integers(0, 4096, len(ev))
-    args = (ev, t, lo, hi, dep, halo, SLOW, pool, offs, 15.0, 3695.0, 6.0)
+    args = (ev, t, lo, hi, dep, SLOW, pool, offs, 15.0, 3695.0, 6.0)
     ref = features(*args, sampling=CLOCK)
     touched = (dep > 0).any(axis=1).astype(np.uint8)
     for reach in ((dep > 0).any(axis=0).astype(np.uint8), np.ones(dep.shape[1], np.uint8)):
@@ -100,21 +96,21 @@ def test_feature_hits_with_the_deposit_notes_of_the_simulator() -> None:
 
 
 def test_feature_amplitudes_clip_at_amp_max_and_int16() -> None:
-    t, ev, lo, hi, dep, halo = _case(11, scale=40_000.0)
+    t, ev, lo, hi, dep = _case(11, scale=40_000.0)
     pool = np.zeros(4096 + dep.shape[1], np.float32)
     offs = np.zeros(len(ev), np.int64)
     for amp_max, top in ((3695.0, 3695), (60_000.0, 32767)):
-        got = features(ev, t, lo, hi, dep, halo, SLOW, pool, offs, 10.0, amp_max, 6.0,
+        got = features(ev, t, lo, hi, dep, SLOW, pool, offs, 10.0, amp_max, 6.0,
                        sampling=CLOCK)
         assert got["hit_amp"].max() == top
 
 
 def _wave_case(ped: np.ndarray) -> tuple:
-    t, ev, lo, hi, dep, halo = _case(12)
+    t, ev, lo, hi, dep = _case(12)
     rng = np.random.default_rng(13)
     pool = noise_pool(rng, 2.0, 4096 + dep.shape[1] * SAMPLES)
     offs = rng.integers(0, 4096, len(ev))
-    return (ev, t, lo, hi, dep, halo, SLOW, ped, pool, offs, SAMPLES, SAMPLE_NS, TRIG, ADC_MAX)
+    return (ev, t, lo, hi, dep, SLOW, ped, pool, offs, SAMPLES, SAMPLE_NS, TRIG, ADC_MAX)
 
 
 @pytest.mark.parametrize("ped", [np.full(7, 400.0), np.linspace(390.3, 410, 7)])
@@ -123,12 +119,11 @@ def test_wave_hits_are_the_full_waveforms_of_the_kept_channels(ped: np.ndarray,
                                                                zs: float) -> None:
     args = _wave_case(ped)
     full = waveforms(*args)
-    got = waveform_hits(*args, zs)
-    # kept: largest sample minus the mean of the first n_ped samples (the trigger's pedestal)
-    n_ped = pedestal_samples(TRIG)
+    w0, w1 = TRIG - 1, TRIG + 3
+    got = waveform_hits(*args, zs, window=(w0, w1))
+    # kept: the window's largest sample minus the calibration pedestal (the trigger's)
     w = full.astype(np.float64)
-    nhit, hits = sparsify(w.max(axis=1) - w[:, :n_ped, :].mean(axis=1) >= zs,
-                          {"hit_wave": full})
+    nhit, hits = sparsify(w[:, w0:w1].max(axis=1) - ped >= zs, {"hit_wave": full})
     assert check(got, len(args[0]), 7, WAVE_HITS, samples=SAMPLES) == len(hits["hit_ch"]) > 0
     assert_array_equal(got["nhit"], nhit)
     assert_array_equal(got["hit_ch"], hits["hit_ch"])
@@ -139,13 +134,15 @@ def test_simulated_wave_hits_equal_full_waveforms_of_the_same_seed() -> None:
     cfg = {"generated_s": 0.002, "seed": 4, "mode": "waveform", "slice_events": 512}
     full = simulator(**cfg)
     zs = simulator(**cfg, zero_suppress=True, zs_adc=8.0)
-    n_ped = pedestal_samples(full.geom.detector.trigger_sample)
+    det = full.geom.detector
     kept = 0
     for a, b in zip(full.slices(full.plan(0)), zs.slices(zs.plan(0)), strict=True):
         assert_array_equal(a.ts, b.ts)
         for board, arrays in a.boards.items():
+            w0, w1 = reco_window(full.geom.board(board), det)
             w = arrays["wave"].astype(np.float64)
-            nhit, hits = sparsify(w.max(axis=1) - w[:, :n_ped, :].mean(axis=1) >= 8.0,
+            ped = full.calib.pedestal[board].astype(np.float64)
+            nhit, hits = sparsify(w[:, w0:w1].max(axis=1) - ped >= 8.0,
                                   {"hit_wave": arrays["wave"]})
             got = b.boards[board]
             check(got, b.count, full.geom.n_channels(board), WAVE_HITS,

@@ -9,7 +9,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from trigger_data import LAYOUTS, built_arrays, detector, random_slice, sim_slices, zero_suppress
+from trigger_data import (
+    LAYOUTS,
+    built_arrays,
+    channel_pedestals,
+    detector,
+    random_slice,
+    sim_slices,
+    window_in,
+    zero_suppress,
+)
 
 from daq import hits
 from daq.config import content_hash
@@ -50,29 +59,33 @@ def _compare(arrays: dict[str, np.ndarray], count: int, mode: str, cfg: TriggerC
 
 
 _sample = st.one_of(st.integers(395, 405), st.integers(0, 4095), st.just(4095), st.just(0))
+_windows = st.tuples(st.integers(0, 40), st.integers(1, 40))
+_pedestals = st.one_of(st.just(400.0), st.floats(0.0, 4095.0))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(wave=hnp.arrays(np.int16, st.tuples(st.integers(0, 5),
                                            st.one_of(st.just(SAMPLES), st.integers(1, 40)),
                                            st.integers(0, 40)), elements=_sample),
-       thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8), masked=st.integers(0, 63),
+       thr=st.floats(1.0, 500.0), win=_windows, ped=_pedestals, masked=st.integers(0, 63),
        pulses=st.booleans())
-def test_wave_board_matches_reference(wave: np.ndarray, thr: float, n_ped: int,
-                                      masked: int, pulses: bool) -> None:
-    n, _, nch = wave.shape  # (count, samples, nch), as on the wire
+def test_wave_board_matches_reference(wave: np.ndarray, thr: float, win: tuple[int, int],
+                                      ped: float, masked: int, pulses: bool) -> None:
+    n, ns, nch = wave.shape  # (count, samples, nch), as on the wire
+    w0, w1 = window_in(win, ns)
+    peds = channel_pedestals(ped, nch)
     live = np.array([(masked >> c) & 1 == 0 for c in range(nch)], np.uint8)
     outs = []
     for be in (kernels, reference):
         o = (np.empty((n, nch), np.float32), np.empty((n, nch), np.float32),
              np.empty((n, nch), np.uint8), np.empty((n, nch), np.float32),
              np.empty(n, np.uint8))
-        be.wave_board(wave, live, n_ped, thr, 4095, 8, 12.5, True, pulses, *o)
+        be.wave_board(wave, live, peds, w0, w1, thr, 4095, 8, 12.5, True, pulses, *o)
         outs.append(o)
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
     sat = outs[0][4]
-    assert list(sat) == [int(((wave[e] >= 4095).any(axis=0) & (live != 0)).any())
+    assert list(sat) == [int(((wave[e, w0:w1] >= 4095).any(axis=0) & (live != 0)).any())
                          for e in range(n)]
 
 
@@ -85,8 +98,8 @@ def test_pulse_level_rounds_like_the_reference() -> None:
     for be in (kernels, reference):
         o = (np.empty((1, 2), np.float32), np.empty((1, 2), np.float32),
              np.empty((1, 2), np.uint8), np.empty((1, 2), np.float32), np.empty(1, np.uint8))
-        be.wave_board(wave, np.ones(2, np.uint8), 4, 5.000000000000001, 4095, 8, 12.5, True,
-                      True, *o)
+        be.wave_board(wave, np.ones(2, np.uint8), np.full(2, 399.0), 0, SAMPLES,
+                      5.000000000000001, 4095, 8, 12.5, True, True, *o)
         outs.append(o)
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -104,18 +117,20 @@ def _random_hits(rng: np.random.Generator, n: int, nch: int, fill: float
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 6), nch=st.integers(1, 40),
        fill=st.sampled_from([0.0, 0.3, 1.0]), samples=st.one_of(st.just(SAMPLES),
                                                                st.integers(1, 40)),
-       data=st.data(), thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8),
+       data=st.data(), thr=st.floats(1.0, 500.0), win=_windows, ped=_pedestals,
        masked=st.integers(0, 63), pulses=st.booleans())
 def test_wave_hits_match_reference(seed: int, n: int, nch: int, fill: float, samples: int,
-                                   data: st.DataObject, thr: float, n_ped: int, masked: int,
-                                   pulses: bool) -> None:
+                                   data: st.DataObject, thr: float, win: tuple[int, int],
+                                   ped: float, masked: int, pulses: bool) -> None:
+    w0, w1 = window_in(win, samples)
+    peds = channel_pedestals(ped, nch)
     nhit, ch = _random_hits(np.random.default_rng(seed), n, nch, fill)
     wave = data.draw(hnp.arrays(np.int16, (len(ch), samples), elements=_sample))
     live = np.array([(masked >> c) & 1 == 0 for c in range(nch)], np.uint8)
     outs = []
     for be in (kernels, reference):
         o = (np.empty(len(ch), np.float32), np.zeros(len(ch), np.uint8), np.empty(n, np.uint8))
-        be.wave_hits(nhit, ch, wave, live, n_ped, thr, 4095, pulses, *o)
+        be.wave_hits(nhit, ch, wave, live, peds, w0, w1, thr, 4095, pulses, *o)
         outs.append(o)
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a, b)
@@ -125,21 +140,24 @@ def test_wave_hits_match_reference(seed: int, n: int, nch: int, fill: float, sam
 @given(wave=hnp.arrays(np.int16, st.tuples(st.integers(0, 5),
                                            st.one_of(st.just(SAMPLES), st.integers(1, 40)),
                                            st.integers(1, 40)), elements=_sample),
-       thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8), masked=st.integers(0, 63))
-def test_wave_hits_compute_what_wave_board_does(wave: np.ndarray, thr: float, n_ped: int,
+       thr=st.floats(1.0, 500.0), win=_windows, ped=_pedestals, masked=st.integers(0, 63))
+def test_wave_hits_compute_what_wave_board_does(wave: np.ndarray, thr: float,
+                                                win: tuple[int, int], ped: float,
                                                 masked: int) -> None:
     # every channel read out: the hits are the board's channels, event by event
-    n, _, nch = wave.shape
+    n, ns, nch = wave.shape
+    w0, w1 = window_in(win, ns)
+    peds = channel_pedestals(ped, nch)
     live = np.array([(masked >> c) & 1 == 0 for c in range(nch)], np.uint8)
     amp, npulse = np.empty((n, nch), np.float32), np.empty((n, nch), np.uint8)
     sat, none = np.empty(n, np.uint8), np.zeros((0, 0), np.float32)
-    kernels.wave_board(wave, live, n_ped, thr, 4095, 8, 12.5, False, True, amp, none, npulse,
-                       none, sat)
+    kernels.wave_board(wave, live, peds, w0, w1, thr, 4095, 8, 12.5, False, True, amp, none,
+                       npulse, none, sat)
     nhit, h = hits.sparsify(np.ones((n, nch), bool), {"hit_wave": wave})
     h_amp, h_np, h_sat = np.empty(n * nch, np.float32), np.empty(n * nch, np.uint8), \
         np.empty(n, np.uint8)
-    kernels.wave_hits(nhit, h["hit_ch"], h["hit_wave"], live, n_ped, thr, 4095, True, h_amp,
-                      h_np, h_sat)
+    kernels.wave_hits(nhit, h["hit_ch"], h["hit_wave"], live, peds, w0, w1, thr, 4095, True,
+                      h_amp, h_np, h_sat)
     np.testing.assert_array_equal(h_amp, amp.reshape(-1))
     np.testing.assert_array_equal(h_np, npulse.reshape(-1))
     np.testing.assert_array_equal(h_sat, sat)

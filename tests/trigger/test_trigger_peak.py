@@ -7,12 +7,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from trigger_data import channel_pedestals, window_in
 
 from daq import hits
 from daq.geometry import peak_correction, pulse_shape
 from trigger import kernels, reference
 
-NS, SAMPLE_NS, TRIG, N_PED, PED = 32, 12.5, 8, 4, 400.0
+NS, SAMPLE_NS, TRIG, PED = 32, 12.5, 8, 400.0
+W0, W1 = 6, 11  # a reconstruction window (the BEAM board's)
+PEDS = np.full(1, PED)
 
 
 def _traces(tp: float, amp: np.ndarray, phase: np.ndarray, noise: float,
@@ -35,12 +38,12 @@ def test_peak_is_unbiased_across_the_phase(tp: float, rms_max: float) -> None:
     phase = rng.uniform(0.0, SAMPLE_NS, n)
     wave = _traces(tp, true, phase, 0.0, rng)
     corr = peak_correction(tp, SAMPLE_NS)
-    raw = (wave[:, :, 0].max(axis=1) - wave[:, :N_PED, 0].mean(axis=1)).astype(np.float32)
+    raw = (wave[:, W0:W1, 0].max(axis=1) - PED).astype(np.float32)
     assert raw.mean() / 2000 < {20.0: 0.98, 10.0: 0.9, 5.0: 0.7}[tp]
     out = {}
     for backend in (kernels, reference):
         amp = raw[:, None].copy()
-        backend.peak_board(wave, N_PED, 30.0, corr, amp)
+        backend.peak_board(wave, PEDS, W0, W1, 30.0, corr, amp)
         out[backend.__name__] = amp[:, 0]
     np.testing.assert_array_equal(out["trigger.kernels"], out["trigger.reference"])
     r = out["trigger.kernels"] / true
@@ -56,11 +59,11 @@ def test_noisy_pulses_stay_unbiased() -> None:
     n = 40000
     true = rng.uniform(100.0, 3000.0, n)
     wave = _traces(20.0, true, rng.uniform(0.0, SAMPLE_NS, n), 2.0, rng)
-    amp = (wave[:, :, 0].max(axis=1) - wave[:, :N_PED, 0].mean(axis=1)).astype(np.float32)
+    amp = (wave[:, W0:W1, 0].max(axis=1) - PED).astype(np.float32)
     amp = amp[:, None].copy()
-    kernels.peak_board(wave, N_PED, 30.0, peak_correction(20.0, SAMPLE_NS), amp)
+    kernels.peak_board(wave, PEDS, W0, W1, 30.0, peak_correction(20.0, SAMPLE_NS), amp)
     d = amp[:, 0] - true
-    # the noise of the largest sample and of the pedestal mean: ~2.2 ADC per cell
+    # the noise of the largest sample (the calibration pedestal is exact): ~2 ADC per cell
     assert abs(d.mean()) < 5 * d.std() / np.sqrt(n)
     assert d.std() < 3.0
 
@@ -70,32 +73,36 @@ def test_hits_correct_like_the_board() -> None:
     n = 500
     wave = _traces(20.0, rng.uniform(5.0, 3000.0, n), rng.uniform(0, SAMPLE_NS, n), 2.0, rng)
     corr = peak_correction(20.0, SAMPLE_NS)
-    raw = (wave[:, :, 0].max(axis=1) - wave[:, :N_PED, 0].mean(axis=1)).astype(np.float32)
+    raw = (wave[:, W0:W1, 0].max(axis=1) - PED).astype(np.float32)
     board = raw[:, None].copy()
-    kernels.peak_board(wave, N_PED, 30.0, corr, board)
+    kernels.peak_board(wave, PEDS, W0, W1, 30.0, corr, board)
     for backend in (kernels, reference):
         h = raw.copy()
-        backend.peak_hits(np.ascontiguousarray(wave[:, :, 0]), N_PED, 30.0, corr, h)
+        backend.peak_hits(np.zeros(n, np.uint8), np.ascontiguousarray(wave[:, :, 0]), PEDS,
+                          W0, W1, 30.0, corr, h)
         np.testing.assert_array_equal(h, board[:, 0])
 
 
 # samples near the pedestal (ties of the maximum), anywhere, and at the ADC's ends
 _sample = st.one_of(st.integers(395, 405), st.integers(0, 4095), st.just(4095), st.just(0))
+_windows = st.tuples(st.integers(0, 40), st.integers(1, 40))
+_pedestals = st.one_of(st.just(PED), st.floats(0.0, 4095.0))
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(wave=hnp.arrays(np.int16, st.tuples(st.integers(0, 5), st.integers(1, 40),
                                            st.integers(0, 40)), elements=_sample),
-       thr=st.floats(1.0, 500.0), peak_thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8),
-       masked=st.integers(0, 63), pulses=st.booleans(), extra=st.booleans())
+       thr=st.floats(1.0, 500.0), peak_thr=st.floats(1.0, 500.0), win=_windows,
+       ped=_pedestals, masked=st.integers(0, 63), pulses=st.booleans(), extra=st.booleans())
 def test_board_pass_corrects_like_peak_board(wave: np.ndarray, thr: float, peak_thr: float,
-                                             n_ped: int, masked: int, pulses: bool,
-                                             extra: bool) -> None:
+                                             win: tuple[int, int], ped: float, masked: int,
+                                             pulses: bool, extra: bool) -> None:
     """wave_peak_board (the correction in the board's own pass) gives what wave_board then
     peak_board give, and what the reference gives, to the bit: ties of the maximum (its first
     position counts), saturated and clipped samples, maxima on the first or last sample."""
     n, ns, nch = wave.shape
-    n_ped = min(n_ped, ns)  # the pedestal lies before the trigger sample (build_params)
+    w0, w1 = window_in(win, ns)
+    peds = channel_pedestals(ped, nch)
     live = np.array([(masked >> c) & 1 == 0 for c in range(nch)], np.uint8)
     corr = peak_correction(20.0, SAMPLE_NS)
 
@@ -105,12 +112,13 @@ def test_board_pass_corrects_like_peak_board(wave: np.ndarray, thr: float, peak_
                 np.empty(n, np.uint8))
 
     apart = outputs()
-    kernels.wave_board(wave, live, n_ped, thr, 4095, TRIG, SAMPLE_NS, extra, pulses, *apart)
-    kernels.peak_board(wave, n_ped, peak_thr, corr, apart[0])
+    kernels.wave_board(wave, live, peds, w0, w1, thr, 4095, TRIG, SAMPLE_NS, extra, pulses,
+                       *apart)
+    kernels.peak_board(wave, peds, w0, w1, peak_thr, corr, apart[0])
     for backend in (kernels, reference):
         o = outputs()
-        backend.wave_peak_board(wave, live, n_ped, thr, 4095, TRIG, SAMPLE_NS, extra, pulses,
-                                peak_thr, corr, *o)
+        backend.wave_peak_board(wave, live, peds, w0, w1, thr, 4095, TRIG, SAMPLE_NS, extra,
+                                pulses, peak_thr, corr, *o)
         for i in (0, 1, 2, 3, 4) if extra else (0, 2, 4):  # peak time, integral: if extra
             np.testing.assert_array_equal(o[i], apart[i], err_msg=f"{backend.__name__} {i}")
 
@@ -125,11 +133,12 @@ def test_board_pass_takes_the_first_of_equal_maxima() -> None:
     corr = peak_correction(20.0, SAMPLE_NS)
     amp = np.empty((1, 2), np.float32)
     none = np.zeros((0, 0), np.float32)
-    kernels.wave_peak_board(wave, np.ones(2, np.uint8), N_PED, 30.0, 4095, TRIG, SAMPLE_NS,
-                            False, False, 30.0, corr, amp, none, np.empty((1, 2), np.uint8),
-                            none, np.empty(1, np.uint8))
+    peds = np.full(2, PED)
+    kernels.wave_peak_board(wave, np.ones(2, np.uint8), peds, 0, NS, 30.0, 4095, TRIG,
+                            SAMPLE_NS, False, False, 30.0, corr, amp, none,
+                            np.empty((1, 2), np.uint8), none, np.empty(1, np.uint8))
     ref = np.array([[1000.0, 1000.0]], np.float32)
-    reference.peak_board(wave, N_PED, 30.0, corr, ref)
+    reference.peak_board(wave, peds, 0, NS, 30.0, corr, ref)
     np.testing.assert_array_equal(amp, ref)
     # the first maximum's ratio (1400 - 400) / 1000 = 1, the other's 0: different corrections
     assert amp[0, 0] != amp[0, 1]
@@ -140,13 +149,15 @@ def test_board_pass_takes_the_first_of_equal_maxima() -> None:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), n=st.integers(0, 6), nch=st.integers(1, 40),
        samples=st.integers(1, 40), data=st.data(), thr=st.floats(1.0, 500.0),
-       peak_thr=st.floats(1.0, 500.0), n_ped=st.integers(1, 8), pulses=st.booleans())
+       peak_thr=st.floats(1.0, 500.0), win=_windows, ped=_pedestals, pulses=st.booleans())
 def test_hits_pass_corrects_like_peak_hits(seed: int, n: int, nch: int, samples: int,
                                            data: st.DataObject, thr: float, peak_thr: float,
-                                           n_ped: int, pulses: bool) -> None:
-    """wave_peak_hits (the correction in the hits' own pass, from their integer pedestal
-    sum) gives what wave_hits then peak_hits give, and what the reference gives, to the bit."""
-    n_ped = min(n_ped, samples)
+                                           win: tuple[int, int], ped: float,
+                                           pulses: bool) -> None:
+    """wave_peak_hits (the correction in the hits' own pass) gives what wave_hits then
+    peak_hits give, and what the reference gives, to the bit."""
+    w0, w1 = window_in(win, samples)
+    peds = channel_pedestals(ped, nch)
     nhit, h = hits.sparsify(np.random.default_rng(seed).random((n, nch)) < 0.5, {})
     ch = h["hit_ch"]
     wave = data.draw(hnp.arrays(np.int16, (len(ch), samples), elements=_sample))
@@ -157,11 +168,44 @@ def test_hits_pass_corrects_like_peak_hits(seed: int, n: int, nch: int, samples:
         return np.empty(len(ch), np.float32), np.zeros(len(ch), np.uint8), np.empty(n, np.uint8)
 
     apart = outputs()
-    kernels.wave_hits(nhit, ch, wave, live, n_ped, thr, 4095, pulses, *apart)
-    kernels.peak_hits(wave, n_ped, peak_thr, corr, apart[0])
+    kernels.wave_hits(nhit, ch, wave, live, peds, w0, w1, thr, 4095, pulses, *apart)
+    kernels.peak_hits(ch, wave, peds, w0, w1, peak_thr, corr, apart[0])
     for backend in (kernels, reference):
         o = outputs()
-        backend.wave_peak_hits(nhit, ch, wave, live, n_ped, thr, 4095, pulses, peak_thr, corr,
-                               *o)
+        backend.wave_peak_hits(nhit, ch, wave, live, peds, w0, w1, thr, 4095, pulses, peak_thr,
+                               corr, *o)
         for a, b in zip(o, apart, strict=True):
             np.testing.assert_array_equal(a, b, err_msg=backend.__name__)
+
+
+def test_a_pulse_in_the_first_samples_leaves_the_amplitude_unbiased() -> None:
+    """Pileup at the start of the trace (a 2000 ADC pulse 100 ns before a 1000 ADC in-time
+    one, both 20 ns shapes): the pedestal is the calibration's, so the amplitude moves only
+    by what the early pulse's tail adds near the in-time peak (a few ADC), where the mean of
+    the first four samples would be lifted by ~1000 ADC (decision 0005, "Pedestal")."""
+    rng = np.random.default_rng(23)
+    n = 2000
+    phase = rng.uniform(0.0, SAMPLE_NS, n)
+    t = (np.arange(NS)[None, :] - TRIG) * SAMPLE_NS - phase[:, None]
+    early_part = 2000.0 * pulse_shape(t + 100.0, 20.0)
+    noise = 2.0 * rng.standard_normal((n, NS))
+    clean = PED + 1000.0 * pulse_shape(t, 20.0) + noise
+    waves = [np.floor(v + 0.5).astype(np.int16)[:, :, None] for v in (clean, clean + early_part)]
+    w0, w1 = 5, 13  # the ECAL's window
+    corr = peak_correction(20.0, SAMPLE_NS)
+    amps = []
+    for wave in waves:
+        amp = np.empty((n, 1), np.float32)
+        none = np.zeros((0, 0), np.float32)
+        kernels.wave_peak_board(wave, np.ones(1, np.uint8), PEDS, w0, w1, 30.0, 4095, TRIG,
+                                SAMPLE_NS, False, False, 30.0, corr, amp, none,
+                                np.empty((n, 1), np.uint8), none, np.empty(n, np.uint8))
+        amps.append(amp[:, 0].astype(np.float64))
+    shift = amps[1] - amps[0]
+    # at most the early pulse's tail at the samples around the in-time peak (it moves the
+    # largest sample and, through its neighbours' ratio, the peak correction): 9-25 ADC
+    near = early_part[:, TRIG - 1:TRIG + 3].max(axis=1)
+    assert (np.abs(shift) <= near).all() and near.max() < 30.0
+    assert abs(float(shift.mean())) < 5.0
+    first_mean = waves[1][:, :4, 0].mean(axis=1) - PED
+    assert first_mean.min() > 500.0  # what the old pedestal estimate would have subtracted

@@ -11,6 +11,8 @@ from daq import hits
 from daq.geometry import Calibration, Geometry, load_calibration, load_geometry
 from simulators.config import SimConfig
 from simulators.generator import Simulator, Slice
+from trigger.config import TriggerConfig
+from trigger.core import build_params, window_amplitude
 
 #: zero-suppression threshold of the test data, ADC counts (docs/dataflow.md: the default)
 ZS_ADC = 6.0
@@ -30,18 +32,18 @@ def zero_suppress(arrays: dict[str, np.ndarray], count: int, zs: float = ZS_ADC
     """Built-slice arrays with every dense board zero-suppressed at `zs`, as a digitiser does.
 
     Full waveforms `B.wave` become `B.nhit`/`B.hit_ch`/`B.hit_wave` (the channels whose
-    maximum minus the pedestal, the trigger's mean of the first samples, reaches zs). Dense
+    window's maximum minus the calibration pedestal reaches zs, as the trigger reads them). Dense
     feature arrays `B.amp`/`B.tpeak`/`B.npulse` become
     feature hits (rounded amplitude >= zs; what random_slice makes). Anything else is
     passed on.
     """
-    n_ped = max(1, detector()[0].detector.trigger_sample // 2)
+    g, cal = detector()
+    boards = {b.name: b for b in build_params(TriggerConfig(), g, cal).boards}
     out: dict[str, np.ndarray] = {}
     for name, a in arrays.items():
         board, _, kind = name.rpartition(".")
         if kind == "wave":
-            w = a.astype(np.int64)
-            amp = w.max(axis=1) - w[:, :n_ped].sum(axis=1) / n_ped
+            amp = window_amplitude(a, boards[board])
             nhit, hit = hits.sparsify(amp >= zs, {"hit_wave": a})
         elif kind == "amp":
             r = np.clip(np.round(a), -32768, 32767).astype(np.int16)
@@ -137,3 +139,15 @@ def built_stream(mode: str = "feature", *, spills: int = 2, seed: int = 4,
         out += builder.feed(msg, 0.0)
     out += builder.finish(0.0)
     return out
+
+
+def window_in(drawn: tuple[int, int], samples: int) -> tuple[int, int]:
+    """A reconstruction window [w0, w1) of a trace of `samples` from two drawn integers:
+    at least one sample, within the trace (as daq.geometry.reco_window gives)."""
+    w0 = min(drawn[0], samples - 1)
+    return w0, max(w0 + 1, min(drawn[1], samples))
+
+
+def channel_pedestals(ped: float, nch: int) -> np.ndarray:
+    """Calibration pedestals of `nch` channels around `ped`, not all equal (float64)."""
+    return ped + 0.25 * (np.arange(nch) % 3)
