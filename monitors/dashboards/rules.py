@@ -177,7 +177,8 @@ def alerts(a: AlarmConfig | None = None) -> tuple[Alert, ...]:
             description=(f"The {what} zero-threshold efficiency, measured on identified "
                          f"electrons (at least {n} a spill), has been below {_pct(low)} even "
                          "at the upper edge of its 68 % Wilson interval for several spills. "
-                         "Events with a pileup particle in the VETO/HCAL gate count as "
+                         "An electron with a charged particle (the beam halo, a hadron, a "
+                         f"muon) whose pulse reaches the {what} reconstruction window counts as "
                          "inefficient, so high intensity lowers it."),
             runbook=(f"Check the beam intensity and pileup first (high intensity lowers the "
                      f"{what} efficiency); if the beam is nominal, check {what} HV and "
