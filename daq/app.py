@@ -174,13 +174,16 @@ class Factory:
         self._agent(svc, "builder")
         return svc
 
-    def worker(self, index: int, registry: CollectorRegistry) -> TriggerWorker:
+    def worker(self, index: int, registry: CollectorRegistry, *,
+               shared_loop: bool = False) -> TriggerWorker:
+        """`shared_loop`: the worker shares its event loop with other services (LocalStack)."""
         from trigger.worker import TriggerWorker, WorkerConfig
 
         e = self.cfg.endpoints
         wc = WorkerConfig(input=e.builder_out, recorder=e.recorder, monitors=(e.monitor,),
                           index=index, with_crc=not e.builder_out.startswith("inproc://"),
-                          max_message_bytes=self.max_message_bytes)
+                          max_message_bytes=self.max_message_bytes,
+                          kernels_in_thread=shared_loop)
         name = f"trigger-{index}"
         w = TriggerWorker(wc, self.det.geometry, self.det.calibration, registry, ctx=self.ctx,
                           secure=self._secure(name))
@@ -302,7 +305,8 @@ class LocalStack(Stack):
         self.services["monitor"] = factory.monitor(self._registry("monitor", m.monitor))
         for i in range(cfg.workers):
             name = f"trigger-{i}"
-            self.services[name] = factory.worker(i, self._registry(name, m.port("trigger", i)))
+            self.services[name] = factory.worker(i, self._registry(name, m.port("trigger", i)),
+                                                shared_loop=True)
         self.services["frontend"] = factory.frontend(self._registry("frontend", m.frontend))
         store = StateStore(Path(cfg.run_dir) / "control")
         if cfg.mqtt is not None:

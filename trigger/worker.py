@@ -1,10 +1,12 @@
 """The trigger worker service: PULL built slices, run the kernels, PUSH results.
 
 Accepted events (and markers) go to the recorder, features of every event (and markers) to
-each monitor endpoint. Kernels run on the event loop's own thread: a slice takes a few
-milliseconds (4096 waveform events: ~5 ms), while handing each one to a thread and waking the
-loop when it is done cost ~10 % of the worker's CPU (docs/performance.md, session 10); the
-input keeps arriving meanwhile in ZeroMQ's I/O thread. They are compiled (or loaded from
+each monitor endpoint. In a process of its own a worker runs its kernels on the event
+loop's thread: a slice takes a few milliseconds (4096 waveform events: ~5 ms), and the input
+keeps arriving meanwhile in ZeroMQ's I/O thread, while handing each slice to a thread and
+waking the loop when it is done costs CPU for nothing (docs/performance.md, session 10).
+Sharing a loop with other services (`kernels_in_thread`, the demo), it runs them in a
+thread (they release the GIL) so the others go on. Kernels are compiled (or loaded from
 numba's cache) off the loop when the service starts.
 Several workers may PULL from one builder: decisions depend only on the slice (its stamped
 configuration, run, spill and event numbers), never on which worker ran it.
@@ -68,6 +70,11 @@ class WorkerConfig(StrictModel):
                                    description="At stop: how long to try sending what is left.")
     max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=1 << 16, le=1 << 40,
                                    description="Largest message the input takes (daq.inlet).")
+    kernels_in_thread: bool = Field(default=False, description=(
+        "Run the kernels in a thread, for a worker that shares its process and event loop "
+        "with other services (the demo's LocalStack): they go on meanwhile. A worker in a "
+        "process of its own runs them on its loop, without a hand-off and a wake-up per "
+        "slice."))
 
 
 class TriggerMetrics:
@@ -195,7 +202,8 @@ class TriggerWorker(Service):
             return False
         t0 = time.perf_counter()
         try:
-            res = self.processor.process(msg)
+            res = (await asyncio.to_thread(self.processor.process, msg)
+                   if self.config.kernels_in_thread else self.processor.process(msg))
         except SliceError as e:
             self.metrics.refused.labels(e.reason).inc()
             return False
