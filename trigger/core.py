@@ -282,8 +282,8 @@ def _pulse_thr(b: BoardParams, p: TriggerParams) -> float:
     # A timed board's pulses count from the zero threshold: below it a channel is no energy
     # anyway, and the feature front end marks pulses from 5 x noise (10 ADC, the default
     # zero threshold), not from the beam counters' `pulse_threshold_adc` (30 ADC would drop
-    # the in-time pulse of a small SRD channel that the sum counts).
-    # A beam counter keeps the multiplicity's threshold.
+    # the in-time pulse of a small SRD channel that the sum counts). A timed beam counter
+    # keeps the multiplicity's threshold.
     timed_only = b.timed and b.name not in PULSE_BOARDS
     return p.config.zero_threshold_adc if timed_only else p.config.pulse_threshold_adc
 
