@@ -7,10 +7,11 @@
 `neutrals`: at 6e6 e-/spill, the hadrons whose leading neutral escaped (truth process) and
 how many of them pass each cut of the signal box (monitors.identify, unblinded), scaled to
 a 4.8 s spill at the default `hadron_leading_neutral` (1e-3 of the interacting hadrons).
-`srd-time`: at 6e6 e-/spill in feature mode (seed 3, 0.05 s), what a cut on the time of
-each event's largest SRD pulse (the front end's `hit_t`) would do: hadrons and muons with
-an electron's SRD pulse in the SRD window (truth, tests/pileup_truth.srd_reached) still
-tagged, and electrons that lose their tag.
+`srd-time`: the SRD tag against the truth for SRD windows of 25, 37.5 and 50 ns, with the
+SRD's sum as it is (untimed) and timed by its pulse (`TriggerConfig.timed_boards`: a
+channel counts only when a pulse peaks in the window), at 6e6 and 1e7 e-/spill in both
+readout modes (seed 3, test_monitor_truth's beam time): electrons (truth) that lose the
+tag, and hadrons and muons (truth) that gain it.
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from monitor_truth import detector, simulate
 
-from daq.hits import T_UNIT_NS, densify
 from monitors.config import MonitorConfig
 from monitors.identify import hcal_total, single_track_in_window, srd_tagged
-from simulators.config import SimConfig
-from simulators.generator import Simulator
 from simulators.physics import Process
-from tests import pileup_truth as pt
+from trigger.config import TriggerConfig
 
 FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk", "missing")
 DEFAULT_LEADING_NEUTRAL = 1e-3
@@ -67,30 +65,28 @@ def neutrals(leading_neutral: float, generated_s: float, seed: int) -> None:
 
 
 def srd_time() -> None:
-    geom, cal = detector()
-    sim = Simulator(SimConfig.parse({"intensity": 6e6, "generated_s": 0.05, "seed": 3}),
-                    geom, cal)
-    slices = list(sim.slices(sim.plan(1)))
-    srd = {k: np.concatenate([s.boards["SRD"][k] for s in slices])
-           for k in ("nhit", "hit_ch", "hit_amp", "hit_t")}
-    truth = {k: np.concatenate([s.truth[k] for s in slices])
-             for k in ("t_ns", "species", "e_srd")}
-    nch = len(geom.board("SRD").channels)
-    amp = densify(srd["nhit"], srd["hit_ch"], srd["hit_amp"], nch)
-    t = densify(srd["nhit"], srd["hit_ch"], srd["hit_t"], nch) * T_UNIT_NS
-    t_srd = t[np.arange(len(t)), np.argmax(amp, axis=1)]  # the largest pulse's time
-    ele = truth["species"] == 0
-    near = pt.srd_reached(geom, truth, MonitorConfig().srd_min_gev / 2)
-    read = amp.max(axis=1) > 0
-    print(f"{len(t)} events; {int((ele & near).sum())} electrons and "
-          f"{int((~ele & near).sum())} hadrons or muons with another electron's SRD pulse "
-          "in the SRD window")
-    for window in (3.0, 5.0, 7.5, 10.0, 15.0):
-        tagged = read & (np.abs(t_srd) < window)
-        print(f"  |t_srd| < {window:4.1f} ns: hadrons/muons tagged "
-              f"{int((~ele & near & tagged).sum())}, electrons untagged "
-              f"{int((ele & ~tagged).sum())} ({int((ele & near & ~tagged).sum())} with a "
-              "neighbour)")
+    geom0, _ = detector()
+    cfg = MonitorConfig()
+    print("| SRD window | sum | e-/spill | mode | electrons losing the tag | hadrons / muons "
+          "gaining it |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for window in (25.0, 37.5, 50.0):
+        geom = geom0.model_validate({**geom0.model_dump(), "boards": [
+            {**b.model_dump(), "window_ns": window} if b.name == "SRD" else b.model_dump()
+            for b in geom0.boards]})
+        for timed in ((), ("SRD",)):
+            for intensity, gen in ((6e6, 0.05), (1e7, 0.03)):
+                for mode in ("feature", "waveform"):
+                    msgs, truth, _ = simulate(intensity=intensity, generated_s=gen, seed=3,
+                                              mode=mode, geometry=geom,
+                                              trigger=TriggerConfig(timed_boards=timed))
+                    tag = srd_tagged(_features(msgs), cfg)
+                    sp = truth["species"]
+                    print(f"| {window:g} ns | {'timed' if timed else 'untimed'} | "
+                          f"{intensity:.0e} | {mode} | {int(((sp == 0) & ~tag).sum())} of "
+                          f"{int((sp == 0).sum())} | {int(((sp == 1) & tag).sum())} / "
+                          f"{int(((sp == 2) & tag).sum())} of {int((sp == 1).sum())} / "
+                          f"{int((sp == 2).sum())} |", flush=True)
 
 
 def main() -> int:

@@ -19,6 +19,7 @@ which must be efficient, and which lie in the grey zone the MIP spread and noise
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -220,24 +221,65 @@ def _weff_table(b: Board) -> tuple[np.ndarray, np.ndarray]:
     return levels, counts
 
 
-def srd_reached(geom: Geometry, truth: dict[str, np.ndarray], min_gev: float) -> np.ndarray:
-    """Per event: a beam electron's SRD pulse (its truth e_srd, which a hadron or muon does
-    not radiate) puts at least `min_gev` into the event's SRD window."""
+def _srd_board(geom: Geometry, widen: int = 0) -> Board:
+    """The SRD's window as a `Board` (for `window_factor`), `widen` samples more each side."""
     det = geom.detector
     srd = geom.board("SRD")
-    b = Board("SRD", 0.0, 0.0, 1.0, 0.0, 3, reco_window(srd, det), det.sample_ns,
-              det.trigger_sample, srd.pulse_tp_ns)
+    w0, w1 = reco_window(srd, det)
+    return Board("SRD", 0.0, 0.0, 1.0, 0.0, 3, (w0 - widen, w1 + widen), det.sample_ns,
+                 det.trigger_sample, srd.pulse_tp_ns)
+
+
+def _electron_neighbours(truth: dict[str, np.ndarray], sample_ns: float
+                         ) -> Iterator[tuple[slice, np.ndarray, np.ndarray, np.ndarray]]:
+    """(events, their neighbour's offset dt (ns, inf beyond REACH_NS), the neighbour's SRD
+    energy (GeV, 0 unless an electron), the events' beam phase) for the 8 nearest beam
+    particles on each side: more within 400 ns is beyond 1e8 e-/spill."""
     t = truth["t_ns"].astype(np.float64)
-    phase = phase_of(t, det.sample_ns)
+    phase = phase_of(t, sample_ns)
     e = np.where(truth["species"] == 0, truth["e_srd"].astype(np.float64), 0.0)
-    out = np.zeros(len(t), bool)
     for k in range(1, 9):
         for a, c in ((slice(k, None), slice(None, -k)), (slice(None, -k), slice(k, None))):
             dt = t[c] - t[a]
-            near = np.abs(dt) < REACH_NS
-            out[a] |= near & (e[c] * window_factor(b, np.where(near, dt, np.inf), phase[a])
-                              >= min_gev)
-    return out
+            yield a, np.where(np.abs(dt) < REACH_NS, dt, np.inf), e[c], phase[a]
+
+
+def srd_neighbours(geom: Geometry, truth: dict[str, np.ndarray], min_gev: float
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per event: (reached, in_time). `reached`: a beam electron's SRD pulse (its truth
+    e_srd, which a hadron or muon does not radiate) puts at least `min_gev` into the event's
+    SRD window (its largest value at the window's samples). `in_time`: one of those pulses
+    can peak in the window: its peak lies from the sample before the window's first to its
+    last sample (the sampled maximum of a lone pulse is one of the two samples around its
+    peak)."""
+    b = _srd_board(geom)
+    # the window's edges in samples from the trigger sample (the in-time pulse peaks
+    # phase / sample_ns after it)
+    lo, hi = b.window[0] - 1 - b.trigger_sample, b.window[1] - b.trigger_sample
+    n = len(truth["t_ns"])
+    reached, in_time = np.zeros(n, bool), np.zeros(n, bool)
+    for a, dt, e, phase in _electron_neighbours(truth, b.sample_ns):
+        big = e * window_factor(b, dt, phase) >= min_gev
+        peak = (phase + dt) / b.sample_ns
+        reached[a] |= big
+        in_time[a] |= big & (peak >= lo) & (peak < hi)
+    return reached, in_time
+
+
+def srd_reached(geom: Geometry, truth: dict[str, np.ndarray], min_gev: float) -> np.ndarray:
+    """Per event: a beam electron's SRD pulse puts at least `min_gev` into the event's SRD
+    window (`srd_neighbours`' first)."""
+    return srd_neighbours(geom, truth, min_gev)[0]
+
+
+def srd_alone(geom: Geometry, truth: dict[str, np.ndarray]) -> np.ndarray:
+    """Per event: no other beam electron's SRD pulse reaches the SRD window or the sample
+    either side of it (which the pulse definition compares the window's samples with)."""
+    b = _srd_board(geom, widen=1)
+    alone = np.ones(len(truth["t_ns"]), bool)
+    for a, dt, e, phase in _electron_neighbours(truth, b.sample_ns):
+        alone[a] &= ~(e * window_factor(b, dt, phase) > 0.0)
+    return alone
 
 
 #: a pulse's tail this many peaking times after its peak is below 1e-5 of it: 0.02 ADC of

@@ -45,8 +45,10 @@ ChannelName = Annotated[
     str, Field(min_length=3, max_length=65, pattern=r"^[A-Za-z0-9_]+/[A-Za-z0-9_]+$")
 ]
 
+BoardName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_]+$")]
+
 _MAX_PRESCALE = 1 << 24
-_LIST_FIELDS = frozenset({"enabled", "masked_channels"})
+_LIST_FIELDS = frozenset({"enabled", "masked_channels", "timed_boards"})
 
 
 class TriggerConfig(StrictModel):
@@ -92,6 +94,10 @@ class TriggerConfig(StrictModel):
     masked_channels: tuple[ChannelName, ...] = Field(
         default=(), max_length=512,
         description="Channels excluded from energy sums and conditions, as 'BOARD/CHANNEL'.")
+    timed_boards: tuple[BoardName, ...] = Field(
+        default=(), max_length=32,
+        description="Boards timed by their pulse: a channel adds to the energy sums only "
+        "when a pulse (from zero_threshold_adc) peaks in its reconstruction window.")
 
     @model_validator(mode="after")
     def _check(self) -> TriggerConfig:
@@ -103,6 +109,8 @@ class TriggerConfig(StrictModel):
             raise ValueError(f"enabled lists a type twice: {list(self.enabled)}")
         if len(set(self.masked_channels)) != len(self.masked_channels):
             raise ValueError("masked_channels lists a channel twice")
+        if len(set(self.timed_boards)) != len(self.timed_boards):
+            raise ValueError("timed_boards lists a board twice")
         return self
 
     @property
@@ -114,7 +122,8 @@ class TriggerConfig(StrictModel):
         return mask
 
     def check_geometry(self, geometry: Geometry) -> TriggerConfig:
-        """Raise ConfigError unless every masked channel exists in `geometry`; return self."""
+        """Raise ConfigError unless every masked channel and timed board exists in
+        `geometry`; return self."""
         for name in self.masked_channels:
             board, _, ch = name.partition("/")
             if board not in geometry.board_names:
@@ -122,6 +131,10 @@ class TriggerConfig(StrictModel):
                                   f"no board {board!r}; boards are {geometry.board_names}")
             if ch not in {c.name for c in geometry.board(board).channels}:
                 raise ConfigError("masked_channels", name, f"board {board} has no channel {ch!r}")
+        for board in self.timed_boards:
+            if board not in geometry.board_names:
+                raise ConfigError("timed_boards", board,
+                                  f"no board {board!r}; boards are {geometry.board_names}")
         return self
 
     def masked(self, board: str) -> set[str]:

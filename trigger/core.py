@@ -27,8 +27,11 @@ GROUPS = {("ECAL", "PS"): 0, ("ECAL", "MAIN"): 1, ("HCAL", "HCAL1"): 2, ("HCAL",
 N_GROUPS = 8
 MODES = ("waveform", "feature")
 _NO_EXTRA = np.zeros((0, 0), np.float32)  # wave_board's peak time and integral, not wanted
-#: Boards whose pulse counts the trigger uses (the beam multiplicity). In waveform mode the
-#: pulse search, a third of the kernel's time, runs only for them; other boards' npulse is 0.
+#: Boards whose pulse counts the trigger uses (the beam multiplicity), besides the boards the
+#: configuration times by their pulse (`TriggerConfig.timed_boards`: a channel adds to the
+#: sums only when a pulse peaks in its reconstruction window; decision 0005, "Boards timed
+#: by their pulse"). In waveform mode the pulse search, a third of the kernel's time, runs
+#: only for these; other boards' npulse is 0.
 PULSE_BOARDS = frozenset({"BEAM"})
 
 
@@ -48,6 +51,14 @@ class BoardParams:
     ped: np.ndarray
     #: samples [first, last) of the reconstruction window (daq.geometry.reco_window)
     window: tuple[int, int]
+    #: timed by its pulse (TriggerConfig.timed_boards): a channel counts in the sums only
+    #: with a pulse in the window
+    timed: bool = False
+
+    @property
+    def pulses(self) -> bool:
+        """Whether its pulses are counted from waveforms."""
+        return self.name in PULSE_BOARDS or self.timed
 
 
 @dataclass(frozen=True)
@@ -74,7 +85,8 @@ class TriggerParams:
     def feature_key(self) -> tuple[object, ...]:
         """What the features depend on; two params with equal keys share features."""
         c = self.config
-        return (c.pulse_threshold_adc, c.zero_threshold_adc, c.masked_channels)
+        return (c.pulse_threshold_adc, c.zero_threshold_adc, c.masked_channels,
+                c.timed_boards)
 
 
 def build_params(cfg: TriggerConfig, geometry: Geometry, calib: Calibration) -> TriggerParams:
@@ -93,7 +105,7 @@ def build_params(cfg: TriggerConfig, geometry: Geometry, calib: Calibration) -> 
         corr = peak_correction(b.pulse_tp_ns, det.sample_ns)
         boards.append(BoardParams(b.name, len(b.channels), live, group, weight, limit, corr,
                                   calib.pedestal[b.name].astype(np.float64),
-                                  reco_window(b, det)))
+                                  reco_window(b, det), b.name in cfg.timed_boards))
     beam_idx = {g: np.zeros(0, np.int64) for g in ("S", "V", "P", "TRK")}
     if "BEAM" in geometry.board_names:
         beam = geometry.board("BEAM")
@@ -152,7 +164,7 @@ class BoardAmplitudes:
 
     Dense (`nhit is None`): float32 `amp` and uint8 `npulse` of shape (count, nch). Hits:
     shape (nhits,) in hit order, `amp` float32 (waveforms) or int16 (feature mode, as sent).
-    From waveforms, `npulse` is counted only for PULSE_BOARDS (0 elsewhere).
+    From waveforms, `npulse` is counted only for PULSE_BOARDS and timed boards (0 elsewhere).
     """
 
     amp: np.ndarray
@@ -221,7 +233,8 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
     waveforms `B.wave`, zero-suppressed waveforms `B.nhit`/`B.hit_ch`/`B.hit_wave`, or
     feature hits (`B.hit_amp`, `B.hit_np`). A board without arrays read nothing.
     Feature hits are read once: their energy sums are added to `sums` (float64
-    (count, N_GROUPS), zeros when not given) in that pass, and the board marked `summed`.
+    (count, N_GROUPS), zeros when not given) in that pass, and the board marked `summed`;
+    a timed board's sums wait for its pulse check (`sums_from_amplitudes`).
     """
     if sums is None:
         sums = np.zeros((count, N_GROUPS), np.float64)
@@ -240,11 +253,12 @@ def board_amplitudes(arrays: Mapping[str, np.ndarray], count: int, mode: str,
             out[b.name] = _waveform_hits(arrays, count, b, p, backend, bsat)
         else:
             h = _hits(arrays, b, count, hits.FEATURE_HITS, p.samples, backend)
+            group = np.full(b.nch, -1, np.int64) if b.timed else b.group
             _order(b, h, backend.feature_hits(h["nhit"], h["hit_ch"], h["hit_amp"],
-                                              b.sat_limit, b.weight, b.group,
+                                              b.sat_limit, b.weight, group,
                                               p.config.zero_threshold_adc, bsat, sums))
             out[b.name] = BoardAmplitudes(h["hit_amp"], h["hit_np"], h["nhit"], h["hit_ch"],
-                                          summed=True)
+                                          summed=not b.timed)
         sat |= bsat << np.uint8(i)
     return out, sat
 
@@ -264,13 +278,23 @@ def _peak_thr(p: TriggerParams) -> float:
     return max(p.config.pulse_threshold_adc, p.config.zero_threshold_adc)
 
 
+def _pulse_thr(b: BoardParams, p: TriggerParams) -> float:
+    # A timed board's pulses count from the zero threshold: below it a channel is no energy
+    # anyway, and the feature front end marks pulses from 5 x noise (10 ADC, the default
+    # zero threshold), not from the beam counters' `pulse_threshold_adc` (30 ADC would drop
+    # the in-time pulse of a small SRD channel that the sum counts). A timed beam counter
+    # keeps the multiplicity's threshold.
+    timed_only = b.timed and b.name not in PULSE_BOARDS
+    return p.config.zero_threshold_adc if timed_only else p.config.pulse_threshold_adc
+
+
 def _full_waveforms(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
                     p: TriggerParams, backend: ModuleType, sat: np.ndarray) -> BoardAmplitudes:
     wave = _need(arrays, f"{b.name}.wave", "<i2", (count, p.samples, b.nch))
     amp, npulse = np.empty((count, b.nch), np.float32), np.empty((count, b.nch), np.uint8)
-    backend.wave_peak_board(wave, b.live, b.ped, *b.window, p.config.pulse_threshold_adc,
+    backend.wave_peak_board(wave, b.live, b.ped, *b.window, _pulse_thr(b, p),
                             p.adc_max, p.trigger_sample, p.sample_ns, False,
-                            b.name in PULSE_BOARDS,
+                            b.pulses,
                             _peak_thr(p), b.corr, amp, _NO_EXTRA, npulse, _NO_EXTRA, sat)
     return BoardAmplitudes(amp, npulse)
 
@@ -281,7 +305,7 @@ def _waveform_hits(arrays: Mapping[str, np.ndarray], count: int, b: BoardParams,
     total = len(h["hit_ch"])
     amp, npulse = np.empty(total, np.float32), np.zeros(total, np.uint8)
     backend.wave_peak_hits(h["nhit"], h["hit_ch"], h["hit_wave"], b.live, b.ped, *b.window,
-                           p.config.pulse_threshold_adc, p.adc_max, b.name in PULSE_BOARDS,
+                           _pulse_thr(b, p), p.adc_max, b.pulses,
                            _peak_thr(p), b.corr, amp, npulse, sat)
     return BoardAmplitudes(amp, npulse, h["nhit"], h["hit_ch"])
 
@@ -306,6 +330,9 @@ def sums_from_amplitudes(amps: Mapping[str, BoardAmplitudes], sat: np.ndarray, c
     A channel below `zero_threshold_adc` reads zero everywhere (sums, beam counters), as if
     the board had suppressed it: a full-waveform slice and its zero-suppressed version give
     the same features whenever the zero threshold is at least the suppression threshold.
+    A channel of a timed board without a pulse in its window reads zero in the sums: both
+    readout modes come through here with their pulse counts (waveforms: the trigger's,
+    features: the front end's `hit_np`).
     """
     zthr = p.config.zero_threshold_adc
     if sums is None:
@@ -314,10 +341,11 @@ def sums_from_amplitudes(amps: Mapping[str, BoardAmplitudes], sat: np.ndarray, c
         ba = amps.get(b.name)
         if ba is None or ba.summed:
             continue
+        amp = in_time(ba) if b.timed else ba.amp
         if ba.nhit is None:
-            backend.accumulate(ba.amp, b.weight, b.group, zthr, sums)
+            backend.accumulate(amp, b.weight, b.group, zthr, sums)
         else:
-            backend.accumulate_hits(ba.nhit, ba.ch, ba.amp, b.weight, b.group, zthr, sums)
+            backend.accumulate_hits(ba.nhit, ba.ch, amp, b.weight, b.group, zthr, sums)
     bp = _beam(p)
     nb = bp.nch if bp is not None else 0
     ba = amps.get("BEAM") if bp is not None else None
@@ -333,6 +361,12 @@ def sums_from_amplitudes(amps: Mapping[str, BoardAmplitudes], sat: np.ndarray, c
     if len(p.p_idx) and len(p.trk_idx):
         f.track = _track(f, p, backend)
     return f
+
+
+def in_time(ba: BoardAmplitudes) -> np.ndarray:
+    """`ba`'s amplitudes where a pulse peaks in the reconstruction window, 0 elsewhere: what
+    a timed board adds to the sums (TriggerConfig.timed_boards)."""
+    return _ro(np.where(ba.npulse > 0, ba.amp, np.zeros((), ba.amp.dtype)))
 
 
 def _track(f: Features, p: TriggerParams, backend: ModuleType) -> dict[str, np.ndarray]:
@@ -373,12 +407,17 @@ def warm_up(geometry: Geometry, calibration: Calibration) -> None:
     """Compile (or load from the cache) every kernel specialisation a worker will use.
 
     Every board layout (full waveforms, zero-suppressed waveforms, feature hits), with BEAM
-    counting pulses and the others not; inputs both writable and read-only (as decoded from
-    the wire), although `_ro` gives the kernels one type for both.
+    counting pulses and the others not, untimed and timed by their pulse (a timed board's
+    feature hits are summed by `accumulate_hits`); inputs both writable and read-only (as
+    decoded from the wire), although `_ro` gives the kernels one type for both.
     """
     from trigger.config import TriggerConfig  # the default config is valid for any geometry
 
-    p = build_params(TriggerConfig(), geometry, calibration)
+    for cfg in (TriggerConfig(), TriggerConfig(timed_boards=tuple(geometry.board_names))):
+        _warm_up(build_params(cfg, geometry, calibration))
+
+
+def _warm_up(p: TriggerParams) -> None:
     for readonly in (False, True):
         for layout in ("wave", "wave_hits", "feature_hits"):
             arrays: dict[str, np.ndarray] = {}

@@ -164,8 +164,9 @@ def wave_peak_board(wave, live, ped, w0, w1, pulse_thr, adc_max, trig, sample_ns
     # every reduction over samples runs across channels, in contiguous vectorised loops.
     # Amplitude, saturation and pulses come from the reconstruction window, samples w0 ..
     # w1 - 1 (daq.geometry.reco_window); the pedestal is the calibration's, `ped` per channel
-    # (decision 0005, "Pedestal"). pulse_thr > 0 (the configuration's bound) is assumed by
-    # the guard rows of _pulses.
+    # (decision 0005, "Pedestal"). pulse_thr >= 0 (the configuration's bounds; a timed
+    # board's is the zero threshold) is assumed by the guard rows of _pulses: with a
+    # pedestal >= 0 no level is at or below them.
     n, ns, nch = wave.shape
     flat = wave.reshape(n * ns * nch)
     blk = np.uint64(ns) * np.uint64(nch)

@@ -24,18 +24,23 @@ def detector() -> tuple[Geometry, Calibration]:
 
 def simulate(*, intensity: float, generated_s: float, seed: int, spills: int = 1,
              run: int = 1, slice_events: int = 4096, hadron: float = 0.01, muon: float = 0.002,
-             mode: str = "feature", **sim: Any
+             mode: str = "feature", geometry: Geometry | None = None,
+             trigger: TriggerConfig | None = None, **sim: Any
              ) -> tuple[list[Message], dict[str, np.ndarray], SimConfig]:
     """Features messages (via the trigger's processor) of `spills` simulated spills, each
     followed by the builder's spill_end, and the concatenated truth of every event; `sim`:
-    any other SimConfig setting (e.g. ecal_gain_scale)."""
+    any other SimConfig setting (e.g. ecal_gain_scale). `geometry`: another than the
+    default's (the same channels: the default calibration serves it), for both the
+    simulator and the trigger; `trigger`: the trigger's configuration (default: the
+    default's)."""
     geom, cal = detector()
+    geom = geom if geometry is None else geometry
     cfg = SimConfig.parse({"intensity": intensity, "generated_s": generated_s, "seed": seed,
                            "slice_events": slice_events, "hadron_fraction": hadron,
                            "muon_fraction": muon, "run": run, "mode": mode, **sim})
     sim = Simulator(cfg, geom, cal)
     proc = SliceProcessor(geom, cal)
-    tc = TriggerConfig().model_dump(mode="json")
+    tc = (TriggerConfig() if trigger is None else trigger).model_dump(mode="json")
     meta = {"mode": mode, "cfg": content_hash(tc), "trigger_config": tc,
             "shadow_config": None, "calib": cal.hash}
     stamp = Stamper("trigger-0")

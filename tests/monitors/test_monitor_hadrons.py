@@ -13,9 +13,10 @@ import pytest
 from monitor_truth import detector, simulate
 
 from monitors.config import MonitorConfig
-from monitors.identify import Species, classify, hcal_total, signal_box
+from monitors.identify import Species, classify, hcal_total, signal_box, srd_tagged
 from simulators.physics import ECAL_LAMBDA_I, Process
 from tests import pileup_truth as pt
+from trigger.config import TriggerConfig
 
 OPEN = MonitorConfig(blind=False)
 FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk", "missing")
@@ -67,7 +68,7 @@ def test_leading_neutrals_reach_the_missing_energy_region_but_not_the_box(neutra
 @pytest.mark.parametrize("mode", ["feature", "waveform"])
 def test_hadrons_and_muons_taken_for_electrons_had_an_electron_srd_pulse(mode: str
                                                                                ) -> None:
-    """The SRD tag is the SRD's energy in its 50 ns window: a hadron or muon is identified
+    """The SRD tag is the SRD's energy in its 25 ns window: a hadron or muon is identified
     as an electron only when a beam electron's SRD pulse reaches that window (pileup,
     truth: tests/pileup_truth.srd_reached), never alone."""
     msgs, truth, _ = simulate(intensity=6e6, generated_s=0.05, seed=3, mode=mode)
@@ -79,3 +80,37 @@ def test_hadrons_and_muons_taken_for_electrons_had_an_electron_srd_pulse(mode: s
     assert int(taken.sum()) > 20
     assert not (taken & ~near).any()
     assert int(taken.sum()) <= int((other & near).sum())
+
+
+#: an electron's SRD energy from which every channel's share reaches the zero threshold's
+#: 0.5 MeV with room for noise: the smallest of 3 shares is 1/7 (physics.split_srd)
+SRD_SURE_GEV = 0.0045
+
+
+@pytest.mark.parametrize("mode", ["feature", "waveform"])
+def test_a_timed_srd_tags_no_hadron_by_a_tail_or_an_edge(mode: str) -> None:
+    """With the SRD timed by its pulse (`TriggerConfig.timed_boards`), event by event from
+    the truth times: a hadron or muon whose electron neighbours' SRD pulses reach its SRD
+    window but none can peak there (a tail, a rising edge) is not tagged, though it is
+    without the timing; one is tagged only with an electron pulse that can peak there; an
+    electron whose SRD no other electron's pulse reaches is tagged, as without the timing.
+    The cost, electrons whose pulse merges with a larger neighbour's and peaks outside the
+    window, is in docs/monitors.md ("Hadrons and the SRD tag")."""
+    cfg = MonitorConfig()
+    geom = detector()[0]
+    tags = {}
+    for timed in ((), ("SRD",)):
+        msgs, truth, _ = simulate(intensity=6e6, generated_s=0.05, seed=3, mode=mode,
+                                  trigger=TriggerConfig(timed_boards=timed))
+        tags[timed] = srd_tagged(_features(msgs), cfg)
+    tag, before = tags[("SRD",)], tags[()]
+    reached, in_time = pt.srd_neighbours(geom, truth, cfg.srd_min_gev / 2)
+    other = truth["species"] != Species.ELECTRON
+    edge = other & reached & ~in_time
+    assert int(edge.sum()) > 30 and int(before[edge].sum()) > 20
+    assert not tag[edge].any(), int(tag[edge].sum())
+    assert not (tag & other & ~in_time).any()
+    alone = ((truth["species"] == Species.ELECTRON) & pt.srd_alone(geom, truth)
+             & (truth["e_srd"] >= SRD_SURE_GEV))
+    assert int(alone.sum()) > 30000
+    assert tag[alone].all() and before[alone].all(), int((~tag[alone]).sum())

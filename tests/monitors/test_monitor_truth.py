@@ -91,12 +91,18 @@ def test_efficiency_loss_event_by_event(case: tuple) -> None:
         assert must_pass.mean() > 0.85 and grey < 0.06, (b.name, grey)
 
 
+#: above this the SRD's pileup biases the composition beyond its interval (below)
+SRD_PILEUP_BOUND = 6e6
+
+
 def test_composition_matches_injected_species(case: tuple) -> None:
-    """The measured fractions against the injected species, with the known SRD deficit
-    (docs/monitors.md, "Hadrons and the SRD tag") counted, not hidden: the hadrons and muons
-    taken for electrons are moved back, and every one of them had a beam electron whose
-    SRD pulse reached the SRD window (truth)."""
-    _, ra, truth, f = case
+    """The measured fractions against the injected species within their 3-sigma intervals,
+    as measured, up to 6e6 e-/spill. Every hadron or muon taken for an electron had a beam
+    electron whose SRD pulse reached the 25 ns SRD window (truth). At 1e7 those (94 hadrons
+    and 18 muons of 705, docs/monitors.md "Hadrons and the SRD tag") take the hadron
+    fraction 16 % low, outside its interval: there the fractions are held to the injected
+    ones with them moved back, so that nothing else may hide behind that bias."""
+    intensity, ra, truth, f = case
     tot = ra.totals()
     code = classify(f, CFG)
     geom, _ = detector()
@@ -109,7 +115,8 @@ def test_composition_matches_injected_species(case: tuple) -> None:
              2: -int(mis[2].sum())}
     for code_, name in enumerate(("electron", "hadron", "muon")):
         iv = tot.composition_intervals[name]
-        expected = (float((truth["species"] == code_).sum()) + moved[code_]) / n
+        shift = moved[code_] if intensity > SRD_PILEUP_BOUND else 0
+        expected = (float((truth["species"] == code_).sum()) + shift) / n
         assert iv.low <= expected <= iv.high, (name, iv, expected)
     assert tot.composition["other"] is not None and tot.composition["other"] < 1e-3
 

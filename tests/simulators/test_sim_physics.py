@@ -158,7 +158,7 @@ def full_rate_spill() -> tuple[dict[str, dict[str, np.ndarray]], dict[str, np.nd
     return boards, truth, sim.cfg.rate_hz
 
 
-@pytest.mark.parametrize(("board", "window_ns"), [("BEAM", 60.0), ("SRD", 50.0), ("ECAL", 100.0),
+@pytest.mark.parametrize(("board", "window_ns"), [("BEAM", 60.0), ("SRD", 25.0), ("ECAL", 100.0),
                                                   ("VETO", 50.0), ("HCAL", 40.0)])
 def test_pileup_count_is_poisson(full_rate_spill: tuple, board: str, window_ns: float) -> None:
     _, truth, rate = full_rate_spill

@@ -40,10 +40,11 @@ def _board(arrays: dict[str, np.ndarray], board: str) -> dict[str, np.ndarray]:
        extra=st.floats(0.0, 40.0), pulse=st.floats(1.0, 200.0),
        s_min=st.floats(0.001, 2.0), v1_max=st.floats(0.001, 2.0),
        masked=st.lists(st.sampled_from(["BEAM/S1", "BEAM/V1", "ECAL/PS_2_2", "SRD/SRD1"]),
-                       unique=True))
+                       unique=True),
+       timed=st.sampled_from([(), ("SRD",), ("SRD", "VETO")]))
 def test_zero_suppressed_waveforms_give_the_full_waveform_features(
         seed: int, n: int, suppressed: int, sat_frac: float, extra: float, pulse: float,
-        s_min: float, v1_max: float, masked: list[str]) -> None:
+        s_min: float, v1_max: float, masked: list[str], timed: tuple[str, ...]) -> None:
     # any board may be suppressed, each on its own; identical to the bit whenever
     # zero_threshold_adc >= zs, whatever the pulse threshold and the beam cuts
     full = random_slice(np.random.default_rng(seed), n, "wave", sat_frac)
@@ -53,7 +54,7 @@ def test_zero_suppressed_waveforms_give_the_full_waveform_features(
         mixed.update(_board(zs if (suppressed >> i) & 1 else full, b))
     cfg = TriggerConfig(zero_threshold_adc=ZS_ADC + extra, pulse_threshold_adc=pulse,
                         s_min_mip=s_min, v1_max_mip=v1_max, prescale_beam=2,
-                        masked_channels=tuple(masked))
+                        masked_channels=tuple(masked), timed_boards=timed)
     ff, cf, bf = _features_and_bits(full, n, "waveform", cfg)
     fz, cz, bz = _features_and_bits(mixed, n, "waveform", cfg)
     assert_same_features(ff, fz)

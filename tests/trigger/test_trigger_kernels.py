@@ -204,14 +204,16 @@ def test_hit_sums_and_beam_match_reference_and_the_dense_kernels(seed: int, n: i
        pulse=st.floats(5.0, 200.0), zero=st.floats(0.0, 50.0),
        prescale=st.integers(1, 5), ecal_max=st.floats(1.0, 200.0), ps_min=st.floats(0.0, 3.0),
        masked=st.lists(st.sampled_from(["BEAM/S2", "BEAM/V1", "ECAL/PS_2_2", "HCAL/HCAL1_1_1",
-                                        "ECAL/MAIN_2_2", "SRD/SRD0"]), unique=True))
+                                        "ECAL/MAIN_2_2", "SRD/SRD0"]), unique=True),
+       timed=st.sampled_from([(), ("SRD",), ("SRD", "ECAL", "BEAM")]))
 def test_full_slice_matches_reference(seed: int, n: int, layout: str, sat_frac: float,
                                       pulse: float, zero: float, prescale: int,
-                                      ecal_max: float, ps_min: float, masked: list[str]) -> None:
+                                      ecal_max: float, ps_min: float, masked: list[str],
+                                      timed: tuple[str, ...]) -> None:
     cfg = TriggerConfig(pulse_threshold_adc=pulse, zero_threshold_adc=zero,
                         prescale_beam=prescale, prescale_random=prescale + 1,
                         prescale_calibration=prescale, ecal_max_gev=ecal_max,
-                        ps_min_gev=ps_min, masked_channels=tuple(masked))
+                        ps_min_gev=ps_min, masked_channels=tuple(masked), timed_boards=timed)
     arrays = random_slice(np.random.default_rng(seed), n, layout, sat_frac)
     mode = "feature" if layout == "feature" else "waveform"
     cond, bits = _compare(arrays, n, mode, cfg, first=seed % 10_000)
@@ -301,16 +303,19 @@ def test_bad_array_shape_is_a_slice_error() -> None:
         compute_features({}, 3, "other", p)
 
 
-def _wire_slice(arrays: dict[str, np.ndarray], count: int, mode: str) -> Message:
+def _wire_slice(arrays: dict[str, np.ndarray], count: int, mode: str,
+                trigger: TriggerConfig) -> Message:
     """A built slice as a worker receives it: encoded and decoded (read-only arrays)."""
-    cfg = TriggerConfig().model_dump(mode="json")
+    cfg = trigger.model_dump(mode="json")
     msg = Message(Kind.SLICE, run=1, spill=0, board="ALL", first=0, count=count,
                   arrays=arrays, meta={"mode": mode, "calib": CAL.hash, "cfg": content_hash(cfg),
                                        "trigger_config": cfg, "slice_index": 0})
     return decode([bytes(memoryview(f)) for f in encode(msg)])
 
 
-def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
+@pytest.mark.parametrize("timed", [(), ("SRD",)], ids=["untimed", "srd-timed"])
+def test_warm_up_compiles_every_specialisation_a_wire_slice_needs(timed: tuple[str, ...]
+                                                                  ) -> None:
     warm_up(GEOM, CAL)
     dispatchers = [getattr(kernels, name) for name in (
         "wave_peak_board", "wave_peak_hits", "feature_hits", "accumulate", "accumulate_hits",
@@ -322,7 +327,7 @@ def test_warm_up_compiles_every_specialisation_a_wire_slice_needs() -> None:
     for layout in LAYOUTS:
         mode = "feature" if layout == "feature" else "waveform"
         arrays = random_slice(rng, 50, layout)
-        wire = _wire_slice(arrays, 50, mode)
+        wire = _wire_slice(arrays, 50, mode, TriggerConfig(timed_boards=timed))
         assert not wire.arrays["ts"].flags.writeable  # as a worker receives it
         # a short fragment padded by the builder: a writable nhit beside read-only hits
         padded = dict(wire.arrays)
