@@ -230,6 +230,10 @@ async def replay(path: str | Path, endpoint: str, *, speed: float = 0.0,
                 res.reason = (f"the receiver at {endpoint} took nothing for {timeout_s:g} s "
                               f"after {res.messages} messages{gone}: the replay gave up")
                 break
+            except zmq.Again:  # it left between pyzmq's poll and its send: no pipe to it
+                res.reason = (f"the receiver at {endpoint} went away after {res.messages} "
+                              "messages: the replay gave up")
+                break
             res.messages += 1
             res.bytes += p.nbytes
             # events, not fragments: each event has one fragment per board

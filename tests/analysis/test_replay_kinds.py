@@ -145,7 +145,10 @@ def test_replay_to_a_receiver_that_stops_taking_is_an_error(
         t.join(10)
     out, err = capsys.readouterr()
     assert rc == 1
-    assert f"the receiver at {box[0]} took nothing for 1 s after" in err
+    # a receiver that exits is found either waiting for it or, when it leaves between
+    # pyzmq's poll and its send, by the send itself
+    assert (f"the receiver at {box[0]} took nothing for 1 s after" in err
+            or (then == "exit" and f"the receiver at {box[0]} went away after" in err)), err
     sent = int(out.split()[1])
     assert 3 <= sent < 75 and "not all delivered" in out
 
