@@ -17,7 +17,14 @@ import numpy as np
 
 from daq.errors import DaqError, WireError
 from daq.geometry import BOARD_NAMES
-from daq.markers import CalibCells, FeaturesMeta, PreviousEnd, SpillEnd, previous_end
+from daq.markers import (
+    CalibCells,
+    FeaturesMeta,
+    PreviousEnd,
+    SpillEnd,
+    SpillStart,
+    previous_end,
+)
 from daq.wire import Kind, Message
 from monitors import calibration
 from monitors.alarms import judge_spills
@@ -37,6 +44,9 @@ from monitors.summary import (
 Source = Literal["live", "replay"]
 _PASSIVE = frozenset({Kind.SPILL_START, Kind.RUN_START, Kind.RUN_STOP, Kind.CONFIG,
                       Kind.END_OF_STREAM})
+#: spills whose trigger threshold is remembered until they close (spill_starts of spills
+#: that never close, e.g. lost with a worker, do not pile up)
+_MAX_THRESHOLDS = 64
 
 
 class MonitorInputError(DaqError):
@@ -149,6 +159,7 @@ class RunAnalysis:
         self.shadow_ran = False
         self._open: dict[int, _Open] = {}
         self._closed: set[int] = set()
+        self._thresholds: dict[int, float] = {}  # spill -> physics trigger's E_ECAL cut
         self._backup_ends: set[int] = set()  # spills ended by a copy; the original may follow
         self._last_seq: dict[str, int] = {}
 
@@ -173,6 +184,8 @@ class RunAnalysis:
         elif msg.run != self.run:
             raise MonitorInputError("run", f"message of run {msg.run} in run {self.run}")
         if msg.kind in _PASSIVE:
+            if msg.kind is Kind.SPILL_START:
+                self._threshold(msg)
             prev = previous_end(msg)
             if prev is not None and prev.run == msg.run:
                 return self._previous_end(prev)
@@ -204,6 +217,17 @@ class RunAnalysis:
             raise MonitorInputError("duplicate", f"{msg.src} seq {msg.seq} seen already "
                                     f"(last {last})")
         self.stream_gaps[msg.src] -= 1
+
+    def _threshold(self, msg: Message) -> None:
+        """The physics trigger's E_ECAL threshold a spill runs with, from the builder's
+        spill_start (the configuration it applies from that spill on), for the spill's
+        summary; the last `_MAX_THRESHOLDS` spills are remembered."""
+        cfg = SpillStart.of(msg).trigger_config
+        gev = cfg.get("ecal_max_gev") if cfg else None
+        if isinstance(gev, int | float) and not isinstance(gev, bool):
+            self._thresholds[msg.spill] = float(gev)
+            while len(self._thresholds) > _MAX_THRESHOLDS:
+                del self._thresholds[next(iter(self._thresholds))]
 
     def _spill(self, spill: int) -> _Open:
         if spill in self._closed:
@@ -301,6 +325,7 @@ class RunAnalysis:
             run=self.run or 0, spill=spill, source=self.source, closed=how,
             slices=sp.slices, slices_seen=sp.slices_seen, scalers=sp.scalers,
             trigger_cfg=",".join(sorted(sp.cfgs)) or None,
+            trigger_ecal_max_gev=self._thresholds.pop(spill, None),
             **figures(sp.counts, self.cfg, shadow_ran=sp.shadow_ran))
         self.summaries.append(s)
         self.closed_spills += 1

@@ -141,6 +141,9 @@ class SpillSummary(Figures):
         "Content hash of the trigger configuration the spill was processed with, from its "
         "features messages (several, comma-separated, would mean a change inside the "
         "spill); None when none said."))
+    trigger_ecal_max_gev: float | None = Field(default=None, description=(
+        "E_ECAL threshold of the physics trigger the spill ran with (`ecal_max_gev` of the "
+        "configuration in the builder's spill_start); null when it did not say."))
     scalers: dict[str, int] = Field(description="Builder's scalers (S1 S2 S3 V1 beam).")
 
 

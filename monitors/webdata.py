@@ -197,6 +197,10 @@ def state(*, cfg: MonitorConfig, run: int | None, run_state: str, source: str,
         "sideband_c": last.sideband_c if last is not None else None,
         "dimuons": last.dimuons if last is not None else None,
         "dimuons_per_eot": last.dimuons_per_eot if last is not None else None,
-        "thresholds": {"trigger_ecal_gev": cfg.trigger_ecal_max_gev,
+        # the physics trigger's cut as the last spill ran with it (a trigger expert may
+        # have moved it), else the monitors' own
+        "thresholds": {"trigger_ecal_gev": last.trigger_ecal_max_gev
+                       if last is not None and last.trigger_ecal_max_gev is not None
+                       else cfg.trigger_ecal_max_gev,
                        "beam_gev": cfg.beam_energy_gev},
     }

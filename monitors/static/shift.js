@@ -151,6 +151,7 @@ function stepData(h) {  /* histogram -> uPlot x (left edges + last edge), y (nul
 
 function drawEcal(spill, run, thr) {
   const el = document.getElementById("plot-ecal");
+  document.getElementById("ecal-thr").textContent = `${thr.trigger_ecal_gev} GeV`;
   const [x, ys] = stepData(spill);
   const [, yr] = stepData(run);
   const data = [x, ys, yr];

@@ -204,3 +204,25 @@ def test_spectra_kept_per_spill_and_exported() -> None:
     edges = out["1"]["ecal"]["edges"][0]
     assert edges[peak] <= 100.0 <= edges[peak + 1] + 2.0  # electrons at the beam energy
     assert ra.run_spectra.ecal.sum() == 1200
+
+
+def test_each_spill_carries_the_physics_trigger_threshold_it_ran_with() -> None:
+    """A trigger expert's new E_ECAL cut shows from the spill the builder applies it in
+    (its spill_start says so, forwarded by a worker), so the shift page draws the cut the
+    data were taken with; a spill whose start did not say has none."""
+    rng = np.random.default_rng(5)
+    ra = RunAnalysis(MonitorConfig())
+    seq: dict[str, int] = {}
+    closed = []
+    for spill, gev in ((1, 90.0), (2, 80.0), (3, None)):
+        if gev is not None:
+            seq["trigger-0"] = seq.get("trigger-0", -1) + 1
+            meta = {"t0_ns": spill * 10**9, "cfg": f"c{gev:g}",
+                    "trigger_config": {"ecal_max_gev": gev}}
+            ra.feed(Message(Kind.SPILL_START, run=1, spill=spill, seq=seq["trigger-0"],
+                            src="trigger-0", meta=meta))
+        msgs, _ = spill_messages(rng, spill=spill, seq0=seq)
+        for m in msgs:
+            closed += ra.feed(m)
+    assert [(s.spill, s.trigger_ecal_max_gev) for s in closed] == [(1, 90.0), (2, 80.0),
+                                                                   (3, None)]

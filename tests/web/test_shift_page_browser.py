@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from web_stack import DemoThread, chromium, demo_config, scrape
 
+from trigger.config import TriggerConfig
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 SPILLS = 6
@@ -120,6 +122,8 @@ def test_page_draws_every_plot_matches_metrics_and_follows_the_next_spill(
         assert metrics[("na64_alarm_active", (("alarm", alarm), ("source", "live")))] == \
             float(up), alarm
     assert page.text_content("[data-key=beam_on]") == "ON"
+    # the E_ECAL plot's dashed cut is the one the builder applied (the trigger's default)
+    assert page.text_content("#ecal-thr") == f"{TriggerConfig().ecal_max_gev:g} GeV"
 
     # the next spill changes the page, without a reload
     n = int(page.evaluate("document.body.dataset.spills"))
