@@ -77,16 +77,22 @@ def _poisson_max(mu: float, confidence: float = 0.9973) -> int:
     return k
 
 
-def test_the_spectrometer_measures_with_its_resolution(run: tuple) -> None:
-    _, truth, f = run
+def _measured_with_resolution(truth: dict, f: dict, *, at_least: int) -> None:
+    """The momenta of the events alone in every window hold the spectrometer's resolution,
+    each with one track."""
     clean = _clean(truth)
     r = f["p"][clean] / truth["p_true"][clean] - 1
     n = len(r)
-    assert n > 40000
+    assert n > at_least
     # sample RMS and mean against sigma_p / p: their standard errors are s/sqrt(2n), s/sqrt(n)
     assert abs(float(r.std()) - RESOLUTION) < 3 * RESOLUTION / math.sqrt(2 * n)
     assert abs(float(r.mean())) < 3 * RESOLUTION / math.sqrt(n)
     assert (f["ntrk"][clean] == 1).all()
+
+
+def test_the_spectrometer_measures_with_its_resolution(run: tuple) -> None:
+    _, truth, f = run
+    _measured_with_resolution(truth, f, at_least=40000)
     near, _ = pt.beam_near_window(detector()[0], truth)
     assert (near[f["ntrk"] > 1]).all()  # a second track is a particle near the window
     lost = truth["process"] == Process.UPSTREAM_LOSS
@@ -97,13 +103,7 @@ def test_the_spectrometer_reads_alike_from_waveforms() -> None:
     msgs, truth, _ = simulate(intensity=6e6, generated_s=0.015, seed=5, mode="waveform")
     f = {k: np.concatenate([m.arrays[k] for m in msgs if m.kind == "features"])
          for k in ("p", "ntrk")}
-    clean = _clean(truth)
-    r = f["p"][clean] / truth["p_true"][clean] - 1
-    n = len(r)
-    assert n > 8000
-    assert abs(float(r.std()) - RESOLUTION) < 3 * RESOLUTION / math.sqrt(2 * n)
-    assert abs(float(r.mean())) < 3 * RESOLUTION / math.sqrt(n)
-    assert (f["ntrk"][clean] == 1).all()
+    _measured_with_resolution(truth, f, at_least=8000)
 
 
 def test_box_holds_the_injected_a_prime_and_no_upstream_loss(run: tuple) -> None:
