@@ -29,7 +29,7 @@ from daq.wire import Kind, Message
 from monitors import calibration
 from monitors.alarms import judge_spills
 from monitors.config import MonitorConfig
-from monitors.identify import FEATURE_ARRAYS, TRACK_ARRAYS
+from monitors.identify import FEATURE_ARRAYS, TIMING_ARRAYS, TRACK_ARRAYS
 from monitors.kernels import aggregate
 from monitors.spectra import Spectra
 from monitors.summary import (
@@ -63,7 +63,10 @@ class MonitorInputError(DaqError):
 def check_features(msg: Message) -> Mapping[str, np.ndarray]:
     """The arrays of a features message, checked against docs/dataflow.md."""
     a = msg.arrays
-    optional = TRACK_ARRAYS if any(k in a for k in TRACK_ARRAYS) else {}  # both or neither
+    optional = {}
+    for group in (TRACK_ARRAYS, TIMING_ARRAYS):  # each: both arrays or neither
+        if any(k in a for k in group):
+            optional.update(group)
     for name, (dtype, ndim) in {**FEATURE_ARRAYS, **optional}.items():
         arr = a.get(name)
         if arr is None:

@@ -56,7 +56,7 @@ def spill_values(s: SpillSummary, min_sample: int) -> dict[str, float | None]:
     return {
         "veto_efficiency_low": judged(s.veto_efficiency.value, s.veto_efficiency.n),
         "hcal_efficiency_low": judged(s.hcal_efficiency.value, s.hcal_efficiency.n),
-        "pileup_high": judged(s.pileup_fraction, had.n),
+        "pileup_high": judged(s.pileup_fraction, s.events - s.incomplete_events),
         "hadron_fraction_high": judged(had.value, had.n),
         "incomplete_high": judged(s.incomplete_fraction, s.events),
         # judged when the spill had calib_min_events calibration electrons (else None)

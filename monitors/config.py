@@ -68,6 +68,13 @@ class MonitorConfig(StrictModel):
     srd_max_gev: float = Field(default=0.3, gt=0, le=10,
                                description="E_SRD above which the tag is refused (showers, "
                                "noise bursts). Generous: pileup electrons add their SRD too.")
+    isolation_before_ns: int = Field(default=105, ge=0, le=65534, description=(
+        "Composition: an event counts only when no other beam event came within this many "
+        "ns before it (the trigger's dt_prev): an earlier electron's SRD pulse tail reaches "
+        "the SRD window from up to ~100 ns before (docs/monitors.md, \"Composition\")."))
+    isolation_after_ns: int = Field(default=35, ge=0, le=65534, description=(
+        "Composition: ... and none within this many ns after it (dt_next): a later "
+        "electron's rising edge reaches the SRD window from up to ~33 ns after."))
     ps_min_gev: float = Field(default=PS_MIN_GEV, ge=0, le=100,
                               description="E_PS at or above which the shower started in the "
                               "preshower (electron-like); the physics trigger's cut "

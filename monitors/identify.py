@@ -28,6 +28,12 @@ FEATURE_ARRAYS = {
 TRACK_ARRAYS = {"p": ("<f4", 1), "ntrk": ("|u1", 1)}
 
 
+#: the trigger's past-future protection (trigger.core.neighbour_gaps): ns to the previous
+#: and the next event of the built slice, 0 when unknown; absent from streams recorded
+#: before it, whose composition counts every event (`isolated`)
+TIMING_ARRAYS = {"dt_prev": ("<u2", 1), "dt_next": ("<u2", 1)}
+
+
 class Species(enum.IntEnum):
     """What the monitors call a beam particle (not the simulator's truth enum)."""
 
@@ -44,6 +50,23 @@ def srd_tagged(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
     """SRD in the electron range: synchrotron radiation of a 100 GeV electron."""
     e = f["e_srd"]
     return (e >= cfg.srd_min_gev) & (e <= cfg.srd_max_gev)
+
+
+def has_timing(f: Mapping[str, np.ndarray]) -> bool:
+    """Whether the features carry the trigger's neighbour gaps (TIMING_ARRAYS)."""
+    return "dt_prev" in f and "dt_next" in f
+
+
+def isolated(f: Mapping[str, np.ndarray], cfg: MonitorConfig) -> np.ndarray:
+    """Events that no other beam event came near: none from `isolation_before_ns` before to
+    `isolation_after_ns` after (a gap of 0, at a slice's ends, is unknown: not isolated).
+    No other electron's SRD pulse reaches their SRD window, so their SRD tag is their own:
+    the beam composition is counted on them. Whether an event is isolated does not depend
+    on its species (the beam is Poisson), so the fractions stay unbiased. Every event is
+    isolated in features without the gaps (a stream from before them)."""
+    if not has_timing(f):
+        return np.ones(len(f["e_ecal"]), bool)
+    return (f["dt_prev"] > cfg.isolation_before_ns) & (f["dt_next"] > cfg.isolation_after_ns)
 
 
 def electron_sample(f: Mapping[str, np.ndarray], cfg: MonitorConfig, *,

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from monitors.config import MonitorConfig
-from monitors.identify import ecal_sat_bit, has_track
+from monitors.identify import ecal_sat_bit, has_timing, has_track
 from monitors.spectra import Spectra, spectrum_range
 from monitors.summary import BEAM_BIT, Counts
 from trigger.jit import kernel, prefetch
@@ -28,14 +28,15 @@ from trigger.jit import kernel, prefetch
 # thresholds (float32, `_thresholds`)
 (T_SRD_MIN, T_SRD_MAX, T_PS_MIN, T_ECAL_MIN, T_VETO_ZERO, T_HCAL_ZERO, T_MU_MODULE,
  T_MU_HCAL_MAX, T_HAD_MIN, T_SIG_ECAL, T_SIG_HCAL, T_P_MIN, T_P_MAX, T_TRK_MAX, T_C_ECAL,
- T_DIMU_MIN, T_DIMU_MAX, T_DIMU_MODULES) = range(18)
+ T_DIMU_MIN, T_DIMU_MAX, T_DIMU_MODULES, T_ISO_BEFORE, T_ISO_AFTER) = range(20)
 # slots of the int64 counts that `_aggregate` adds to
 (C_BEAM_COND, C_ACCEPTED, C_INCOMPLETE, C_PILEUP, C_MULT_SUM, C_ELECTRONS, C_VETO_ZERO,
  C_HCAL_ZERO, C_SIGNAL_BOX, C_NAN) = range(10)
 C_TRIGGERS, C_SHADOW, C_SPECIES, C_MISSING = 10, 14, 18, 22  # 4, 4, 4 and 8 slots
 C_SIDEBAND_C, C_DIMUON = C_MISSING + 8, C_MISSING + 9  # after one slot per `missing` bit
 C_SAT_BOX, C_SAT_C = C_MISSING + 10, C_MISSING + 11  # saturated ECAL: out of the box, of C
-N_COUNTS = C_MISSING + 12
+C_ISOLATED = C_MISSING + 12  # complete events isolated in time: the composition's sample
+N_COUNTS = C_MISSING + 13
 _BEAM = BEAM_BIT.bit_length() - 1  # BEAM_BIT is one bit: its position
 _ELECTRON, _HADRON, _MUON = 0, 1, 2  # monitors.identify.Species; OTHER is the rest
 
@@ -47,7 +48,9 @@ _HCAL_COPIES = np.uint64(4)
 _ONES = np.uint64(0x0101010101010101)
 _LOW7 = np.uint64(0x7F7F7F7F7F7F7F7F)
 _BYTE = np.uint64(0xFF)
-_U2, _U4, _U7, _U16, _U64 = (np.uint64(k) for k in (2, 4, 7, 16, 64))
+_U2, _U4, _U7, _U16, _U32, _U64 = (np.uint64(k) for k in (2, 4, 7, 16, 32, 64))
+#: neighbour gap that every isolation cut passes: what an event without gaps is given
+_ALONE = np.uint16(65535)
 
 
 @kernel
@@ -148,8 +151,8 @@ def _bins_chunk(e_ecal, eh, i0, nb, lo, delta, n_ecal, n_hcal, n_px, n_py, ie, i
 
 
 @kernel
-def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, sat, ecal_sat, thr, i0,
-                   nb, eh, every, two, out):
+def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, dt_prev, dt_next, missing, sat,
+                   ecal_sat, thr, i0, nb, eh, every, two, out):
     # monitors.identify's definitions on the complete events of the chunk, branch-free
     srd_min, srd_max, ps_min = thr[T_SRD_MIN], thr[T_SRD_MAX], thr[T_PS_MIN]
     ecal_min, veto_zero, hcal_zero = thr[T_ECAL_MIN], thr[T_VETO_ZERO], thr[T_HCAL_ZERO]
@@ -157,6 +160,8 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, sat, eca
     sig_ecal, sig_hcal, c_ecal = thr[T_SIG_ECAL], thr[T_SIG_HCAL], thr[T_C_ECAL]
     p_min, p_max, trk_max = thr[T_P_MIN], thr[T_P_MAX], thr[T_TRK_MAX]
     dimu_modules = thr[T_DIMU_MODULES]
+    before, after = thr[T_ISO_BEFORE], thr[T_ISO_AFTER]
+    alone = 0
     pileup = mult_sum = electrons = v_zero = h_zero = signal = electron = hadron = muon = 0
     nan = side_c = dimu = sat_box = sat_c = 0
     for k in range(nb):
@@ -171,7 +176,9 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, sat, eca
         eps = ok & tag & (e_ps[i] >= ps_min)  # species electron
         ele = eps & (ec >= ecal_min)  # electron sample
         quiet_veto = ve < veto_zero
-        electron += eps
+        iso = ok & (dt_prev[i] > before) & (dt_next[i] > after)  # identify.isolated
+        alone += iso
+        electron += eps & iso
         electrons += ele
         v_zero += ele & quiet_veto
         h_zero += ele & (h < hcal_zero)
@@ -185,8 +192,8 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, sat, eca
         sat_c += cand & ~trusted & in_c
         dimu += eps & track & (ec < c_ecal) & (two[k] >= dimu_modules)
         is_muon = ok & ~tag & every[k] & (h <= mu_max)
-        muon += is_muon
-        hadron += ok & ~tag & ~is_muon & (h >= had_min)
+        muon += is_muon & iso
+        hadron += iso & ~tag & ~is_muon & (h >= had_min)
     out[C_PILEUP] += pileup
     out[C_MULT_SUM] += mult_sum
     out[C_ELECTRONS] += electrons
@@ -201,11 +208,13 @@ def _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, sat, eca
     out[C_DIMUON] += dimu
     out[C_SAT_BOX] += sat_box
     out[C_SAT_C] += sat_c
+    out[C_ISOLATED] += alone
 
 
 @kernel
 def _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plane,
-                e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, sat, cond, bits, shadow):
+                e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, sat, cond, bits, shadow, dt_prev,
+                dt_next):
     # the histogram increments, and the prefetch of the next chunk: this loop waits on its
     # stores anyway, and the hardware prefetcher alone leaves the next chunk's loops waiting
     end = np.uint64(e_ecal.shape[0])
@@ -222,6 +231,9 @@ def _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plan
                 prefetch(e_ps, p)
                 prefetch(e_veto, p)
                 prefetch(e_srd, p)
+            if p % _U32 == 0:
+                prefetch(dt_prev, p)
+                prefetch(dt_next, p)
             if p % _U64 == 0:
                 prefetch(mult, p)
                 prefetch(sat, p)
@@ -236,8 +248,9 @@ def _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plan
 
 
 @kernel
-def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, p, ntrk, sat, ecal_sat, missing, cond,
-               bits, shadow, thr, lo, delta, h_ecal, h_hcal, h_plane, out, hcal_out):
+def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, p, ntrk, dt_prev, dt_next, sat,
+               ecal_sat, missing, cond, bits, shadow, thr, lo, delta, h_ecal, h_hcal, h_plane,
+               out, hcal_out):
     # Add the counts of one slice to `out` (slots C_*) and its complete events to the
     # spectra's flow views h_*; their E_HCAL (float32) is left in hcal_out[:complete].
     n = e_hcal.shape[0]
@@ -263,10 +276,11 @@ def _aggregate(e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, p, ntrk, sat, ecal_sat
         eh = hcal_out[i0:i1]  # every event's E_HCAL in place; incomplete ones dropped below
         _hcal_chunk(e_hcal, i0, nb, thr, eh, every, two)
         _bins_chunk(e_ecal, eh, i0, nb, lo, delta, n_ecal, n_hcal, n_px, n_py, ie, ih, px, py)
-        _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, missing, sat, ecal_sat, thr,
-                       i0, nb, eh, every, two, out)
+        _physics_chunk(e_ecal, e_ps, e_veto, e_srd, mult, p, ntrk, dt_prev, dt_next, missing,
+                       sat, ecal_sat, thr, i0, nb, eh, every, two, out)
         _fill_chunk(missing, i0, nb, ie, ih, px, py, h_ecal, hcal_copies, nh, h_plane,
-                    e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, sat, cond, bits, shadow)
+                    e_ecal, e_ps, e_hcal, e_veto, e_srd, mult, sat, cond, bits, shadow,
+                    dt_prev, dt_next)
         i0 = i1
     for q in range(_HCAL_COPIES):
         for j in range(nh):
@@ -297,7 +311,8 @@ def _thresholds(cfg: MonitorConfig, *, track: bool) -> np.ndarray:
                      cfg.hcal_zero_gev, cfg.muon_module_min_gev, cfg.muon_hcal_max_gev,
                      cfg.hadron_hcal_min_gev, cfg.signal_ecal_max_gev, cfg.signal_hcal_max_gev,
                      p_min, p_max, trk, cfg.trigger_ecal_max_gev, cfg.dimuon_module_min_gev,
-                     cfg.dimuon_module_max_gev, cfg.dimuon_min_modules], np.float32)
+                     cfg.dimuon_module_max_gev, cfg.dimuon_min_modules,
+                     cfg.isolation_before_ns, cfg.isolation_after_ns], np.float32)
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
@@ -321,15 +336,20 @@ def aggregate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, boards: Sequence[
     track = has_track(f)
     p = _ro(f["p"]) if track else _ro(np.zeros(n, np.float32))  # (cuts that pass every event)
     ntrk = _ro(f["ntrk"]) if track else _ro(np.zeros(n, np.uint8))
+    if has_timing(f):
+        dt_prev, dt_next = _ro(f["dt_prev"]), _ro(f["dt_next"])
+    else:  # every event isolated (identify.isolated)
+        dt_prev = dt_next = _ro(np.full(n, _ALONE))
     _aggregate(e_ecal, _ro(f["e_ps"]), _ro(f["e_hcal"]), _ro(f["e_veto"]), _ro(f["e_srd"]),
-               _ro(f["mult"]), p, ntrk, _ro(f["sat"]), np.uint8(ecal_sat_bit(boards)), missing,
-               _ro(f["cond"]), _ro(f["bits"]),
+               _ro(f["mult"]), p, ntrk, dt_prev, dt_next, _ro(f["sat"]),
+               np.uint8(ecal_sat_bit(boards)), missing, _ro(f["cond"]), _ro(f["bits"]),
                _ro(f["shadow"]), _thresholds(cfg, track=track), lo, hi - lo,
                spectra.ecal.view(flow=True), spectra.hcal.view(flow=True),
                spectra.plane.view(flow=True), out, hcal)
     incomplete = int(out[C_INCOMPLETE])
     species = out[C_SPECIES:C_SPECIES + 4].copy()
-    species[3] = n - incomplete - int(species[:3].sum())  # other: complete, none of those
+    isolated = int(out[C_ISOLATED])
+    species[3] = isolated - int(species[:3].sum())  # other: isolated, none of those
     c = Counts(events=n, complete=n - incomplete, incomplete=incomplete,
                beam_cond=int(out[C_BEAM_COND]), accepted=int(out[C_ACCEPTED]),
                pileup=int(out[C_PILEUP]), mult_sum=int(out[C_MULT_SUM]),
@@ -337,6 +357,7 @@ def aggregate(f: Mapping[str, np.ndarray], cfg: MonitorConfig, boards: Sequence[
                hcal_zero=int(out[C_HCAL_ZERO]), signal_box=int(out[C_SIGNAL_BOX]),
                sideband_c=int(out[C_SIDEBAND_C]), dimuons=int(out[C_DIMUON]),
                saturated_box=int(out[C_SAT_BOX]), saturated_c=int(out[C_SAT_C]),
+               isolated=isolated,
                untracked=0 if track else n - incomplete,
                triggers=out[C_TRIGGERS:C_TRIGGERS + 4].copy(),
                shadow=out[C_SHADOW:C_SHADOW + 4].copy(), species=species)
@@ -361,3 +382,5 @@ def warm_up(cfg: MonitorConfig | None = None) -> None:
         "shadow": u8}
     aggregate(block, cfg, (), Spectra.empty(cfg))
     aggregate({**block, "p": f32, "ntrk": u8}, cfg, (), Spectra.empty(cfg))
+    u16 = np.zeros(1, np.uint16)
+    aggregate({**block, "dt_prev": u16, "dt_next": u16}, cfg, (), Spectra.empty(cfg))

@@ -13,12 +13,14 @@ import numpy as np
 from monitors.config import MonitorConfig
 from monitors.identify import (
     FEATURE_ARRAYS,
+    TIMING_ARRAYS,
     TRACK_ARRAYS,
     classify,
     dimuon,
     electron_sample,
     has_track,
     hcal_total,
+    isolated,
     saturated_candidates,
     sideband_c,
     signal_box,
@@ -51,7 +53,8 @@ def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
     # Physics figures use complete events only: a missing VETO reads zero and would pass.
     # (no copy when every event is complete, as nearly always)
     g = f if c.incomplete == 0 else {k: v[ok] for k, v in f.items()
-                                     if k in FEATURE_ARRAYS or k in TRACK_ARRAYS}
+                                     if k in FEATURE_ARRAYS or k in TRACK_ARRAYS
+                                     or k in TIMING_ARRAYS}
     tag, hcal = srd_tagged(g, cfg), hcal_total(g)  # each used by several figures below
     mult = g["mult"]
     c.pileup = _nz(mult > 1)
@@ -60,7 +63,10 @@ def count_features(f: Mapping[str, np.ndarray], cfg: MonitorConfig,
     c.electrons = _nz(ele)
     c.veto_zero = _nz(ele & (g["e_veto"] < cfg.veto_zero_gev))
     c.hcal_zero = _nz(ele & (hcal < cfg.hcal_zero_gev))
-    c.species = np.bincount(classify(g, cfg, tag=tag, hcal=hcal), minlength=4).astype(np.int64)
+    iso = isolated(g, cfg)
+    c.isolated = _nz(iso)
+    c.species = np.bincount(classify(g, cfg, tag=tag, hcal=hcal)[iso],
+                            minlength=4).astype(np.int64)
     c.signal_box = _nz(signal_box(g, cfg, tag=tag, hcal=hcal, boards=boards))
     c.sideband_c = _nz(sideband_c(g, cfg, tag=tag, hcal=hcal, boards=boards))
     saturated = saturated_candidates(g, cfg, tag=tag, hcal=hcal, boards=boards)

@@ -49,7 +49,9 @@ class Counts:
     shadow_seen: int = 0  # features messages that carried a shadow configuration
     triggers: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
     shadow: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
-    species: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
+    #: complete events isolated in time (identify.isolated): the composition's sample
+    isolated: int = 0
+    species: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))  # of those
     missing_board: dict[str, int] = field(default_factory=dict)  # from the `missing` bits
     incomplete_board: dict[str, int] = field(default_factory=dict)  # builder's account
     builder_gaps: dict[str, int] = field(default_factory=dict)
@@ -100,8 +102,13 @@ class Figures(BaseModel):
     mean_multiplicity: float | None = Field(description="Mean beam multiplicity.")
     veto_efficiency: Estimate = Field(description="VETO zero-threshold efficiency.")
     hcal_efficiency: Estimate = Field(description="HCAL zero-threshold efficiency.")
-    composition: dict[str, float | None] = Field(description="Species fractions.")
+    composition: dict[str, float | None] = Field(description=(
+        "Species fractions among the composition_events."))
     composition_intervals: dict[str, Estimate] = Field(description="Same, with intervals.")
+    composition_events: int = Field(description=(
+        "Complete events the composition is measured on: those isolated in time, with no "
+        "other beam event within the SRD's reach (monitors.identify.isolated; every complete "
+        "event in a stream without the trigger's neighbour gaps)."))
     incomplete_events: int = Field(description="Processed events with a board missing.")
     incomplete_fraction: float | None = Field(description="incomplete_events / events.")
     incomplete_by_board: dict[str, int] = Field(
@@ -202,10 +209,11 @@ def figures(c: Counts, cfg: MonitorConfig, *, shadow_ran: bool | None = None) ->
         "mean_multiplicity": _ratio(c.mult_sum, c.complete),
         "veto_efficiency": estimate(c.veto_zero, c.electrons, cfg.confidence),
         "hcal_efficiency": estimate(c.hcal_zero, c.electrons, cfg.confidence),
-        "composition": {s: _ratio(int(k), c.complete)
+        "composition": {s: _ratio(int(k), c.isolated)
                         for s, k in zip(SPECIES_NAMES, c.species, strict=True)},
-        "composition_intervals": {s: estimate(int(k), c.complete, cfg.confidence)
+        "composition_intervals": {s: estimate(int(k), c.isolated, cfg.confidence)
                                   for s, k in zip(SPECIES_NAMES, c.species, strict=True)},
+        "composition_events": c.isolated,
         "incomplete_events": c.incomplete,
         "incomplete_fraction": _ratio(c.incomplete, c.events),
         "incomplete_by_board": _by_board(c),

@@ -221,7 +221,7 @@ def _weff_table(b: Board) -> tuple[np.ndarray, np.ndarray]:
     return levels, counts
 
 
-def _srd_board(geom: Geometry, widen: int = 0) -> Board:
+def srd_board(geom: Geometry, widen: int = 0) -> Board:
     """The SRD's window as a `Board` (for `window_factor`), `widen` samples more each side."""
     det = geom.detector
     srd = geom.board("SRD")
@@ -252,7 +252,7 @@ def srd_neighbours(geom: Geometry, truth: dict[str, np.ndarray], min_gev: float
     can peak in the window: its peak lies from the sample before the window's first to its
     last sample (the sampled maximum of a lone pulse is one of the two samples around its
     peak)."""
-    b = _srd_board(geom)
+    b = srd_board(geom)
     # the window's edges in samples from the trigger sample (the in-time pulse peaks
     # phase / sample_ns after it)
     lo, hi = b.window[0] - 1 - b.trigger_sample, b.window[1] - b.trigger_sample
@@ -275,7 +275,7 @@ def srd_reached(geom: Geometry, truth: dict[str, np.ndarray], min_gev: float) ->
 def srd_alone(geom: Geometry, truth: dict[str, np.ndarray]) -> np.ndarray:
     """Per event: no other beam electron's SRD pulse reaches the SRD window or the sample
     either side of it (which the pulse definition compares the window's samples with)."""
-    b = _srd_board(geom, widen=1)
+    b = srd_board(geom, widen=1)
     alone = np.ones(len(truth["t_ns"]), bool)
     for a, dt, e, phase in _electron_neighbours(truth, b.sample_ns):
         alone[a] &= ~(e * window_factor(b, dt, phase) > 0.0)

@@ -403,6 +403,18 @@ def decide(f: Features, p: TriggerParams, *, run: int, spill: int, first: int,
     return cond, bits
 
 
+def neighbour_gaps(ts: np.ndarray, backend: ModuleType = kernels) -> dict[str, np.ndarray]:
+    """Past-future protection: per event the time to the previous and the next event of the
+    built slice, `dt_prev` and `dt_next` (uint16 ns, saturated at kernels.GAP_MAX; 0 when
+    unknown: the slice's first and last events, whose neighbour is in another slice). The
+    monitors measure the beam composition on events with no neighbour within the SRD's
+    reach (docs/monitors.md, "Composition"); from accepted events alone, as a run file
+    holds them, the gaps could not be found again."""
+    out = {"dt_prev": np.empty(len(ts), np.uint16), "dt_next": np.empty(len(ts), np.uint16)}
+    backend.neighbour_gaps(_ro(ts), out["dt_prev"], out["dt_next"])
+    return out
+
+
 def warm_up(geometry: Geometry, calibration: Calibration) -> None:
     """Compile (or load from the cache) every kernel specialisation a worker will use.
 
@@ -430,6 +442,9 @@ def _warm_up(p: TriggerParams) -> None:
             decide(f, p, run=0, spill=0, first=0)
             f.arrays()
             select_events(arrays, np.arange(2, dtype=np.int64))  # accepted hits
+            ts = np.arange(2, dtype=np.int64)
+            ts.flags.writeable = not readonly
+            neighbour_gaps(ts)
 
 
 def select_events(arrays: Mapping[str, np.ndarray], idx: np.ndarray,

@@ -30,6 +30,8 @@ _DIST = np.uint64(4)
 _LINE = np.uint64(32)
 #: wave_hits: hits ahead whose trace is prefetched (a 32-sample trace is one cache line)
 _DIST_HITS = np.uint64(8)
+#: the largest gap `neighbour_gaps` stamps, ns (uint16; the features' dt_prev and dt_next)
+GAP_MAX = 65535
 #: guard rows around a trace in _pulses: below any sample, so no comparison with them fails
 _LOW = np.int16(-32768)
 
@@ -459,6 +461,22 @@ def feature_columns(sums, e_ecal, e_ps, e_hcal, e_veto, e_srd):
             e_hcal[e, k] = np.float32(sums[e, 2 + k])
         e_veto[e] = np.float32(sums[e, 6])
         e_srd[e] = np.float32(sums[e, 7])
+
+
+@kernel
+def neighbour_gaps(ts, prev, nxt):
+    # ns from each event to the one before (prev) and after it (nxt) in the slice,
+    # saturated at GAP_MAX; 0 where unknown: at the slice's ends (that neighbour is in
+    # another slice) and for a time that runs backwards
+    n = ts.shape[0]
+    for i in range(n):
+        prev[i] = 0
+        nxt[i] = 0
+    for i in range(1, n):
+        d = ts[i] - ts[i - 1]
+        g = np.uint16(0) if d < 0 else np.uint16(min(d, GAP_MAX))
+        prev[i] = g
+        nxt[i - 1] = g
 
 
 @kernel

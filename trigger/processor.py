@@ -30,6 +30,7 @@ from trigger.core import (
     build_params,
     compute_features,
     decide,
+    neighbour_gaps,
     select_events,
 )
 from trigger.errors import SliceError
@@ -157,11 +158,12 @@ class SliceProcessor:
                   bits: np.ndarray, shadow: np.ndarray, shadow_hash: str | None, mode: str,
                   backend: ModuleType) -> Message:
         ts = msg.arrays.get("ts")
+        ts = ts if ts is not None else np.zeros(msg.count, np.int64)
         missing = msg.arrays.get("missing")
-        arrays = {"ts": ts if ts is not None else np.zeros(msg.count, np.int64),
-                  **f.arrays(backend),
+        arrays = {"ts": ts, **f.arrays(backend),
                   "missing": missing if missing is not None else np.zeros(msg.count, np.uint8),
-                  "cond": cond, "bits": bits, "shadow": shadow}
+                  "cond": cond, "bits": bits, "shadow": shadow,
+                  **neighbour_gaps(ts, backend)}
         out = FeaturesMeta(meta.slice_index or 0, cfg=meta.cfg, shadow_cfg=shadow_hash,
                            mode=mode, calib=meta.calib)
         return Message(Kind.FEATURES, run=msg.run, spill=msg.spill, board="ALL",

@@ -16,6 +16,7 @@ from trigger.kernels import (
     F_PS_MIN,
     F_S_MIN,
     F_V1_MAX,
+    GAP_MAX,
     I_ENABLED,
     I_PRE_BEAM,
     I_PRE_CAL,
@@ -177,6 +178,12 @@ def feature_columns(sums: np.ndarray, e_ecal: np.ndarray, e_ps: np.ndarray,
     e_hcal[:] = sums[:, 2:6]
     e_veto[:] = sums[:, 6]
     e_srd[:] = sums[:, 7]
+
+
+def neighbour_gaps(ts: np.ndarray, prev: np.ndarray, nxt: np.ndarray) -> None:
+    g = np.clip(np.diff(ts.astype(np.int64)), 0, GAP_MAX).astype(np.uint16)
+    prev[:1] = nxt[-1:] = 0
+    prev[1:] = nxt[:-1] = g
 
 
 def beam_dense(amp: np.ndarray, npulse: np.ndarray, zthr: float, amp_out: np.ndarray,

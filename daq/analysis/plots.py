@@ -79,7 +79,7 @@ def spill_points(report: dict[str, Any], confidence: float) -> list[SpillPoint]:
         mon = s.get("monitor") if report["kind"] == "recorded" else s
         if mon is None:
             continue
-        complete = int((mon.get("composition_intervals") or {}).get("electron", {}).get("n", 0))
+        complete = int(mon.get("events", 0)) - int(mon.get("incomplete_events", 0))
         frac = mon.get("pileup_fraction")
         pileup = None
         if frac is not None and complete:

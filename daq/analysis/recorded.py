@@ -43,7 +43,7 @@ from monitors import calibration
 from monitors.alarms import Alarms
 from monitors.analysis import analyze as monitor_analysis
 from monitors.config import MonitorConfig
-from monitors.identify import FEATURE_ARRAYS, TRACK_ARRAYS
+from monitors.identify import FEATURE_ARRAYS, TIMING_ARRAYS, TRACK_ARRAYS
 from monitors.stats import ONE_SIGMA, z_score
 from monitors.summary import eot, live_time
 from trigger.analyze import decide_at
@@ -195,7 +195,8 @@ def _sample_features(msg: Message, sample: Sample) -> Message:
     """An ACCEPTED message as the FEATURES message of its events in `sample`."""
     bits = msg.arrays["bits"]
     keep = (bits & (BEAM | RANDOM)) != 0 if sample == "unbiased" else np.ones(msg.count, bool)
-    names = ("ts", *FEATURE_ARRAYS, *TRACK_ARRAYS)
+    # the neighbour gaps as recorded: among accepted events alone they cannot be found again
+    names = ("ts", *FEATURE_ARRAYS, *TRACK_ARRAYS, *TIMING_ARRAYS)
     arrays = {n: msg.arrays[n][keep] for n in names if n in msg.arrays}
     a = AcceptedMeta.of(msg)
     meta = FeaturesMeta(a.slice_index, cfg=a.cfg, mode=a.mode, calib=a.calib)

@@ -86,8 +86,13 @@ def test_synthetic_slices_match(n: int, modules: int, incomplete: float) -> None
     f["missing"][bad] = rng.integers(1, 256, int(bad.sum()), dtype=np.uint8)
     f["shadow"] = rng.integers(0, 256, n, dtype=np.uint8)
     f["bits"] = rng.integers(0, 256, n, dtype=np.uint8)
+    if modules == 4:  # the trigger's neighbour gaps: ~half the events isolated
+        for name in ("dt_prev", "dt_next"):
+            f[name] = rng.integers(0, 400, n, dtype=np.uint16)
     c, s = compare(f)
     assert c.incomplete == int(bad.sum()) and _filled(s) == c.complete
+    if modules == 4 and incomplete < 1.0:
+        assert 0 < c.isolated < c.complete
     if incomplete < 1.0:  # the comparison reached every class it compares
         assert (c.species[:3] > 0).all() and c.electrons > 0 and c.veto_zero > 0
         assert c.pileup > 0
@@ -249,7 +254,9 @@ def _configs(draw: st.DrawFn) -> MonitorConfig:
         ecal_bins=draw(st.sampled_from([4, 7, 120, 2000]) | st.integers(4, 300)),
         hcal_bins=draw(st.sampled_from([4, 13, 120]) | st.integers(4, 300)),
         plane_bins=draw(st.sampled_from([4, 5, 60]) | st.integers(4, 80)),
-        spectrum_max_ratio=draw(st.sampled_from([1.5, 0.1, 10.0]) | fl(0.01, 10.0)))
+        spectrum_max_ratio=draw(st.sampled_from([1.5, 0.1, 10.0]) | fl(0.01, 10.0)),
+        isolation_before_ns=draw(st.sampled_from([105, 0, 65534]) | st.integers(0, 65534)),
+        isolation_after_ns=draw(st.sampled_from([35, 0, 65534]) | st.integers(0, 65534)))
 
 
 def _specials(cfg: MonitorConfig) -> list[float]:
@@ -279,6 +286,12 @@ def _slices(draw: st.DrawFn) -> tuple[dict[str, np.ndarray], MonitorConfig, tupl
     if draw(st.booleans()):  # the spectrometer's arrays, or a stream from before it
         f["p"] = floats(n)
         f["ntrk"] = draw(hnp.arrays(np.uint8, n))
+    if draw(st.booleans()):  # the trigger's neighbour gaps, or a stream from before them
+        near = [cfg.isolation_before_ns, cfg.isolation_after_ns]
+        gap = st.sampled_from([0, 65535, *near, *(g + 1 for g in near)]) | st.integers(
+            0, 65535)
+        f["dt_prev"] = draw(hnp.arrays(np.uint16, n, elements=gap))
+        f["dt_next"] = draw(hnp.arrays(np.uint16, n, elements=gap))
     missing = draw(st.sampled_from(["none", "some", "all"]))
     if missing == "none":
         f["missing"][:] = 0

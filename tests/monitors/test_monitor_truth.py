@@ -14,7 +14,7 @@ from monitor_truth import detector, simulate
 
 from monitors.analysis import analyze
 from monitors.config import MonitorConfig
-from monitors.identify import Species, classify, electron_sample, hcal_total
+from monitors.identify import Species, classify, electron_sample, hcal_total, isolated
 from simulators.config import SimConfig
 from tests import pileup_truth as pt
 from trigger.config import TriggerConfig
@@ -37,7 +37,8 @@ def case(request: pytest.FixtureRequest) -> tuple:
     msgs, truth, _ = simulate(intensity=intensity, generated_s=gen, seed=3, mode=mode)
     ra = analyze(msgs, CFG)
     feats = {k: np.concatenate([m.arrays[k] for m in msgs if m.kind == "features"])
-             for k in ("mult", "e_veto", "e_ecal", "e_ps", "e_srd", "e_hcal")}
+             for k in ("mult", "e_veto", "e_ecal", "e_ps", "e_srd", "e_hcal", "dt_prev",
+                       "dt_next")}
     return intensity, ra, truth, feats
 
 
@@ -91,34 +92,51 @@ def test_efficiency_loss_event_by_event(case: tuple) -> None:
         assert must_pass.mean() > 0.85 and grey < 0.06, (b.name, grey)
 
 
-#: above this the SRD's pileup biases the composition beyond its interval (below)
-SRD_PILEUP_BOUND = 6e6
-
-
 def test_composition_matches_injected_species(case: tuple) -> None:
-    """The measured fractions against the injected species within their 3-sigma intervals,
-    as measured, up to 6e6 e-/spill. Every hadron or muon taken for an electron had a beam
-    electron whose SRD pulse reached the 25 ns SRD window (truth). At 1e7 those (94 hadrons
-    and 18 muons of 705, docs/monitors.md "Hadrons and the SRD tag") take the hadron
-    fraction 16 % low, outside its interval: there the fractions are held to the injected
-    ones with them moved back, so that nothing else may hide behind that bias."""
+    """The measured fractions against the injected species of every event, within their
+    3-sigma intervals, at every intensity. Pileup makes a hadron or muon look like an
+    electron when another electron's SRD pulse reaches its SRD window (truth: every one
+    taken for an electron had one); the composition counts only events isolated in time
+    (`identify.isolated`, from the trigger's neighbour gaps), where no such electron is, so
+    there none is taken for an electron and no bias is left to move back."""
     intensity, ra, truth, f = case
     tot = ra.totals()
     code = classify(f, CFG)
     geom, _ = detector()
     reached = pt.srd_reached(geom, truth, CFG.srd_min_gev / 2)
-    n = len(code)
-    mis = {sp: (truth["species"] == sp) & (code == Species.ELECTRON) for sp in (1, 2)}
-    for sp, m in mis.items():
+    for sp in (1, 2):
+        m = (truth["species"] == sp) & (code == Species.ELECTRON)
         assert (reached[m]).all(), (sp, int((m & ~reached).sum()))
-    moved = {0: sum(int(m.sum()) for m in mis.values()), 1: -int(mis[1].sum()),
-             2: -int(mis[2].sum())}
+    iso = isolated(f, CFG)
+    assert tot.composition_events == int(iso.sum())
+    # the Poisson expectation of no neighbour in the 140 ns (the slices' ends aside)
+    rate = SimConfig.parse({"intensity": intensity}).rate_hz
+    keep = math.exp(-rate * (CFG.isolation_before_ns + CFG.isolation_after_ns) * 1e-9)
+    assert iso.mean() == pytest.approx(keep, abs=0.01)
+    assert not (iso & reached & (truth["species"] != 0)).any()
+    assert not (iso & (code == Species.ELECTRON) & (truth["species"] != 0)).any()
     for code_, name in enumerate(("electron", "hadron", "muon")):
         iv = tot.composition_intervals[name]
-        shift = moved[code_] if intensity > SRD_PILEUP_BOUND else 0
-        expected = (float((truth["species"] == code_).sum()) + shift) / n
+        expected = float((truth["species"] == code_).mean())
         assert iv.low <= expected <= iv.high, (name, iv, expected)
     assert tot.composition["other"] is not None and tot.composition["other"] < 1e-3
+
+
+def test_isolation_covers_the_srd_pulse_reach() -> None:
+    """No electron's SRD pulse (at most srd_max_gev) outside the isolation puts srd_min_gev
+    into the SRD window, at any beam phase, from the pulse shape (tests/pileup_truth.py):
+    the defaults are the reach, with a nanosecond for the integer event times."""
+    b = pt.srd_board(detector()[0])
+    phases = (np.arange(pt.N_PHASES) + 0.5) * (b.sample_ns / pt.N_PHASES)
+    dt = np.concatenate([np.arange(-1000.0, -(CFG.isolation_before_ns - 1), 0.25),
+                         np.arange(CFG.isolation_after_ns - 1, 1000.0, 0.25)])
+    reach = max(pt.window_factor(b, dt, np.full(len(dt), p)).max() for p in phases)
+    assert reach * CFG.srd_max_gev < CFG.srd_min_gev
+    # and they are not wider than a sample beyond it (they cost events)
+    for edge in (-(CFG.isolation_before_ns - b.sample_ns), CFG.isolation_after_ns - b.sample_ns):
+        near = max(float(pt.window_factor(b, np.array([edge]), np.array([p]))[0])
+                   for p in phases)
+        assert near * CFG.srd_max_gev >= CFG.srd_min_gev, edge
 
 
 def test_pileup_fraction_is_what_the_beam_counters_can_resolve(case: tuple) -> None:

@@ -25,7 +25,15 @@ from daq.config import content_hash
 from daq.wire import Kind, Message, decode, encode
 from trigger import kernels, reference
 from trigger.config import TriggerConfig
-from trigger.core import Features, build_params, compute_features, decide, select_events, warm_up
+from trigger.core import (
+    Features,
+    build_params,
+    compute_features,
+    decide,
+    neighbour_gaps,
+    select_events,
+    warm_up,
+)
 from trigger.errors import SliceError
 from trigger.processor import SliceProcessor
 
@@ -249,6 +257,22 @@ def _events(arrays: dict[str, np.ndarray], a: int, b: int) -> dict[str, np.ndarr
     return out
 
 
+@given(ts=hnp.arrays(np.int64, st.integers(0, 40), elements=st.integers(-10**6, 10**6)))
+@settings(deadline=None)  # the first example compiles the kernel
+def test_neighbour_gaps_match_reference_and_their_definition(ts: np.ndarray) -> None:
+    """dt_prev / dt_next: ns to the neighbouring events of the slice, saturated at GAP_MAX,
+    0 at the slice's ends and where time runs backwards; the two backends agree."""
+    ts = np.sort(ts) if len(ts) % 2 else ts  # ordered slices, and disordered ones
+    k, r = neighbour_gaps(ts, kernels), neighbour_gaps(ts, reference)
+    for name in ("dt_prev", "dt_next"):
+        np.testing.assert_array_equal(k[name], r[name], err_msg=name)
+        assert k[name].dtype == np.uint16
+    for i in range(len(ts)):
+        prev = 0 if i == 0 else min(max(int(ts[i] - ts[i - 1]), 0), kernels.GAP_MAX)
+        nxt = 0 if i == len(ts) - 1 else min(max(int(ts[i + 1] - ts[i]), 0), kernels.GAP_MAX)
+        assert (int(k["dt_prev"][i]), int(k["dt_next"][i])) == (prev, nxt)
+
+
 def test_prescale_is_per_event_not_per_slice() -> None:
     cfg = TriggerConfig(prescale_beam=7, prescale_random=11, prescale_calibration=5)
     rng = np.random.default_rng(5)
@@ -320,7 +344,7 @@ def test_warm_up_compiles_every_specialisation_a_wire_slice_needs(timed: tuple[s
     dispatchers = [getattr(kernels, name) for name in (
         "wave_peak_board", "wave_peak_hits", "feature_hits", "accumulate", "accumulate_hits",
         "beam_dense", "beam_dense_hits", "multiplicity", "decide", "feature_columns",
-        "hit_starts", "gather_hits")]
+        "hit_starts", "gather_hits", "neighbour_gaps")]
     before = [len(cast(Any, d).signatures) for d in dispatchers]
     proc = SliceProcessor(GEOM, CAL)
     rng = np.random.default_rng(2)
