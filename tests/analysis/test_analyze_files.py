@@ -13,6 +13,7 @@ from analysis_files import RunFiles
 from daq.cli import main
 from daq.runfile import RunFileReader, RunFileWriter
 from daq.wire import Kind, Message
+from monitors.config import MonitorConfig
 from trigger.config import BEAM, PHYSICS, RANDOM, TRIGGER_BITS
 
 pytestmark = pytest.mark.slow  # the session's files take a standing run (~4 s)
@@ -53,6 +54,18 @@ def test_recorded_files_are_reanalysed_as_far_as_accepted_events_allow(
         assert s["eot"]["low"] <= s["eot"]["value"] <= s["eot"]["high"]
         unbiased = int(np.count_nonzero(spill_bits & (BEAM | RANDOM)))
         assert s["monitor"]["events"] == unbiased
+        # the composition on the recorded neighbour gaps (found among every event of the
+        # slice, not among the accepted ones alone)
+        got = {k: np.concatenate([m.arrays[k] for m in acc if m.spill == s["spill"]])
+               for k in ("bits", "missing", "dt_prev", "dt_next")}
+        iso = (((got["bits"] & (BEAM | RANDOM)) != 0) & (got["missing"] == 0)
+               & (got["dt_prev"] > MonitorConfig().isolation_before_ns)
+               & (got["dt_next"] > MonitorConfig().isolation_after_ns))
+        assert s["monitor"]["composition_events"] == int(np.count_nonzero(iso))
+    if which == "recorded":  # the gaps were found among every event, not the accepted ones
+        dt_prev = np.concatenate([m.arrays["dt_prev"] for m in acc])
+        ts_gap = np.diff(np.concatenate([m.arrays["ts"] for m in acc]))
+        assert (dt_prev[dt_prev > 0] < 100).sum() > 10 * max(1, int((ts_gap < 100).sum()))
         assert "eot" not in s["monitor"]  # a figure of the beam, not of the sample
     if which == "replay":  # every event the replay sent was built and seen by the trigger
         assert res["events"] == run_files.replay_events
