@@ -56,7 +56,12 @@ METRICS: dict[str, tuple[str, tuple[str, ...], str]] = {
                               "Zero-threshold efficiency (value, 68 % Wilson low, high)."),
     "na64_efficiency_sample_size": ("gauge", ("source", "detector"),
                                     "Identified electrons the efficiency is measured on."),
-    "na64_composition_ratio": ("gauge", ("source", "species"), "Beam composition fraction."),
+    "na64_composition_ratio": ("gauge", ("source", "species"),
+                               "Beam composition fraction, on the events isolated in time."),
+    "na64_composition_sample_size": ("gauge", ("source",),
+                                     "Events the composition is measured on: complete and "
+                                     "isolated in time (no other beam event within the "
+                                     "SRD's reach)."),
     "na64_monitor_ecal_scale": ("gauge", ("source", "bound"),
                                 "ECAL energy scale of the last spill: calibration-trigger "
                                 "peak / nominal (value, value - error, value + error)."),
@@ -283,6 +288,7 @@ class MonitorMetrics:
             if est.n:
                 g("na64_efficiency_ratio").labels(src, det, "low").set(est.low)
                 g("na64_efficiency_ratio").labels(src, det, "high").set(est.high)
+        g("na64_composition_sample_size").labels(src).set(s.composition_events)
         for sp in SPECIES_NAMES:
             self._maybe(g("na64_composition_ratio").labels(src, sp), s.composition[sp])
         self._scale(src, s)

@@ -89,7 +89,12 @@ function render(s) {
      { text: `${s.triggers[t] ?? 0} events`, value: s.triggers[t] ?? 0, key: `trig_${t}` }]));
   table("composition", ["electron", "hadron", "muon", "other"].map(sp =>
     [sp, { text: fmtPct(s.composition[sp]), value: s.composition[sp], key: `comp_${sp}` },
-     { text: fmtPct(s.composition_run[sp]), value: s.composition_run[sp] }]));
+     { text: fmtPct(s.composition_run[sp]), value: s.composition_run[sp] }]).concat([
+    ["events counted",
+     { text: fmtNum(s.composition_events), value: s.composition_events, key: "comp_events" },
+     { text: fmtNum(s.composition_events_run), value: s.composition_events_run }]]));
+  document.getElementById("iso-before").textContent = s.isolation_ns[0];
+  document.getElementById("iso-after").textContent = s.isolation_ns[1];
   const cal = s.calibration, band = cal.band;
   const scaleText = e => e ? `${e.value.toFixed(4)} ± ${e.error.toFixed(4)}` : "-";
   setKey("ecal_scale", cal.scale ? cal.scale.value : null, scaleText(cal.scale),

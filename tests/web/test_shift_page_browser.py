@@ -33,6 +33,7 @@ AGAINST_METRICS: dict[str, tuple[str, dict[str, str]]] = {
     "hcal": ("na64_efficiency_ratio", {"detector": "hcal", "bound": "value"}),
     **{f"comp_{sp}": ("na64_composition_ratio", {"species": sp})
        for sp in ("electron", "hadron", "muon", "other")},
+    "comp_events": ("na64_composition_sample_size", {}),
     "ecal_scale": ("na64_monitor_ecal_scale", {"bound": "value"}),
     "sideband_c": ("na64_sideband_c_events", {}),
     "dimuons": ("na64_dimuon_events", {}),
