@@ -13,7 +13,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-#: what a blinded signal box shows, and where it is unblinded
+#: what a blinded signal box shows, and where it is unblinded (plain text: a table cell
+#: is rich markup, which would take "[monitor]" for a style; `escape` when adding it)
 BLIND = "blind (analyze --unblind; live: [monitor] blind = false)"
 
 
@@ -197,7 +198,7 @@ def run_summary(summaries: Sequence[dict[str, Any]], totals: dict[str, Any] | No
         trig = totals.get("triggers") or {}
         t.add_row("triggers", ", ".join(f"{k} {v}" for k, v in trig.items()))
         box_ = totals.get("signal_box")
-        t.add_row("signal box", BLIND if box_ is None else f"{box_:,}")
+        t.add_row("signal box", escape(BLIND) if box_ is None else f"{box_:,}")
         t.add_row("sideband C", f"{totals.get('sideband_c', 0):,}")
         rate = totals.get("dimuons_per_eot")
         t.add_row("dimuons", f"{totals.get('dimuons', 0):,}"

@@ -39,10 +39,13 @@ def test_the_box_count_is_withheld_unless_unblinded(raw: Path,
 
 
 def test_the_table_says_blind_and_counts_c_and_dimuons(
-        raw: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        raw: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hint is printed whole: "[monitor]" is the config section, not rich markup."""
+    monkeypatch.setenv("COLUMNS", "200")  # the hint on one line of the table
     assert main(["analyze", str(raw)]) == 0
     out = capsys.readouterr().out
-    assert "signal box" in out and "blind (analyze --unblind" in out
+    assert "signal box" in out
+    assert "blind (analyze --unblind; live: [monitor] blind = false)" in out
     assert "sideband C" in out and "dimuons" in out
     assert main(["analyze", str(raw), "--unblind"]) == 0
-    assert "blind (--unblind" not in capsys.readouterr().out
+    assert "blind (analyze --unblind" not in capsys.readouterr().out
