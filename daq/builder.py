@@ -235,9 +235,12 @@ class EventBuilder:
 
     def _maybe_end_run(self, now: float) -> list[Message]:
         if self._open_run is None:
-            if self._end_requested is not None:  # closed already (every board ended it)
-                self.current, self._end_requested = None, None
-            return []
+            if self._end_requested is None:
+                return []
+            out = [] if self.current is None or self.current[0] in self._runs_started \
+                else self._close_unopened(now)  # else closed already (every board ended it)
+            self.current, self._end_requested = None, None
+            return out
         everyone = len(self._board_stops) == len(self.boards)
         late = self._end_requested is not None \
             and now - self._end_requested >= self.config.timeout_s
@@ -324,26 +327,28 @@ class EventBuilder:
         return out
 
     def _configured_alike(self, board: str, msg: Message) -> bool:
-        """False for the records of a live run whose run_start, from this board, claimed a
+        """False for the records of a run whose run_start, from this board, claimed a
         geometry or calibration hash other than the builder's: built with the others, its
         data would be read with the wrong channel map or gains. A board that claims none
-        is taken on trust; a replay reprocesses recorded data with the installed files on
-        purpose, so it is not checked (nor are offline builds, which are not gated)."""
+        is taken on trust. A replay reprocesses recorded data with the installed
+        calibration on purpose, so only its geometry is checked: no calibration makes
+        another channel map readable (decision 0024). Offline builds are not gated."""
         key = (msg.run, msg.replay)
-        if msg.kind is Kind.RUN_START and not msg.replay:
+        if msg.kind is Kind.RUN_START:
             try:
                 start = RunStart.of(msg)
             except WireError:
                 return True  # counted as a decode error by _dispatch
-            wrong = [f"{what} {claimed!r} (builder: {own!r})" for what, claimed, own in (
-                ("geometry", start.geometry, self.geometry.hash),
-                ("calibration", start.calibration, self.calibration))
-                if claimed is not None and own and claimed != own]
+            checked = [("geometry", start.geometry, self.geometry.hash)]
+            if not msg.replay:
+                checked.append(("calibration", start.calibration, self.calibration))
+            wrong = [f"{what} {claimed!r} (builder: {own!r})" for what, claimed, own in checked
+                     if claimed is not None and own and claimed != own]
             if wrong:
                 if self._mismatched.get(board) != key:
-                    log.warning("board %s run %d: run_start claims %s; its records of the "
-                                "run are refused (hash_mismatch)", board, msg.run,
-                                " and ".join(wrong))
+                    log.warning("board %s %srun %d: run_start claims %s; its records of the "
+                                "run are refused (hash_mismatch)", board,
+                                "replay " if msg.replay else "", msg.run, " and ".join(wrong))
                 self._mismatched[board] = key
             elif self._mismatched.get(board) == key:
                 del self._mismatched[board]  # sent again with the builder's hashes
@@ -416,21 +421,38 @@ class EventBuilder:
                 st.gaps[board] += 1
 
     def _run_start(self, msg: Message, out: list[Message]) -> None:
-        start = RunStart.of(msg)
-        if msg.run in self._runs_started:
-            return
-        self._runs_started.add(msg.run)
-        self.run = msg.run
-        self._open_run = (msg.run, msg.replay)
+        if msg.run not in self._runs_started:
+            self._open(msg.run, msg.replay, RunStart.of(msg), out)
+
+    def _open(self, run: int, replay: bool, start: RunStart, out: list[Message]) -> None:
+        """Open `run` and announce it downstream with the first run_start taken."""
+        self._runs_started.add(run)
+        self.run = run
+        self._open_run = (run, replay)
         self._board_stops = set()
-        st = self.stats["replay" if msg.replay else "live"]
+        st = self.stats["replay" if replay else "live"]
         self._run_base = (st.events, st.spills)
         start = replace(
             start, geometry=start.geometry or self.geometry.hash,
             calibration=start.calibration or self.calibration,
             # run control's snapshot goes into the run file
             config=start.config if self.run_config is None else self.run_config)
-        out.append(self._emit(Kind.RUN_START, msg.run, 0, msg.replay, meta=start.to_meta()))
+        out.append(self._emit(Kind.RUN_START, run, 0, replay, meta=start.to_meta()))
+
+    def _close_unopened(self, now: float) -> list[Message]:
+        """Run control stops a run that no board's record opened here (each refused, as
+        hash_mismatch, or none sent): it is announced and closed downstream, empty, with
+        the reason, so that the recorder and the monitors close it as run control waits
+        for them to (they would wait for it until run control's timeout)."""
+        assert self.current is not None
+        run, replay = self.current
+        refused = sorted(b for b, key in self._mismatched.items() if key == self.current)
+        why = (f"boards {', '.join(refused)} refused (hash_mismatch)" if refused
+               else "no board sent a record of it")
+        out: list[Message] = []
+        self._last_spill = 0
+        self._open(run, replay, RunStart(), out)
+        return out + self._close_run(now, f"stopped by run control; no event: {why}")
 
     def _spill(self, msg: Message, now: float, out: list[Message],
                t0_ns: int = 0) -> _Spill | None:

@@ -164,12 +164,18 @@ def _replay_run(args: argparse.Namespace, speed: float, spills: Any) -> int:
 
     from daq.control.localbroker import require_credentials
     from daq.errors import DaqError
+    from daq.geometry import load_calibration, load_geometry
     from daq.mqtt import MqttSettings
-    from daq.replay import replay_run
+    from daq.replay import check_configuration, replay_run
     from daq.stack import load_stack_config
 
     try:
         cfg = load_stack_config(args.config)
+        geom = load_geometry(cfg.geometry)  # the files the topology's `na64daq up` loads
+        note = check_configuration(args.file, geom.hash,
+                                   load_calibration(geom, cfg.calibration).hash)
+        if note:
+            print(f"na64daq replay: note: {note}", file=sys.stderr)
         settings = (MqttSettings.from_env().model_copy(update={"host": _host(cfg.mqtt),
                                                                "port": _port(cfg.mqtt)})
                     if cfg.mqtt else MqttSettings.from_file(require_credentials(

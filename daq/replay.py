@@ -92,6 +92,26 @@ def parse_spills(text: str | None) -> tuple[int, int] | None:
     return lo, hi
 
 
+def check_configuration(path: str | Path, geometry: str, calibration: str) -> str:
+    """Compare the geometry and calibration hashes `path` was recorded with (its header)
+    with the receiving system's. Another geometry: ReplayError naming both, as nothing of
+    the file can be read with another channel map (the builder refuses its boards,
+    hash_mismatch, decision 0024). Another calibration: a note naming both, as the replay
+    is decided with the system's on purpose (that is how a new calibration is applied to
+    old data). "" when alike, or when the file names none (taken on trust)."""
+    head = RunFileReader(path).header
+    theirs, cal = str(head.get("geometry") or ""), str(head.get("calibration") or "")
+    if theirs and geometry and theirs != geometry:
+        raise ReplayError(f"{path} was recorded with geometry {theirs}, the system's is "
+                          f"{geometry}: its channels cannot be read with another channel "
+                          "map (the builder would refuse every board as hash_mismatch); "
+                          "nothing was sent")
+    if cal and calibration and cal != calibration:
+        return (f"{path} was recorded with calibration {cal}; the replay is decided with "
+                f"the system's, {calibration}")
+    return ""
+
+
 def _when_ns(msg: Message, t0: dict[int, int]) -> int:
     """Time of a message in the recording: spill start + arrival of its last event."""
     base = t0.get(msg.spill, 0)

@@ -2,11 +2,15 @@
 
     python scripts/box_truth.py --generated-s 0.5 --seed 8                     # model rates
     python scripts/box_truth.py --generated-s 0.2 --seed 7 --signal 2e-3 --dimuon 2e-3
+    python scripts/box_truth.py --examine     # and what put each other event in the dimuons
 
 Simulates a fraction of a spill through the real trigger features
 (tests/monitors/monitor_truth.simulate), counts each region with the monitors' definitions
 (monitors.identify, unblinded) split by the truth process, scales to the 4.8 s spill, and
 prints the A' efficiency of the box and the dimuon selection's efficiency (68 % Wilson).
+With --examine, every event of another process the dimuon selection takes, from the truth:
+its species, what it read against its own deposits, and the beam particles and the halo
+near it in time (a halo particle crosses HCAL1-3 with a MIP in each, decision 0003).
 The figures of docs/monitors.md ("Signal box, sideband C and dimuons at 6e6").
 """
 
@@ -27,9 +31,29 @@ from monitors.analysis import analyze
 from monitors.config import MonitorConfig
 from monitors.identify import dimuon, sideband_c, signal_box
 from monitors.stats import estimate
-from simulators.physics import Process
+from simulators.physics import Process, Species
 
 FEATURES = ("e_ecal", "e_ps", "e_hcal", "e_veto", "e_srd", "mult", "sat", "p", "ntrk", "missing")
+NEAR_NS = 100.0  # beam neighbours shown: within the ECAL's window and its pulses' tails
+OWN = ("e_ecal", "e_ps", "e_srd", "e_veto")
+
+
+def examine(f: dict[str, np.ndarray], truth: dict[str, np.ndarray], sel: np.ndarray) -> None:
+    """What put each event of another process than DIMUON into the dimuon selection."""
+    t, proc = truth["t_ns"], truth["process"]
+    for i in np.flatnonzero(sel & (proc != Process.DIMUON)):
+        print(f"event {i}: {Process(proc[i]).name} {Species(truth['species'][i]).name}, "
+              f"p_true {truth['p_true'][i]:.1f} GeV; halo nearest before/after "
+              f"{truth['halo_dt'][i][0]:+.1f}/{truth['halo_dt'][i][1]:+.1f} ns")
+        print("  read / own: " + ", ".join(
+            f"{k} {float(f[k][i]):.3g} / {float(truth[k][i]):.3g}" for k in OWN)
+            + f"; e_hcal {np.round(f['e_hcal'][i], 2)} / {np.round(truth['e_hcal'][i], 2)}")
+        for j in np.flatnonzero(np.abs(t - t[i]) < NEAR_NS):
+            if j != i:
+                print(f"  beam particle at {t[j] - t[i]:+.1f} ns: "
+                      f"{Process(proc[j]).name} {Species(truth['species'][j]).name}, own "
+                      + ", ".join(f"{k} {float(truth[k][j]):.3g}" for k in OWN)
+                      + f", e_hcal {np.round(truth['e_hcal'][j], 2)}")
 
 
 def main() -> int:
@@ -38,6 +62,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=8)
     ap.add_argument("--signal", type=float, default=1e-4, help="A' per electron")
     ap.add_argument("--dimuon", type=float, default=1e-4, help="dimuons per electron")
+    ap.add_argument("--examine", action="store_true",
+                    help="show each event of another process that the dimuon selection takes")
     a = ap.parse_args()
     msgs, truth, cfg = simulate(intensity=6e6, generated_s=a.generated_s, seed=a.seed,
                                 signal_rate=a.signal, dimuon_rate=a.dimuon)
@@ -64,6 +90,8 @@ def main() -> int:
     print(f"monitor totals: box {tot.signal_box}, C {tot.sideband_c}, dimuons {tot.dimuons} "
           f"({tot.dimuons_per_eot:.2e} per EOT), EOT {tot.eot:.0f}, taken out by a saturated "
           f"ECAL {tot.ecal_saturated}; blind by default: {analyze(msgs).totals().signal_box}")
+    if a.examine:
+        examine(f, truth, dimuon(f, shown))
     return 0
 
 

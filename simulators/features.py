@@ -56,8 +56,9 @@ def features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     """Zero-suppressed feature readout of one board: `nhit` and the FEATURE_HITS arrays.
 
     A channel is a hit when its amplitude rounded to ADC counts, floor(amp + 0.5), is at
-    least `zs_adc`: `hit_amp` is that rounded amplitude, `hit_t` the peak time in units of
-    T_UNIT_NS (rounded half to even), `hit_np` the pulse count. Offsets must leave nch
+    least `zs_adc`: `hit_amp` is that rounded amplitude, `hit_t` the time of the window's
+    largest sample from the in-time peak in units of T_UNIT_NS (rounded half to even; 0
+    without a pulse; `_lone_times`), `hit_np` the pulse count. Offsets must leave nch
     values in the pool. Computed here when not given, at the cost of a pass over the pool
     or the deposits: `loud`, which must be `loud_bits(noise_pool, zs_adc)`, and `deposits`,
     (`touched`, `reach`) as `calibrate.to_adc` notes them: uint8 per particle (row of
@@ -99,15 +100,16 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     buf = {name: np.empty(n * nch, dt) for name, dt in FEATURE_HITS.items()}
     nhit = np.empty(n, np.uint8)
     rows = n if dense else 0
+    tab = shape_table(shape) if table is None else table
+    grid = phase_grid(sampling.sample_ns)
+    at = beam_phase(t, ev, sampling.sample_ns)
     out: dict[str, np.ndarray] = {
         "amp": np.empty((rows, nch), np.float32), "tpeak": np.empty((rows, nch), np.float32),
         "npulse": np.empty((rows, nch), np.uint8)}
     total = _feature_kernel(
-        ev, t.astype(np.float64, copy=False), lo, hi, dep_self,
-        shape_table(shape) if table is None else table, shape.tp_ns,
+        ev, t.astype(np.float64, copy=False), lo, hi, dep_self, tab, shape.tp_ns,
         float(sampling.sample_ns), int(sampling.trigger_sample), int(sampling.samples),
-        *sampling.span,
-        phase_grid(sampling.sample_ns)[beam_phase(t, ev, sampling.sample_ns)],
+        *sampling.span, grid[at], _lone_times(grid, tab, shape.tp_ns, sampling)[at],
         peak_correction(shape.tp_ns, sampling.sample_ns), noise_pool, loud, touched,
         np.flatnonzero(reach).astype(np.int64), offsets, threshold,
         amp_max, lowest_kept(zs_adc), nhit,
@@ -118,11 +120,45 @@ def _features(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
     return {"nhit": nhit, **{name: a[:total] for name, a in buf.items()}}, out
 
 
+def _lone_times(grid: np.ndarray, table: np.ndarray, tp: float, sampling: Sampling
+                ) -> np.ndarray:
+    """Per beam phase of `grid`: the time, from the in-time peak, of the largest window
+    sample of an in-time pulse alone on its channel; what the kernel reports as its hit_t.
+
+    hit_t is the time of the window's largest sample (docs/dataflow.md), as an event with
+    pileup takes it from its summed trace, and as the waveform trigger's peak time is, there
+    from the trigger sample: the two differ by the beam phase only. The peak itself
+    (time 0) is not it: the samples fall off it by the phase, as the amplitude's do before
+    the peak correction.
+    """
+    out = np.empty(len(grid))
+    _lone_times_kernel(grid, table, tp, float(sampling.sample_ns),
+                       int(sampling.trigger_sample), *sampling.span, out)
+    return out
+
+
+@kernel
+def _lone_times_kernel(grid: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
+                       trig: int, w0: int, w1: int, out: np.ndarray) -> None:
+    # the samples and the choice of the pileup path (_feature_kernel, _scan): the first of
+    # equal largest samples
+    for g in range(grid.shape[0]):
+        t0 = -trig * sample_ns - grid[g]
+        best = shape_at(t0 + w0 * sample_ns, table, tp)
+        mbest = w0
+        for m in range(w0 + 1, w1):
+            v = shape_at(t0 + m * sample_ns, table, tp)
+            if v > best:
+                best = v
+                mbest = m
+        out[g] = t0 + mbest * sample_ns
+
+
 @kernel
 def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarray,
                     dep_self: np.ndarray, table: np.ndarray, tp: float, sample_ns: float,
                     trig: int, nsamp: int, w0: int, w1: int, phase: np.ndarray,
-                    corr: np.ndarray,
+                    lone_t: np.ndarray, corr: np.ndarray,
                     noise_pool: np.ndarray,
                     loud: np.ndarray,
                     touched: np.ndarray,
@@ -174,6 +210,7 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                 for w in range(first + 1, last):
                     word |= loud[w]
             m = ns if word == 0 else _candidates(loud, off, nch, support, ns, cand)
+            tq = _round_t(np.float32(lone_t[e]))
             for p in range(m):  # each written, and kept without a branch
                 c = support[p] if word == 0 else cand[p]
                 a = dep_self[i, c]
@@ -181,7 +218,7 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                 x = np.float32(min(v, amp_max))
                 hit_ch[k] = c
                 hit_amp[k] = _round_amp(x)
-                hit_t[k] = 0
+                hit_t[k] = tq if a > 0.0 else 0  # a pulse, or noise alone
                 hit_np[k] = 1 if a > thr else 0
                 k += int(x >= lowest)
             nhit[e] = k - k0
@@ -192,7 +229,7 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                 a = dep_self[i, c]
                 v = a + noise_pool[uoff + c] if a > 0.0 else noise_pool[uoff + c]
                 a_row[c] = min(v, amp_max)
-                t_row[c] = 0.0
+                t_row[c] = lone_t[e] if a > 0.0 else 0.0
                 n_row[c] = 1 if a > thr else 0
         else:
             # pileup: each particle of the gate scatters its deposits into per-channel
@@ -235,9 +272,9 @@ def _feature_kernel(ev: np.ndarray, t: np.ndarray, lo: np.ndarray, hi: np.ndarra
                     a_row[c] = noise
                     t_row[c] = 0.0
                     n_row[c] = 0
-                elif kc == 1 and dts[c, 0] == 0.0:  # the in-time pulse alone: on a sample
+                elif kc == 1 and dts[c, 0] == 0.0:  # the in-time pulse alone: as a lone one
                     a_row[c] = min(amps[c, 0] + noise, amp_max)
-                    t_row[c] = 0.0
+                    t_row[c] = lone_t[e]
                     n_row[c] = 1 if amps[c, 0] > thr else 0
                 else:
                     for m in range(max(0, m0 - 1), min(nsamp, m1 + 1)):
@@ -317,7 +354,7 @@ def _round_amp(x: float | np.float32) -> np.int16:
 
 @inline
 def _round_t(t_ns: float | np.float32) -> np.int16:
-    if t_ns == 0.0:  # the in-time peak (most hits): no division
+    if t_ns == 0.0:  # a channel without a pulse: no division
         return np.int16(0)
     return np.int16(min(max(np.rint(np.float64(t_ns) / T_UNIT_NS), -32768.0), 32767.0))
 

@@ -11,6 +11,7 @@ from daq_fragments import Board
 import daq
 from daq.builder import BuilderConfig, EventBuilder
 from daq.geometry import load_calibration, load_geometry
+from daq.markers import RunStop
 from daq.wire import Kind, Message
 from simulators.config import SimConfig
 from simulators.frontend import FrontEnds
@@ -167,3 +168,34 @@ def test_a_replay_of_data_taken_with_another_calibration_is_built() -> None:
     assert core.stats["replay"].refused == {} and core.stats["live"].refused == {}
     assert sum(m.kind is Kind.RUN_STOP for m in out) == 2
     assert all(not s.arrays["missing"].any() for s in out if s.kind is Kind.SLICE)
+
+
+@pytest.mark.parametrize("case", ["every board refused", "no board sent"])
+def test_a_run_no_board_record_opened_is_closed_empty_at_run_controls_stop(case: str
+                                                                           ) -> None:
+    """A replay whose every board claims another geometry (refused, hash_mismatch), or a
+    live run in which no board sent anything: at run control's stop the run is announced
+    and closed downstream at once, with no event and the reason, so that the recorder and
+    the monitors close it as run control waits for them to. Before, nothing went
+    downstream and run control's stop failed at its timeout."""
+    core = EventBuilder(GEOM, BuilderConfig.parse({"timeout_s": 1.0}),
+                        calibration=load_calibration(GEOM).hash)
+    replay = case == "every board refused"
+    core.begin_run(8, replay=replay)
+    if replay:
+        msgs = _simulated_run(8)
+        for m in msgs:
+            m.replay = True
+            if m.kind is Kind.RUN_START:
+                m.meta = {**m.meta, "geometry": "0123456789abcdef"}
+        assert _feed(core, msgs) == []
+        assert core.stats["replay"].refused == {"hash_mismatch": len(msgs)}
+    out = core.end_run(2.0)  # at once, not after timeout_s
+    assert [(m.kind, m.run, m.replay) for m in out] == [(Kind.RUN_START, 8, replay),
+                                                        (Kind.RUN_STOP, 8, replay)]
+    assert out[0].meta["geometry"] == GEOM.hash
+    stop = RunStop.of(out[1])
+    assert stop.events == 0, stop
+    assert ("boards BEAM, ECAL, HCAL, SRD, VETO refused (hash_mismatch)" if replay
+            else "no board sent a record") in stop.reason, stop
+    assert core.end_run(3.0) == [] and core.poll(4.0) == []  # closed: nothing more

@@ -1,4 +1,15 @@
-"""Synthetic features streams with known composition, pileup and zero-threshold efficiencies."""
+"""Synthetic features streams with a known composition and known neighbour counts.
+
+Its own toy model, drawn directly as features (no pulses, no reconstruction windows), not
+the simulator's (simulators/physics.py, decision 0003 "Pileup"): the truth of each event is
+written down rather than reconstructed, so the monitors' bookkeeping (counts per species,
+pileup, spills, intervals, alarms) is checked against exact numbers. Per event: a species
+(electron, hadron or muon at fixed fractions) with a caricature of its deposits; a Poisson
+number of neighbours in the VETO gate, each adding a 0.02 GeV MIP to E_VETO, and in the
+HCAL gate, each adding 2 GeV to the first three HCAL modules (there is no separate halo:
+a neighbour is the only extra deposit); and a Poisson number of extra beam particles in
+`mult`. A hadron or a muon fires the VETO with its own MIP; an electron's VETO is noise.
+"""
 
 from __future__ import annotations
 
@@ -23,7 +34,8 @@ def features(rng: np.random.Generator, n: int, *, hadron: float = 0.01, muon: fl
              lam_veto: float = 0.0625, lam_hcal: float = 0.05, lam_beam: float = 0.075,
              ) -> tuple[dict[str, np.ndarray], Truth]:
     """Features arrays of `n` events: electrons shower at 100 GeV with SRD; hadrons shower in
-    HCAL; muons are MIPs everywhere. Every neighbour in a gate adds a halo MIP there."""
+    HCAL; muons are MIPs everywhere. Every neighbour in a gate adds a fixed deposit there
+    (module docstring)."""
     u = rng.random(n)
     sp = np.zeros(n, np.uint8)
     sp[u < hadron + muon] = 2

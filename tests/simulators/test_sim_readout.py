@@ -7,8 +7,8 @@ import pytest
 from numpy.testing import assert_array_equal
 
 from daq.geometry import pulse_shape
-from daq.hits import FEATURE_HITS, check
-from simulators.features import features_dense
+from daq.hits import FEATURE_HITS, T_UNIT_NS, check
+from simulators.features import features, features_dense
 from simulators.readout import (
     FAST,
     SLOW,
@@ -155,6 +155,66 @@ def _pairs(dt: float, n: int, seed: int) -> tuple:
     dep = (500 * np.exp(0.1 * rng.standard_normal(2 * n))).astype(np.float32)[order][:, None]
     lo, hi = gates(t, ev, 100.0)
     return ev, t, lo, hi, dep
+
+
+def _phases(n: int, amp: float, neighbour: float) -> tuple:
+    """n events 1 us apart, one per beam phase of the grid (n <= N_PHASES), each an in-time
+    pulse of `amp` in channel 0; with `neighbour` > 0 a second particle 150 ns after each
+    deposits that much in the same channel (its pulse starts after the in-time samples)."""
+    t0 = 1000.0 * np.arange(n) + phase_grid(SAMPLE_NS)[:n]
+    t, dep = t0, np.full((n, 1), amp, np.float32)
+    if neighbour > 0:
+        t = np.sort(np.concatenate([t0, t0 + 150.0]))
+        dep = np.where((np.arange(2 * n) % 2 == 0)[:, None], amp, neighbour).astype(np.float32)
+    ev = np.flatnonzero(np.isin(t, t0)).astype(np.int64)
+    lo, hi = gates(t, ev, 400.0)
+    return ev, t, lo, hi, dep
+
+
+@pytest.mark.parametrize("window", [None, (8, 10)])
+def test_feature_peak_time_of_a_lone_pulse_is_its_largest_samples(
+        window: tuple[int, int] | None) -> None:
+    """hit_t is the time of the window's largest sample from the in-time peak (docs/
+    dataflow.md), alone in the gate or not: the same pulse at every beam phase gives the
+    same time with a neighbour in its gate as without (there it comes from the summed
+    trace), never 0 (the largest sample lies off the peak by the phase or by a sample less
+    it), and it is the waveform trigger's peak time (from the trigger sample) less the
+    phase, which only the simulator knows."""
+    from trigger.reference import wave_board
+
+    clock = Sampling(SAMPLES, SAMPLE_NS, TRIG, window)
+    n = len(phase_grid(SAMPLE_NS))
+    pool = np.zeros(64, np.float32)
+    got = {}
+    for neighbour in (0.0, 1e-3):
+        ev, t, lo, hi, dep = _phases(n, 3000.0, neighbour)
+        assert (hi - lo == (2 if neighbour else 1)).all()
+        dense = features_dense(ev, t, lo, hi, dep, SLOW, pool, np.zeros(n, np.int64), 10.0,
+                               3695.0, sampling=clock)
+        sparse = features(ev, t, lo, hi, dep, SLOW, pool, np.zeros(n, np.int64), 10.0,
+                          3695.0, 6.0, sampling=clock)
+        assert_array_equal(sparse["nhit"], 1)
+        assert_array_equal(sparse["hit_t"],
+                           np.rint(dense["tpeak"][:, 0].astype(np.float64) / T_UNIT_NS))
+        got[neighbour] = dense["tpeak"][:, 0]
+    assert_array_equal(got[0.0], got[1e-3])
+    phase = phase_grid(SAMPLE_NS)[beam_phase(t, ev, SAMPLE_NS)]
+    assert (got[0.0] != 0).all()
+    # the waveform of the lone pulses without noise, through the trigger's reference
+    ev, t, lo, hi, dep = _phases(n, 3000.0, 0.0)
+    wave = waveforms(ev, t, lo, hi, dep, SLOW, np.full(1, 400.0), np.zeros(64, np.float32),
+                     np.zeros(n, np.int64), SAMPLES, SAMPLE_NS, TRIG, ADC_MAX)
+    w0, w1 = clock.span
+    z = np.zeros((n, 1))
+    tpeak = z.copy()
+    wave_board(wave, np.ones(1, np.uint8), np.full(1, 400.0), w0, w1, 30.0, ADC_MAX, TRIG,
+               SAMPLE_NS, True, False, z.copy(), tpeak, np.zeros((n, 1), np.uint8), z.copy(),
+               np.zeros(n, bool))
+    # (where two samples round to the same ADC count the trigger takes the first)
+    top = np.sort(wave[:, w0:w1, 0], axis=1)
+    clear = top[:, -1] > top[:, -2]
+    assert np.unique(tpeak[clear, 0]).size == 2  # the trigger sample and the next are seen
+    assert got[0.0][clear] == pytest.approx(tpeak[clear, 0] - phase[clear], abs=1e-4)
 
 
 # fraction of second pulses found, measured with 4000 pairs (seed dt x 10): 0 at 15 ns, 0.49
