@@ -434,7 +434,9 @@ class EventBuilder:
         self._run_base = (st.events, st.spills)
         start = replace(
             start, geometry=start.geometry or self.geometry.hash,
-            calibration=start.calibration or self.calibration,
+            # the calibration its events are decided with (every slice's `calib`): a
+            # replay's boards may claim the recording's (decision 0024)
+            calibration=self.calibration or start.calibration,
             # run control's snapshot goes into the run file
             config=start.config if self.run_config is None else self.run_config)
         out.append(self._emit(Kind.RUN_START, run, 0, replay, meta=start.to_meta()))

@@ -156,7 +156,9 @@ def test_a_board_configured_with_another_calibration_or_geometry_is_refused(
 
 def test_a_replay_of_data_taken_with_another_calibration_is_built() -> None:
     """A replay reprocesses recorded data with the installed files on purpose, and a board
-    that claims no hash is taken on trust: neither is refused."""
+    that claims no hash is taken on trust: neither is refused. The replay's run_start (the
+    run file's header) names the calibration its events are decided with, the builder's,
+    not the one the recording's boards claimed."""
     core = EventBuilder(GEOM, BuilderConfig.parse({"timeout_s": 1.0}), calibration="new")
     core.begin_run(6, replay=True)
     replayed = _simulated_run(6)
@@ -168,6 +170,11 @@ def test_a_replay_of_data_taken_with_another_calibration_is_built() -> None:
     assert core.stats["replay"].refused == {} and core.stats["live"].refused == {}
     assert sum(m.kind is Kind.RUN_STOP for m in out) == 2
     assert all(not s.arrays["missing"].any() for s in out if s.kind is Kind.SLICE)
+    claimed = {m.meta.get("calibration") for m in replayed if m.kind is Kind.RUN_START}
+    assert claimed and "new" not in claimed
+    starts = [m for m in out if m.kind is Kind.RUN_START]
+    assert [m.meta["calibration"] for m in starts] == ["new", "new"]
+    assert {s.meta["calib"] for s in out if s.kind is Kind.SLICE} == {"new"}
 
 
 @pytest.mark.parametrize("case", ["every board refused", "no board sent"])
