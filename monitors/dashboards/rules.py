@@ -213,6 +213,31 @@ def alerts(a: AlarmConfig | None = None) -> tuple[Alert, ...]:
                 Example({metric.replace(LIVE, 'source="replay"'): f"{_fmt(hi * 2)}x10"}, "2m"),
             ))
 
+    def hadrons() -> Alert:
+        ratio = f'na64_composition_ratio{{{LIVE},species="hadron"}}'
+        size = f"na64_composition_sample_size{{{LIVE}}}"
+        return Alert(
+            name="HadronFractionHigh", for_s=spills, severity="warning",
+            alarm="hadron_fraction_high", value=_PCT,
+            expr=(f"max by (source) ({ratio}) > {_fmt(had_hi)} and on (source) "
+                  f"max by (source) ({size}) >= {n}"),
+            summary=f"Hadron fraction of the beam {{value}}, above {_pct(had_hi)}",
+            description=(f"More than {_pct(had_hi)} of the beam particles were identified "
+                         "as hadrons (no SRD tag, energy in the HCAL) for several spills, "
+                         f"counted on at least {n} events a spill isolated in time: the beam "
+                         "line delivers a contaminated beam, or the SRD tagging fails."),
+            runbook=("Check the beam-line settings (collimators, target, momentum) with the "
+                     "beam operator; check the SRD tagging on the Beam and detector "
+                     "dashboard."),
+            examples=(
+                Example({ratio: f"{_fmt(had_hi * 2)}x10", size: f"{n * 10}x10"}, "2m",
+                        [{"source": "live"}], shown=_pct(had_hi * 2)),
+                Example({ratio: f"{_fmt(had_hi / 2)}x10", size: f"{n * 10}x10"}, "2m"),
+                Example({ratio: f"{_fmt(had_hi * 2)}x10", size: f"{n - 1}x10"}, "2m"),
+                Example({ratio.replace(LIVE, 'source="replay"'): f"{_fmt(had_hi * 2)}x10",
+                         size.replace(LIVE, 'source="replay"'): f"{n * 10}x10"}, "2m"),
+            ))
+
     up_jobs = 'up{job=~"frontend|builder|trigger|recorder|monitor|control"}'
     return (
         eff("veto", "VetoEfficiencyLow", veto_lo, "VETO", "veto_efficiency_low"),
@@ -224,14 +249,7 @@ def alerts(a: AlarmConfig | None = None) -> tuple[Alert, ...]:
               "clean events and lowers the VETO and HCAL efficiencies.",
               "Ask the SPS/beam operator (CCC) to lower the intensity; note the spill range "
               "in the logbook.", "pileup_high"),
-        above("HadronFractionHigh", f'na64_composition_ratio{{{LIVE},species="hadron"}}',
-              had_hi, "Hadron fraction of the beam",
-              f"More than {_pct(had_hi)} of the beam particles were identified as hadrons "
-              "(no SRD tag, energy in the HCAL) for several spills: the beam line delivers "
-              "a contaminated beam, or the SRD tagging fails.",
-              "Check the beam-line settings (collimators, target, momentum) with the beam "
-              "operator; check the SRD tagging on the Beam and detector dashboard.",
-              "hadron_fraction_high"),
+        hadrons(),
         above("IncompleteEventsHigh", f"na64_incomplete_ratio{{{LIVE}}}", inc_hi,
               "Fraction of incomplete events",
               f"More than {_pct(inc_hi)} of the events lacked a board's fragment for several "
