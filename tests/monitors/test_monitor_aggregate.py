@@ -65,6 +65,43 @@ def test_composition_matches_injection() -> None:
     assert s.composition["other"] == 0.0
 
 
+def test_composition_counts_the_events_the_neighbour_gaps_call_isolated() -> None:
+    """With the trigger's gaps the composition counts the isolated complete events only
+    (identify.isolated: exactly those past both cuts); without them every complete event;
+    half of them, or gaps of another dtype, refuse the message by name and count it."""
+    rng = np.random.default_rng(14)
+    msgs, truths = spill_messages(rng, slices=3, slice_events=3000, hadron=0.05)
+    [plain] = _run(msgs).summaries
+    assert plain.composition_events == plain.events - plain.incomplete_events
+    gapped, iso = [], []
+    for m in msgs:
+        if m.kind is Kind.FEATURES:
+            gaps = {k: rng.integers(0, 300, m.count, dtype=np.uint16)
+                    for k in ("dt_prev", "dt_next")}
+            iso.append((gaps["dt_prev"] > CFG.isolation_before_ns)
+                       & (gaps["dt_next"] > CFG.isolation_after_ns)
+                       & (m.arrays["missing"] == 0))
+            m = Message(m.kind, run=m.run, spill=m.spill, seq=m.seq, src=m.src, board=m.board,
+                        first=m.first, count=m.count, arrays={**m.arrays, **gaps}, meta=m.meta)
+        gapped.append(m)
+    [s] = _run(gapped).summaries
+    chosen = np.concatenate(iso)
+    sp = np.concatenate([t.species for t in truths])
+    assert s.composition_events == int(chosen.sum()) > 0
+    assert s.composition_intervals["hadron"].k == int((sp[chosen] == 1).sum())
+    first = next(m for m in gapped if m.kind is Kind.FEATURES)
+    for arrays, why in (
+            ({k: v for k, v in first.arrays.items() if k != "dt_next"}, "lack 'dt_next'"),
+            ({**first.arrays, "dt_prev": first.arrays["dt_prev"].astype(np.int32)},
+             "'dt_prev' is <i4")):
+        ra = RunAnalysis(CFG)
+        with pytest.raises(MonitorInputError, match=why):
+            ra.feed(Message(first.kind, run=first.run, spill=first.spill, seq=first.seq,
+                            src=first.src, board=first.board, first=first.first,
+                            count=first.count, arrays=arrays, meta=first.meta))
+        assert ra.refused == {"arrays": 1}
+
+
 def test_live_time_eot_triggers_and_signal_box() -> None:
     rng = np.random.default_rng(13)
     msgs, _ = spill_messages(rng, slices=4, slice_events=1000, shed=1000)
