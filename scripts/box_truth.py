@@ -2,7 +2,8 @@
 
     python scripts/box_truth.py --generated-s 0.5 --seed 8                     # model rates
     python scripts/box_truth.py --generated-s 0.2 --seed 7 --signal 2e-3 --dimuon 2e-3
-    python scripts/box_truth.py --examine     # and what put each other event in the dimuons
+    python scripts/box_truth.py --examine     # and what put each other event in the dimuons,
+                                              # and what the saturation cut took out
 
 Simulates a fraction of a spill through the real trigger features
 (tests/monitors/monitor_truth.simulate), counts each region with the monitors' definitions
@@ -10,7 +11,8 @@ Simulates a fraction of a spill through the real trigger features
 prints the A' efficiency of the box and the dimuon selection's efficiency (68 % Wilson).
 With --examine, every event of another process the dimuon selection takes, from the truth:
 its species, what it read against its own deposits, and the beam particles and the halo
-near it in time (a halo particle crosses HCAL1-3 with a MIP in each, decision 0003).
+near it in time (a halo particle crosses HCAL1-3 with a MIP in each, decision 0003); and
+every event the ECAL saturation cut took out of the box or of C, the same way.
 The figures of docs/monitors.md ("Signal box, sideband C and dimuons at 6e6").
 """
 
@@ -29,7 +31,7 @@ from monitor_truth import simulate
 
 from monitors.analysis import analyze
 from monitors.config import MonitorConfig
-from monitors.identify import dimuon, sideband_c, signal_box
+from monitors.identify import dimuon, saturated_candidates, sideband_c, signal_box
 from monitors.stats import estimate
 from simulators.physics import Process, Species
 
@@ -39,9 +41,10 @@ OWN = ("e_ecal", "e_ps", "e_srd", "e_veto")
 
 
 def examine(f: dict[str, np.ndarray], truth: dict[str, np.ndarray], sel: np.ndarray) -> None:
-    """What put each event of another process than DIMUON into the dimuon selection."""
+    """Each selected event, from the truth: what it read against its own deposits and the
+    beam particles near it."""
     t, proc = truth["t_ns"], truth["process"]
-    for i in np.flatnonzero(sel & (proc != Process.DIMUON)):
+    for i in np.flatnonzero(sel):
         print(f"event {i}: {Process(proc[i]).name} {Species(truth['species'][i]).name}, "
               f"p_true {truth['p_true'][i]:.1f} GeV; halo nearest before/after "
               f"{truth['halo_dt'][i][0]:+.1f}/{truth['halo_dt'][i][1]:+.1f} ns")
@@ -91,7 +94,11 @@ def main() -> int:
           f"({tot.dimuons_per_eot:.2e} per EOT), EOT {tot.eot:.0f}, taken out by a saturated "
           f"ECAL {tot.ecal_saturated}; blind by default: {analyze(msgs).totals().signal_box}")
     if a.examine:
-        examine(f, truth, dimuon(f, shown))
+        print("dimuon selection, other processes:")
+        examine(f, truth, dimuon(f, shown) & (proc != Process.DIMUON))
+        for region, sel in saturated_candidates(f, shown).items():
+            print(f"taken out of {region} by a saturated ECAL channel:")
+            examine(f, truth, sel)
     return 0
 
 
