@@ -249,10 +249,11 @@ def _spill_figures(points: list[SpillPoint], report: dict[str, Any], title: str,
                                                   (v[:, 2] - v[:, 0]) * scale],
                         fmt="o", capsize=4, color="black")
         ax.set_ylabel(label, fontsize=14)
-    sample = report.get("monitor_sample", "every event").split(":")[0]
+    sample = report.get("monitor_sample", "").split(":")[0]
+    over = f"the {sample} sample" if sample else "every event"
     axes[-1].set_xlabel("spill")
     axes[-1].set_xticks([p.spill for p in points])
     fig.suptitle(f"NA64-DAQ simulation: {title}\nper spill, 68 % intervals (Wilson; EOT: "
-                 f"Poisson score); efficiencies and pileup over: {sample} sample", fontsize=13)
+                 f"Poisson score); efficiencies and pileup over {over}", fontsize=13)
     fig.tight_layout()
     return fig
