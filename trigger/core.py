@@ -427,6 +427,7 @@ def warm_up(geometry: Geometry, calibration: Calibration) -> None:
 
     for cfg in (TriggerConfig(), TriggerConfig(timed_boards=tuple(geometry.board_names))):
         _warm_up(build_params(cfg, geometry, calibration))
+    neighbour_gaps(np.arange(2, dtype=np.int64))  # one specialisation: `_ro` makes ts read-only
 
 
 def _warm_up(p: TriggerParams) -> None:
@@ -442,9 +443,6 @@ def _warm_up(p: TriggerParams) -> None:
             decide(f, p, run=0, spill=0, first=0)
             f.arrays()
             select_events(arrays, np.arange(2, dtype=np.int64))  # accepted hits
-            ts = np.arange(2, dtype=np.int64)
-            ts.flags.writeable = not readonly
-            neighbour_gaps(ts)
 
 
 def select_events(arrays: Mapping[str, np.ndarray], idx: np.ndarray,

@@ -469,9 +469,10 @@ def neighbour_gaps(ts, prev, nxt):
     # saturated at GAP_MAX; 0 where unknown: at the slice's ends (that neighbour is in
     # another slice) and for a time that runs backwards
     n = ts.shape[0]
-    for i in range(n):
-        prev[i] = 0
-        nxt[i] = 0
+    if n == 0:
+        return
+    prev[0] = 0
+    nxt[n - 1] = 0
     for i in range(1, n):
         d = ts[i] - ts[i - 1]
         g = np.uint16(0) if d < 0 else np.uint16(min(d, GAP_MAX))
